@@ -1,0 +1,77 @@
+"""The queue layer: how a node job is laid out for arq (the only module that knows).
+
+The dispatcher enqueues inside its apply script (atomically with the state change), so it
+writes arq's layout itself: the job under ``arq:job:<id>`` and the id in the queue's zset.
+Swapping the queue library means changing this module and the worker's ``app``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from graph_core.events import EnqueueNode
+from graph_core.keys import Keys
+from graph_core.messages import JobPayload, encode_arq_job, job_id
+
+__all__ = ["ABORT_KEY", "JobWrite", "job_write"]
+
+# arq's fixed key names (arq.constants); arq does not namespace them.
+JOB_KEY_PREFIX: Final = "arq:job:"
+RESULT_KEY_PREFIX: Final = "arq:result:"
+ABORT_KEY: Final = "arq:abort"
+JOB_EXPIRES_MS: Final = 86_400_000  # arq's default: an unstarted job expires after a day
+
+
+@dataclass(frozen=True, slots=True)
+class JobWrite:
+    job_key: str
+    result_key: str
+    queue_key: str
+    job_id: str
+    job: bytes
+    score_ms: int
+    expires_ms: int
+    wake_key: str
+
+    def argv(self) -> list[str | bytes | int]:
+        return [
+            self.job_key,
+            self.result_key,
+            self.queue_key,
+            self.job_id,
+            self.job,
+            self.score_ms,
+            self.expires_ms,
+            self.wake_key,
+        ]
+
+
+def job_write(
+    keys: Keys, run_id: str, graph_id: str, graph_version: int, action: EnqueueNode, now_ms: int
+) -> JobWrite:
+    payload = JobPayload(
+        run_id=run_id,
+        graph_id=graph_id,
+        graph_version=graph_version,
+        node_id=action.node_id,
+        visit=action.visit,
+        attempt=action.attempt,
+        timeout_s=action.timeout_s,
+        parent=action.parent,
+    )
+    jid = job_id(run_id, action.node_id, action.visit, action.attempt)
+    return JobWrite(
+        job_key=JOB_KEY_PREFIX + jid,
+        result_key=RESULT_KEY_PREFIX + jid,
+        queue_key=keys.queue(action.queue),
+        job_id=jid,
+        job=encode_arq_job(payload, now_ms),
+        score_ms=now_ms,
+        expires_ms=JOB_EXPIRES_MS,
+        wake_key=keys.wake(action.queue),
+    )
+
+
+def abort_job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
+    return job_id(run_id, node_id, visit, attempt)

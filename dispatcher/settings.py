@@ -1,0 +1,18 @@
+"""Dispatcher settings (flags, then RELAYGRAPH_* variables, then defaults)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dispatcher.store import DEFAULT_RETENTION_S
+from graph_core.settings import BaseSettings
+
+__all__ = ["DispatcherSettings"]
+
+
+class DispatcherSettings(BaseSettings):
+    consumer: str | None = None  # consumer name in the inbox group; default host-pid-random
+    batch: int = Field(default=64, ge=1, le=10_000)  # inbox entries read per round
+    claim_idle_s: float = Field(default=15.0, gt=0)  # reclaim entries pending this long
+    max_inbox_attempts: int = Field(default=5, ge=1)  # then the entry is dead-lettered
+    retention_s: int = Field(default=DEFAULT_RETENTION_S, ge=60)  # finished runs kept

@@ -1,0 +1,326 @@
+"""The run store on Redis: loading what a transition needs, applying it atomically, graphs,
+and read models for clients (status, listings).
+
+Layout (all keys from ``graph_core.keys``): per run, ``meta`` (hash: run record JSON + rev),
+``nodes``, ``outputs``, ``joins``, ``loops``, ``active``, ``waits`` (hashes) and ``events``
+(stream); globally the graphs hash, run indexes by status, timers, the inbox and the queues.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from dispatcher.queue import ABORT_KEY, job_write
+from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.events import (
+    CancelNode,
+    EnqueueNode,
+    FinishRun,
+    PauseForApproval,
+    ReleaseWait,
+    ScheduleTimer,
+    TimerFired,
+)
+from graph_core.keys import Keys, RunKeys
+from graph_core.messages import dumps, encode_inbox, job_id
+from graph_core.model import Graph
+from graph_core.paths import MISSING
+from graph_core.state import LoopRecord, NodeRecord, RunRecord, Transition
+from graph_core.status import TERMINAL_RUN
+
+__all__ = ["GraphNotFound", "NeedState", "RedisView", "RunStore", "StoreError"]
+
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+
+
+class StoreError(RelaygraphError):
+    pass
+
+
+class GraphNotFound(StoreError):
+    def __init__(self, graph_id: str, version: int | None) -> None:
+        self.graph_id = graph_id
+        self.version = version
+        v = f" version {version}" if version is not None else ""
+        super().__init__(f"graph {graph_id!r}{v} is not registered")
+
+
+class NeedState(Exception):
+    """Raised by ``RedisView`` when the transition reads something not loaded yet."""
+
+    def __init__(self, kind: str, key: Any) -> None:
+        self.kind = kind
+        self.key = key
+
+
+@dataclass
+class RedisView:
+    """A ``StateView`` over records loaded from Redis. A read of something not loaded raises
+    ``NeedState``; the caller loads it and runs the (pure) transition again."""
+
+    run_record: RunRecord | None
+    rev: int | None
+    nodes: dict[str, NodeRecord | None] = field(default_factory=dict)
+    outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    joins: dict[tuple[str, int], str] = field(default_factory=dict)
+    loops: dict[int, LoopRecord | None] = field(default_factory=dict)
+    active: dict[str, int] | None = None
+
+    def run(self) -> RunRecord | None:
+        return self.run_record
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        if node_id not in self.nodes:
+            raise NeedState("node", node_id)
+        return self.nodes[node_id]
+
+    def output(self, node_id: str, visit: int) -> Any:
+        if (node_id, visit) not in self.outputs:
+            raise NeedState("output", (node_id, visit))
+        return self.outputs[(node_id, visit)]
+
+    def arrivals(self, node_id: str, edge_index: int) -> str:
+        if (node_id, edge_index) not in self.joins:
+            raise NeedState("join", (node_id, edge_index))
+        return self.joins[(node_id, edge_index)]
+
+    def loop(self, loop_id: int) -> LoopRecord | None:
+        if loop_id not in self.loops:
+            raise NeedState("loop", loop_id)
+        return self.loops[loop_id]
+
+    def active_nodes(self) -> dict[str, int]:
+        if self.active is None:
+            raise NeedState("active", None)
+        return self.active
+
+
+class RunStore:
+    """Run state on Redis for one key prefix."""
+
+    def __init__(self, redis: Redis, keys: Keys, retention_s: int = DEFAULT_RETENTION_S) -> None:
+        # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
+        self.redis: Any = redis
+        self.keys = keys
+        self.retention_s = retention_s
+        source = importlib.resources.files("dispatcher").joinpath("apply.lua").read_text()
+        self._apply = redis.register_script(source)
+        self._graphs: dict[tuple[str, int], Graph] = {}
+
+    # --- graphs -------------------------------------------------------------------------
+
+    async def register_graph(self, graph: Graph) -> int:
+        """Store a validated graph under (id, version). Registering the same content again
+        is a no-op; different content under an existing version is an error."""
+        graph.validate_graph()
+        raw = dumps(graph.to_dict())
+        field_ = self.keys.graph_field(graph.id, graph.version)
+        created = await self.redis.hsetnx(self.keys.graphs, field_, raw)
+        if not created:
+            existing = await self.redis.hget(self.keys.graphs, field_)
+            if existing is not None and orjson.loads(existing) != orjson.loads(raw):
+                raise StoreError(
+                    f"graph {graph.id!r} version {graph.version} is already registered with "
+                    "different content; register it under a new version"
+                )
+        latest = await self.redis.hget(self.keys.graph_latest, graph.id)
+        if latest is None or int(latest) < graph.version:
+            await self.redis.hset(self.keys.graph_latest, graph.id, graph.version)
+        return graph.version
+
+    async def latest_version(self, graph_id: str) -> int | None:
+        raw = await self.redis.hget(self.keys.graph_latest, graph_id)
+        return int(raw) if raw is not None else None
+
+    async def graph(self, graph_id: str, version: int) -> Graph:
+        cached = self._graphs.get((graph_id, version))
+        if cached is not None:
+            return cached
+        raw = await self.redis.hget(self.keys.graphs, self.keys.graph_field(graph_id, version))
+        if raw is None:
+            raise GraphNotFound(graph_id, version)
+        try:
+            graph = Graph.from_json(raw)
+        except GraphValidationError as e:
+            raise StoreError(f"stored graph {graph_id!r}@{version} is invalid: {e}") from e
+        self._graphs[(graph_id, version)] = graph
+        return graph
+
+    async def list_graphs(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.graph_latest)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def load(self, run_id: str, prefetch_nodes: list[str]) -> RedisView:
+        rk = self.keys.run(run_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(rk.meta, "run", "rev")
+        if prefetch_nodes:
+            pipe.hmget(rk.nodes, prefetch_nodes)
+        results = await pipe.execute()
+        run_raw, rev_raw = results[0]
+        view = RedisView(
+            run_record=RunRecord.model_validate_json(run_raw) if run_raw is not None else None,
+            rev=int(rev_raw) if rev_raw is not None else None,
+        )
+        if prefetch_nodes:
+            for nid, raw in zip(prefetch_nodes, results[1], strict=True):
+                view.nodes[nid] = NodeRecord.model_validate_json(raw) if raw is not None else None
+        return view
+
+    async def fill_nodes(self, run_id: str, view: RedisView, node_ids: list[str]) -> None:
+        """Load several node records in one round trip."""
+        wanted = [n for n in node_ids if n not in view.nodes]
+        if not wanted:
+            return
+        raws = await self.redis.hmget(self.keys.run(run_id).nodes, wanted)
+        for nid, raw in zip(wanted, raws, strict=True):
+            view.nodes[nid] = NodeRecord.model_validate_json(raw) if raw is not None else None
+
+    async def fill(self, run_id: str, view: RedisView, need: NeedState) -> None:
+        """Load what ``need`` names into ``view``."""
+        rk = self.keys.run(run_id)
+        if need.kind == "node":
+            raw = await self.redis.hget(rk.nodes, need.key)
+            view.nodes[need.key] = NodeRecord.model_validate_json(raw) if raw else None
+        elif need.kind == "output":
+            node_id, visit = need.key
+            raw = await self.redis.hget(rk.outputs, RunKeys.output_field(node_id, visit))
+            view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
+        elif need.kind == "join":
+            node_id, index = need.key
+            raw = await self.redis.hget(rk.joins, RunKeys.join_field(node_id, index))
+            view.joins[need.key] = raw.decode() if raw is not None else ""
+        elif need.kind == "loop":
+            raw = await self.redis.hget(rk.loops, str(need.key))
+            view.loops[need.key] = LoopRecord.model_validate_json(raw) if raw else None
+        elif need.kind == "active":
+            raw_active = await self.redis.hgetall(rk.active)
+            view.active = {k.decode(): int(v) for k, v in raw_active.items()}
+        else:  # pragma: no cover - programming error
+            raise StoreError(f"unknown state kind {need.kind!r}")
+
+    # --- applying -----------------------------------------------------------------------
+
+    async def apply(
+        self, t: Transition, expected_rev: int | None, old_status: str | None, now_ms: int
+    ) -> bool:
+        """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
+        not exist yet). ``old_status`` is the status the run had. False on conflict."""
+        run = t.run
+        if run is None:
+            raise StoreError("a transition without a run record cannot be applied")
+        rk = self.keys.run(run.run_id)
+        keys = [
+            *rk.all(),
+            self.keys.timers,
+            self.keys.runs_all,
+            self.keys.runs_by_status(old_status or run.status.value),
+            self.keys.runs_by_status(run.status.value),
+        ]
+        argv = self._pack(t, run, expected_rev, now_ms)
+        return bool(await self._apply(keys=keys, args=argv))
+
+    def _pack(
+        self, t: Transition, run: RunRecord, expected_rev: int | None, now_ms: int
+    ) -> list[Any]:
+        finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
+        argv: list[Any] = [
+            str(expected_rev) if expected_rev is not None else "-1",
+            run.dump(),
+            run.rev,
+            run.run_id,
+            now_ms,
+            self.keys.events_channel,
+            self.retention_s if finished else 0,
+            ABORT_KEY,
+        ]
+        _section(argv, [(nid, rec.dump()) for nid, rec in t.nodes.items()])
+        _section(argv, [(RunKeys.output_field(n, v), dumps(o)) for (n, v), o in t.outputs.items()])
+        _section(argv, [(RunKeys.join_field(n, i), s) for (n, i), s in t.joins.items()])
+        _section(argv, [(str(i), rec.model_dump_json()) for i, rec in t.loops.items()])
+        _section(argv, [(nid, visit) for nid, visit in t.active_add.items()])
+        _flat_section(argv, sorted(t.active_remove))
+        _flat_section(
+            argv,
+            [dumps({"run_id": run.run_id, **h.model_dump(mode="json")}) for h in t.history],
+        )
+        jobs, timers, waits, releases, aborts = [], [], [], [], []
+        for a in t.actions:
+            if isinstance(a, EnqueueNode):
+                w = job_write(self.keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
+                jobs.append(w.argv())
+            elif isinstance(a, ScheduleTimer):
+                member = encode_inbox(
+                    TimerFired(
+                        run_id=run.run_id,
+                        timer=a.timer,
+                        node_id=a.node_id,
+                        visit=a.visit,
+                        attempt=a.attempt,
+                    )
+                )
+                timers.append((member, int(a.due_at * 1000)))
+            elif isinstance(a, PauseForApproval):
+                waits.append((a.node_id, a.token))
+            elif isinstance(a, ReleaseWait):
+                releases.append(a.node_id)
+            elif isinstance(a, CancelNode):
+                aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt))
+        argv.append(len(jobs))
+        for j in jobs:
+            argv.extend(j)
+        _section(argv, timers)
+        _section(argv, waits)
+        _flat_section(argv, releases)
+        _flat_section(argv, aborts)
+        return argv
+
+    # --- read models --------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        raw = await self.redis.hget(self.keys.run(run_id).meta, "run")
+        if raw is None:
+            return None
+        try:
+            return RunRecord.model_validate_json(raw)
+        except ValidationError as e:
+            raise StoreError(f"run {run_id!r} has a corrupt record: {e}") from e
+
+    async def node_records(self, run_id: str) -> dict[str, NodeRecord]:
+        raw = await self.redis.hgetall(self.keys.run(run_id).nodes)
+        return {k.decode(): NodeRecord.model_validate_json(v) for k, v in raw.items()}
+
+    async def outputs_of(self, run_id: str, wanted: dict[str, int]) -> dict[str, Any]:
+        if not wanted:
+            return {}
+        fields = [RunKeys.output_field(n, v) for n, v in wanted.items()]
+        raws = await self.redis.hmget(self.keys.run(run_id).outputs, fields)
+        return {n: orjson.loads(r) for n, r in zip(wanted, raws, strict=True) if r is not None}
+
+    async def history(self, run_id: str, count: int | None = None) -> list[dict[str, Any]]:
+        entries = await self.redis.xrange(self.keys.run(run_id).events, count=count)
+        return [orjson.loads(fields[b"e"]) for _, fields in entries]
+
+    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[str]:
+        key = self.keys.runs_by_status(status) if status else self.keys.runs_all
+        ids = await self.redis.zrevrange(key, 0, limit - 1)
+        return [i.decode() for i in ids]
+
+
+def _section(argv: list[Any], pairs: list[tuple[Any, Any]]) -> None:
+    argv.append(len(pairs))
+    for a, b in pairs:
+        argv.extend((a, b))
+
+
+def _flat_section(argv: list[Any], items: list[Any]) -> None:
+    argv.append(len(items))
+    argv.extend(items)

@@ -1,0 +1,180 @@
+"""What goes into the transition function (events) and what comes out (actions, history).
+
+Events are also the dispatcher's inbox messages: pydantic models, versioned (``v``),
+serialized with orjson. Actions are instructions the runtime performs idempotently.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Action",
+    "ApprovalReceived",
+    "CancelNode",
+    "CancelRequested",
+    "EnqueueNode",
+    "ErrorInfo",
+    "Event",
+    "FinishRun",
+    "HistoryEvent",
+    "NodeReported",
+    "PauseForApproval",
+    "ReleaseWait",
+    "RunSubmitted",
+    "ScheduleTimer",
+    "TimerFired",
+    "TimerKind",
+]
+
+TimerKind = Literal["retry", "wait_timeout", "run_timeout"]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    v: Literal[1] = 1
+
+
+class ErrorInfo(BaseModel):
+    """A failure, as stored and shown: the error type and message, and where it happened."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    message: str
+    node_id: str | None = None
+    code: str | None = None  # relaygraph's own failure codes: max_visits, step_limit, ...
+    retryable: bool = True
+
+    def __str__(self) -> str:
+        where = f" at node {self.node_id!r}" if self.node_id else ""
+        return f"{self.type}{where}: {self.message}"
+
+
+# --- events (inputs) ------------------------------------------------------------------
+
+
+class RunSubmitted(_Msg):
+    kind: Literal["submitted"] = "submitted"
+    run_id: str
+    graph_id: str
+    graph_version: int
+    input: Any = None
+    idempotency_key: str | None = None
+
+
+class NodeReported(_Msg):
+    """A worker's report about one attempt of one visit of a node."""
+
+    kind: Literal["reported"] = "reported"
+    run_id: str
+    node_id: str
+    visit: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    status: Literal["completed", "waiting", "failed"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    worker: str | None = None
+
+
+class ApprovalReceived(_Msg):
+    """An approval or rejection of a waiting node; ``token`` must match the wait's token."""
+
+    kind: Literal["approval"] = "approval"
+    run_id: str
+    node_id: str
+    decision: Literal["approve", "reject"]
+    data: dict[str, Any] = Field(default_factory=dict)
+    actor: str | None = None
+    token: str | None = None
+
+
+class TimerFired(_Msg):
+    kind: Literal["timer"] = "timer"
+    run_id: str
+    timer: TimerKind
+    node_id: str | None = None
+    visit: int = 0
+    attempt: int = 0
+
+
+class CancelRequested(_Msg):
+    kind: Literal["cancel"] = "cancel"
+    run_id: str
+    reason: str = "cancelled"
+    actor: str | None = None
+
+
+Event = Annotated[
+    RunSubmitted | NodeReported | ApprovalReceived | TimerFired | CancelRequested,
+    Field(discriminator="kind"),
+]
+
+# --- actions (outputs) ----------------------------------------------------------------
+
+
+class EnqueueNode(_Msg):
+    """Start one attempt of one visit of a node on a worker queue."""
+
+    action: Literal["enqueue"] = "enqueue"
+    node_id: str
+    visit: int
+    attempt: int
+    queue: str
+    timeout_s: float | None = None
+    parent: str | None = None
+
+
+class ScheduleTimer(_Msg):
+    action: Literal["timer"] = "timer"
+    timer: TimerKind
+    due_at: float
+    node_id: str | None = None
+    visit: int = 0
+    attempt: int = 0
+
+
+class PauseForApproval(_Msg):
+    """Take the wait lock for (node, visit) with ``token``."""
+
+    action: Literal["pause"] = "pause"
+    node_id: str
+    visit: int
+    token: str
+
+
+class ReleaseWait(_Msg):
+    action: Literal["release"] = "release"
+    node_id: str
+
+
+class CancelNode(_Msg):
+    """Tell workers that any attempt of this visit should stop (its report will be ignored)."""
+
+    action: Literal["cancel_node"] = "cancel_node"
+    node_id: str
+    visit: int
+    attempt: int
+
+
+class FinishRun(_Msg):
+    action: Literal["finish"] = "finish"
+    status: Literal["completed", "failed", "cancelled"]
+
+
+Action = EnqueueNode | ScheduleTimer | PauseForApproval | ReleaseWait | CancelNode | FinishRun
+
+
+class HistoryEvent(BaseModel):
+    """One entry of a run's history stream (also published on the events channel)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str  # e.g. node.completed, run.failed
+    at: float
+    node_id: str | None = None
+    visit: int | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)

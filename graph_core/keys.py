@@ -1,0 +1,110 @@
+"""Every Redis key relaygraph uses, built in one place.
+
+Per-run keys carry the run id as a hash tag (``{run_id}``) so that a run's keys live in one
+cluster slot. Keys are built from ids and never parsed back into ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from graph_core.errors import RelaygraphError
+
+__all__ = ["DEFAULT_PREFIX", "Keys", "RunKeys", "check_run_id"]
+
+DEFAULT_PREFIX = "relaygraph"
+_RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is safe to embed in keys; raise otherwise."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise RelaygraphError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '_' or '-'")
+    return run_id
+
+
+@dataclass(frozen=True, slots=True)
+class RunKeys:
+    """The keys of one run, computed once."""
+
+    meta: str  # hash: "run" -> RunRecord JSON, "rev" -> revision (int)
+    nodes: str  # hash: node id -> NodeRecord JSON
+    outputs: str  # hash: output_field(node, visit) -> output JSON
+    joins: str  # hash: join_field(node, edge) -> queued branch signals ("t"/"d")
+    loops: str  # hash: loop id -> LoopRecord JSON
+    active: str  # hash: node id -> visit, the run's live frontier
+    events: str  # stream: the run's history
+    waits: str  # hash: node id -> wait token (the approval locks of this run)
+
+    @staticmethod
+    def output_field(node_id: str, visit: int) -> str:
+        return f"{node_id}#{visit}"
+
+    @staticmethod
+    def join_field(node_id: str, edge_index: int) -> str:
+        return f"{node_id}#{edge_index}"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.meta,
+            self.nodes,
+            self.outputs,
+            self.joins,
+            self.loops,
+            self.active,
+            self.events,
+            self.waits,
+        )
+
+
+class Keys:
+    """Key builder for one prefix (default ``relaygraph``)."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not _PREFIX.match(prefix):
+            raise RelaygraphError(
+                f"invalid key prefix {prefix!r}: use 1-64 letters, digits, '_', '-', '.' or ':'"
+            )
+        self.prefix = prefix
+        p = prefix
+        self.inbox = f"{p}:inbox"  # stream consumed by the dispatchers' group
+        self.inbox_group = "dispatchers"
+        self.deadletter = f"{p}:deadletter"  # stream of rejected messages, with reasons
+        self.approvals_channel = f"{p}:approvals"
+        self.events_channel = f"{p}:events"
+        self.timers = f"{p}:timers"  # zset: timer member -> due time (ms)
+        self.graphs = f"{p}:graphs"  # hash: graph_field(id, version) -> graph JSON
+        self.graph_latest = f"{p}:graphs:latest"  # hash: graph id -> latest version
+        self.runs_all = f"{p}:runs"  # zset: run id -> created (ms)
+        self.workers = f"{p}:workers"  # hash: worker id -> heartbeat JSON
+
+    def graph_field(self, graph_id: str, version: int) -> str:
+        return f"{graph_id}@{version}"
+
+    def runs_by_status(self, status: str) -> str:
+        return f"{self.prefix}:runs:{status}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}:queue:{name}"
+
+    def wake(self, queue_name: str) -> str:
+        return f"{self.prefix}:wake:{queue_name}"
+
+    def run(self, run_id: str) -> RunKeys:
+        tag = "{" + check_run_id(run_id) + "}"
+        base = f"{self.prefix}:run:{tag}"
+        return RunKeys(
+            meta=f"{base}:meta",
+            nodes=f"{base}:nodes",
+            outputs=f"{base}:outputs",
+            joins=f"{base}:joins",
+            loops=f"{base}:loops",
+            active=f"{base}:active",
+            events=f"{base}:events",
+            waits=f"{base}:waits",
+        )

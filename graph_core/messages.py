@@ -1,0 +1,171 @@
+"""Wire formats shared by the dispatcher, the workers and outside services (pure code).
+
+* **Inbox** (Redis stream ``<prefix>:inbox``): one field ``m`` holding a JSON object whose
+  ``kind`` is ``submit``, ``reported``, ``approval``, ``cancel`` or ``timer``. A non-Python
+  service submits a run with ``XADD relaygraph:inbox * m '{"kind":"submit","graph_id":"g",
+  "input":{...}}'`` (see docs/protocol.md).
+* **Approvals** (pub/sub channel ``<prefix>:approvals``): a JSON ``ApprovalReceived`` without
+  ``kind`` needed: ``{"run_id","node_id","decision","data","actor","token"}``.
+* **Jobs** (arq queues): arq's job envelope, serialized with orjson (never pickle), whose one
+  argument is a ``JobPayload``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from graph_core.errors import MessageError
+from graph_core.events import (
+    ApprovalReceived,
+    CancelRequested,
+    NodeReported,
+    TimerFired,
+)
+
+__all__ = [
+    "ARQ_FUNCTION",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "InboxMessage",
+    "JobPayload",
+    "SubmitRequest",
+    "decode_arq_job",
+    "dumps",
+    "encode_arq_job",
+    "encode_inbox",
+    "job_id",
+    "parse_approval",
+    "parse_inbox",
+    "parse_job_payload",
+]
+
+ARQ_FUNCTION: Final = "relaygraph_run_node"
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576  # 1 MiB per message (outputs, inputs)
+
+
+class SubmitRequest(BaseModel):
+    """Start a run of a registered graph (``graph_version`` None: the latest)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    kind: Literal["submit"] = "submit"
+    graph_id: str = Field(min_length=1)
+    graph_version: int | None = Field(default=None, ge=1)
+    input: Any = None
+    run_id: str | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+InboxMessage = Annotated[
+    SubmitRequest | NodeReported | ApprovalReceived | CancelRequested | TimerFired,
+    Field(discriminator="kind"),
+]
+_INBOX: TypeAdapter[Any] = TypeAdapter(InboxMessage)
+
+
+class JobPayload(BaseModel):
+    """The one argument of a node job: which attempt of which visit of which node."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    run_id: str
+    graph_id: str
+    graph_version: int
+    node_id: str
+    visit: int
+    attempt: int
+    timeout_s: float | None = None
+    parent: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts of one visit: what a handler's side effects key on."""
+        return f"{self.run_id}:{self.node_id}:{self.visit}"
+
+
+def dumps(value: Any) -> bytes:
+    """orjson with the options relaygraph uses everywhere (non-str dict keys allowed)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _loads(raw: bytes | str, kind: str, max_bytes: int) -> Any:
+    if len(raw) > max_bytes:
+        raise MessageError(kind, f"{len(raw)} bytes is over the {max_bytes}-byte limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MessageError(kind, f"not JSON ({e})") from e
+
+
+def _explain(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "message"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_inbox(raw: bytes | str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """Parse one inbox message; raise ``MessageError`` saying what is wrong."""
+    data = _loads(raw, "inbox", max_bytes)
+    if not isinstance(data, dict):
+        raise MessageError("inbox", "expected a JSON object")
+    try:
+        return _INBOX.validate_python(data)
+    except ValidationError as e:
+        raise MessageError("inbox", _explain(e)) from e
+
+
+def encode_inbox(message: BaseModel) -> bytes:
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def parse_approval(
+    raw: bytes | str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> ApprovalReceived:
+    """Parse an approval published on the approvals channel."""
+    data = _loads(raw, "approval", max_bytes)
+    if not isinstance(data, dict):
+        raise MessageError("approval", "expected a JSON object")
+    data.setdefault("kind", "approval")
+    try:
+        return ApprovalReceived.model_validate(data)
+    except ValidationError as e:
+        raise MessageError("approval", _explain(e)) from e
+
+
+def job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
+    """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op."""
+    return f"rg:{run_id}:{node_id}:{visit}:{attempt}"
+
+
+def encode_arq_job(payload: JobPayload, enqueue_time_ms: int) -> bytes:
+    """arq's job envelope (keys t, f, a, k, et) as orjson bytes."""
+    return dumps(
+        {
+            "t": None,
+            "f": ARQ_FUNCTION,
+            "a": [payload.model_dump(mode="json", exclude_none=True)],
+            "k": {},
+            "et": enqueue_time_ms,
+        }
+    )
+
+
+def decode_arq_job(raw: bytes) -> dict[str, Any]:
+    """Inverse of ``encode_arq_job`` (used as arq's job deserializer)."""
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise MessageError("job", "expected a JSON object")
+    return data
+
+
+def parse_job_payload(data: Any) -> JobPayload:
+    try:
+        return JobPayload.model_validate(data)
+    except ValidationError as e:
+        raise MessageError("job", _explain(e)) from e

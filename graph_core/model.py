@@ -1,0 +1,359 @@
+"""The graph model: ``Graph``, ``Node``, ``Edge``, ``Trigger``, ``RetryPolicy``.
+
+Graphs are plain JSON data (a superset of roomkit-graph 0.4's ``Graph.to_dict()``). The models
+are pydantic v2; ``Graph.from_dict`` turns every structural and semantic problem into one
+``GraphValidationError`` listing them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+
+from graph_core.conditions import Condition
+from graph_core.errors import GraphValidationError, Problem
+
+__all__ = [
+    "CONTROL_TYPES",
+    "Edge",
+    "Graph",
+    "JoinSpec",
+    "Node",
+    "RetryPolicy",
+    "Trigger",
+    "WaitPolicy",
+]
+
+# Node types the dispatcher executes itself (pure control flow, no worker job).
+CONTROL_TYPES = frozenset({"start", "end", "parallel", "human"})
+
+_NODE_ID = re.compile(r"^[^.\s{}|]+$")
+JoinSpec = Literal["all", "any"] | int
+
+
+class RetryPolicy(BaseModel):
+    """How a failed node is retried. ``max_attempts`` counts the first attempt."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(default=1, ge=1, le=1000)
+    backoff: Literal["fixed", "exponential"] = "exponential"
+    initial_delay_s: float = Field(default=1.0, ge=0)
+    max_delay_s: float = Field(default=60.0, ge=0)
+    jitter: float = Field(default=0.0, ge=0, le=1)
+    retry_on: list[str] | None = None  # error types that are retried (None: all)
+    no_retry_on: list[str] = Field(default_factory=list)  # error types never retried
+
+
+class WaitPolicy(BaseModel):
+    """What happens when an approval does not arrive in time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(gt=0)
+    on_timeout: Literal["reject", "approve", "fail", "escalate"] = "fail"
+    escalate_to: str | None = None
+
+
+class Trigger(BaseModel):
+    """How runs of the graph start (informational; roomkit-graph's trigger types)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    type: str = "manual"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Node(BaseModel):
+    """A step. ``Node("triage", type="agent", config={...})``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id: str
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    parent: str | None = None
+    queue: str | None = None
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_visits: int | None = Field(default=None, ge=1)
+    fan_out: bool = False
+    join: JoinSpec = "all"
+    wait: WaitPolicy | None = None
+
+    def __init__(self, id: str | None = None, /, **data: Any) -> None:
+        if id is not None:
+            data["id"] = id
+        super().__init__(**data)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not _NODE_ID.match(v) or v == "input":
+            raise ValueError(
+                f"node id {v!r} must be non-empty, must not be 'input' and must not contain "
+                "dots, spaces, braces or '|'"
+            )
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("node type must be a non-empty string")
+        return v
+
+    @field_validator("join")
+    @classmethod
+    def _check_join(cls, v: JoinSpec) -> JoinSpec:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a numeric join must be >= 1")
+        return v
+
+    @property
+    def is_control(self) -> bool:
+        return self.type in CONTROL_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "type": self.type}
+        dumped = self.model_dump(mode="json", exclude_defaults=True, exclude={"id", "type"})
+        data.update(dumped)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Node:
+        return cls.model_validate(data)
+
+
+class Edge(BaseModel):
+    """A connection. ``Edge("triage", "escalate", condition=Condition.field(...).eq(...))``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    target: str
+    condition: Condition | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(
+        self, source: str | None = None, target: str | None = None, /, **data: Any
+    ) -> None:
+        if source is not None:
+            data["source"] = source
+        if target is not None:
+            data["target"] = target
+        super().__init__(**data)
+
+    @field_validator("condition", mode="before")
+    @classmethod
+    def _empty_condition_is_none(cls, v: Any) -> Any:
+        return None if v in ({}, None) else v  # roomkit-graph treats {} as "no condition"
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"source": self.source, "target": self.target}
+        if self.condition is not None:
+            data["condition"] = self.condition.to_dict()
+        if self.metadata:
+            data["metadata"] = self.metadata
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Edge:
+        return cls.model_validate(data)
+
+
+class Graph(BaseModel):
+    """A workflow graph: nodes, edges and run-wide limits. Build fluently or load JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    version: int = Field(default=1, ge=1)
+    description: str | None = None
+    trigger: Trigger = Field(default_factory=Trigger)
+    nodes: list[Node] = Field(default_factory=list)
+    edges: list[Edge] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    max_steps: int = Field(default=100_000, ge=1)
+    retry: RetryPolicy | None = None  # default for nodes without their own
+    timeout_s: float | None = Field(default=None, gt=0)  # whole-run deadline
+
+    _index: dict[str, Node] | None = PrivateAttr(default=None)
+    _topology: Any = PrivateAttr(default=None)
+
+    # --- builder ------------------------------------------------------------------------
+
+    def add_node(self, node: Node) -> Graph:
+        self.nodes.append(node)
+        self._invalidate()
+        return self
+
+    def add_nodes(self, *nodes: Node) -> Graph:
+        self.nodes.extend(nodes)
+        self._invalidate()
+        return self
+
+    def add_edge(self, edge: Edge) -> Graph:
+        self.edges.append(edge)
+        self._invalidate()
+        return self
+
+    def add_edges(self, *edges: Edge) -> Graph:
+        self.edges.extend(edges)
+        self._invalidate()
+        return self
+
+    def connect(self, *node_ids: str) -> Graph:
+        """Chain unconditional edges: ``connect("a", "b", "c")`` adds a->b and b->c."""
+        for a, b in itertools.pairwise(node_ids):
+            self.edges.append(Edge(a, b))
+        self._invalidate()
+        return self
+
+    def _invalidate(self) -> None:
+        self._index = None
+        self._topology = None
+
+    # --- lookup -------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> Node:
+        """The node with this id; ``KeyError`` naming it when absent."""
+        if self._index is None:
+            self._index = {n.id: n for n in self.nodes}
+        try:
+            return self._index[node_id]
+        except KeyError:
+            raise KeyError(f"graph {self.id!r} has no node {node_id!r}") from None
+
+    def has_node(self, node_id: str) -> bool:
+        if self._index is None:
+            self._index = {n.id: n for n in self.nodes}
+        return node_id in self._index
+
+    def retry_for(self, node: Node) -> RetryPolicy:
+        return node.retry or self.retry or RetryPolicy()
+
+    # --- serialization ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "name": self.name, "version": self.version}
+        if self.description is not None:
+            data["description"] = self.description
+        data["trigger"] = self.trigger.to_dict()
+        data["nodes"] = [n.to_dict() for n in self.nodes]
+        data["edges"] = [e.to_dict() for e in self.edges]
+        if self.metadata:
+            data["metadata"] = self.metadata
+        if self.max_steps != 100_000:
+            data["max_steps"] = self.max_steps
+        if self.retry is not None:
+            data["retry"] = self.retry.model_dump(mode="json", exclude_defaults=True)
+        if self.timeout_s is not None:
+            data["timeout_s"] = self.timeout_s
+        return data
+
+    def to_json(self, *, indent: bool = False) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 if indent else 0)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, validate: bool = True) -> Graph:
+        """Load a graph dict; raise ``GraphValidationError`` listing every problem."""
+        if not isinstance(data, dict):
+            raise GraphValidationError(
+                [Problem("not_an_object", "graph", f"expected a JSON object, got {_kind(data)}")]
+            )
+        try:
+            graph = cls.model_validate(data)
+        except ValidationError as e:
+            raise GraphValidationError(
+                _problems_from_pydantic(e, data), graph_id=_str_or_none(data.get("id"))
+            ) from e
+        if validate:
+            from graph_core.validation import validate_graph
+
+            problems = validate_graph(graph)
+            if problems:
+                raise GraphValidationError(problems, graph_id=graph.id)
+        return graph
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, *, validate: bool = True) -> Graph:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise GraphValidationError(
+                [Problem("bad_json", "graph", f"not valid JSON: {e}")]
+            ) from e
+        return cls.from_dict(data, validate=validate)
+
+    def validate_graph(self) -> Graph:
+        """Raise ``GraphValidationError`` if this (builder-made) graph is invalid."""
+        from graph_core.validation import validate_graph
+
+        problems = validate_graph(self)
+        if problems:
+            raise GraphValidationError(problems, graph_id=self.id)
+        return self
+
+
+def _kind(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", type(None): "null"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _where(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """Turn a pydantic location into a readable one naming the node or edge."""
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        key = loc[i]
+        if key in ("nodes", "edges") and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            idx = loc[i + 1]
+            items = data.get(key)
+            item = items[idx] if isinstance(items, list) and idx < len(items) else None
+            if key == "nodes" and isinstance(item, dict) and isinstance(item.get("id"), str):
+                parts.append(f"node {item['id']!r}")
+            elif key == "edges" and isinstance(item, dict):
+                parts.append(f"edge[{idx}] {item.get('source')!s}->{item.get('target')!s}")
+            else:
+                parts.append(f"{key}[{idx}]")
+            i += 2
+            continue
+        parts.append(str(key))
+        i += 1
+    return ".".join(parts) if parts else "graph"
+
+
+def _problems_from_pydantic(e: ValidationError, data: dict[str, Any]) -> list[Problem]:
+    problems = []
+    for err in e.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}" if loc else msg
+        problems.append(Problem(err["type"], _where(loc, data), msg))
+    return problems

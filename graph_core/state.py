@@ -1,0 +1,142 @@
+"""Run state records, the read-only ``StateView`` the transition function reads through, and
+the ``Transition`` it returns (the state changes plus the actions and history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from graph_core.events import Action, ErrorInfo, HistoryEvent
+from graph_core.status import NodeStatus, RunStatus
+
+__all__ = [
+    "LoopRecord",
+    "NodeRecord",
+    "RunRecord",
+    "StateView",
+    "Transition",
+    "WaitInfo",
+]
+
+
+class WaitInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str
+    since: float
+    visit: int
+    prompt: Any = None
+
+
+class NodeRecord(BaseModel):
+    """The state of one node in one run. Small: never grows with the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: NodeStatus = NodeStatus.PENDING
+    visits: int = 0  # visits begun
+    attempt: int = 0  # attempt of the current visit
+    last_ok_visit: int = 0  # the visit whose output is this node's latest output
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorInfo | None = None
+    wait: WaitInfo | None = None
+    trigger: str | None = None  # the node whose completion started the current visit
+    backlog: int = 0  # activations waiting for the current visit to finish
+    # join bookkeeping (nodes with two or more join inputs)
+    edges_ready: int = 0  # join inputs with at least one queued signal
+    head_taken: int = 0  # join inputs whose oldest queued signal is "taken"
+    fired: bool = False  # the join already fired in the current generation
+    # parallel bookkeeping (the current visit's children)
+    children_done: int = 0
+    children_failed: int = 0
+    parent_visit: int = 0  # for a child: the visit of its parallel node it belongs to
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (
+            NodeStatus.QUEUED,
+            NodeStatus.RUNNING,
+            NodeStatus.WAITING,
+            NodeStatus.RETRY_SCHEDULED,
+        )
+
+    def dump(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=True).encode()
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    graph_id: str
+    graph_version: int
+    status: RunStatus = RunStatus.RUNNING
+    input: Any = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+    steps: int = 0  # node activations so far (checked against graph.max_steps)
+    tokens: int = 0  # live activations plus branch signals parked at joins
+    waiting: int = 0  # nodes currently waiting for an approval
+    last_dead_end: str | None = None  # last node whose routing matched no edge
+    rev: int = 0  # bumped by every applied transition (optimistic concurrency)
+
+    def dump(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=True).encode()
+
+
+class LoopRecord(BaseModel):
+    """Bookkeeping of one loop (cyclic component) in one run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = 0
+    touched: bool = False
+    exits_taken: list[int] = Field(default_factory=list)
+
+
+class StateView(Protocol):
+    """What the transition function may read. Implementations may load lazily; the function
+    reads only the event's neighbourhood."""
+
+    def run(self) -> RunRecord | None: ...
+
+    def node(self, node_id: str) -> NodeRecord | None: ...
+
+    def output(self, node_id: str, visit: int) -> Any:
+        """The stored output of (node, visit), or ``MISSING``."""
+        ...
+
+    def arrivals(self, node_id: str, edge_index: int) -> str: ...
+
+    def loop(self, loop_id: int) -> LoopRecord | None: ...
+
+    def active_nodes(self) -> dict[str, int]:
+        """The run's live frontier: node id -> visit. Read only to finish or cancel a run."""
+        ...
+
+
+@dataclass
+class Transition:
+    """The result of one event: state changes, actions and history, or why it was ignored."""
+
+    run: RunRecord | None = None
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    joins: dict[tuple[str, int], str] = field(default_factory=dict)
+    loops: dict[int, LoopRecord] = field(default_factory=dict)
+    active_add: dict[str, int] = field(default_factory=dict)
+    active_remove: set[str] = field(default_factory=set)
+    actions: list[Action] = field(default_factory=list)
+    history: list[HistoryEvent] = field(default_factory=list)
+    ignored: str | None = None  # set when the event changed nothing, saying why
+
+    @property
+    def changed(self) -> bool:
+        return self.ignored is None and self.run is not None

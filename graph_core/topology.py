@@ -1,0 +1,159 @@
+"""Derived structure of a graph, computed once per graph and cached on it.
+
+The transition function needs, per node: its outgoing edges in order, the incoming edges that
+count for its join, which edges close a cycle (back edges), and which strongly connected
+component (loop) it belongs to. Everything here is O(graph) once, O(1) per lookup after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graph_core.model import Edge, Graph
+
+__all__ = ["Topology", "topology"]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRef:
+    index: int  # position in graph.edges (stable id within a graph version)
+    edge: Edge
+
+
+@dataclass(slots=True)
+class Topology:
+    start: str | None
+    out_edges: dict[str, list[EdgeRef]] = field(default_factory=dict)
+    in_edges: dict[str, list[EdgeRef]] = field(default_factory=dict)
+    # Incoming edges that are join inputs: every incoming edge except back edges.
+    join_inputs: dict[str, list[int]] = field(default_factory=dict)
+    back_edges: frozenset[int] = frozenset()
+    # Loop (cyclic strongly connected component) id per node; absent when not in a loop.
+    loop_of: dict[str, int] = field(default_factory=dict)
+    # Edges leaving each loop: their "not taken" signal waits until the loop goes idle.
+    loop_exits: dict[int, list[int]] = field(default_factory=dict)
+    exit_edges: frozenset[int] = frozenset()  # union of loop_exits
+    children: dict[str, list[str]] = field(default_factory=dict)
+
+
+def topology(graph: Graph) -> Topology:
+    """The graph's topology, computed on first use and cached on the graph object."""
+    cached = graph._topology
+    if isinstance(cached, Topology):
+        return cached
+    topo = _compute(graph)
+    graph._topology = topo
+    return topo
+
+
+def _compute(graph: Graph) -> Topology:
+    ids = [n.id for n in graph.nodes]
+    known = set(ids)
+    starts = [n.id for n in graph.nodes if n.type == "start"]
+    topo = Topology(start=starts[0] if len(starts) == 1 else None)
+    for nid in ids:
+        topo.out_edges.setdefault(nid, [])
+        topo.in_edges.setdefault(nid, [])
+    for i, e in enumerate(graph.edges):
+        if e.source in known and e.target in known:
+            ref = EdgeRef(i, e)
+            topo.out_edges[e.source].append(ref)
+            topo.in_edges[e.target].append(ref)
+    for n in graph.nodes:
+        if n.parent is not None:
+            topo.children.setdefault(n.parent, []).append(n.id)
+
+    topo.back_edges = frozenset(_back_edges(topo, ids))
+    for nid in ids:
+        topo.join_inputs[nid] = [
+            r.index for r in topo.in_edges[nid] if r.index not in topo.back_edges
+        ]
+
+    for loop_id, members in enumerate(_cyclic_sccs(topo, ids)):
+        for m in members:
+            topo.loop_of[m] = loop_id
+        exits = [
+            r.index for m in members for r in topo.out_edges[m] if r.edge.target not in members
+        ]
+        topo.loop_exits[loop_id] = exits
+    topo.exit_edges = frozenset(i for exits in topo.loop_exits.values() for i in exits)
+    return topo
+
+
+def _back_edges(topo: Topology, ids: list[str]) -> set[int]:
+    """Edges that close a cycle, by an iterative DFS from start (then from any unvisited
+    node, in definition order) following edges in definition order."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = dict.fromkeys(ids, WHITE)
+    back: set[int] = set()
+    roots = ([topo.start] if topo.start else []) + ids
+    for root in roots:
+        if color[root] != WHITE:
+            continue
+        color[root] = GREY
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            nid, pos = stack[-1]
+            outs = topo.out_edges[nid]
+            if pos < len(outs):
+                stack[-1] = (nid, pos + 1)
+                ref = outs[pos]
+                tgt = ref.edge.target
+                if color[tgt] == GREY:
+                    back.add(ref.index)
+                elif color[tgt] == WHITE:
+                    color[tgt] = GREY
+                    stack.append((tgt, 0))
+            else:
+                color[nid] = BLACK
+                stack.pop()
+    return back
+
+
+def _cyclic_sccs(topo: Topology, ids: list[str]) -> list[set[str]]:
+    """Strongly connected components that contain a cycle (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[set[str]] = []
+    counter = 0
+    for root in ids:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            nid, pos = work[-1]
+            outs = topo.out_edges[nid]
+            if pos < len(outs):
+                work[-1] = (nid, pos + 1)
+                tgt = outs[pos].edge.target
+                if tgt not in index:
+                    index[tgt] = low[tgt] = counter
+                    counter += 1
+                    stack.append(tgt)
+                    on_stack.add(tgt)
+                    work.append((tgt, 0))
+                elif tgt in on_stack:
+                    low[nid] = min(low[nid], index[tgt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[nid])
+            if low[nid] == index[nid]:
+                comp: set[str] = set()
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    comp.add(m)
+                    if m == nid:
+                        break
+                self_loop = any(r.edge.target == nid for r in topo.out_edges[nid])
+                if len(comp) > 1 or self_loop:
+                    result.append(comp)
+    return result
