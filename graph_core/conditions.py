@@ -14,7 +14,7 @@ not numbers: ``true == 1`` is false, as in JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from graph_core.errors import ConditionError, PathError
 from graph_core.paths import MISSING, DataSource, parse_path, resolve
 
-__all__ = ["OPS", "Condition", "FieldBuilder", "Op", "json_equal"]
+__all__ = ["OPS", "Condition", "FieldBuilder", "Op", "PathRef", "json_equal"]
 
 Op = Literal["eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "exists"]
 OPS: frozenset[str] = frozenset(get_args(Op))
@@ -38,6 +38,7 @@ class Condition(BaseModel):
     path: str | None = None
     op: Op | None = None
     value: Any = None
+    value_path: str | None = None  # compare with the value at this path instead of `value`
     conditions: tuple[Condition, ...] = ()
 
     @model_validator(mode="after")
@@ -51,11 +52,20 @@ class Condition(BaseModel):
                 raise ValueError(str(e)) from e
             if self.conditions:
                 raise ValueError("a 'field' condition takes no 'conditions'")
-            if self.op in ("in", "not_in") and not isinstance(self.value, list | str):
+            if self.value_path is not None:
+                try:
+                    parse_path(self.value_path)
+                except PathError as e:
+                    raise ValueError(f"value_path: {e}") from e
+            if (
+                self.op in ("in", "not_in")
+                and self.value_path is None
+                and not isinstance(self.value, list | str)
+            ):
                 raise ValueError(f"op {self.op!r} needs a list (or string) 'value'")
         else:
-            if self.path is not None or self.op is not None:
-                raise ValueError(f"a {self.type!r} condition takes no 'path'/'op'")
+            if self.path is not None or self.op is not None or self.value_path is not None:
+                raise ValueError(f"a {self.type!r} condition takes no 'path'/'op'/'value_path'")
             if self.type == "not" and len(self.conditions) != 1:
                 raise ValueError("a 'not' condition takes exactly one condition")
             if self.type == "otherwise" and self.conditions:
@@ -68,6 +78,12 @@ class Condition(BaseModel):
     def field(cls, path: str) -> FieldBuilder:
         """Start a field condition: ``Condition.field("a.output.x").gt(3)``."""
         return FieldBuilder(path)
+
+    @staticmethod
+    def ref(path: str) -> PathRef:
+        """A reference to another path's value, as a comparison's right-hand side:
+        ``Condition.field("a.output.x").lt(Condition.ref("input.y"))``."""
+        return PathRef(path)
 
     @classmethod
     def otherwise(cls) -> Condition:
@@ -100,6 +116,13 @@ class Condition(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (same keys roomkit-graph writes)."""
         if self.type == "field":
+            if self.value_path is not None:
+                return {
+                    "type": "field",
+                    "path": self.path,
+                    "op": self.op,
+                    "value_path": self.value_path,
+                }
             return {"type": "field", "path": self.path, "op": self.op, "value": self.value}
         if self.type == "otherwise":
             return {"type": "otherwise"}
@@ -140,8 +163,19 @@ class Condition(BaseModel):
         """Every path this condition reads (used to prefetch state)."""
         if self.path is not None:
             yield self.path
+        if self.value_path is not None:
+            yield self.value_path
         for c in self.conditions:
             yield from c.paths()
+
+
+class PathRef:
+    """A reference to another path, used as the right-hand side of a comparison."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 class FieldBuilder:
@@ -151,6 +185,8 @@ class FieldBuilder:
         self._path = path
 
     def _op(self, op: Op, value: Any = None) -> Condition:
+        if isinstance(value, PathRef):
+            return Condition(type="field", path=self._path, op=op, value_path=value.path)
         return Condition(type="field", path=self._path, op=op, value=value)
 
     def eq(self, value: Any) -> Condition:
@@ -175,11 +211,11 @@ class FieldBuilder:
     def lte(self, value: Any) -> Condition:
         return self._op("lte", value)
 
-    def in_(self, values: list[Any]) -> Condition:
-        return self._op("in", list(values))
+    def in_(self, values: list[Any] | PathRef) -> Condition:
+        return self._op("in", values if isinstance(values, PathRef) else list(values))
 
-    def not_in(self, values: list[Any]) -> Condition:
-        return self._op("not_in", list(values))
+    def not_in(self, values: list[Any] | PathRef) -> Condition:
+        return self._op("not_in", values if isinstance(values, PathRef) else list(values))
 
     def contains(self, value: Any) -> Condition:
         return self._op("contains", value)
@@ -221,33 +257,34 @@ def _ordered(a: Any, b: Any) -> bool:
     return (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str))
 
 
+def _op_not_in(actual: Any, expected: Any) -> bool:
+    if isinstance(expected, str) and not isinstance(actual, str):
+        return False  # type mismatch: false, like every other op
+    return isinstance(expected, list | str) and not _member(actual, expected)
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "exists": lambda a, e: True,
+    "eq": json_equal,
+    "neq": lambda a, e: not json_equal(a, e),
+    "gt": lambda a, e: _ordered(a, e) and bool(a > e),
+    "gte": lambda a, e: _ordered(a, e) and bool(a >= e),
+    "lt": lambda a, e: _ordered(a, e) and bool(a < e),
+    "lte": lambda a, e: _ordered(a, e) and bool(a <= e),
+    "in": lambda a, e: isinstance(e, list | str) and _member(a, e),
+    "not_in": _op_not_in,
+    "contains": lambda a, e: isinstance(a, list | str | dict) and _member(e, a),
+}
+
+
 def _eval_field(c: Condition, source: DataSource) -> bool:
     actual = resolve(c.path or "", source)
     if actual is MISSING:
         return False
-    op, expected = c.op, c.value
-    if op == "exists":
-        return True
-    if op == "eq":
-        return json_equal(actual, expected)
-    if op == "neq":
-        return not json_equal(actual, expected)
-    if op in ("gt", "gte", "lt", "lte"):
-        if not _ordered(actual, expected):
+    expected = c.value
+    if c.value_path is not None:
+        expected = resolve(c.value_path, source)
+        if expected is MISSING:
             return False
-        if op == "gt":
-            return bool(actual > expected)
-        if op == "gte":
-            return bool(actual >= expected)
-        if op == "lt":
-            return bool(actual < expected)
-        return bool(actual <= expected)
-    if op == "in":
-        return isinstance(expected, list | str) and _member(actual, expected)
-    if op == "not_in":
-        if isinstance(expected, str) and not isinstance(actual, str):
-            return False  # type mismatch: false, like every other op
-        return isinstance(expected, list | str) and not _member(actual, expected)
-    if op == "contains":
-        return isinstance(actual, list | str | dict) and _member(expected, actual)
-    return False
+    fn = _OPS.get(c.op or "")
+    return fn is not None and fn(actual, expected)

@@ -6,8 +6,9 @@ about routing, joins, loops, retries and waiting is decided here.
 
 Semantics in brief (docs/semantics.md has the long form):
 
-* Routing: a completed node's edges are tried in definition order; the first match fires
-  (``fan_out``: every match). ``otherwise`` fires only when nothing else matched.
+* Routing: a completed node's conditional edges are tried in definition order; the first
+  match fires (``fan_out``: every match). When none matched, the default fires: the
+  ``otherwise`` edge, or an unconditional edge (roomkit-graph's fallback).
 * Branch signals: every non-back edge carries one signal per visit of its source: *taken* or
   *dead* (dead-path elimination). A node with one input starts on *taken* and is skipped on
   *dead* (the skip passes *dead* on). A node with several inputs (a join) pairs the oldest

@@ -14,22 +14,32 @@ __all__ = ["backoff_delay", "is_retryable", "join_need", "select_edges"]
 def select_edges(node: Node, out_edges: list[EdgeRef], source: DataSource) -> set[int]:
     """Indices of the edges that fire after ``node`` completes.
 
-    Edges are tried in definition order; the first match wins (with ``fan_out``, every
-    matching edge fires). An ``otherwise`` edge fires only when no other edge matched.
+    Conditional edges are tried in definition order and the first match wins. When none
+    matched, the default fires: the node's ``otherwise`` edge or its unconditional edge (as in
+    roomkit-graph, where an unconditional edge beside conditional ones is the fallback).
+    With ``fan_out`` every matching conditional edge and every unconditional edge fires, and
+    ``otherwise`` only when no conditional edge matched.
     """
     chosen: set[int] = set()
-    fallbacks: list[int] = []
+    defaults: list[int] = []
     for ref in out_edges:
         cond = ref.edge.condition
-        if cond is not None and cond.is_otherwise:
-            fallbacks.append(ref.index)
-            continue
-        if cond is None or cond.evaluate(source):
+        if cond is None:
+            if node.fan_out:
+                chosen.add(ref.index)
+            else:
+                defaults.append(ref.index)
+        elif cond.is_otherwise:
+            defaults.append(ref.index)
+        elif cond.evaluate(source):
             chosen.add(ref.index)
             if not node.fan_out:
                 return chosen
-    if not chosen and fallbacks:
-        return {fallbacks[0]} if not node.fan_out else set(fallbacks)
+    matched_conditional = any(
+        ref.index in chosen and ref.edge.condition is not None for ref in out_edges
+    )
+    if not matched_conditional and defaults:
+        chosen.add(defaults[0])
     return chosen
 
 

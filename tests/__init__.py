@@ -1,0 +1,1 @@
+"""relaygraph's test suite (a package, so ``tests.support`` is importable)."""

@@ -1,0 +1,318 @@
+"""The dispatcher against a real server: routing over Redis, several dispatchers at once,
+approvals published by a plain Redis client, poison messages, durable timers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from graph_core.conditions import Condition as C
+from graph_core.messages import SubmitRequest, encode_inbox
+from graph_core.model import Edge, Graph, Node, RetryPolicy
+from graph_core.state import RunRecord
+from tests.support.fake_worker import FakeWorker, running
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def triage_graph() -> Graph:
+    g = Graph(id="bug-triage", name="Bug Triage")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("triage", type="agent"),
+        Node("escalate", type="notification"),
+        Node("assign", type="agent"),
+        Node("end", type="end"),
+    )
+    g.add_edges(
+        Edge("start", "triage"),
+        Edge("triage", "escalate", condition=C.field("triage.output.severity").eq("critical")),
+        Edge("triage", "assign", condition=C.otherwise()),
+        Edge("escalate", "end"),
+        Edge("assign", "end"),
+    )
+    return g.validate_graph()
+
+
+def busy_graph() -> Graph:
+    """A fan-out/join, a condition and a loop in one graph."""
+    g = Graph(id="busy")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("split", type="work", fan_out=True),
+        Node("a", type="work"),
+        Node("b", type="work"),
+        Node("c", type="work"),
+        Node("join", type="work"),
+        Node("loop", type="work", max_visits=10),
+        Node("big", type="work"),
+        Node("small", type="work"),
+        Node("end", type="end"),
+    )
+    g.connect("start", "split")
+    g.add_edges(Edge("split", "a"), Edge("split", "b"), Edge("split", "c"))
+    g.add_edges(Edge("a", "join"), Edge("b", "join"), Edge("c", "join"))
+    g.connect("join", "loop")
+    g.add_edges(
+        Edge("loop", "loop", condition=C.field("loop.visits").lt(3)),
+        Edge("loop", "big", condition=C.field("input.n").gte(100)),
+        Edge("loop", "small", condition=C.otherwise()),
+        Edge("big", "end"),
+        Edge("small", "end"),
+    )
+    return g.validate_graph()
+
+
+def make_dispatcher(redis: aioredis.Redis, **kw: Any) -> Dispatcher:
+    return Dispatcher(redis, DispatcherSettings(claim_idle_s=1.0, **kw))
+
+
+async def submit(
+    redis: aioredis.Redis, d: Dispatcher, graph_id: str, run_id: str, input: Any
+) -> None:
+    msg = SubmitRequest(graph_id=graph_id, run_id=run_id, input=input)
+    await redis.xadd(d.keys.inbox, {"m": encode_inbox(msg)})
+
+
+async def run_status(d: Dispatcher, run_id: str) -> str | None:
+    run = await d.store.get_run(run_id)
+    return None if run is None else run.status.value
+
+
+async def finished(d: Dispatcher, run_id: str) -> RunRecord:
+    async def done() -> RunRecord | None:
+        run = await d.store.get_run(run_id)
+        return run if run is not None and run.finished_at is not None else None
+
+    return await wait_for(done, timeout=15, message=f"run {run_id} to finish")
+
+
+def triage_handlers() -> dict[str, Any]:
+    return {
+        "triage": lambda n, p: {"severity": "critical" if "down" in p["run_id"] else "low"},
+        "*": lambda n, p: {"node": n},
+    }
+
+
+async def test_bug_triage_routes_over_redis(redis: aioredis.Redis) -> None:
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    w = FakeWorker(redis, d.keys, triage_handlers())
+    async with running(d, w):
+        await submit(redis, d, "bug-triage", "prod-down", {"title": "x"})
+        await submit(redis, d, "bug-triage", "typo", {"title": "y"})
+        down, typo = await finished(d, "prod-down"), await finished(d, "typo")
+    assert (down.status.value, down.output) == ("completed", {"node": "escalate"})
+    assert (typo.status.value, typo.output) == ("completed", {"node": "assign"})
+    nodes = await d.store.node_records("typo")
+    assert nodes["escalate"].status.value == "skipped"
+    types = [e["type"] for e in await d.store.history("typo")]
+    assert types[0] == "run.submitted" and types[-1] == "run.completed"
+
+
+async def test_two_dispatchers_many_runs_each_effect_once(redis: aioredis.Redis) -> None:
+    d1, d2 = make_dispatcher(redis, consumer="d1"), make_dispatcher(redis, consumer="d2")
+    await d1.store.register_graph(busy_graph())
+    workers = [FakeWorker(redis, d1.keys, {"*": lambda n, p: {"node": n}}) for _ in range(3)]
+    runs = [f"r{i}" for i in range(200)]
+    async with running(d1, d2, *workers):
+        for i, rid in enumerate(runs):
+            await submit(redis, d1, "busy", rid, {"n": 150 if i % 2 else 5})
+        records = [await finished(d1, rid) for rid in runs]
+    for i, rec in enumerate(records):
+        assert rec.status.value == "completed", rec.error
+        assert rec.output == {"node": "big" if i % 2 else "small"}
+    executions: dict[tuple[str, str, int], int] = {}
+    for w in workers:
+        for key, n in w.executions.items():
+            executions[key] = executions.get(key, 0) + n
+    assert max(executions.values()) == 1, "a node visit ran twice"
+    per_run = {rid: sum(1 for k in executions if k[0] == rid) for rid in runs}
+    # split, a, b, c, join, 3 loop visits, big|small = 9 executions per run
+    assert set(per_run.values()) == {9}
+    assert d1.processed > 0 and d2.processed > 0, "both dispatchers should have worked"
+
+
+async def _waiting_token(d: Dispatcher, run_id: str, node_id: str) -> str:
+    async def token() -> str | None:
+        raw = await d.redis.hget(d.keys.run(run_id).waits, node_id)
+        return raw.decode() if raw else None
+
+    return await wait_for(token, timeout=10, message=f"{node_id} to wait")
+
+
+def approval_graph() -> Graph:
+    g = Graph(id="approval")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("review", type="human", config={"prompt": "ship {{input.what}}?"}),
+        Node("ship", type="work"),
+        Node("drop", type="work"),
+        Node("end", type="end"),
+    )
+    g.connect("start", "review")
+    g.add_edges(
+        Edge("review", "ship", condition=C.field("review.output.decision").eq("approve")),
+        Edge("review", "drop", condition=C.otherwise()),
+        Edge("ship", "end"),
+        Edge("drop", "end"),
+    )
+    return g.validate_graph()
+
+
+async def test_approval_published_by_a_plain_client_with_the_token(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    d = make_dispatcher(redis)
+    await d.store.register_graph(approval_graph())
+    w = FakeWorker(redis, d.keys, {"*": lambda n, p: {"node": n}})
+    async with running(d, w):
+        await submit(redis, d, "approval", "a1", {"what": "v2"})
+        token = await _waiting_token(d, "a1", "review")
+        nodes = await d.store.node_records("a1")
+        assert nodes["review"].wait is not None and nodes["review"].wait.prompt == "ship v2?"
+        plain = aioredis.Redis.from_url(redis_url)  # no relaygraph code on this side
+        bad = [
+            b"not json",
+            b'{"run_id": "a1", "node_id": "review", "decision": "approve"}',  # no token
+            orjson.dumps(
+                {"run_id": "a1", "node_id": "review", "decision": "approve", "token": "x"}
+            ),
+            b'{"run_id": "a1", "node_id": "review", "decision": "maybe", "token": "t"}',
+        ]
+        for raw in bad:
+            await plain.publish("relaygraph:approvals", raw)
+        assert await run_status(d, "a1") == "waiting"
+        good = {
+            "run_id": "a1",
+            "node_id": "review",
+            "decision": "approve",
+            "data": {"ok": 1},
+            "actor": "alice",
+            "token": token,
+        }
+        await plain.publish("relaygraph:approvals", orjson.dumps(good))
+        run = await finished(d, "a1")
+        await plain.aclose()
+        dead = await redis.xrange(d.keys.deadletter)
+    assert run.status.value == "completed" and run.output == {"node": "ship"}
+    out = orjson.loads(await redis.hget(d.keys.run("a1").outputs, "review#1"))
+    assert out == {"decision": "approve", "data": {"ok": 1}, "actor": "alice"}
+    reasons = [f[b"reason"].decode() for _, f in dead]
+    assert any("not JSON" in r for r in reasons) and any("decision" in r for r in reasons)
+
+
+async def test_racing_approvals_exactly_one_wins(redis: aioredis.Redis, redis_url: str) -> None:
+    d1, d2 = make_dispatcher(redis, consumer="d1"), make_dispatcher(redis, consumer="d2")
+    await d1.store.register_graph(approval_graph())
+    w = FakeWorker(redis, d1.keys, {"*": lambda n, p: {"node": n}})
+    async with running(d1, d2, w):
+        await submit(redis, d1, "approval", "race", {"what": "x"})
+        token = await _waiting_token(d1, "race", "review")
+        clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+        msgs = [
+            orjson.dumps(
+                {
+                    "run_id": "race",
+                    "node_id": "review",
+                    "decision": "approve" if i % 2 else "reject",
+                    "actor": f"p{i}",
+                    "token": token,
+                }
+            )
+            for i in range(20)
+        ]
+        await asyncio.gather(
+            *(c.publish("relaygraph:approvals", m) for c, m in zip(clients, msgs, strict=True))
+        )
+        run = await finished(d1, "race")
+        for c in clients:
+            await c.aclose()
+    history = await d1.store.history("race")
+    resolutions = [e for e in history if e["type"] in ("node.approved", "node.rejected")]
+    assert len(resolutions) == 1
+    winner = resolutions[0]["data"]["actor"]
+    expected = {"node": "ship"} if resolutions[0]["type"] == "node.approved" else {"node": "drop"}
+    assert run.output == expected and winner.startswith("p")
+    assert w.executions[("race", "ship", 1)] + w.executions[("race", "drop", 1)] == 1
+
+
+async def test_poison_inbox_messages_are_dead_lettered_and_work_goes_on(
+    redis: aioredis.Redis,
+) -> None:
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    w = FakeWorker(redis, d.keys, triage_handlers())
+    garbage = [
+        {"m": b"\xff\xfe"},
+        {"m": b"[1, 2]"},
+        {"m": b'{"kind": "reported", "run_id": "nope"}'},
+        {"m": b'{"kind": "submit", "graph_id": "no-such-graph"}'},
+        {"x": b"no m field"},
+        {
+            "m": b'{"kind": "approval", "run_id": "ghost", "node_id": "n", '
+            b'"decision": "approve", "token": "t"}'
+        },
+    ]
+    async with running(d, w):
+        for fields in garbage:
+            await redis.xadd(d.keys.inbox, fields)
+        await submit(redis, d, "bug-triage", "after-garbage", {})
+        run = await finished(d, "after-garbage")
+        dead = await wait_for(lambda: redis.xrange(d.keys.deadletter), message="dead letters")
+    assert run.status.value == "completed"
+    reasons = " | ".join(f[b"reason"].decode() for _, f in dead)
+    assert (
+        "not JSON" in reasons and "no-such-graph" in reasons and "expected a JSON object" in reasons
+    )
+    assert len(dead) == 5  # the approval for an unknown run is ignored, not poison
+    pending = await redis.xpending(d.keys.inbox, d.keys.inbox_group)
+    assert pending["pending"] == 0
+
+
+async def test_retry_timer_fires_after_the_dispatcher_was_down(redis: aioredis.Redis) -> None:
+    g = Graph(id="flaky")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node(
+            "flaky",
+            type="work",
+            retry=RetryPolicy(max_attempts=3, backoff="fixed", initial_delay_s=0.3),
+        ),
+        Node("end", type="end"),
+    )
+    g.connect("start", "flaky", "end")
+    d = make_dispatcher(redis)
+    await d.store.register_graph(g.validate_graph())
+    calls: list[int] = []
+
+    def flaky(n: str, p: dict[str, Any]) -> Any:
+        calls.append(p["attempt"])
+        if p["attempt"] < 2:
+            raise ConnectionError("upstream hiccup")
+        return {"attempt": p["attempt"]}
+
+    w = FakeWorker(redis, d.keys, {"*": flaky})
+    async with running(d, w):
+        await submit(redis, d, "flaky", "f1", {})
+        await wait_for(lambda: redis.zcard(d.keys.timers), message="a retry timer")
+    # The dispatcher is down now; the timer comes due while nobody runs.
+    due = (await redis.zrange(d.keys.timers, 0, 0, withscores=True))[0][1] / 1000
+    await wait_for(
+        lambda: asyncio.get_running_loop().time() > 0 and __import__("time").time() > due,
+        message="the timer's due time to pass",
+    )
+    d2 = make_dispatcher(redis)
+    async with running(d2, w):
+        run = await finished(d2, "f1")
+    assert run.status.value == "completed" and run.output == {"attempt": 2}
+    assert calls == [1, 2]
+    types = [e["type"] for e in await d2.store.history("f1")]
+    assert "node.retry_scheduled" in types
