@@ -14,23 +14,32 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.processor import Outcome, Processor
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
-from graph_core.events import ErrorInfo
+from graph_core.events import FailRequested
 from graph_core.messages import dumps, parse_approval, parse_inbox
+from graph_core.status import TERMINAL_RUN
 
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("relaygraph.dispatcher")
+
+TIMER_POLL_S = 0.25
+HOUSEKEEPING_S = 60.0  # longest wait before looking at timers and leases again
+RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 # Move due timers into the inbox atomically, so a timer is never lost or doubled by a crash.
 _MOVE_TIMERS = """
@@ -64,11 +73,16 @@ class Dispatcher:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
         await self._ensure_group()
+        loops = {
+            "inbox": self._inbox_loop,
+            "timers": self._timer_loop,
+            "approvals": self._approval_loop,
+            "reclaim": self._reclaim_loop,
+            "housekeeping": self._housekeeping_loop,
+        }
         tasks = [
-            asyncio.create_task(self._inbox_loop(stop), name="inbox"),
-            asyncio.create_task(self._timer_loop(stop), name="timers"),
-            asyncio.create_task(self._approval_loop(stop), name="approvals"),
-            asyncio.create_task(self._reclaim_loop(stop), name="reclaim"),
+            asyncio.create_task(self._supervise(name, loop, stop), name=name)
+            for name, loop in loops.items()
         ]
         self.ready.set()
         log.info("dispatcher %s serving prefix %r", self.consumer, self.keys.prefix)
@@ -86,6 +100,25 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
+    async def _supervise(
+        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """Run ``loop``; when Redis goes away (restart, failover), wait and start it again."""
+        failures = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await loop(stop)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                if time.monotonic() - started > 10:
+                    failures = 0
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("%s loop lost Redis (%s); retrying in %.2fs", name, e, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
     async def _ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(
@@ -98,6 +131,15 @@ class Dispatcher:
     # --- inbox --------------------------------------------------------------------------
 
     async def _inbox_loop(self, stop: asyncio.Event) -> None:
+        await self._ensure_group()
+        # First, entries this consumer read before a crash or disconnect and never acked.
+        own = await self.redis.xreadgroup(
+            self.keys.inbox_group, self.consumer, {self.keys.inbox: "0"}, count=1000
+        )
+        for _stream, entries in own or []:
+            live = [(eid, f) for eid, f in entries if f]
+            if live:
+                await self._handle_batch(live)
         while not stop.is_set():
             try:
                 reply = await self.redis.xreadgroup(
@@ -164,7 +206,7 @@ class Dispatcher:
         await self.redis.publish(self.keys.events_channel, dumps(event))
 
     async def _count_failure(self, entry_id: bytes, raw: bytes, message: Any) -> None:
-        attempts_key = f"{self.keys.inbox}:attempts"  # hash: entry id -> failures
+        attempts_key = self.keys.inbox_attempts
         attempts = await self.redis.hincrby(attempts_key, entry_id, 1)
         if attempts < self.settings.max_inbox_attempts:
             return
@@ -176,14 +218,17 @@ class Dispatcher:
             await self._fail_poisoned_run(run_id, reason)
 
     async def _fail_poisoned_run(self, run_id: str, reason: str) -> None:
-        from graph_core.events import CancelRequested
-
         log.error("run %s: an event kept failing (%s); failing the run", run_id, reason)
-        with contextlib.suppress(Exception):
-            await self.processor.process(
-                CancelRequested(run_id=run_id, reason=f"poison event: {reason}", actor="dispatcher")
-            )
-        _ = ErrorInfo  # failure detail is in the dead letter and the run's history
+        event = FailRequested(
+            run_id=run_id,
+            reason=f"an event kept failing: {reason}",
+            code="poison",
+            actor="dispatcher",
+        )
+        try:
+            await self.processor.process(event)
+        except Exception:
+            log.exception("run %s: could not be marked failed", run_id)
 
     async def _dead_letter(
         self, source: str, raw: bytes, reason: str, entry_id: bytes | None
@@ -201,15 +246,19 @@ class Dispatcher:
     # --- timers, approvals, recovery ----------------------------------------------------
 
     async def _timer_loop(self, stop: asyncio.Event) -> None:
+        """Move due timers and lapsed leases into the inbox; sleep until the next is due."""
         while not stop.is_set():
             now_ms = int(clock.now() * 1000)
-            moved = await self._move_timers(
-                keys=[self.keys.timers, self.keys.inbox], args=[now_ms, 100]
-            )
+            moved = 0
+            for zset in (self.keys.timers, self.keys.leases):
+                moved += await self._move_timers(keys=[zset, self.keys.inbox], args=[now_ms, 100])
             if moved:
                 continue
-            nxt = await self.redis.zrange(self.keys.timers, 0, 0, withscores=True)
-            wait = 0.5 if not nxt else max(0.0, min(0.5, nxt[0][1] / 1000 - clock.now()))
+            wait = TIMER_POLL_S
+            for zset in (self.keys.timers, self.keys.leases):
+                nxt = await self.redis.zrange(zset, 0, 0, withscores=True)
+                if nxt:
+                    wait = max(0.0, min(wait, nxt[0][1] / 1000 - clock.now()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
 
@@ -258,6 +307,25 @@ class Dispatcher:
             if live:
                 log.info("reclaimed %d inbox entries left pending by another dispatcher", len(live))
                 await self._handle_batch(live)
+
+    async def _housekeeping_loop(self, stop: asyncio.Event) -> None:
+        """Drop finished runs whose keys expired (retention) from the run indexes."""
+        while not stop.is_set():
+            cutoff_ms = int((clock.now() - self.settings.retention_s) * 1000)
+            for status in TERMINAL_RUN:
+                await self.redis.zremrangebyscore(
+                    self.keys.runs_by_status(status.value), "-inf", cutoff_ms
+                )
+            await self._prune_all_runs(cutoff_ms)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
+
+    async def _prune_all_runs(self, cutoff_ms: int) -> None:
+        # The all-runs index is scored by creation; an old entry is dropped once its meta is gone.
+        old = await self.redis.zrangebyscore(self.keys.runs_all, "-inf", cutoff_ms, 0, 500)
+        for run_id in old:
+            if not await self.redis.exists(self.keys.run(run_id.decode()).meta):
+                await self.redis.zrem(self.keys.runs_all, run_id)
 
 
 def _run_hint(fields: dict[bytes, bytes]) -> str:

@@ -34,6 +34,8 @@ from graph_core.events import (
     CancelRequested,
     ErrorInfo,
     Event,
+    FailRequested,
+    LeaseExpired,
     NodeReported,
     RunSubmitted,
     ScheduleTimer,
@@ -93,6 +95,11 @@ class _Machine(Flow, Joins, Parallel, Waits):
             return self._approval(event)
         if isinstance(event, TimerFired):
             return self._timer(event)
+        if isinstance(event, LeaseExpired):
+            return self._lease_expired(event)
+        if isinstance(event, FailRequested):
+            self._fail(ErrorInfo(type="RunFailed", code=event.code, message=event.reason))
+            return None
         if isinstance(event, CancelRequested):
             self._finish(
                 RunStatus.CANCELLED,

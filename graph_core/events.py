@@ -18,8 +18,10 @@ __all__ = [
     "EnqueueNode",
     "ErrorInfo",
     "Event",
+    "FailRequested",
     "FinishRun",
     "HistoryEvent",
+    "LeaseExpired",
     "NodeReported",
     "PauseForApproval",
     "ReleaseWait",
@@ -107,8 +109,38 @@ class CancelRequested(_Msg):
     actor: str | None = None
 
 
+class LeaseExpired(_Msg):
+    """A running attempt's lease lapsed: its worker died, hung, or ran past its deadline.
+
+    The member of the leases zset *is* this message, so an expired lease moves into the
+    inbox as it is. ``deadline`` is the attempt's start-to-close deadline (epoch seconds)."""
+
+    kind: Literal["lease_expired"] = "lease_expired"
+    run_id: str
+    node_id: str
+    visit: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    deadline: float | None = None
+
+
+class FailRequested(_Msg):
+    """Fail a run from outside the graph (e.g. a poison event that kept failing)."""
+
+    kind: Literal["fail"] = "fail"
+    run_id: str
+    reason: str
+    code: str = "failed"
+    actor: str | None = None
+
+
 Event = Annotated[
-    RunSubmitted | NodeReported | ApprovalReceived | TimerFired | CancelRequested,
+    RunSubmitted
+    | NodeReported
+    | ApprovalReceived
+    | TimerFired
+    | CancelRequested
+    | LeaseExpired
+    | FailRequested,
     Field(discriminator="kind"),
 ]
 

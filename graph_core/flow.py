@@ -55,6 +55,7 @@ class Flow(MachineBase):
             return
         rec.visits += 1
         rec.attempt = 1
+        rec.lost = 0
         rec.status = NodeStatus.QUEUED
         rec.started_at = self.tx.now
         rec.finished_at = None

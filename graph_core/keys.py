@@ -75,6 +75,10 @@ class Keys:
         self.approvals_channel = f"{p}:approvals"
         self.events_channel = f"{p}:events"
         self.timers = f"{p}:timers"  # zset: timer member -> due time (ms)
+        # zset: LeaseExpired message of a running attempt -> lease expiry (ms); renewed by
+        # the worker's heartbeat, moved into the inbox by a dispatcher when it lapses
+        self.leases = f"{p}:leases"
+        self.inbox_attempts = f"{p}:inbox:attempts"  # hash: entry id -> handling failures
         self.graphs = f"{p}:graphs"  # hash: graph_field(id, version) -> graph JSON
         self.graph_latest = f"{p}:graphs:latest"  # hash: graph id -> latest version
         self.runs_all = f"{p}:runs"  # zset: run id -> created (ms)

@@ -21,6 +21,8 @@ from graph_core.errors import MessageError
 from graph_core.events import (
     ApprovalReceived,
     CancelRequested,
+    FailRequested,
+    LeaseExpired,
     NodeReported,
     TimerFired,
 )
@@ -60,7 +62,13 @@ class SubmitRequest(BaseModel):
 
 
 InboxMessage = Annotated[
-    SubmitRequest | NodeReported | ApprovalReceived | CancelRequested | TimerFired,
+    SubmitRequest
+    | NodeReported
+    | ApprovalReceived
+    | CancelRequested
+    | TimerFired
+    | LeaseExpired
+    | FailRequested,
     Field(discriminator="kind"),
 ]
 _INBOX: TypeAdapter[Any] = TypeAdapter(InboxMessage)

@@ -26,6 +26,7 @@ class Parallel(MachineBase):
             rec = self.tx.node(child_id)
             rec.visits += 1
             rec.attempt = 1
+            rec.lost = 0
             rec.status = NodeStatus.QUEUED
             rec.parent_visit = prec.visits
             rec.started_at, rec.finished_at, rec.error, rec.wait = self.tx.now, None, None, None

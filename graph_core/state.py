@@ -45,6 +45,7 @@ class NodeRecord(BaseModel):
     wait: WaitInfo | None = None
     trigger: str | None = None  # the node whose completion started the current visit
     backlog: int = 0  # activations waiting for the current visit to finish
+    lost: int = 0  # attempts of the current visit whose worker was lost (lease lapsed)
     # join bookkeeping (nodes with two or more join inputs)
     edges_ready: int = 0  # join inputs with at least one queued signal
     head_taken: int = 0  # join inputs whose oldest queued signal is "taken"

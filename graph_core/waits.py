@@ -8,6 +8,7 @@ from typing import Any
 from graph_core.events import (
     ApprovalReceived,
     ErrorInfo,
+    LeaseExpired,
     NodeReported,
     PauseForApproval,
     ReleaseWait,
@@ -19,7 +20,11 @@ from graph_core.routing import backoff_delay, is_retryable
 from graph_core.state import WaitInfo
 from graph_core.status import NodeStatus
 
-__all__ = ["Waits"]
+__all__ = ["MAX_LOST_ATTEMPTS", "Waits"]
+
+# Re-runs of one visit whose worker was lost, before the node fails with WorkerLost. Lost
+# attempts do not use up the node's retry policy: the handler did not fail, its worker died.
+MAX_LOST_ATTEMPTS = 3
 
 
 class Waits(MachineBase):
@@ -43,13 +48,49 @@ class Waits(MachineBase):
             self._failed(ev.node_id, error.model_copy(update={"node_id": ev.node_id}))
         return None
 
+    def _lease_expired(self, ev: LeaseExpired) -> str | None:
+        if not self.g.has_node(ev.node_id):
+            return f"lease of unknown node {ev.node_id!r}"
+        rec = self.tx.peek(ev.node_id)
+        if (rec.visits, rec.attempt) != (ev.visit, ev.attempt) or rec.status not in (
+            NodeStatus.QUEUED,
+            NodeStatus.RUNNING,
+        ):
+            return f"stale lease of {ev.node_id!r} visit {ev.visit} attempt {ev.attempt}"
+        node = self.g.node(ev.node_id)
+        if ev.deadline is not None and self.tx.now >= ev.deadline:
+            error = ErrorInfo(
+                type="TimeoutError",
+                node_id=node.id,
+                message=f"no report within timeout_s={node.timeout_s} (start to close)",
+            )
+            self._failed(node.id, error)
+            return None
+        rec = self.tx.node(node.id)
+        rec.lost += 1
+        self.tx.emit("node.lost", node.id, visit=rec.visits, attempt=rec.attempt, lost=rec.lost)
+        if rec.lost > MAX_LOST_ATTEMPTS:
+            error = ErrorInfo(
+                type="WorkerLost",
+                node_id=node.id,
+                retryable=False,
+                message=f"the worker running it was lost {rec.lost} times",
+            )
+            self._failed(node.id, error)
+            return None
+        rec.attempt += 1
+        rec.status = NodeStatus.QUEUED
+        self._enqueue(node)
+        return None
+
     def _failed(self, node_id: str, error: ErrorInfo) -> None:
         node = self.g.node(node_id)
         rec = self.tx.node(node_id)
         policy = self.g.retry_for(node)
-        if rec.attempt < policy.max_attempts and is_retryable(policy, error.type, error.retryable):
+        failures = rec.attempt - rec.lost  # attempts lost with their worker are not failures
+        if failures < policy.max_attempts and is_retryable(policy, error.type, error.retryable):
             seed = f"{self.tx.run.run_id}:{node_id}:{rec.visits}:{rec.attempt}"
-            delay = backoff_delay(policy, rec.attempt, seed)
+            delay = backoff_delay(policy, failures, seed)
             rec.error = error
             self.tx.emit(
                 "node.retry_scheduled",
