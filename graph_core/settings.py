@@ -112,5 +112,6 @@ _KNOWN_ELSEWHERE = frozenset(
         "redis_bin",
         "lease_s",
         "heartbeat_s",
+        "job_lease_s",
     }
 )

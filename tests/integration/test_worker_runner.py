@@ -1,0 +1,643 @@
+"""The worker's job lifecycle against a real server: fence, preload, render, run, report.
+
+Store state is written straight into the store layout (``tests.support.store_setup``), then
+``run_node`` runs one job and the test reads the ``NodeReported`` from the inbox stream.
+The last tests run real arq workers picking up a job enqueued the way the dispatcher does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from graph_core.events import NodeReported
+from graph_core.keys import Keys
+from graph_core.messages import encode_arq_job, job_id
+from graph_core.model import Edge, Graph, Node
+from graph_core.status import RunStatus
+from tests.support.store_setup import (
+    completed,
+    inbox_reports,
+    job_for,
+    queued,
+    setup_run,
+    wait_for_reports,
+)
+from tests.support.waiting import wait_for
+from worker.app import build_workers, serve
+from worker.context import NodeContext, NodeResult, NonRetryableError, NotPreloaded
+from worker.preload import GraphCache
+from worker.registry import HandlerRegistry
+from worker.runner import run_node
+from worker.settings import WorkerSettings
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys()
+ARQ_JOB_KEY_PREFIX = "arq:job:"  # arq's fixed key names, as the dispatcher writes them
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_ABORT_KEY = "arq:abort"
+
+
+def triage_graph(notify_type: str = "notify", **notify: Any) -> Graph:
+    """start -> triage -> notify -> end, plus an unrelated ``audit`` node."""
+    return Graph(
+        id="triage",
+        nodes=[
+            Node("start", type="start"),
+            Node("triage", type="agent"),
+            Node("notify", type=notify_type, **notify),
+            Node("audit", type="agent"),
+            Node("end", type="end"),
+        ],
+        edges=[
+            Edge("start", "triage"),
+            Edge("triage", "notify"),
+            Edge("notify", "end"),
+            Edge("start", "audit"),
+        ],
+    )
+
+
+TRIAGE_OUT = {"severity": "critical", "summary": "prod down", "tags": ["a", "b"]}
+INPUT = {"title": "Checkout 500", "n": 3}
+
+
+async def prepared(redis: Any, graph: Graph, node_id: str = "notify", **kw: Any) -> None:
+    """A run where ``triage`` completed and ``node_id`` is queued at visit 1 attempt 1."""
+    nodes = {"triage": completed(), node_id: queued()}
+    nodes.update(kw.pop("nodes", {}))
+    outputs = {("triage", 1): TRIAGE_OUT}
+    outputs.update(kw.pop("outputs", {}))
+    await setup_run(redis, KEYS, graph, input=INPUT, nodes=nodes, outputs=outputs, **kw)
+
+
+async def run(
+    redis: Any,
+    registry: HandlerRegistry,
+    graph: Graph,
+    node_id: str = "notify",
+    *,
+    settings: WorkerSettings | None = None,
+    **job: Any,
+) -> NodeReported | None:
+    return await run_node(
+        redis,
+        KEYS,
+        registry,
+        job_for(graph, node_id, **job),
+        GraphCache(),
+        settings or WorkerSettings(),
+        worker_id="w-test",
+    )
+
+
+async def only_report(redis: Any) -> NodeReported:
+    reports = await inbox_reports(redis, KEYS)
+    assert len(reports) == 1, reports
+    return reports[0]
+
+
+# --- completed runs and rendering -------------------------------------------------------------
+
+
+async def test_completed_output_is_reported(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+
+    @registry.handler("notify")
+    async def notify(ctx: NodeContext) -> dict[str, Any]:
+        return {
+            "sent": True,
+            "visit": ctx.visit,
+            "attempt": ctx.attempt,
+            "key": ctx.idempotency_key,
+        }
+
+    returned = await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert returned == report
+    assert report.status == "completed"
+    assert report.output == {"sent": True, "visit": 1, "attempt": 1, "key": "run1:notify:1"}
+    assert (report.run_id, report.node_id, report.visit, report.attempt) == ("run1", "notify", 1, 1)
+    assert report.worker == "w-test"
+    assert report.error is None
+
+
+async def test_config_templates_are_rendered_from_predecessor_outputs(redis: Any) -> None:
+    graph = triage_graph(
+        config={
+            "text": "[{{triage.output.severity}}] {{input.title}}",
+            "raw": "{{triage.output}}",
+            "tags": ["{{triage.output.tags.0}}", "{{input.n}}"],
+            "missing": '{{triage.output.nope | default("n/a")}}',
+        }
+    )
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: ctx.config)  # a sync handler
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.status == "completed"
+    assert report.output == {
+        "text": "[critical] Checkout 500",
+        "raw": TRIAGE_OUT,
+        "tags": ["a", 3],
+        "missing": "n/a",
+    }
+
+
+async def test_ctx_get_reads_predecessor_outputs_and_input(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph, nodes={"audit": completed()}, outputs={("audit", 1): {"ok": 1}})
+    registry = HandlerRegistry()
+    seen: dict[str, Any] = {}
+
+    @registry.handler("notify")
+    async def notify(ctx: NodeContext) -> dict[str, Any]:
+        seen["severity"] = ctx.get("triage.output.severity")
+        seen["title"] = ctx.get("input.title")
+        seen["default"] = ctx.get("triage.output.nope", "dflt")
+        seen["visits"] = ctx.get("triage.visits")
+        seen["input"] = ctx.input
+        with pytest.raises(NotPreloaded, match="'audit'"):
+            ctx.get("audit.output.ok")  # not a predecessor, not in config 'reads'
+        seen["loaded"] = await ctx.load("audit.output.ok")
+        seen["loaded_missing"] = await ctx.load("audit.output.nope", "none")
+        return {}
+
+    await run(redis, registry, graph)
+    assert (await only_report(redis)).status == "completed"
+    assert seen == {
+        "severity": "critical",
+        "title": "Checkout 500",
+        "default": "dflt",
+        "visits": 1,
+        "input": INPUT,
+        "loaded": 1,
+        "loaded_missing": "none",
+    }
+
+
+async def test_config_reads_preloads_other_nodes(redis: Any) -> None:
+    graph = triage_graph(config={"reads": ["audit"]})
+    await prepared(redis, graph, nodes={"audit": completed(2)}, outputs={("audit", 2): {"ok": 2}})
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: ctx.get("audit.output.ok"))
+
+    await run(redis, registry, graph)
+    assert (await only_report(redis)).output == 2
+
+
+async def test_parallel_child_sees_its_parents_predecessors(redis: Any) -> None:
+    graph = Graph(
+        id="fan",
+        nodes=[
+            Node("start", type="start"),
+            Node("prep", type="agent"),
+            Node("par", type="parallel"),
+            Node("child", type="work", parent="par"),
+            Node("end", type="end"),
+        ],
+        edges=[Edge("start", "prep"), Edge("prep", "par"), Edge("par", "end")],
+    )
+    await setup_run(
+        redis,
+        KEYS,
+        graph,
+        nodes={"prep": completed(), "child": queued()},
+        outputs={("prep", 1): {"items": [1, 2]}},
+    )
+    registry = HandlerRegistry()
+    registry.register("work", lambda ctx: ctx.get("prep.output.items"))
+
+    report = await run(redis, registry, graph, "child")
+    assert report is not None and report.status == "completed", report
+    assert report.output == [1, 2]
+
+
+async def test_builtin_condition_preloads_the_paths_it_reads(redis: Any) -> None:
+    condition = {"type": "field", "path": "audit.output.ok", "op": "eq", "value": 1}
+    graph = triage_graph("condition", config={"condition": condition})
+    await prepared(redis, graph, nodes={"audit": completed()}, outputs={("audit", 1): {"ok": 1}})
+
+    await run(redis, HandlerRegistry(), graph)
+    assert (await only_report(redis)).output == {"result": True}
+
+
+async def test_waiting_result_is_reported_with_its_prompt(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: NodeResult({"question": "ship it?"}, status="waiting"))
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert (report.status, report.output) == ("waiting", {"question": "ship it?"})
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+async def test_unknown_node_type_fails_without_retry(redis: Any) -> None:
+    graph = triage_graph(queue="gpu")
+    await prepared(redis, graph)
+
+    await run(redis, HandlerRegistry(), graph)
+    report = await only_report(redis)
+    assert report.status == "failed" and report.error is not None
+    assert report.error.type == "UnknownNodeType"
+    assert report.error.retryable is False
+    assert report.error.node_id == "notify"
+    assert "'notify'" in report.error.message and "'gpu'" in report.error.message
+
+
+async def test_handler_exception_is_reported_with_type_and_message(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+
+    @registry.handler("notify")
+    async def notify(ctx: NodeContext) -> None:
+        raise ConnectionRefusedError("smtp is down")
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.status == "failed" and report.error is not None
+    assert (report.error.type, report.error.message) == ("ConnectionRefusedError", "smtp is down")
+    assert report.error.retryable is True
+    assert report.output is None
+
+
+class QuotaExceeded(Exception):
+    retryable = False
+
+
+@pytest.mark.parametrize(
+    ("error", "type_name"),
+    [(NonRetryableError("bad input"), "NonRetryableError"), (QuotaExceeded("no"), "QuotaExceeded")],
+)
+async def test_non_retryable_errors(redis: Any, error: Exception, type_name: str) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+
+    def notify(ctx: NodeContext) -> None:
+        raise error
+
+    registry.register("notify", notify)
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.error is not None
+    assert (report.error.type, report.error.retryable) == (type_name, False)
+
+
+async def test_template_error_fails_without_retry_naming_node_and_path(redis: Any) -> None:
+    graph = triage_graph(config={"text": "{{triage.output.missing}}"})
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    called = False
+
+    def notify(ctx: NodeContext) -> None:
+        nonlocal called
+        called = True
+
+    registry.register("notify", notify)
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.error is not None and not called
+    assert (report.error.type, report.error.retryable) == ("TemplateError", False)
+    assert "triage.output.missing" in report.error.message
+    assert "'notify'" in report.error.message
+
+
+async def test_async_handler_timeout_is_enforced(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    never = asyncio.Event()
+
+    @registry.handler("notify")
+    async def notify(ctx: NodeContext) -> None:
+        await never.wait()
+
+    started = time.monotonic()
+    await run(redis, registry, graph, timeout_s=0.2)
+    elapsed = time.monotonic() - started
+    report = await only_report(redis)
+    assert report.error is not None
+    assert (report.error.type, report.error.code, report.error.retryable) == (
+        "TimeoutError",
+        "timeout",
+        True,
+    )
+    assert "0.2" in report.error.message
+    assert elapsed < 5
+
+
+async def test_sync_handler_runs_in_a_thread_without_blocking_the_loop(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    entered, release = threading.Event(), threading.Event()
+    loop_thread = threading.get_ident()
+
+    def notify(ctx: NodeContext) -> dict[str, Any]:
+        entered.set()
+        # Only a coroutine on the (unblocked) loop can set this; a blocked loop times out here.
+        released = release.wait(timeout=10)
+        return {"released": released, "other_thread": threading.get_ident() != loop_thread}
+
+    registry.register("notify", notify)
+
+    async def releaser() -> None:
+        await wait_for(entered.is_set, timeout=10, message="sync handler entered")
+        release.set()
+
+    helper = asyncio.create_task(releaser())
+    await run(redis, registry, graph)
+    await helper
+    assert (await only_report(redis)).output == {"released": True, "other_thread": True}
+
+
+async def test_non_json_output_fails_naming_the_type(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"ok": [1, {"ids": {1, 2}}]})
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.error is not None
+    assert (report.error.type, report.error.retryable) == ("NonJSONOutput", False)
+    assert "set" in report.error.message and "output.ok.1.ids" in report.error.message
+
+
+async def test_output_over_the_message_limit_fails(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"blob": "x" * 5000})
+
+    await run(redis, registry, graph, settings=WorkerSettings(max_message_bytes=2048))
+    report = await only_report(redis)
+    assert report.error is not None
+    assert report.error.type == "OutputTooLarge" and "2048" in report.error.message
+    assert report.output is None
+
+
+async def test_missing_graph_fails_the_node(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph, register_graph=False)
+
+    await run(redis, HandlerRegistry(), graph)
+    report = await only_report(redis)
+    assert report.error is not None and report.error.type == "GraphNotFound"
+
+
+async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    calls = 0
+
+    def notify(ctx: NodeContext) -> None:
+        nonlocal calls
+        calls += 1
+
+    registry.register("notify", notify)
+    payload = job_for(graph, "notify")
+    report = await run_node(
+        redis, KEYS, registry, payload, GraphCache(), WorkerSettings(), delivery=6, max_deliveries=5
+    )
+    assert report is not None and report.error is not None
+    assert (report.error.type, report.error.retryable, calls) == ("WorkerLost", True, 0)
+
+
+async def test_corrupt_stored_data_is_reported_not_dropped(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    await redis.hset(KEYS.run("run1").outputs, "triage#1", b"{not json")
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: "never")
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.error is not None
+    assert (report.error.type, report.error.code) == ("WorkerError", "worker_error")
+    assert "'notify'" in report.error.message
+
+
+class Summary(BaseModel):
+    severity: str
+    at: datetime.date
+
+
+async def test_outputs_are_normalized_to_plain_json(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    day = datetime.date(2024, 5, 1)
+    registry.register(
+        "notify", lambda ctx: {"model": Summary(severity="low", at=day), "pair": (1, 2), 7: day}
+    )
+
+    await run(redis, registry, graph)
+    report = await only_report(redis)
+    assert report.output == {
+        "model": {"severity": "low", "at": "2024-05-01"},
+        "pair": [1, 2],
+        "7": "2024-05-01",
+    }
+
+
+# --- fencing ----------------------------------------------------------------------------------
+
+
+def _spy_registry() -> tuple[HandlerRegistry, list[int]]:
+    registry = HandlerRegistry()
+    calls: list[int] = []
+    registry.register("notify", lambda ctx: calls.append(ctx.attempt))
+    return registry, calls
+
+
+async def test_stale_attempt_does_not_call_the_handler(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph, nodes={"notify": queued(visit=1, attempt=2)})
+    registry, calls = _spy_registry()
+
+    assert await run(redis, registry, graph, attempt=1) is None
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
+async def test_finished_node_does_not_call_the_handler(redis: Any) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph, nodes={"notify": completed()})
+    registry, calls = _spy_registry()
+
+    assert await run(redis, registry, graph) is None
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
+@pytest.mark.parametrize("status", [RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.COMPLETED])
+async def test_terminal_run_does_not_call_the_handler(redis: Any, status: RunStatus) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph, status=status)
+    registry, calls = _spy_registry()
+
+    assert await run(redis, registry, graph) is None
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
+async def test_missing_run_does_not_call_the_handler(redis: Any) -> None:
+    registry, calls = _spy_registry()
+    assert await run(redis, registry, triage_graph()) is None
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
+# --- real arq workers -------------------------------------------------------------------------
+
+
+async def enqueue_like_the_dispatcher(redis: Any, graph: Graph, node_id: str, queue: str) -> str:
+    """Write arq's job key and the queue zset entry exactly as the dispatcher's script does."""
+    payload = job_for(graph, node_id)
+    jid = job_id(payload.run_id, node_id, payload.visit, payload.attempt)
+    now_ms = int(time.time() * 1000)
+    await redis.psetex(ARQ_JOB_KEY_PREFIX + jid, 86_400_000, encode_arq_job(payload, now_ms))
+    await redis.zadd(KEYS.queue(queue), {jid: now_ms})
+    return jid
+
+
+async def test_arq_worker_runs_a_dispatcher_enqueued_job(redis: Any, redis_url: str) -> None:
+    graph = triage_graph(queue="mail", config={"to": "{{triage.output.severity}}@example.com"})
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"to": ctx.config["to"]})
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "mail")
+    settings = WorkerSettings(redis_url=redis_url, queues=["mail"], poll_delay=0.01)
+
+    [worker] = build_workers(settings, registry, burst=True)
+    try:
+        await asyncio.wait_for(worker.async_run(), timeout=20)
+    finally:
+        await worker.close()
+
+    [report] = await wait_for_reports(redis, KEYS)
+    assert report.status == "completed", report
+    assert report.output == {"to": "critical@example.com"}
+    assert report.worker is not None and "mail" in report.worker
+    # arq finished the job: no job key, no queue entry, no result key (keep_result=0)
+    assert await redis.exists(ARQ_JOB_KEY_PREFIX + jid, f"arq:result:{jid}") == 0
+    assert await redis.zcard(KEYS.queue("mail")) == 0
+
+
+async def test_serve_runs_until_cancelled(redis: Any, redis_url: str) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: "done")
+    settings = WorkerSettings(redis_url=redis_url, queues=["default", "other"], poll_delay=0.01)
+
+    server = asyncio.create_task(serve(settings, registry, grace_s=1))
+    try:
+        await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        [report] = await wait_for_reports(redis, KEYS)
+        assert report.output == "done"
+    finally:
+        server.cancel()
+        await asyncio.wait_for(asyncio.gather(server, return_exceptions=True), timeout=20)
+    assert server.done()
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: WorkerSettings, registry: HandlerRegistry) -> AsyncIterator[None]:
+    server = asyncio.create_task(serve(settings, registry, grace_s=0))
+    try:
+        yield
+    finally:
+        server.cancel()
+        await asyncio.wait_for(asyncio.gather(server, return_exceptions=True), timeout=20)
+
+
+def blocking_registry() -> tuple[HandlerRegistry, asyncio.Event, asyncio.Event, list[str]]:
+    """A ``notify`` handler that signals ``started`` and then waits for ``release``."""
+    registry = HandlerRegistry()
+    started, release = asyncio.Event(), asyncio.Event()
+    events: list[str] = []
+
+    @registry.handler("notify")
+    async def notify(ctx: NodeContext) -> str:
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        return "released"
+
+    return registry, started, release, events
+
+
+async def test_running_job_keeps_its_lease_beyond_the_lease_time(
+    redis: Any, redis_url: str
+) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, started, release, _ = blocking_registry()
+    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01, job_lease_s=1)
+    in_progress = ARQ_IN_PROGRESS_PREFIX + await enqueue_like_the_dispatcher(
+        redis, graph, "notify", "default"
+    )
+
+    async with serving(settings, registry):
+        await wait_for(started.is_set, timeout=10, message="handler started")
+        assert 0 < await redis.pttl(in_progress) <= 1000  # the lease, not arq's job timeout
+        renewals, lowest = 0, 1000
+
+        async def renewed_three_times() -> bool:
+            nonlocal renewals, lowest
+            ttl = await redis.pttl(in_progress)
+            assert ttl > 0, "the lease expired while the handler ran"
+            if ttl > lowest + 100:
+                renewals += 1
+            lowest = ttl
+            return renewals >= 3
+
+        await wait_for(renewed_three_times, timeout=10, interval=0.02, message="lease renewals")
+        release.set()
+        [report] = await wait_for_reports(redis, KEYS)
+        assert report.output == "released"
+        await wait_for(
+            lambda: _gone(redis, in_progress), timeout=10, message="in-progress key deleted"
+        )
+
+
+async def _gone(redis: Any, key: str) -> bool:
+    return bool(await redis.exists(key) == 0)
+
+
+async def test_aborted_job_is_cancelled_and_not_reported(redis: Any, redis_url: str) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, started, _, events = blocking_registry()
+    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01)
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+
+    async with serving(settings, registry):
+        await wait_for(started.is_set, timeout=10, message="handler started")
+        await redis.zadd(ARQ_ABORT_KEY, {jid: int(time.time() * 1000)})  # as CancelNode does
+        await wait_for(
+            lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + jid), timeout=10, message="job finished"
+        )
+    assert events == ["cancelled"]
+    assert await inbox_reports(redis, KEYS) == []

@@ -1,0 +1,124 @@
+"""``python -m worker``: one worker process serving one or more queues.
+
+    python -m worker --redis redis://localhost:6379/0 --handlers myapp.handlers \\
+        [--queue default --queue gpu] [--concurrency 10] [--prefix relaygraph]
+
+Settings come from the flags, then ``RELAYGRAPH_*`` variables. Exit status 2 for bad
+settings or a handlers module that does not load, 1 when the worker fails while running,
+0 after a graceful stop (SIGTERM or SIGINT).
+
+While it runs, the process is listed in the ``<prefix>:workers`` hash (field ``host:pid``,
+value ``{"queues", "types", "pid", "host", "started_at"}``), so ``relaygraph run`` can check
+that every node type of a graph has a handler before it submits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from graph_core import clock
+from graph_core.errors import RelaygraphError
+from graph_core.messages import dumps
+from graph_core.settings import SettingsError, load_settings
+from worker.registry import HandlerRegistry, RegistryLoadError, load_registry
+from worker.settings import WorkerSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m worker", description="Run a relaygraph worker.")
+    p.add_argument("--redis", metavar="URL", help="Redis URL (RELAYGRAPH_REDIS_URL)")
+    p.add_argument("--handlers", metavar="MODULE[:ATTR]", help="module with a HandlerRegistry")
+    p.add_argument("--queue", action="append", metavar="Q", help="queue to serve (repeatable)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once per queue")
+    p.add_argument("--prefix", help="key prefix (RELAYGRAPH_PREFIX; default relaygraph)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"relaygraph worker: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {
+        "redis_url": args.redis,
+        "prefix": args.prefix,
+        "handlers": args.handlers,
+        "queues": args.queue,
+        "concurrency": args.concurrency,
+    }
+    try:
+        settings = load_settings(WorkerSettings, flags)
+    except SettingsError as e:
+        return _fail(str(e))
+    if settings.redis_url is None:
+        return _fail("no Redis URL: pass --redis URL or set RELAYGRAPH_REDIS_URL")
+    if not settings.handlers:
+        return _fail("no handlers: pass --handlers MODULE[:ATTR] or set RELAYGRAPH_HANDLERS")
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        return _fail(f"--log-level: unknown level {args.log_level!r}")
+    from worker.app import WorkerConfigError, redis_settings_from_url  # loads arq: not for --help
+
+    try:
+        registry = load_registry(settings.handlers)
+        redis_settings_from_url(settings.redis_url)  # a bad URL is a settings error
+    except (RegistryLoadError, WorkerConfigError) as e:
+        return _fail(str(e))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(settings, registry))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before serving began
+        return EXIT_OK
+    except (OSError, RelaygraphError) as e:  # redis' ConnectionError is an OSError too
+        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
+    return EXIT_OK
+
+
+async def _serve(settings: WorkerSettings, registry: HandlerRegistry) -> None:
+    from arq.connections import create_pool
+
+    from worker.app import redis_settings_from_url, serve
+
+    # Until ``serve`` installs its own handlers, a signal cancels start-up (cleanly).
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+    # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
+    redis: Any = await create_pool(redis_settings_from_url(settings.redis_url or ""))
+    keys = settings.keys
+    host, pid = socket.gethostname(), os.getpid()
+    worker_id = f"{host}:{pid}"
+    record = {
+        "queues": settings.queues,
+        "types": registry.types(),
+        "pid": pid,
+        "host": host,
+        "started_at": clock.now(),
+    }
+    try:
+        await redis.hset(keys.workers, worker_id, dumps(record))
+        await serve(settings, registry)
+    finally:
+        with contextlib.suppress(Exception):  # best effort: the server may be gone already
+            await redis.hdel(keys.workers, worker_id)
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

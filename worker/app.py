@@ -1,0 +1,359 @@
+"""The worker's queue layer: arq workers that run ``run_node`` (the only module that knows arq).
+
+The dispatcher writes jobs in arq's layout itself (``arq:job:<id>`` plus the id in the zset
+``Keys.queue(name)``); this module runs one ``arq.Worker`` per queue to execute them.
+
+arq choices, and why:
+
+* ``keep_result=0``: results live in relaygraph's store, so arq keeps none (no ``arq:result:*``
+  keys to expire, no exception objects to serialize). arq's duplicate-id check on
+  ``enqueue_job`` is not used: the dispatcher enqueues in its own script, skipping an id whose
+  job key exists, and a replayed job that runs anyway is fenced off by ``run_node``.
+* ``max_tries``: arq re-runs a job whose worker died (its in-progress key expires) or was
+  stopped (cancelled jobs go back to the queue). Those re-runs keep a handler at-least-once,
+  so arq may try a job ``DEFAULT_MAX_DELIVERIES + 1`` times; the last delivery reports
+  ``WorkerLost`` instead of running the handler, so a job arq would drop still ends in a
+  report. Handler failures are never arq retries: they are reported, and the dispatcher
+  applies the node's retry policy with a new attempt (a new job).
+* Leases: arq marks a running job with an in-progress key whose TTL is normally the job
+  timeout. Node timeouts are ours (``timeout_s``), so arq's job timeout is effectively off and
+  the in-progress key is instead a lease of ``job_lease_s`` that the worker renews while the
+  handler runs: a crashed worker's jobs run elsewhere after one lease, however long handlers
+  may legitimately take.
+* Serialization: orjson both ways (``encode_arq_job`` / ``decode_arq_job``), never pickle.
+* ``allow_abort_jobs=True``: the dispatcher aborts jobs of cancelled nodes through arq's abort
+  set; the handler's task is cancelled and nothing is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlparse
+
+import orjson
+from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
+from arq.typing import StartupShutdown
+from arq.worker import Retry, Worker, func
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from graph_core.errors import MessageError, RelaygraphError
+from graph_core.keys import Keys
+from graph_core.messages import ARQ_FUNCTION, decode_arq_job, parse_job_payload
+from worker.preload import GraphCache
+from worker.registry import HandlerRegistry, load_registry
+from worker.runner import DEFAULT_MAX_DELIVERIES, run_node
+from worker.settings import WorkerSettings
+
+__all__ = [
+    "ARQ_MAX_TRIES",
+    "WorkerConfigError",
+    "build_workers",
+    "redis_settings_from_url",
+    "relaygraph_run_node",
+    "serve",
+]
+
+logger = logging.getLogger("relaygraph.worker")
+
+ARQ_MAX_TRIES: Final = DEFAULT_MAX_DELIVERIES + 1
+_ARQ_JOB_TIMEOUT_S: Final = 30 * 86_400  # arq's own timeout, effectively off (see above)
+_STATE: Final = "relaygraph"  # key of the worker state in arq's ctx
+_SSL_CERT_REQS = frozenset({"none", "optional", "required"})
+
+
+class WorkerConfigError(RelaygraphError):
+    """The worker cannot start with these settings."""
+
+
+# --- the job function ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerState:
+    redis: Redis
+    keys: Keys
+    registry: HandlerRegistry
+    graphs: GraphCache
+    settings: WorkerSettings
+    worker_id: str
+
+    @contextlib.asynccontextmanager
+    async def lease(self, job_id: str | None) -> AsyncIterator[None]:
+        """Renew arq's in-progress key of ``job_id`` while the body runs."""
+        if not job_id:
+            yield
+            return
+        task = asyncio.create_task(self._renew(in_progress_key_prefix + job_id))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _renew(self, key: str) -> None:
+        lease_ms = int(self.settings.job_lease_s * 1000)
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 3)
+            try:
+                await self.redis.pexpire(key, lease_ms)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                logger.warning("renewing the lease %s failed: %s", key, e)
+
+
+async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> str:
+    """arq's entry point (registered as ``ARQ_FUNCTION``): parse the payload and run it."""
+    state: _WorkerState = ctx[_STATE]
+    job_id = ctx.get("job_id")
+    try:
+        job = parse_job_payload(payload)
+    except MessageError as e:
+        logger.error("dropping job %s: %s", job_id, e)
+        return "dropped"
+    async with state.lease(job_id):
+        try:
+            report = await run_node(
+                state.redis,
+                state.keys,
+                state.registry,
+                job,
+                state.graphs,
+                state.settings,
+                worker_id=state.worker_id,
+                delivery=int(ctx.get("job_try") or 1),
+            )
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            # Reading the run or writing the report failed: run the job again shortly.
+            logger.warning("job %s hit a Redis error, retrying: %s", job_id, e)
+            raise Retry(defer=1.0) from e
+    return report.status if report is not None else "skipped"
+
+
+def _serialize(data: dict[str, Any]) -> bytes:
+    """arq's job serializer: orjson; anything else (an exception arq wants to record as a
+    result) becomes its repr."""
+    return orjson.dumps(data, default=repr, option=orjson.OPT_NON_STR_KEYS)
+
+
+# --- building and running workers ---------------------------------------------------------
+
+
+def redis_settings_from_url(url: str) -> RedisSettings:
+    """arq ``RedisSettings`` from a URL.
+
+    ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS; query options
+    ``ssl_cert_reqs=none|optional|required``, ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``, ``ssl_check_hostname=true|false``), ``unix:///path?db=N`` and
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/db]``.
+    Credentials may be percent-encoded. Unknown query options are errors.
+    """
+    parsed = urlparse(url)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    user = unquote(parsed.username) if parsed.username else None
+    password = unquote(parsed.password) if parsed.password else None
+    if parsed.scheme == "redis+sentinel":
+        return _sentinel_settings(url, parsed.netloc, parsed.path, user, password, query)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise WorkerConfigError(f"unsupported Redis URL scheme {parsed.scheme!r} in {url!r}")
+    base = url
+    if parsed.scheme != "unix" and parsed.path in ("", "/"):
+        base = parsed._replace(path="").geturl()  # arq's from_dsn fails on a bare "/"
+    try:
+        settings = RedisSettings.from_dsn(base)
+    except ValueError as e:
+        raise WorkerConfigError(f"bad Redis URL {url!r}: {e}") from e
+    return replace(settings, username=user, password=password, **_ssl_options(url, query))
+
+
+def _ssl_options(url: str, query: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in query.items():
+        if key == "db":
+            continue
+        if key == "ssl_cert_reqs":
+            if value not in _SSL_CERT_REQS:
+                raise WorkerConfigError(
+                    f"ssl_cert_reqs must be none, optional or required in {url!r}"
+                )
+            options[key] = value
+        elif key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            options[key] = value
+        elif key == "ssl_check_hostname":
+            options[key] = value.lower() in ("1", "true", "yes")
+        else:
+            raise WorkerConfigError(f"unknown Redis URL option {key!r} in {url!r}")
+    return options
+
+
+def _sentinel_settings(
+    url: str, netloc: str, path: str, user: str | None, password: str | None, query: dict[str, str]
+) -> RedisSettings:
+    hosts_part = netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int]] = []
+    for item in filter(None, hosts_part.split(",")):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        if not host or not port.isdigit():
+            raise WorkerConfigError(f"bad sentinel address {item!r} in {url!r}")
+        hosts.append((host, int(port)))
+    if not hosts:
+        raise WorkerConfigError(f"no sentinel addresses in {url!r}")
+    parts = [p for p in path.split("/") if p]
+    master = parts[0] if parts else "mymaster"
+    db = parts[1] if len(parts) > 1 else query.get("db", "0")
+    if not db.isdigit():
+        raise WorkerConfigError(f"bad database number {db!r} in {url!r}")
+    return RedisSettings(
+        host=hosts,
+        sentinel=True,
+        sentinel_master=master,
+        username=user,
+        password=password,
+        database=int(db),
+        **_ssl_options(url, query),
+    )
+
+
+def _worker_id(queue: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{queue}"
+
+
+def build_workers(
+    settings: WorkerSettings,
+    registry: HandlerRegistry,
+    *,
+    burst: bool = False,
+    handle_signals: bool = False,
+) -> list[Worker]:
+    """One arq ``Worker`` per queue in ``settings.queues``; call inside a running loop.
+
+    ``handle_signals`` should stay False when several workers share a loop (each would
+    replace the others' handlers); ``serve`` handles SIGTERM/SIGINT for all of them.
+    ``burst=True`` makes each worker stop once its queue is empty (tests, one-off drains).
+    """
+    if settings.redis_url is None:
+        raise WorkerConfigError("the worker needs redis_url (RELAYGRAPH_REDIS_URL)")
+    redis_settings = redis_settings_from_url(settings.redis_url)
+    keys = settings.keys
+    graphs = GraphCache()  # shared by the queues of this process
+    workers = []
+    for name in settings.queues:
+        worker = Worker(
+            functions=[
+                func(
+                    relaygraph_run_node,
+                    name=ARQ_FUNCTION,
+                    max_tries=ARQ_MAX_TRIES,
+                    timeout=_ARQ_JOB_TIMEOUT_S,
+                    keep_result=0,
+                )
+            ],
+            queue_name=keys.queue(name),
+            redis_settings=redis_settings,
+            burst=burst,
+            on_startup=_startup(keys, registry, graphs, settings, _worker_id(name)),
+            handle_signals=handle_signals,
+            max_jobs=settings.concurrency,
+            job_timeout=_ARQ_JOB_TIMEOUT_S,
+            keep_result=0,
+            poll_delay=settings.poll_delay,
+            max_tries=ARQ_MAX_TRIES,
+            allow_abort_jobs=True,
+            job_serializer=_serialize,
+            job_deserializer=decode_arq_job,
+        )
+        # arq sizes the in-progress key from the job timeout; ours is a renewed lease.
+        worker.in_progress_timeout_s = settings.job_lease_s
+        workers.append(worker)
+    return workers
+
+
+def _startup(
+    keys: Keys,
+    registry: HandlerRegistry,
+    graphs: GraphCache,
+    settings: WorkerSettings,
+    worker_id: str,
+) -> StartupShutdown:
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        # arq's own pool (ctx["redis"]) serves the store too: one connection setup, same
+        # URL handling (TLS, sentinel) for jobs and state.
+        ctx[_STATE] = _WorkerState(ctx["redis"], keys, registry, graphs, settings, worker_id)
+        logger.info(
+            "worker %s serving %s with handlers for %s",
+            worker_id,
+            keys.prefix,
+            ", ".join(registry.types()),
+        )
+
+    return on_startup
+
+
+async def serve(
+    settings: WorkerSettings,
+    registry: HandlerRegistry | None = None,
+    *,
+    grace_s: float = 10.0,
+) -> None:
+    """Run a worker per queue until cancelled, SIGTERM or SIGINT, then stop gracefully:
+    stop taking jobs, give running ones ``grace_s`` to finish, cancel the rest (arq puts them
+    back on their queue) and close the connections.
+
+    ``registry`` defaults to ``load_registry(settings.handlers)``, or the built-ins alone.
+    If a worker fails (e.g. Redis unreachable at start), the others stop and its error is
+    raised.
+    """
+    if registry is None:
+        registry = load_registry(settings.handlers) if settings.handlers else HandlerRegistry()
+    workers = build_workers(settings, registry)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = _install_signals(loop, stop)
+    runs = [asyncio.create_task(w.async_run(), name=f"arq:{w.queue_name}") for w in workers]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([*runs, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await _shutdown(workers, runs, grace_s)
+    for task in runs:  # a worker that ended on its own failed
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:
+            raise error
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+    installed: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread, or no signal support: cancellation still works
+        installed.append(sig)
+    return installed
+
+
+async def _shutdown(workers: list[Worker], runs: list[asyncio.Task[None]], grace_s: float) -> None:
+    for w in workers:
+        w.allow_pick_jobs = False
+    running = [t for w in workers for t in w.tasks.values() if not t.done()]
+    if running:
+        logger.info("stopping: waiting up to %.1fs for %d running job(s)", grace_s, len(running))
+        await asyncio.wait(running, timeout=grace_s)
+    # close() cancels what still runs (arq re-queues it) and closes each worker's pool.
+    await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+    for task in runs:
+        task.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)

@@ -1,0 +1,206 @@
+"""What a job reads before its handler runs: the graph (cached) and a snapshot of run data.
+
+The snapshot holds the run input and the latest outputs of the nodes a job is likely to read
+(see ``plan_reads``), loaded in at most two round trips. ``StoreLoader`` serves
+``ctx.load`` for everything else, one path at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from graph_core.errors import PathError, TemplateError
+from graph_core.keys import RunKeys
+from graph_core.model import Graph, Node
+from graph_core.paths import (
+    KIND_OUTPUT,
+    KIND_OUTPUTS,
+    KIND_VISITS,
+    MISSING,
+    ROOT_INPUT,
+    ParsedPath,
+    parse_path,
+    walk,
+)
+from graph_core.state import NodeRecord
+from graph_core.templates import template_paths
+from graph_core.topology import topology
+from worker.context import Snapshot
+from worker.registry import HandlerSpec
+
+__all__ = ["GraphCache", "Plan", "StoreLoader", "load_snapshot", "plan_reads"]
+
+logger = logging.getLogger("relaygraph.worker")
+
+
+# --- graph cache --------------------------------------------------------------------------
+
+
+class GraphCache:
+    """Parsed graphs by (id, version), least recently used dropped first.
+
+    Graph versions are immutable once registered, so an entry never goes stale.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        if maxsize < 1:
+            raise ValueError("GraphCache maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._graphs: OrderedDict[tuple[str, int], Graph] = OrderedDict()
+
+    def get(self, graph_id: str, version: int) -> Graph | None:
+        graph = self._graphs.get((graph_id, version))
+        if graph is not None:
+            self._graphs.move_to_end((graph_id, version))
+        return graph
+
+    def put(self, graph: Graph) -> Graph:
+        self._graphs[(graph.id, graph.version)] = graph
+        self._graphs.move_to_end((graph.id, graph.version))
+        while len(self._graphs) > self.maxsize:
+            self._graphs.popitem(last=False)
+        return graph
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+
+# --- what to preload ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Plan:
+    nodes: list[str] = field(default_factory=list)  # nodes whose latest output to load
+    visits: set[tuple[str, int]] = field(default_factory=set)  # explicit (node, visit) reads
+
+
+def plan_reads(graph: Graph, node: Node, spec: HandlerSpec | None) -> Plan:
+    """The nodes a job is likely to read: direct predecessors (for a parallel child, its
+    parent's too), nodes named in config templates, in ``config["reads"]`` and by the
+    handler's ``reads``. O(degree + config size), never O(graph) per job."""
+    topo = topology(graph)
+    ids: dict[str, None] = {}
+    for target in (node.id, node.parent):
+        if target is not None:
+            ids.update(dict.fromkeys(ref.edge.source for ref in topo.in_edges.get(target, ())))
+    wanted: list[str] = []
+    with contextlib.suppress(TemplateError):  # rendering reports it, naming the node
+        wanted.extend(template_paths(node.config))
+    reads = node.config.get("reads", [])
+    if isinstance(reads, list):
+        wanted.extend(r for r in reads if isinstance(r, str))
+    if spec is not None and spec.reads is not None:
+        try:
+            wanted.extend(spec.reads(node))
+        except Exception:
+            logger.warning(
+                "reads() of handler %r failed for node %r", spec.type, node.id, exc_info=True
+            )
+    plan = Plan()
+    for item in wanted:
+        if "." not in item:
+            ids[item] = None  # a bare node id
+            continue
+        try:
+            parsed = parse_path(item)
+        except PathError:
+            continue
+        if parsed.node_id is not None:
+            ids[parsed.node_id] = None
+            if parsed.kind == KIND_OUTPUTS and parsed.visit is not None:
+                plan.visits.add((parsed.node_id, parsed.visit))
+    plan.nodes = [nid for nid in ids if graph.has_node(nid)]
+    return plan
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _json_or_missing(raw: bytes | None) -> Any:
+    return MISSING if raw is None else orjson.loads(raw)
+
+
+async def load_snapshot(
+    redis: Any,
+    rk: RunKeys,
+    graph: Graph,
+    node_id: str,
+    run_input: Any,
+    plan: Plan,
+    records: dict[str, NodeRecord],
+) -> Snapshot:
+    """Load what ``plan`` names (node records not in ``records`` yet, then the outputs) into
+    the snapshot that the job's ``ctx.get`` and template rendering read."""
+    missing = [nid for nid in plan.nodes if nid not in records]
+    if missing:
+        raws = await redis.hmget(rk.nodes, missing)
+        for nid, raw in zip(missing, raws, strict=True):
+            if raw is not None:
+                records[nid] = NodeRecord.model_validate_json(raw)
+    visits: dict[str, tuple[int, int]] = {}
+    fields: dict[tuple[str, int], str] = {}
+    for nid in plan.nodes:
+        rec = records.get(nid) or NodeRecord()
+        visits[nid] = (rec.visits, rec.last_ok_visit)
+        if rec.last_ok_visit >= 1:
+            fields[(nid, rec.last_ok_visit)] = RunKeys.output_field(nid, rec.last_ok_visit)
+    for nid, visit in plan.visits:
+        if nid in visits and 1 <= visit <= visits[nid][0]:
+            fields[(nid, visit)] = RunKeys.output_field(nid, visit)
+    outputs: dict[tuple[str, int], Any] = {}
+    if fields:
+        raws = await redis.hmget(rk.outputs, list(fields.values()))
+        outputs = {k: _json_or_missing(raw) for k, raw in zip(fields, raws, strict=True)}
+    return Snapshot(run_input, _GraphNodes(graph), visits, outputs, reading=node_id)
+
+
+class _GraphNodes:
+    """``in`` over a graph's node ids without building a set per job."""
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, str) and self._graph.has_node(node_id)
+
+    def __len__(self) -> int:
+        return len(self._graph.nodes)
+
+    def __iter__(self) -> Iterator[str]:
+        return (n.id for n in self._graph.nodes)
+
+
+class StoreLoader:
+    """``ctx.load``: one path, read from Redis now."""
+
+    def __init__(self, redis: Redis, rk: RunKeys, graph: Graph, run_input: Any) -> None:
+        self._redis: Any = redis  # redis-py 5 annotates results as ``Awaitable[T] | T``
+        self._rk, self._graph, self._input = rk, graph, run_input
+
+    async def load(self, path: ParsedPath) -> Any:
+        if path.kind == ROOT_INPUT:
+            return walk(self._input, path.rest)
+        if not self._graph.has_node(path.root):
+            return MISSING
+        if path.kind == KIND_OUTPUTS:
+            visit = path.visit or 1
+        else:
+            raw = await self._redis.hget(self._rk.nodes, path.root)
+            rec = NodeRecord.model_validate_json(raw) if raw is not None else NodeRecord()
+            if path.kind == KIND_VISITS:
+                return rec.visits
+            visit = rec.last_ok_visit
+            if path.kind != KIND_OUTPUT or visit < 1:
+                return MISSING
+        value = _json_or_missing(
+            await self._redis.hget(self._rk.outputs, RunKeys.output_field(path.root, visit))
+        )
+        return MISSING if value is MISSING else walk(value, path.rest)

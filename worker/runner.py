@@ -1,0 +1,459 @@
+"""One node job, start to finish: fence, load, render, run the handler, report.
+
+``run_node`` knows nothing about the queue library: it gets a ``JobPayload`` and writes a
+``NodeReported`` to the dispatcher's inbox stream. The worker runs a handler at least once;
+the fence below and the dispatcher's own check of (visit, attempt) make a duplicate, late or
+replayed job harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from graph_core.errors import RelaygraphError, TemplateError
+from graph_core.events import ErrorInfo, NodeReported
+from graph_core.keys import Keys, RunKeys
+from graph_core.messages import JobPayload, encode_inbox
+from graph_core.model import Graph, Node
+from graph_core.settings import BaseSettings
+from graph_core.state import NodeRecord, RunRecord
+from graph_core.status import TERMINAL_RUN, NodeStatus
+from graph_core.templates import render
+from worker.context import NodeContext, NodeResult, NonRetryableError
+from worker.preload import GraphCache, Plan, StoreLoader, load_snapshot, plan_reads
+from worker.registry import HandlerRegistry, HandlerSpec
+from worker.settings import DEFAULT_QUEUE
+
+__all__ = [
+    "DEFAULT_MAX_DELIVERIES",
+    "GraphNotFound",
+    "JobFailure",
+    "NonJSONOutput",
+    "OutputTooLarge",
+    "UnknownNodeType",
+    "WorkerError",
+    "WorkerLost",
+    "run_node",
+]
+
+logger = logging.getLogger("relaygraph.worker")
+
+DEFAULT_MAX_DELIVERIES: Final = 5  # a job started this often without finishing is failed
+_MAX_ERROR_MESSAGE: Final = 2000  # characters of an exception message kept in a report
+_REPORT_TRIES: Final = 3
+_RUNNABLE = frozenset({NodeStatus.QUEUED, NodeStatus.RUNNING})
+
+Status = Literal["completed", "waiting", "failed"]
+
+
+# --- failures the worker detects itself ---------------------------------------------------
+
+
+class JobFailure(RelaygraphError):
+    """A failure found by the worker rather than raised by a handler."""
+
+    code: ClassVar[str] = "job_failure"
+    retryable: ClassVar[bool] = False
+
+
+class UnknownNodeType(JobFailure):
+    code = "unknown_node_type"
+
+    def __init__(self, node_id: str, node_type: str, queue: str, known: list[str]) -> None:
+        self.node_id, self.node_type, self.queue = node_id, node_type, queue
+        super().__init__(
+            f"no handler for node type {node_type!r} (node {node_id!r}) on the workers of "
+            f"queue {queue!r}; registered types: {', '.join(known) or 'none'}"
+        )
+
+
+class NonJSONOutput(JobFailure):
+    code = "non_json_output"
+
+    def __init__(self, node_id: str, where: str, type_name: str) -> None:
+        self.node_id, self.where, self.type_name = node_id, where, type_name
+        super().__init__(
+            f"node {node_id!r} returned output that is not JSON: {where} is a {type_name}"
+        )
+
+
+class OutputTooLarge(JobFailure):
+    code = "output_too_large"
+
+    def __init__(self, node_id: str, size: int, limit: int) -> None:
+        self.node_id, self.size, self.limit = node_id, size, limit
+        super().__init__(
+            f"node {node_id!r} returned {size} bytes of output (as a report), over the "
+            f"{limit}-byte limit (max_message_bytes); store large data elsewhere and "
+            "return a reference"
+        )
+
+
+class GraphNotFound(JobFailure):
+    code = "graph_not_found"
+
+    def __init__(self, graph_id: str, version: int) -> None:
+        self.graph_id, self.version = graph_id, version
+        super().__init__(f"graph {graph_id!r} version {version} is not registered")
+
+
+class WorkerError(JobFailure):
+    code = "worker_error"
+    retryable = True  # the node's retry policy decides
+
+    def __init__(self, node_id: str, error: Exception) -> None:
+        self.node_id, self.error = node_id, error
+        super().__init__(
+            f"the worker failed to prepare node {node_id!r}: {type(error).__name__}: "
+            f"{_describe(error)}"
+        )
+
+
+class WorkerLost(JobFailure):
+    code = "worker_lost"
+    retryable = True  # the node's retry policy decides, with a fresh attempt
+
+    def __init__(self, node_id: str, deliveries: int) -> None:
+        self.node_id, self.deliveries = node_id, deliveries
+        super().__init__(
+            f"the job of node {node_id!r} was started {deliveries - 1} times without "
+            "finishing (its worker crashed or was stopped each time); not running it again"
+        )
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    status: Status
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return str(error) or type(error).__name__
+    except Exception:  # a broken __str__ must not lose the report
+        return type(error).__name__
+
+
+def _failed(error: BaseException, node_id: str, *, retryable: bool | None = None) -> _Outcome:
+    message = _describe(error)
+    if len(message) > _MAX_ERROR_MESSAGE:
+        message = message[:_MAX_ERROR_MESSAGE] + "... (truncated)"
+    if retryable is None:
+        retryable = not isinstance(error, NonRetryableError) and (
+            getattr(error, "retryable", True) is not False
+        )
+    return _Outcome(
+        "failed",
+        error=ErrorInfo(
+            type=type(error).__name__,
+            message=message,
+            node_id=node_id,
+            code=error.code if isinstance(error, JobFailure) else None,
+            retryable=retryable,
+        ),
+    )
+
+
+async def _call(spec: HandlerSpec, ctx: NodeContext) -> Any:
+    if spec.is_async:
+        result = await spec.fn(ctx)
+    else:
+        # A plain function runs in a thread so it cannot stall the loop (and other jobs).
+        result = await asyncio.to_thread(spec.fn, ctx)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def _run_handler(spec: HandlerSpec, ctx: NodeContext, timeout_s: float | None) -> _Outcome:
+    node_id = ctx.node.id
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            result = await _call(spec, ctx)
+    except TimeoutError as e:
+        if not deadline.expired():
+            return _failed(e, node_id)  # the handler's own TimeoutError
+        # A sync handler's thread cannot be stopped: it runs on, but its result is dropped.
+        return _Outcome(
+            "failed",
+            error=ErrorInfo(
+                type="TimeoutError",
+                message=f"node {node_id!r} did not finish within its timeout of {timeout_s}s",
+                node_id=node_id,
+                code="timeout",
+                retryable=True,
+            ),
+        )
+    except Exception as e:
+        ctx.logger.warning("handler raised %s: %s", type(e).__name__, e, exc_info=True)
+        return _failed(e, node_id)
+    status: Literal["completed", "waiting"] = "completed"
+    if isinstance(result, NodeResult):
+        status, result = result.status, result.output
+    try:
+        return _Outcome(status, _jsonable(result, node_id))
+    except NonJSONOutput as e:
+        return _failed(e, node_id)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        try:
+            return value.model_dump(mode="json")
+        except Exception as e:
+            raise TypeError(f"{type(value).__name__} cannot be dumped as JSON: {e}") from e
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _encode(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _jsonable(value: Any, node_id: str) -> Any:
+    """``value`` as plain JSON data (what the store will hold), or ``NonJSONOutput``."""
+    try:
+        return orjson.loads(_encode(value))
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        where, type_name = _find_unencodable(value, "output") or ("output", type(value).__name__)
+        raise NonJSONOutput(node_id, where, type_name) from None
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        _encode(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _find_unencodable(value: Any, where: str) -> tuple[str, str] | None:
+    """The first place in ``value`` that JSON cannot hold (only called on failure)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodes({key: None}):
+                return f"{where} key {key!r}", type(key).__name__
+            found = _find_unencodable(item, f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _find_unencodable(item, f"{where}.{i}")
+            if found:
+                return found
+        return None
+    return None if _encodes(value) else (where, type(value).__name__)
+
+
+async def _send(redis: Any, keys: Keys, data: bytes) -> None:
+    """XADD the report, retrying connection hiccups (a duplicate report is harmless)."""
+    for attempt in range(1, _REPORT_TRIES + 1):
+        try:
+            await redis.xadd(keys.inbox, {"m": data})
+            return
+        except (RedisConnectionError, RedisTimeoutError):
+            if attempt == _REPORT_TRIES:
+                raise
+            logger.warning("reporting to %s failed (try %d), retrying", keys.inbox, attempt)
+            await asyncio.sleep(0.1 * 2**attempt)
+
+
+def _fence(run: RunRecord | None, rec: NodeRecord | None, payload: JobPayload) -> str | None:
+    """Why this job must not run, or None. Reads only; the dispatcher's check is the real
+    guard (a report for a stale attempt is ignored there), this one just saves the work."""
+    where = f"node {payload.node_id!r} visit {payload.visit} attempt {payload.attempt}"
+    if run is None:
+        return f"run {payload.run_id!r} not found (finished and expired, or deleted)"
+    if run.status in TERMINAL_RUN:
+        return f"run {payload.run_id!r} is {run.status.value}"
+    if (run.graph_id, run.graph_version) != (payload.graph_id, payload.graph_version):
+        return (
+            f"job names graph {payload.graph_id!r} v{payload.graph_version} but the run uses "
+            f"{run.graph_id!r} v{run.graph_version}"
+        )
+    if rec is None:
+        return f"{where}: the run has no record of this node"
+    if (rec.visits, rec.attempt) != (payload.visit, payload.attempt):
+        return f"{where} is stale: the node is at visit {rec.visits} attempt {rec.attempt}"
+    if rec.status not in _RUNNABLE:
+        return f"{where}: the node is {rec.status.value}, not queued"
+    return None
+
+
+async def run_node(
+    redis: Redis,
+    keys: Keys,
+    registry: HandlerRegistry,
+    payload: JobPayload,
+    graph_cache: GraphCache,
+    settings: BaseSettings,
+    *,
+    worker_id: str | None = None,
+    delivery: int = 1,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+) -> NodeReported | None:
+    """Run one job and report it on the inbox stream; return the report, or None when the
+    job was fenced off (its run is over, or the node moved on) and nothing was reported.
+
+    ``delivery`` counts how often the queue started this job; past ``max_deliveries`` the
+    handler is not run again and the node fails with ``WorkerLost``. Redis errors propagate
+    (the queue re-runs the job).
+    """
+    started = time.monotonic()
+    try:
+        rk = keys.run(payload.run_id)
+    except RelaygraphError as e:
+        logger.error("dropping job for %r: %s", payload.run_id, e)
+        return None
+    graph = graph_cache.get(payload.graph_id, payload.graph_version)
+    node = graph.node(payload.node_id) if graph and graph.has_node(payload.node_id) else None
+    spec = registry.spec(node.type) if node is not None else None
+    plan = plan_reads(graph, node, spec) if graph is not None and node is not None else Plan()
+    wanted = [payload.node_id, *(n for n in plan.nodes if n != payload.node_id)]
+
+    # One round trip: the fence's records, the preload's node records, and (on a cold cache)
+    # the graph. Reads only: nothing here needs to be atomic.
+    pipe = redis.pipeline(transaction=False)
+    pipe.hget(rk.meta, "run")
+    pipe.hmget(rk.nodes, wanted)
+    if graph is None:
+        pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
+    replies = await pipe.execute()
+    run = RunRecord.model_validate_json(replies[0]) if replies[0] is not None else None
+    records = {
+        nid: NodeRecord.model_validate_json(raw)
+        for nid, raw in zip(wanted, replies[1], strict=True)
+        if raw is not None
+    }
+    why = _fence(run, records.get(payload.node_id), payload)
+    if why is not None or run is None:
+        logger.info("skipping job: %s", why)
+        return None
+    try:
+        if graph is None and replies[2] is not None:
+            graph = graph_cache.put(Graph.from_json(replies[2], validate=False))
+        if graph is None:
+            outcome = _failed(
+                GraphNotFound(payload.graph_id, payload.graph_version), payload.node_id
+            )
+        else:
+            if node is None:
+                if not graph.has_node(payload.node_id):
+                    logger.error(
+                        "dropping job: graph %r v%d has no node %r",
+                        graph.id,
+                        graph.version,
+                        payload.node_id,
+                    )
+                    return None
+                node = graph.node(payload.node_id)
+                spec = registry.spec(node.type)
+                plan = plan_reads(graph, node, spec)
+            job = _Job(redis, rk, payload, graph, node, run, records)
+            outcome = await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
+    except (RedisConnectionError, RedisTimeoutError):
+        raise  # the queue runs the job again
+    except Exception as e:
+        # A bug or corrupt stored data: report it, so the run does not wait forever.
+        logger.exception("preparing node %r of run %s failed", payload.node_id, payload.run_id)
+        outcome = _failed(WorkerError(payload.node_id, e), payload.node_id)
+    report, data = _report(payload, outcome, worker_id, settings.max_message_bytes)
+    await _send(redis, keys, data)
+    logger.info(
+        "node %r visit %d attempt %d of run %s: %s in %.3fs%s",
+        payload.node_id,
+        payload.visit,
+        payload.attempt,
+        payload.run_id,
+        report.status,
+        time.monotonic() - started,
+        f" ({report.error})" if report.error else "",
+    )
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What one job has loaded so far."""
+
+    redis: Any  # redis.asyncio.Redis; redis-py 5 annotates results as ``Awaitable[T] | T``
+    rk: RunKeys
+    payload: JobPayload
+    graph: Graph
+    node: Node
+    run: RunRecord
+    records: dict[str, NodeRecord]
+
+
+async def _prepare_and_run(
+    job: _Job,
+    registry: HandlerRegistry,
+    spec: HandlerSpec | None,
+    plan: Plan,
+    delivery: int,
+    max_deliveries: int,
+) -> _Outcome:
+    node, payload = job.node, job.payload
+    if spec is None:
+        queue = node.queue or DEFAULT_QUEUE
+        return _failed(UnknownNodeType(node.id, node.type, queue, registry.types()), node.id)
+    if delivery > max_deliveries:
+        return _failed(WorkerLost(node.id, delivery), node.id)
+    snapshot = await load_snapshot(
+        job.redis, job.rk, job.graph, node.id, job.run.input, plan, job.records
+    )
+    try:
+        config = render(node.config, snapshot)
+    except TemplateError as e:
+        error = TemplateError(e.path, f"{e.reason} (node {node.id!r})", e.template)
+        return _failed(error, node.id, retryable=False)
+    ctx = NodeContext(
+        run_id=payload.run_id,
+        node=node.model_copy(update={"config": config}),
+        input=job.run.input,
+        visit=payload.visit,
+        attempt=payload.attempt,
+        idempotency_key=payload.idempotency_key,
+        source=snapshot,
+        loader=StoreLoader(job.redis, job.rk, job.graph, job.run.input),
+        graph_id=job.graph.id,
+        graph_version=job.graph.version,
+    )
+    return await _run_handler(spec, ctx, payload.timeout_s)
+
+
+def _report(
+    payload: JobPayload, outcome: _Outcome, worker_id: str | None, max_bytes: int
+) -> tuple[NodeReported, bytes]:
+    report = NodeReported(
+        run_id=payload.run_id,
+        node_id=payload.node_id,
+        visit=payload.visit,
+        attempt=payload.attempt,
+        status=outcome.status,
+        output=outcome.output,
+        error=outcome.error,
+        worker=worker_id,
+    )
+    data = encode_inbox(report)
+    if len(data) <= max_bytes:
+        return report, data
+    failed = _failed(OutputTooLarge(payload.node_id, len(data), max_bytes), payload.node_id)
+    report = report.model_copy(update={"status": "failed", "output": None, "error": failed.error})
+    return report, encode_inbox(report)
