@@ -113,5 +113,6 @@ _KNOWN_ELSEWHERE = frozenset(
         "lease_s",
         "heartbeat_s",
         "job_lease_s",
+        "wake_fallback_s",
     }
 )

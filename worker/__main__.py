@@ -1,7 +1,7 @@
 """``python -m worker``: one worker process serving one or more queues.
 
     python -m worker --redis redis://localhost:6379/0 --handlers myapp.handlers \\
-        [--queue default --queue gpu] [--concurrency 10] [--prefix relaygraph]
+        [--queue default --queue gpu] [--concurrency 10] [--prefix relaygraph] [--grace 10]
 
 Settings come from the flags, then ``RELAYGRAPH_*`` variables. Exit status 2 for bad
 settings or a handlers module that does not load, 1 when the worker fails while running,
@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", action="append", metavar="Q", help="queue to serve (repeatable)")
     p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once per queue")
     p.add_argument("--prefix", help="key prefix (RELAYGRAPH_PREFIX; default relaygraph)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, let running jobs finish for up to S seconds (default 10)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
 
@@ -68,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("no Redis URL: pass --redis URL or set RELAYGRAPH_REDIS_URL")
     if not settings.handlers:
         return _fail("no handlers: pass --handlers MODULE[:ATTR] or set RELAYGRAPH_HANDLERS")
+    if args.grace < 0:
+        return _fail("--grace must be >= 0")
     level = logging.getLevelName(args.log_level.upper())
     if not isinstance(level, int):
         return _fail(f"--log-level: unknown level {args.log_level!r}")
@@ -80,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(settings, registry))
+        asyncio.run(_serve(settings, registry, args.grace))
     except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before serving began
         return EXIT_OK
     except (OSError, RelaygraphError) as e:  # redis' ConnectionError is an OSError too
@@ -88,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-async def _serve(settings: WorkerSettings, registry: HandlerRegistry) -> None:
+async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: float) -> None:
     from arq.connections import create_pool
 
     from worker.app import redis_settings_from_url, serve
@@ -113,7 +122,7 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry) -> None:
     }
     try:
         await redis.hset(keys.workers, worker_id, dumps(record))
-        await serve(settings, registry)
+        await serve(settings, registry, grace_s=grace_s)
     finally:
         with contextlib.suppress(Exception):  # best effort: the server may be gone already
             await redis.hdel(keys.workers, worker_id)

@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -48,12 +49,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import MessageError, RelaygraphError
+from graph_core.events import LeaseExpired
 from graph_core.keys import Keys
-from graph_core.messages import ARQ_FUNCTION, decode_arq_job, parse_job_payload
+from graph_core.messages import (
+    ARQ_FUNCTION,
+    JobPayload,
+    decode_arq_job,
+    encode_inbox,
+    parse_job_payload,
+)
+from worker.heartbeat import Heartbeat, sync_client
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
 from worker.runner import DEFAULT_MAX_DELIVERIES, run_node
 from worker.settings import WorkerSettings
+from worker.waking import WakingWorker
 
 __all__ = [
     "ARQ_MAX_TRIES",
@@ -87,29 +97,34 @@ class _WorkerState:
     graphs: GraphCache
     settings: WorkerSettings
     worker_id: str
+    heartbeat: Heartbeat
 
     @contextlib.asynccontextmanager
-    async def lease(self, job_id: str | None) -> AsyncIterator[None]:
-        """Renew arq's in-progress key of ``job_id`` while the body runs."""
-        if not job_id:
-            yield
-            return
-        task = asyncio.create_task(self._renew(in_progress_key_prefix + job_id))
+    async def lease(self, job_id: str | None, job: JobPayload) -> AsyncIterator[None]:
+        """Hold the attempt's lease (and arq's in-progress key) while the body runs.
+
+        The lease is written before the handler can start and removed after its report is
+        written; the heartbeat thread renews it meanwhile."""
+        deadline = time.time() + job.timeout_s if job.timeout_s else None
+        member = encode_inbox(
+            LeaseExpired(
+                run_id=job.run_id,
+                node_id=job.node_id,
+                visit=job.visit,
+                attempt=job.attempt,
+                deadline=deadline,
+            )
+        )
+        leases = self.keys.leases
+        expiry_ms = int(self.heartbeat.expiry(deadline) * 1000)
+        await self.redis.zadd(leases, {member: expiry_ms})
+        self.heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _renew(self, key: str) -> None:
-        lease_ms = int(self.settings.job_lease_s * 1000)
-        while True:
-            await asyncio.sleep(self.settings.job_lease_s / 3)
-            try:
-                await self.redis.pexpire(key, lease_ms)
-            except (RedisConnectionError, RedisTimeoutError) as e:
-                logger.warning("renewing the lease %s failed: %s", key, e)
+            self.heartbeat.release(member)
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                await self.redis.zrem(leases, member)
 
 
 async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> str:
@@ -121,7 +136,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> str:
     except MessageError as e:
         logger.error("dropping job %s: %s", job_id, e)
         return "dropped"
-    async with state.lease(job_id):
+    async with state.lease(job_id, job):
         try:
             report = await run_node(
                 state.redis,
@@ -246,9 +261,18 @@ def build_workers(
     redis_settings = redis_settings_from_url(settings.redis_url)
     keys = settings.keys
     graphs = GraphCache()  # shared by the queues of this process
-    workers = []
+    heartbeat = Heartbeat(
+        sync_client(redis_settings),
+        keys.leases,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        arq_lease_s=settings.job_lease_s,
+    )
+    workers: list[Worker] = []
     for name in settings.queues:
-        worker = Worker(
+        worker = WakingWorker(
+            wake_key=keys.wake(name),
+            fallback_s=settings.wake_fallback_s,
             functions=[
                 func(
                     relaygraph_run_node,
@@ -261,7 +285,8 @@ def build_workers(
             queue_name=keys.queue(name),
             redis_settings=redis_settings,
             burst=burst,
-            on_startup=_startup(keys, registry, graphs, settings, _worker_id(name)),
+            on_startup=_startup(keys, registry, graphs, settings, _worker_id(name), heartbeat),
+            on_shutdown=_shutdown_hook(heartbeat),
             handle_signals=handle_signals,
             max_jobs=settings.concurrency,
             job_timeout=_ARQ_JOB_TIMEOUT_S,
@@ -284,11 +309,14 @@ def _startup(
     graphs: GraphCache,
     settings: WorkerSettings,
     worker_id: str,
+    heartbeat: Heartbeat,
 ) -> StartupShutdown:
     async def on_startup(ctx: dict[str, Any]) -> None:
         # arq's own pool (ctx["redis"]) serves the store too: one connection setup, same
         # URL handling (TLS, sentinel) for jobs and state.
-        ctx[_STATE] = _WorkerState(ctx["redis"], keys, registry, graphs, settings, worker_id)
+        ctx[_STATE] = _WorkerState(
+            ctx["redis"], keys, registry, graphs, settings, worker_id, heartbeat
+        )
         logger.info(
             "worker %s serving %s with handlers for %s",
             worker_id,
@@ -297,6 +325,13 @@ def _startup(
         )
 
     return on_startup
+
+
+def _shutdown_hook(heartbeat: Heartbeat) -> StartupShutdown:
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await asyncio.to_thread(heartbeat.stop)
+
+    return on_shutdown
 
 
 async def serve(

@@ -594,7 +594,9 @@ async def test_running_job_keeps_its_lease_beyond_the_lease_time(
     graph = triage_graph()
     await prepared(redis, graph)
     registry, started, release, _ = blocking_registry()
-    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01, job_lease_s=1)
+    settings = WorkerSettings(
+        redis_url=redis_url, poll_delay=0.01, job_lease_s=1, lease_s=1, heartbeat_s=0.25
+    )
     in_progress = ARQ_IN_PROGRESS_PREFIX + await enqueue_like_the_dispatcher(
         redis, graph, "notify", "default"
     )
