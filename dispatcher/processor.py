@@ -20,6 +20,7 @@ from graph_core.events import (
     NodeReported,
     RunSubmitted,
 )
+from graph_core.keys import check_run_id
 from graph_core.messages import SubmitRequest
 from graph_core.model import Graph
 from graph_core.state import Transition
@@ -49,19 +50,23 @@ class Processor:
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
-    async def handle(self, message: Any) -> Outcome:
+    async def handle(self, message: Any, entry_id: str | None = None) -> Outcome:
+        """Handle one inbox message. ``entry_id`` (the stream entry's id) names the run of a
+        submission that carries no run id, so a redelivered entry creates the same run."""
         if isinstance(message, SubmitRequest):
-            return await self._submit(message)
+            return await self._submit(message, entry_id)
         return await self.process(message)
 
-    async def _submit(self, req: SubmitRequest) -> Outcome:
+    async def _submit(self, req: SubmitRequest, entry_id: str | None) -> Outcome:
         version = req.graph_version or await self.store.latest_version(req.graph_id)
         if version is None:
             raise GraphNotFound(req.graph_id, None)
         await self.store.graph(req.graph_id, version)  # raises GraphNotFound
-        run_id = req.run_id or clock.new_run_id()
+        run_id = check_run_id(req.run_id or (entry_id or clock.new_run_id()))
         if req.idempotency_key is not None:
-            # Race site: two submitters with one key. SET NX decides which run id wins.
+            # Race site: two submitters with one key. SET NX decides which run id wins. A
+            # claim whose run is not created yet belongs to an entry that will be redelivered
+            # with the same run id, so "duplicate" stays the right answer for everyone else.
             key = self.store.keys.idempotency(req.idempotency_key)
             won = await self.store.redis.set(key, run_id, nx=True, ex=self.store.retention_s)
             if not won:

@@ -51,6 +51,37 @@ end
 return #due
 """
 
+# Forward a published approval into the inbox once, however many dispatchers heard it.
+_FORWARD_APPROVAL = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[2])) then
+  redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Trim inbox entries every consumer has read and acknowledged: below both the group's
+# last-delivered id and the oldest pending entry.
+_TRIM_INBOX = """
+local function older(a, b)  -- stream ids compare as (ms, seq) numbers, not as strings
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local floor = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local cut = info['last-delivered-id']
+  local pending = redis.call('XPENDING', KEYS[1], info['name'])
+  if pending[1] > 0 then cut = pending[2] end
+  if floor == nil or older(cut, floor) then floor = cut end
+end
+if floor == nil then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', floor)
+"""
+
 
 class Dispatcher:
     def __init__(self, redis: Redis, settings: DispatcherSettings) -> None:
@@ -64,6 +95,8 @@ class Dispatcher:
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self._move_timers = redis.register_script(_MOVE_TIMERS)
+        self._forward_approval = redis.register_script(_FORWARD_APPROVAL)
+        self._trim_inbox = redis.register_script(_TRIM_INBOX)
         self.processed = 0
         self.ready = asyncio.Event()
 
@@ -176,7 +209,7 @@ class Dispatcher:
             await self._dead_letter("inbox", raw, str(e), entry_id)
             return
         try:
-            outcome = await self.processor.handle(message)
+            outcome = await self.processor.handle(message, entry_id.decode())
         except RelaygraphError as e:
             # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
             await self._dead_letter("inbox", raw, str(e), entry_id)
@@ -282,13 +315,12 @@ class Dispatcher:
         except MessageError as e:
             await self._dead_letter("approvals", raw, str(e), None)
             return
-        # Every dispatcher hears a publish; only one copy goes into the durable inbox.
-        digest = hashlib.sha256(raw).hexdigest()
-        first = await self.redis.set(
-            f"{self.keys.approvals_channel}:seen:{digest}", 1, nx=True, ex=600
+        # Every dispatcher hears a publish; one script call marks it seen and puts one copy in
+        # the durable inbox, atomically (a crash between the two would lose the approval).
+        seen = self.keys.approval_seen(hashlib.sha256(raw).hexdigest())
+        await self._forward_approval(
+            keys=[seen, self.keys.inbox], args=[approval.model_dump_json().encode(), 600]
         )
-        if first:
-            await self.redis.xadd(self.keys.inbox, {"m": approval.model_dump_json().encode()})
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:
         idle_ms = int(self.settings.claim_idle_s * 1000)
@@ -317,8 +349,16 @@ class Dispatcher:
                     self.keys.runs_by_status(status.value), "-inf", cutoff_ms
                 )
             await self._prune_all_runs(cutoff_ms)
+            await self.trim_inbox()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
+
+    async def trim_inbox(self) -> int:
+        """Delete inbox entries that every dispatcher group has read and acknowledged."""
+        try:
+            return int(await self._trim_inbox(keys=[self.keys.inbox]))
+        except ResponseError:  # no stream or no group yet
+            return 0
 
     async def _prune_all_runs(self, cutoff_ms: int) -> None:
         # The all-runs index is scored by creation; an old entry is dropped once its meta is gone.

@@ -204,6 +204,7 @@ class HistoryEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    v: Literal[1] = 1
     type: str  # e.g. node.completed, run.failed
     at: float
     node_id: str | None = None

@@ -1,7 +1,9 @@
 """Every Redis key relaygraph uses, built in one place.
 
-Per-run keys carry the run id as a hash tag (``{run_id}``) so that a run's keys live in one
-cluster slot. Keys are built from ids and never parsed back into ids.
+Per-run keys carry the run id as a hash tag (``{run_id}``) so that a run's keys would share a
+cluster slot. Redis Cluster is not supported today: the apply script also writes the queue,
+timer and index keys, which live in other slots. Keys are built from ids and never parsed
+back into ids.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class Keys:
         self.graph_latest = f"{p}:graphs:latest"  # hash: graph id -> latest version
         self.runs_all = f"{p}:runs"  # zset: run id -> created (ms)
         self.workers = f"{p}:workers"  # hash: worker id -> heartbeat JSON
+
+    def approval_seen(self, digest: str) -> str:
+        """Marks a published approval as already forwarded to the inbox."""
+        return f"{self.approvals_channel}:seen:{digest}"
 
     def graph_field(self, graph_id: str, version: int) -> str:
         return f"{graph_id}@{version}"

@@ -89,7 +89,8 @@ class RunRecord(BaseModel):
     rev: int = 0  # bumped by every applied transition (optimistic concurrency)
 
     def dump(self) -> bytes:
-        return self.model_dump_json(exclude_defaults=True).encode()
+        # Every field, defaults included: services in other languages read this record.
+        return self.model_dump_json().encode()
 
 
 class LoopRecord(BaseModel):

@@ -316,3 +316,30 @@ async def test_retry_timer_fires_after_the_dispatcher_was_down(redis: aioredis.R
     assert calls == [1, 2]
     types = [e["type"] for e in await d2.store.history("f1")]
     assert "node.retry_scheduled" in types
+
+
+async def test_handled_inbox_entries_are_trimmed_but_pending_ones_kept(
+    redis: aioredis.Redis,
+) -> None:
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    w = FakeWorker(redis, d.keys, triage_handlers())
+    async with running(d, w):
+        for i in range(5):
+            await submit(redis, d, "bug-triage", f"t{i}", {})
+        for i in range(5):
+            await finished(d, f"t{i}")
+        await wait_for(lambda: _no_pending(redis, d), message="every inbox entry acknowledged")
+    assert await redis.xlen(d.keys.inbox) > 10
+    # One entry read by a consumer that never acknowledges it (a crashed dispatcher).
+    await submit(redis, d, "bug-triage", "stuck", {})
+    await redis.xreadgroup(d.keys.inbox_group, "crashed", {d.keys.inbox: ">"}, count=1)
+    await submit(redis, d, "bug-triage", "unread", {})
+    await d.trim_inbox()
+    left = [f[b"m"] for _, f in await redis.xrange(d.keys.inbox)]
+    assert len(left) == 2 and b"stuck" in left[0] and b"unread" in left[1]
+
+
+async def _no_pending(redis: aioredis.Redis, d: Dispatcher) -> bool:
+    info = await redis.xpending(d.keys.inbox, d.keys.inbox_group)
+    return bool(info["pending"] == 0)
