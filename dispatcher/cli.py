@@ -1,0 +1,340 @@
+"""The ``relaygraph`` command line.
+
+Exit status: 0 success (a run completed), 1 a run failed or was cancelled, or something went
+wrong at run time (Redis unreachable, unknown run), 2 a usage, settings or validation error.
+Settings come from flags first, then ``RELAYGRAPH_*`` environment variables.
+
+Commands: ``run`` (``dispatcher.cli_run``); ``up``, ``dispatcher`` and ``worker``
+(``dispatcher.cli_serve``); ``validate``, ``export``, ``register``, ``submit``, ``status``,
+``runs``, ``approve`` and ``cancel`` (here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispatcher import cli_run, cli_serve
+from dispatcher.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    exit_code_for,
+    parse_json,
+    parse_json_object,
+    redact_url,
+    require_url,
+    settings_from,
+)
+from dispatcher.cli_output import format_problems, format_runs, format_status, pretty
+from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_graph
+from dispatcher.store import GraphNotFound
+from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.settings import SettingsError
+from graph_core.status import RunStatus
+
+__all__ = ["build_parser", "main"]
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `relaygraph runs | head`: not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except GraphValidationError as e:
+        return _error(str(e).splitlines()[0], *format_problems(e), code=EXIT_USAGE)
+    except (UsageError, SettingsError, InputError, GraphNotFound) as e:
+        return _error(str(e), code=EXIT_USAGE)
+    except (RedisConnectionError, RedisTimeoutError) as e:
+        where = redact_url(getattr(args, "_redis_url", None) or "")
+        return _error(f"cannot reach Redis{' at ' + where if where else ''}: {e}")
+    except RelaygraphError as e:
+        return _error(str(e))
+
+
+def _error(message: str, *more: str, code: int = EXIT_FAILED) -> int:
+    print(f"relaygraph: error: {message}", file=sys.stderr)
+    for line in more:
+        print(line, file=sys.stderr)
+    return code
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relaygraph",
+        description="Run workflow graphs on Redis: dispatcher, workers, runs and approvals.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    redis_opts = argparse.ArgumentParser(add_help=False)
+    redis_opts.add_argument("--redis", metavar="URL", help="Redis URL (RELAYGRAPH_REDIS_URL)")
+    redis_opts.add_argument("--prefix", help="key prefix (RELAYGRAPH_PREFIX; default relaygraph)")
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    cli_run.add_run_parser(sub, [redis_opts, json_opt])
+    cli_serve.add_process_commands(sub, redis_opts)
+    _add_file_commands(sub, json_opt)
+    _add_client_commands(sub, redis_opts, json_opt)
+    return parser
+
+
+def _add_file_commands(sub: Any, json_opt: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("validate", parents=[json_opt], help="check graph files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("export", help="draw a graph as Mermaid or Graphviz DOT")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_client_commands(
+    sub: Any, redis_opts: argparse.ArgumentParser, json_opt: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("register", parents=[redis_opts, json_opt], help="store a graph")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("submit", parents=[redis_opts, json_opt], help="start a run")
+    p.add_argument("graph", metavar="GRAPH_ID|FILE", help="a registered graph id, or a file")
+    p.add_argument("--input", metavar="JSON", help="the run's input (JSON)")
+    p.add_argument("--version", type=int, help="graph version (default: the latest)")
+    p.add_argument("--idempotency-key", metavar="K", help="the same key returns the same run")
+    p.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S s")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[redis_opts, json_opt], help="show a run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("runs", parents=[redis_opts, json_opt], help="list runs, newest first")
+    p.add_argument("--status", choices=[s.value for s in RunStatus])
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("approve", parents=[redis_opts], help="approve or reject a waiting node")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("node_id", metavar="NODE_ID")
+    p.add_argument("--reject", action="store_true", help="reject instead of approve")
+    p.add_argument("--data", metavar="JSON", help="a JSON object passed to the node's output")
+    p.add_argument("--actor", metavar="NAME", help="who decided (default: $USER)")
+    p.add_argument("--token", metavar="T", help="the wait token (default: the node's current)")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish on the approvals channel instead of the durable inbox",
+    )
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("cancel", parents=[redis_opts], help="cancel a run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--reason", default="cancelled", metavar="R")
+    p.set_defaults(func=cmd_cancel)
+
+
+# --- shared helpers ---------------------------------------------------------------------
+
+
+def _with_client(args: argparse.Namespace, fn: Callable[[WorkflowClient], Awaitable[int]]) -> int:
+    settings = settings_from(args)
+    require_url(settings, args.command)
+
+    async def go() -> int:
+        async with WorkflowClient.from_settings(settings) as client:
+            return await fn(client)
+
+    return asyncio.run(go())
+
+
+def _print_json(value: Any) -> None:
+    print(pretty(value))
+
+
+# --- commands without Redis -------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    results = []
+    for name in args.files:
+        try:
+            graph = load_graph(name)
+        except GraphValidationError as e:
+            results.append({"file": name, "ok": False, "problems": e.problems, "error": e})
+            continue
+        results.append({"file": name, "ok": True, "graph": graph})
+    if args.json:
+        _print_json(
+            [
+                {
+                    "file": r["file"],
+                    "ok": r["ok"],
+                    "problems": [
+                        {"code": p.code, "where": p.where, "message": p.message}
+                        for p in r.get("problems", [])
+                    ],
+                }
+                for r in results
+            ]
+        )
+    else:
+        for r in results:
+            if r["ok"]:
+                g = r["graph"]
+                print(f"{r['file']}: OK ({g.id} v{g.version}, {len(g.nodes)} nodes)")
+            else:
+                print(f"{r['file']}: {len(r['problems'])} problem(s)")
+                for line in format_problems(r["error"]):
+                    print(line)
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_USAGE
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from graph_core.export import to_dot, to_mermaid
+
+    graph = load_graph(args.file)
+    text = to_mermaid(graph) if args.format == "mermaid" else to_dot(graph)
+    if args.output:
+        Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
+    else:
+        print(text.rstrip("\n"))
+    return EXIT_OK
+
+
+# --- client commands --------------------------------------------------------------------
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    graph = load_graph(args.file)  # validate before connecting
+
+    async def go(client: WorkflowClient) -> int:
+        version = await client.register_graph(graph)
+        if args.json:
+            _print_json({"graph_id": graph.id, "version": version})
+        else:
+            print(f"registered graph {graph.id!r} version {version}")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload = parse_json(args.input, "--input")
+    graph = load_graph(args.graph) if _looks_like_file(args.graph) else None
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout only applies with --wait")
+
+    async def go(client: WorkflowClient) -> int:
+        graph_id, version = args.graph, args.version
+        if graph is not None:
+            registered = await client.register_graph(graph)
+            graph_id, version = graph.id, version or registered
+        run_id = await client.submit(
+            graph_id, payload, idempotency_key=args.idempotency_key, version=version
+        )
+        if not args.wait:
+            _print_json({"run_id": run_id}) if args.json else print(run_id)
+            return EXIT_OK
+        try:
+            view = await client.wait(run_id, args.timeout)
+        except WaitTimeout as e:
+            if args.json:
+                _print_json({"run_id": run_id, "status": e.status, "timed_out": True})
+            return _error(str(e))
+        print(pretty(view.to_json_dict()) if args.json else format_status(view))
+        return exit_code_for(view.status)
+
+    return _with_client(args, go)
+
+
+def _looks_like_file(arg: str) -> bool:
+    return arg.endswith(".json") or os.sep in arg or Path(arg).is_file()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        view = await client.get_run(args.run_id)
+        if view is None:
+            return _error(f"run {args.run_id!r} not found (never submitted, or expired)")
+        print(pretty(view.to_json_dict()) if args.json else format_status(view))
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+
+    async def go(client: WorkflowClient) -> int:
+        runs = await client.list_runs(args.status, args.limit)
+        if args.json:
+            _print_json([r.model_dump(mode="json") for r in runs])
+        else:
+            print(format_runs(runs))
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    data = parse_json_object(args.data, "--data")
+    actor = args.actor or os.environ.get("USER") or None
+    decision: Literal["approve", "reject"] = "reject" if args.reject else "approve"
+
+    async def go(client: WorkflowClient) -> int:
+        await client.decide(
+            args.run_id,
+            args.node_id,
+            decision,
+            data,
+            actor=actor,
+            token=args.token,
+            durable=not args.publish,
+        )
+        how = "published" if args.publish else "sent"
+        print(f"{decision} of {args.node_id!r} in run {args.run_id} {how}; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        await client.cancel(args.run_id, args.reason, actor=os.environ.get("USER") or None)
+        print(f"cancel of run {args.run_id} sent; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""``WorkflowClient``: register graphs, submit runs, follow them, answer approvals, cancel.
+
+The client talks to Redis only; a dispatcher (any number of them, anywhere) does the work.
+Writes go through the dispatchers' inbox stream, so they are durable even while no
+dispatcher runs. ``SyncWorkflowClient`` (``dispatcher.sync_client``) wraps it for blocking code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, WaitTimeout
+from dispatcher.store import DEFAULT_RETENTION_S, GraphNotFound, RunStore
+from dispatcher.subscription import EventStream
+from dispatcher.views import RunSummary, RunView, load_run_view, load_summaries
+from graph_core import clock
+from graph_core.errors import GraphValidationError, Problem, RelaygraphError
+from graph_core.events import ApprovalReceived, CancelRequested
+from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
+from graph_core.messages import DEFAULT_MAX_MESSAGE_BYTES, SubmitRequest, dumps, encode_inbox
+from graph_core.model import Graph
+from graph_core.settings import BaseSettings
+from graph_core.state import RunRecord
+from graph_core.status import TERMINAL_RUN, RunStatus
+
+__all__ = [
+    "GraphSource",
+    "InputError",
+    "NodeNotWaiting",
+    "RunExists",
+    "RunNotFound",
+    "WaitTimeout",
+    "WorkflowClient",
+    "load_graph",
+]
+
+GraphSource = Graph | dict[str, Any] | str | os.PathLike[str]
+POLL_INTERVAL_S = 1.0  # wait(): re-read the run this often even without events
+
+# Submit atomically: claim the idempotency key, write the pending run, index it, enqueue it.
+# Race site: concurrent submitters with one key; SET NX inside the script picks one run id,
+# and the losers get that id back without writing anything.
+# KEYS: 1 idempotency key, 2 run meta, 3 runs index, 4 pending index, 5 inbox
+# ARGV: 1 run id, 2 run record JSON, 3 score (ms), 4 inbox message, 5 "1" if keyed, 6 key TTL (s)
+_SUBMIT = """
+if ARGV[5] == '1' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder then return {0, holder} end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, ARGV[1]} end
+if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[6])) end
+redis.call('HSET', KEYS[2], 'run', ARGV[2], 'rev', 0)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[5], '*', 'm', ARGV[4])
+return {1, ARGV[1]}
+"""
+
+
+def load_graph(source: GraphSource) -> Graph:
+    """A validated ``Graph`` from a ``Graph``, a graph dict, or a JSON file path.
+
+    Raises ``GraphValidationError`` listing every problem (a file that cannot be read is one).
+    """
+    if isinstance(source, Graph):
+        return source.validate_graph()
+    if isinstance(source, dict):
+        return Graph.from_dict(source)
+    path = Path(source)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise GraphValidationError([Problem("unreadable", str(path), reason)]) from e
+    return Graph.from_json(raw)
+
+
+class WorkflowClient:
+    """Async client for one key prefix. ``async with WorkflowClient.from_url(url) as c: ...``"""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retention_s: int = DEFAULT_RETENTION_S,
+        owns_redis: bool = False,
+    ) -> None:
+        # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
+        self.redis: Any = redis
+        self.keys = Keys(prefix)
+        self.max_message_bytes = max_message_bytes
+        self.store = RunStore(redis, self.keys, retention_s=retention_s)
+        self._owns_redis = owns_redis
+        self._submit = redis.register_script(_SUBMIT)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retention_s: int = DEFAULT_RETENTION_S,
+    ) -> WorkflowClient:
+        """A client with its own connection pool (closed by ``aclose``)."""
+        redis = Redis.from_url(url)
+        return cls(
+            redis,
+            prefix=prefix,
+            max_message_bytes=max_message_bytes,
+            retention_s=retention_s,
+            owns_redis=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> WorkflowClient:
+        if settings.redis_url is None:
+            raise RelaygraphError("no Redis URL: pass --redis or set RELAYGRAPH_REDIS_URL")
+        retention = getattr(settings, "retention_s", DEFAULT_RETENTION_S)
+        return cls.from_url(
+            settings.redis_url,
+            prefix=settings.prefix,
+            max_message_bytes=settings.max_message_bytes,
+            retention_s=retention,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- graphs -------------------------------------------------------------------------
+
+    async def register_graph(self, graph: GraphSource) -> int:
+        """Validate and store a graph; return its version. Re-registering the same content
+        is a no-op; other content under an existing version is an error."""
+        return await self.store.register_graph(load_graph(graph))
+
+    # --- runs ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        graph_id: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        version: int | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Start a run of a registered graph (latest version unless ``version``); return its id.
+
+        With ``idempotency_key``, every submit with the same key returns the first run's id
+        and starts nothing else (while the key is retained).
+        """
+        if version is None:
+            version = await self.store.latest_version(graph_id)
+            if version is None:
+                raise GraphNotFound(graph_id, None)
+        await self.store.graph(graph_id, version)  # raises GraphNotFound
+        run_id = check_run_id(run_id) if run_id is not None else clock.new_run_id()
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
+            raise InputError("idempotency key", "must be 1 to 256 characters")
+        payload = _json_value("input", input)
+        request = SubmitRequest(
+            graph_id=graph_id,
+            graph_version=version,
+            input=payload,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+        )
+        message = self._message("input", request)
+        now = clock.now()
+        record = RunRecord(
+            run_id=run_id,
+            graph_id=graph_id,
+            graph_version=version,
+            status=RunStatus.PENDING,
+            input=payload,
+            created_at=now,
+            updated_at=now,
+            idempotency_key=idempotency_key,
+        )
+        rk = self.keys.run(run_id)
+        keyed = idempotency_key is not None
+        outcome, winner = await self._submit(
+            keys=[
+                # without a key, KEYS[1] is unused: the meta key stands in (same slot)
+                self.keys.idempotency(idempotency_key) if idempotency_key else rk.meta,
+                rk.meta,
+                self.keys.runs_all,
+                self.keys.runs_by_status(RunStatus.PENDING.value),
+                self.keys.inbox,
+            ],
+            args=[
+                run_id,
+                record.dump(),
+                int(now * 1000),
+                message,
+                "1" if keyed else "0",
+                self.store.retention_s,
+            ],
+        )
+        if int(outcome) == -1:
+            raise RunExists(run_id)
+        return winner.decode() if isinstance(winner, bytes) else str(winner)
+
+    async def get_run(self, run_id: str) -> RunView | None:
+        """The run's current view, or None if there is no such run."""
+        return await load_run_view(self.store, check_run_id(run_id))
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunView:
+        """Wait until the run is completed, failed or cancelled; return its final view.
+
+        Raises ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds and
+        ``RunNotFound`` if the run does not exist.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self.subscribe(run_id) as stream:  # subscribe first: no event slips by
+            while True:
+                run = await self.store.get_run(check_run_id(run_id))
+                if run is None:
+                    raise RunNotFound(run_id)
+                if run.status in TERMINAL_RUN:
+                    view = await self.get_run(run_id)
+                    if view is None:  # expired in between: vanishingly unlikely
+                        raise RunNotFound(run_id)
+                    return view
+                pause = POLL_INTERVAL_S
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeout(run_id, run.status.value, timeout or 0.0)
+                    pause = min(pause, remaining)
+                await _until_run_event(stream, pause)
+
+    async def approve(
+        self,
+        run_id: str,
+        node_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+        token: str | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Approve a waiting node. See ``decide``."""
+        await self.decide(
+            run_id, node_id, "approve", data, actor=actor, token=token, durable=durable
+        )
+
+    async def reject(
+        self,
+        run_id: str,
+        node_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+        token: str | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Reject a waiting node. See ``decide``."""
+        await self.decide(
+            run_id, node_id, "reject", data, actor=actor, token=token, durable=durable
+        )
+
+    async def decide(
+        self,
+        run_id: str,
+        node_id: str,
+        decision: Literal["approve", "reject"],
+        data: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+        token: str | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Send an approval decision. Without ``token`` the node's current wait token is
+        used (``NodeNotWaiting`` if it has none). ``durable`` sends it through the inbox
+        stream (kept until a dispatcher reads it); otherwise it is published on the
+        approvals channel, which only dispatchers listening right now receive.
+
+        The outcome (accepted, or ignored as late / duplicate / wrong token) shows up in the
+        run's status and events, not here.
+        """
+        rk = self.keys.run(check_run_id(run_id))
+        if token is None:
+            raw = await self.redis.hget(rk.waits, node_id)
+            if raw is None:
+                raise await self._not_waiting(run_id, node_id)
+            token = raw.decode()
+        if data is not None and not isinstance(data, dict):
+            raise InputError("approval data", f"must be a JSON object, got {type(data).__name__}")
+        approval = ApprovalReceived(
+            run_id=run_id,
+            node_id=node_id,
+            decision=decision,
+            data=_json_value("approval data", data or {}),
+            actor=actor,
+            token=token,
+        )
+        message = self._message("approval data", approval)
+        if durable:
+            await self.redis.xadd(self.keys.inbox, {"m": message})
+        else:
+            await self.redis.publish(self.keys.approvals_channel, message)
+
+    async def cancel(
+        self, run_id: str, reason: str = "cancelled", actor: str | None = None
+    ) -> None:
+        """Ask the dispatcher to cancel the run (a finished run stays as it is)."""
+        if not await self.redis.hexists(self.keys.run(check_run_id(run_id)).meta, "run"):
+            raise RunNotFound(run_id)
+        request = CancelRequested(run_id=run_id, reason=reason, actor=actor)
+        await self.redis.xadd(self.keys.inbox, {"m": self._message("cancel", request)})
+
+    async def list_runs(
+        self, status: RunStatus | str | None = None, limit: int = 100
+    ) -> list[RunSummary]:
+        """The newest runs first, optionally only those with ``status``."""
+        if status is not None:
+            try:
+                status = RunStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in RunStatus)
+                raise InputError("status", f"unknown status {status!r} (known: {known})") from None
+        if limit < 1:
+            raise InputError("limit", "must be at least 1")
+        ids = await self.store.list_runs(status.value if status else None, limit)
+        return await load_summaries(self.store, ids)
+
+    async def history(self, run_id: str) -> list[dict[str, Any]]:
+        """Every history event of the run, oldest first."""
+        return await self.store.history(check_run_id(run_id))
+
+    def subscribe(self, run_id: str | None = None) -> EventStream:
+        """An ``EventStream`` of live events (of ``run_id`` only, when given)."""
+        return EventStream(self.redis, self.keys.events_channel, run_id)
+
+    async def events(self, run_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Live events as they are published (of ``run_id`` only, when given), for ever.
+
+        Subscribes when iteration starts; use ``subscribe`` to subscribe before submitting.
+        """
+        async with self.subscribe(run_id) as stream:
+            async for event in stream:
+                yield event
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _message(self, what: str, message: BaseModel) -> bytes:
+        raw = encode_inbox(message)
+        if len(raw) > self.max_message_bytes:
+            raise InputError(
+                what,
+                f"the message is {len(raw)} bytes, over the {self.max_message_bytes}-byte limit "
+                "(max_message_bytes)",
+            )
+        return raw
+
+    async def _not_waiting(self, run_id: str, node_id: str) -> RelaygraphError:
+        view = await self.get_run(run_id)
+        if view is None:
+            return RunNotFound(run_id)
+        node = view.nodes.get(node_id)
+        if node is None:
+            return NodeNotWaiting(run_id, node_id, f"does not exist in graph {view.graph_id!r}")
+        return NodeNotWaiting(run_id, node_id, f"is {node.status.value}")
+
+
+def _json_value(what: str, value: Any) -> Any:
+    """``value`` as plain JSON data (what the run will see); InputError if it is not JSON."""
+    try:
+        return orjson.loads(dumps(value))
+    except TypeError as e:
+        raise InputError(what, f"not JSON-serializable ({e})") from e
+
+
+async def _until_run_event(stream: EventStream, timeout: float) -> None:
+    """Return on the next ``run.*`` event of the stream's run, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = await stream.get(timeout=remaining)
+        if event is None or str(event.get("type", "")).startswith("run."):
+            return

@@ -1,0 +1,238 @@
+"""``WorkerPool``: worker *processes* (``python -m worker``) started and stopped by the CLI.
+
+The dispatcher package never imports ``worker``; the CLI runs workers as subprocesses and
+learns what they serve from the records they write into ``<prefix>:workers`` at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
+
+__all__ = ["WorkerInfo", "WorkerPool", "WorkerStartError"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class WorkerStartError(RelaygraphError):
+    """A worker process exited, or did not register, during start-up."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, log_tail: str = "") -> None:
+        self.returncode = returncode
+        self.log_tail = log_tail
+        super().__init__(message + (f"\n{_indent(log_tail)}" if log_tail else ""))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker process registered about itself."""
+
+    worker_id: str
+    pid: int
+    host: str
+    queues: list[str]
+    types: list[str]
+
+
+class WorkerPool:
+    """N worker processes serving ``queues`` with the handlers of module ``handlers``.
+
+    The Redis URL and prefix reach the children through ``RELAYGRAPH_*`` variables, not
+    argv, so a password in the URL does not show up in ``ps``. With ``log_dir`` each
+    worker's output goes to its own file there (shown when it fails); otherwise it is
+    inherited. The current directory is put on the children's ``PYTHONPATH`` so handler
+    modules of the project the CLI runs in import.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        prefix: str,
+        handlers: str,
+        queues: Sequence[str],
+        concurrency: int | None = None,
+        grace_s: float | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.handlers = handlers
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.grace_s = grace_s
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}
+        self._started = 0
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "worker", "--handlers", self.handlers]
+        for queue in self.queues:
+            cmd += ["--queue", queue]
+        if self.concurrency is not None:
+            cmd += ["--concurrency", str(self.concurrency)]
+        if self.grace_s is not None:
+            cmd += ["--grace", str(self.grace_s)]
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["RELAYGRAPH_REDIS_URL"] = self.redis_url
+        env["RELAYGRAPH_PREFIX"] = self.prefix
+        path = [os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+        return env
+
+    def start(self, n: int) -> None:
+        for _ in range(n):
+            self.spawn()
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self._started += 1
+        out: IO[bytes] | None = None
+        log_path = None
+        if self.log_dir is not None:
+            log_path = self.log_dir / f"worker-{self._started}.log"
+            out = log_path.open("wb")
+        try:
+            proc = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                preexec_fn=_term_with_parent_hook(),  # noqa: PLW1509 - it only calls prctl
+            )
+        finally:
+            if out is not None:
+                out.close()
+        if log_path is not None:
+            self._logs[proc.pid] = log_path
+        self.procs.append(proc)
+        return proc
+
+    def respawn(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Replace an exited worker with a new process."""
+        self.procs.remove(proc)
+        return self.spawn()
+
+    def exited(self) -> list[subprocess.Popen[bytes]]:
+        """Workers that are no longer running."""
+        return [p for p in self.procs if p.poll() is not None]
+
+    def log_tail(self, proc: subprocess.Popen[bytes], n: int = 20) -> str:
+        path = self._logs.get(proc.pid)
+        if path is None:
+            return ""
+        try:
+            with path.open("rb") as fh:
+                lines = collections.deque(fh, maxlen=n)
+        except OSError:
+            return ""
+        return b"".join(lines).decode("utf-8", "replace").rstrip("\n")
+
+    def check_alive(self) -> None:
+        """Raise ``WorkerStartError`` (with its output) for the first worker that exited."""
+        for proc in self.exited():
+            raise WorkerStartError(
+                f"worker process {proc.pid} exited with status {proc.returncode}",
+                returncode=proc.returncode,
+                log_tail=self.log_tail(proc),
+            )
+
+    async def wait_registered(
+        self, redis: Any, keys: Keys, timeout: float = 30.0
+    ) -> list[WorkerInfo]:
+        """Wait until every worker process has registered; return their records."""
+        deadline = time.monotonic() + timeout
+        host = socket.gethostname()
+        while True:
+            self.check_alive()
+            found = await read_workers(redis, keys)
+            pids = {p.pid for p in self.procs}
+            mine = [w for w in found if w.pid in pids and w.host == host]
+            if len({w.pid for w in mine}) >= len(pids):
+                return mine
+            if time.monotonic() >= deadline:
+                missing = sorted(pids - {w.pid for w in mine})
+                raise WorkerStartError(
+                    f"worker process(es) {missing} did not register within {timeout:g}s"
+                )
+            await asyncio.sleep(0.05)  # polling a hash we do not own; no event to wait on
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every worker, SIGKILL those still running after ``timeout`` seconds."""
+        running = [p for p in self.procs if p.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.to_thread(proc.wait, remaining)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+async def read_workers(redis: Any, keys: Keys) -> list[WorkerInfo]:
+    """Every worker record in ``<prefix>:workers`` (malformed entries are skipped)."""
+    raw = await redis.hgetall(keys.workers)
+    found = []
+    for field, value in raw.items():
+        try:
+            data = orjson.loads(value)
+            found.append(
+                WorkerInfo(
+                    worker_id=field.decode(),
+                    pid=int(data["pid"]),
+                    host=str(data["host"]),
+                    queues=[str(q) for q in data["queues"]],
+                    types=[str(t) for t in data["types"]],
+                )
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def _term_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the worker if the CLI dies; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  | {line}" for line in text.splitlines())

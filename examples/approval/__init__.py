@@ -1,0 +1,1 @@
+"""The approval example (see README.md)."""

@@ -1,0 +1,1 @@
+"""The bug_triage example (see README.md)."""

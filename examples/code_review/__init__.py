@@ -1,0 +1,1 @@
+"""The code_review example (see README.md)."""
