@@ -22,11 +22,14 @@ __all__ = ["Flow"]
 
 
 class Flow(MachineBase):
-    def _tokens(self, node_id: str, delta: int) -> None:
-        """Count live tokens run-wide and per loop (a loop with none left is idle)."""
-        self.tx.run.tokens += delta
-        loop = self.topo.loop_of.get(node_id)
-        if loop is not None:
+    def _tokens(self, node_id: str, delta: int, parked: bool = False) -> None:
+        """Count tokens run-wide and per loop (a loop with none left is idle). ``parked``
+        tokens wait at a join or behind a node's current visit; the others are live."""
+        run = self.tx.run
+        run.tokens += delta
+        if not parked:
+            run.live += delta
+        for loop in self.topo.loops_of.get(node_id, ()):
             rec = self.tx.loop(loop)
             rec.tokens += delta
             rec.touched = True
@@ -38,7 +41,7 @@ class Flow(MachineBase):
         rec = self.tx.node(node_id)
         if rec.is_active:  # one visit at a time: queue this activation behind the current one
             rec.backlog += 1
-            self._tokens(node_id, +1)
+            self._tokens(node_id, +1, parked=True)
             return
         if node.max_visits is not None and rec.visits >= node.max_visits:
             self._fail(
@@ -128,7 +131,11 @@ class Flow(MachineBase):
 
     # --- completion and routing ---------------------------------------------------------
 
-    def _complete(self, node_id: str, visit: int, output: Any) -> None:
+    def _complete(
+        self, node_id: str, visit: int, output: Any, chosen: set[int] | None = None
+    ) -> None:
+        """Record the visit's output and route: ``chosen`` overrides the node's edges'
+        conditions (an escalation picks its own way)."""
         rec = self.tx.node(node_id)
         rec.status = NodeStatus.COMPLETED
         rec.finished_at = self.tx.now
@@ -146,7 +153,8 @@ class Flow(MachineBase):
             self.tx.emit("node.completed", node_id, visit=visit, attempt=rec.attempt)
             self._finish(RunStatus.COMPLETED, output=output)
             return
-        chosen = select_edges(node, self.topo.out_edges[node_id], self.tx)
+        if chosen is None:
+            chosen = select_edges(node, self.topo.out_edges[node_id], self.tx)
         targets = [self.g.edges[i].target for i in sorted(chosen)]
         self.tx.emit("node.completed", node_id, visit=visit, attempt=rec.attempt, next=targets)
         self._route(node_id, chosen)
@@ -162,7 +170,7 @@ class Flow(MachineBase):
         rec = self.tx.node(node_id)
         if rec.backlog > 0 and not self.finished:
             rec.backlog -= 1
-            self._tokens(node_id, -1)
+            self._tokens(node_id, -1, parked=True)
             self._activate(node_id, trigger=rec.trigger)
 
     def _signal_out(self, source: str, index: int, taken: bool) -> None:
@@ -170,9 +178,10 @@ class Flow(MachineBase):
             if taken:
                 self.signals.append((index, True))
             return
-        if index in self.topo.exit_edges:
+        loop = self.topo.defer_loop.get(index)
+        if loop is not None:
             if taken:  # leaving the loop; untaken exits are signalled when the loop idles
-                self.tx.loop(self.topo.loop_of[source]).exits_taken.append(index)
+                self.tx.loop(loop).exits_taken.append(index)
                 self.signals.append((index, True))
             return
         self.signals.append((index, taken))
@@ -181,12 +190,11 @@ class Flow(MachineBase):
         rec = self.tx.node(node_id)
         if not rec.is_active:
             rec.status = NodeStatus.SKIPPED
-        loop = self.topo.loop_of.get(node_id)
-        if loop is not None:
+        for loop in self.topo.loops_of.get(node_id, ()):
             self.tx.loop(loop).touched = True
         self.tx.emit("node.skipped", node_id)
         for ref in self.topo.out_edges[node_id]:
-            if ref.index not in self.topo.back_edges and ref.index not in self.topo.exit_edges:
+            if ref.index not in self.topo.back_edges and ref.index not in self.topo.defer_loop:
                 self.signals.append((ref.index, False))
 
     def _fail(self, error: ErrorInfo) -> None:

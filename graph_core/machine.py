@@ -26,7 +26,7 @@ class MachineBase:
     finished: bool
 
     # flow
-    def _tokens(self, node_id: str, delta: int) -> None:
+    def _tokens(self, node_id: str, delta: int, parked: bool = False) -> None:
         raise NotImplementedError
 
     def _activate(self, node_id: str, trigger: str | None) -> None:
@@ -41,7 +41,9 @@ class MachineBase:
     def _render(self, node: Node, value: Any) -> Any:
         raise NotImplementedError
 
-    def _complete(self, node_id: str, visit: int, output: Any) -> None:
+    def _complete(
+        self, node_id: str, visit: int, output: Any, chosen: set[int] | None = None
+    ) -> None:
         raise NotImplementedError
 
     def _route(self, node_id: str, chosen: set[int]) -> None:

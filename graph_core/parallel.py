@@ -40,6 +40,7 @@ class Parallel(MachineBase):
 
     def _parallel_need(self, parent: Node) -> tuple[int, int]:
         children = self.topo.children.get(parent.id, [])
+        # The children's join: config.join (roomkit-graph's field), else the node's join.
         spec = parent.config.get("join", parent.join)
         return join_need(spec if spec in ("all", "any") else int(spec), len(children)), len(
             children

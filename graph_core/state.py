@@ -12,6 +12,7 @@ from graph_core.events import Action, ErrorInfo, HistoryEvent
 from graph_core.status import NodeStatus, RunStatus
 
 __all__ = [
+    "JoinState",
     "LoopRecord",
     "NodeRecord",
     "RunRecord",
@@ -30,6 +31,17 @@ class WaitInfo(BaseModel):
     prompt: Any = None
 
 
+class JoinState(BaseModel):
+    """Counters of one join input group, so an arrival costs O(1), not O(inputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: int = 0  # inputs with at least one queued signal
+    taken: int = 0  # inputs whose oldest queued signal is "taken"
+    fired: bool = False  # the join already fired in the current generation
+    trigger: str | None = None  # source of the latest taken arrival: the firing's trigger
+
+
 class NodeRecord(BaseModel):
     """The state of one node in one run. Small: never grows with the run."""
 
@@ -46,10 +58,8 @@ class NodeRecord(BaseModel):
     trigger: str | None = None  # the node whose completion started the current visit
     backlog: int = 0  # activations waiting for the current visit to finish
     lost: int = 0  # attempts of the current visit whose worker was lost (lease lapsed)
-    # join bookkeeping (nodes with two or more join inputs)
-    edges_ready: int = 0  # join inputs with at least one queued signal
-    head_taken: int = 0  # join inputs whose oldest queued signal is "taken"
-    fired: bool = False  # the join already fired in the current generation
+    # join bookkeeping per input group (topology.join_groups) of two or more inputs
+    joins: dict[str, JoinState] = Field(default_factory=dict)
     # parallel bookkeeping (the current visit's children)
     children_done: int = 0
     children_failed: int = 0
@@ -85,6 +95,7 @@ class RunRecord(BaseModel):
     steps: int = 0  # node activations so far (checked against graph.max_steps)
     tokens: int = 0  # live activations plus branch signals parked at joins
     waiting: int = 0  # nodes currently waiting for an approval
+    live: int = 0  # live activations (tokens minus the signals parked at joins)
     last_dead_end: str | None = None  # last node whose routing matched no edge
     rev: int = 0  # bumped by every applied transition (optimistic concurrency)
 

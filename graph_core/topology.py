@@ -34,6 +34,18 @@ class Topology:
     loop_exits: dict[int, list[int]] = field(default_factory=dict)
     exit_edges: frozenset[int] = frozenset()  # union of loop_exits
     children: dict[str, list[str]] = field(default_factory=dict)
+    # Natural loops (one per back-edge target, the loop header), nested inner within outer.
+    # The engine counts live tokens per natural loop; the SCC fields above serve validation.
+    loops: dict[int, frozenset[str]] = field(default_factory=dict)
+    loops_of: dict[str, tuple[int, ...]] = field(default_factory=dict)  # innermost first
+    # Edge -> the loop whose going idle sends its deferred "not taken" signal: the outermost
+    # loop the edge leaves. Edges that leave no loop signal per visit, as usual.
+    defer_loop: dict[int, int] = field(default_factory=dict)
+    deferred_exits: dict[int, list[int]] = field(default_factory=dict)  # loop -> its edges
+    # A node's join inputs, grouped by the innermost loop shared by source and target (-1:
+    # none): inputs from inside a loop pair per iteration, entries into it only with entries.
+    group_of: dict[int, int] = field(default_factory=dict)  # edge -> group
+    join_groups: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
 
 def topology(graph: Graph) -> Topology:
@@ -77,7 +89,57 @@ def _compute(graph: Graph) -> Topology:
         ]
         topo.loop_exits[loop_id] = exits
     topo.exit_edges = frozenset(i for exits in topo.loop_exits.values() for i in exits)
+    _natural_loops(topo, ids)
     return topo
+
+
+def _natural_loops(topo: Topology, ids: list[str]) -> None:
+    """Loop bodies per header: the header plus every node that reaches one of its back
+    edges' sources backwards without passing the header (kept inside the header's strongly
+    connected component, so an irreducible entry cannot drag outside nodes in)."""
+    bodies: dict[str, set[str]] = {}
+    refs = {r.index: r for out in topo.out_edges.values() for r in out}
+    for ref_index in sorted(topo.back_edges):
+        ref = refs[ref_index]
+        header, tail = ref.edge.target, ref.edge.source
+        scc = topo.loop_of.get(header)
+        body = bodies.setdefault(header, {header})
+        stack = [tail]
+        while stack:
+            nid = stack.pop()
+            if nid in body or topo.loop_of.get(nid) != scc:
+                continue
+            body.add(nid)
+            stack.extend(r.edge.source for r in topo.in_edges[nid])
+    order = {nid: i for i, nid in enumerate(ids)}
+    distinct: list[frozenset[str]] = []
+    for header in sorted(bodies, key=order.__getitem__):
+        frozen = frozenset(bodies[header])
+        if frozen not in distinct:  # an irreducible loop can have several headers: one loop
+            distinct.append(frozen)
+    topo.loops = dict(enumerate(distinct))
+    containing: dict[str, list[int]] = {nid: [] for nid in ids}
+    for loop_id, members in topo.loops.items():
+        for nid in members:
+            containing[nid].append(loop_id)
+    for nid, found in containing.items():
+        topo.loops_of[nid] = tuple(sorted(found, key=lambda i: (len(topo.loops[i]), i)))
+    for nid in ids:
+        groups: dict[int, list[int]] = {}
+        for ref in topo.in_edges[nid]:
+            if ref.index in topo.back_edges:
+                continue
+            src = ref.edge.source
+            shared = [i for i in topo.loops_of[nid] if src in topo.loops[i]]
+            group = shared[0] if shared else -1
+            topo.group_of[ref.index] = group
+            groups.setdefault(group, []).append(ref.index)
+            left = [i for i in topo.loops_of[src] if nid not in topo.loops[i]]
+            if left:
+                outermost = left[-1]
+                topo.defer_loop[ref.index] = outermost
+                topo.deferred_exits.setdefault(outermost, []).append(ref.index)
+        topo.join_groups[nid] = groups
 
 
 def _back_edges(topo: Topology, ids: list[str]) -> set[int]:

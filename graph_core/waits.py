@@ -235,19 +235,15 @@ class Waits(MachineBase):
         return None
 
     def _escalate(self, node_id: str, target: str | None) -> None:
+        """No approval in time: the node completes with decision ``escalated`` and goes to
+        ``escalate_to`` — along its edge to it when there is one, else directly."""
         rec = self.tx.node(node_id)
         rec.wait = None
         self.tx.run.waiting -= 1
         self.tx.actions.append(ReleaseWait(node_id=node_id))
         self.tx.emit("node.escalated", node_id, visit=rec.visits, to=target)
-        rec.status = NodeStatus.COMPLETED
-        rec.finished_at = self.tx.now
-        rec.last_ok_visit = rec.visits
-        self.tx.set_output(
-            node_id, rec.visits, {"decision": "escalated", "data": {}, "actor": "timeout"}
-        )
-        self.tx.mark_inactive(node_id)
-        self._tokens(node_id, -1)
-        self._route(node_id, set())
-        if target is not None:
+        edges = {r.index for r in self.topo.out_edges[node_id] if r.edge.target == target}
+        output = {"decision": "escalated", "data": {}, "actor": "timeout"}
+        self._complete(node_id, rec.visits, output, chosen=edges)
+        if target is not None and not edges and not self.finished:
             self._activate(target, trigger=node_id)

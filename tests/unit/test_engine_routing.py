@@ -357,12 +357,6 @@ def test_join_with_dead_signal_last_still_fires_once() -> None:
     assert visits(r)["end"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a join's trigger is the source of the LAST arriving signal, even a dead one; "
-    "end's default output is then the output of a node whose edge was not taken (here the "
-    "skipped 'y': None) instead of the taken predecessor 'b'",
-)
 def test_end_default_output_is_the_taken_predecessor_even_when_a_dead_signal_arrives_last() -> None:
     r = run_local(dead_last_graph(), {"task": lambda n, c, ctx: {"from": n, "go": False}})
     assert r.run.status == RunStatus.COMPLETED

@@ -324,14 +324,6 @@ def test_stale_wait_timer_for_another_visit_is_ignored() -> None:
     assert d.node("gate").status == NodeStatus.WAITING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _escalate activates escalate_to directly AND signals dead on every out edge "
-    "of the waiting node (_route(node, set())); the dead signal on gate->manager then "
-    "'skips' the already-queued manager (_skip on an active node still passes dead on), so "
-    "end's join is skipped and manager's later taken signal parks at end forever: the run "
-    "stays 'running' with nothing active",
-)
 def test_wait_timeout_escalates_to_another_node() -> None:
     g = Graph(id="escalate")
     g.add_nodes(
