@@ -349,3 +349,56 @@ def test_commands_against_a_running_deployment(up: list[str]) -> None:
     assert missing.returncode == 1 and "not found" in missing.stderr
     not_waiting = relaygraph("approve", run_id, "review", *up)
     assert not_waiting.returncode == 1 and "not waiting" in not_waiting.stderr
+
+
+def test_plain_redis_publish_with_the_token_from_status_json(up: list[str]) -> None:
+    """A service with nothing but a Redis client approves a run: it reads the token from
+    ``status --json`` and PUBLISHes the approval; tokenless and wrong-token ones do nothing."""
+    import redis as plain_redis  # a plain client: no relaygraph code on this side
+
+    redis_url, prefix = up[1], up[3]
+    submitted = relaygraph(
+        "submit", "examples/approval/graph.json", "--input", '{"topic": "plain"}', *up
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+    doc = wait_until_sync(
+        lambda: (d := status(up, run_id))["waiting"] and d, timeout=30, message="run waiting"
+    )
+    token = doc["waiting"][0]["token"]
+    channel = f"{prefix}:approvals"
+    client = plain_redis.Redis.from_url(redis_url)
+    events = client.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(f"{prefix}:events")
+    try:
+        base = {"run_id": run_id, "node_id": "review", "decision": "approve", "actor": "svc"}
+        client.publish(channel, orjson.dumps(base))  # no token
+        client.publish(channel, orjson.dumps({**base, "token": "forged"}))
+        client.publish(channel, b"{not json")
+        history = f"{prefix}:run:{{{run_id}}}:events"
+        reasons: list[str] = []
+
+        def both_ignored() -> bool:
+            msg = events.get_message(timeout=0.1)
+            if msg is not None:
+                event = orjson.loads(msg["data"])
+                if event["type"] == "event.ignored" and event["run_id"] == run_id:
+                    reasons.append(event["data"]["reason"])
+            return len(reasons) == 2
+
+        wait_until_sync(both_ignored, timeout=30, message="both bad approvals ignored")
+        assert any("no token" in r for r in reasons) and any("wrong token" in r for r in reasons)
+        assert client.xlen(f"{prefix}:deadletter") == 1  # the one that was not JSON
+        assert status(up, run_id)["status"] == "waiting"
+        client.publish(channel, orjson.dumps({**base, "token": token, "data": {"channel": "x"}}))
+        done = wait_until_sync(
+            lambda: (d := status(up, run_id))["status"] == "completed" and d,
+            timeout=30,
+            message="run completed",
+        )
+        types = [orjson.loads(f[b"e"])["type"] for _, f in client.xrange(history)]
+    finally:
+        events.close()
+        client.close()
+    assert done["output"]["approved_by"] == "svc"
+    assert types.count("node.approved") == 1
