@@ -19,6 +19,7 @@ __all__ = ["ABORT_KEY", "JobWrite", "job_write"]
 # arq's fixed key names (arq.constants); arq does not namespace them.
 JOB_KEY_PREFIX: Final = "arq:job:"
 RESULT_KEY_PREFIX: Final = "arq:result:"
+IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
 ABORT_KEY: Final = "arq:abort"
 JOB_EXPIRES_MS: Final = 86_400_000  # arq's default: an unstarted job expires after a day
 

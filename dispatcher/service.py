@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dispatcher.processor import Outcome, Processor
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
+from dispatcher.sweeper import sweep
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested
@@ -350,6 +351,7 @@ class Dispatcher:
                 )
             await self._prune_all_runs(cutoff_ms)
             await self.trim_inbox()
+            await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
 

@@ -16,3 +16,5 @@ class DispatcherSettings(BaseSettings):
     claim_idle_s: float = Field(default=15.0, gt=0)  # reclaim entries pending this long
     max_inbox_attempts: int = Field(default=5, ge=1)  # then the entry is dead-lettered
     retention_s: int = Field(default=DEFAULT_RETENTION_S, ge=60)  # finished runs kept
+    # a queued node with no job, no in-progress key and no lease for this long is re-run
+    sweep_grace_s: float = Field(default=60.0, ge=1)

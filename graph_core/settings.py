@@ -108,6 +108,7 @@ _KNOWN_ELSEWHERE = frozenset(
         "workers",
         "batch",
         "max_inbox_attempts",
+        "sweep_grace_s",
         "test_redis_bin",
         "test_redis_url",
         "redis_bin",

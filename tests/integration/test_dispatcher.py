@@ -343,3 +343,27 @@ async def test_handled_inbox_entries_are_trimmed_but_pending_ones_kept(
 async def _no_pending(redis: aioredis.Redis, d: Dispatcher) -> bool:
     info = await redis.xpending(d.keys.inbox, d.keys.inbox_group)
     return bool(info["pending"] == 0)
+
+
+async def test_sweeper_reruns_a_queued_node_whose_job_vanished(redis: aioredis.Redis) -> None:
+    from dispatcher.queue import JOB_KEY_PREFIX
+    from dispatcher.sweeper import sweep
+
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    async with running(d):  # no worker: the job waits in the queue
+        await submit(redis, d, "bug-triage", "lost", {})
+        await wait_for(lambda: redis.zcard(d.keys.queue("default")), message="a queued job")
+        assert await sweep(redis, d.keys, grace_s=0) == 0  # the job is there: nothing to do
+        # Something outside relaygraph loses the job (e.g. the last second of writes).
+        [job] = await redis.zrange(d.keys.queue("default"), 0, -1)
+        await redis.delete(JOB_KEY_PREFIX.encode() + job)
+        await redis.zrem(d.keys.queue("default"), job)
+        assert await sweep(redis, d.keys, grace_s=0) == 1
+        w = FakeWorker(redis, d.keys, triage_handlers())
+        async with running(w):
+            run = await finished(d, "lost")
+    assert run.status.value == "completed"
+    nodes = await d.store.node_records("lost")
+    assert nodes["triage"].attempt == 2 and nodes["triage"].lost == 1
+    assert w.executions[("lost", "triage", 1)] == 1
