@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from dispatcher.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -27,6 +25,7 @@ from dispatcher.cli_common import (
     settings_from,
     setup_logging,
 )
+from dispatcher.connect import connect
 from dispatcher.procs import WorkerPool, WorkerStartError
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
@@ -71,7 +70,7 @@ def add_process_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> None:
 @contextlib.asynccontextmanager
 async def redis_connection(url: str) -> AsyncIterator[Any]:
     """A client for ``url``, checked with a PING, closed on exit."""
-    redis = Redis.from_url(url)
+    redis = connect(url)
     try:
         await redis.ping()
         yield redis
@@ -140,7 +139,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        redis = Redis.from_url(url)
+        redis = connect(url)
         try:
             await redis.ping()
             await Dispatcher(redis, settings).run(stop)

@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from dispatcher.connect import connect
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, WaitTimeout
 from dispatcher.store import DEFAULT_RETENTION_S, GraphNotFound, RunStore
 from dispatcher.subscription import EventStream
@@ -114,7 +115,7 @@ class WorkflowClient:
         retention_s: int = DEFAULT_RETENTION_S,
     ) -> WorkflowClient:
         """A client with its own connection pool (closed by ``aclose``)."""
-        redis = Redis.from_url(url)
+        redis = connect(url)
         return cls(
             redis,
             prefix=prefix,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graph_core.errors import RelaygraphError
 from graph_core.keys import DEFAULT_PREFIX, Keys
+from graph_core.redis_url import RedisUrlError, parse_redis_url
 
 __all__ = ["BaseSettings", "SettingsError", "load_settings"]
 
@@ -35,16 +36,20 @@ class BaseSettings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(
-            ("redis://", "rediss://", "unix://", "redis+sentinel://")
-        ):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if v is not None:
+            try:
+                parse_redis_url(v)
+            except RedisUrlError as e:
+                raise ValueError(e.reason) from e
         return v
 
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, v: str) -> str:
-        Keys(v)  # raises on a bad prefix
+        try:
+            Keys(v)
+        except RelaygraphError as e:
+            raise ValueError(str(e)) from e
         return v
 
     @property

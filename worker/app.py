@@ -35,9 +35,8 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlparse
 
 import orjson
 from arq.connections import RedisSettings
@@ -58,6 +57,7 @@ from graph_core.messages import (
     encode_inbox,
     parse_job_payload,
 )
+from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
@@ -79,7 +79,6 @@ logger = logging.getLogger("relaygraph.worker")
 ARQ_MAX_TRIES: Final = DEFAULT_MAX_DELIVERIES + 1
 _ARQ_JOB_TIMEOUT_S: Final = 30 * 86_400  # arq's own timeout, effectively off (see above)
 _STATE: Final = "relaygraph"  # key of the worker state in arq's ctx
-_SSL_CERT_REQS = frozenset({"none", "optional", "required"})
 
 
 class WorkerConfigError(RelaygraphError):
@@ -165,78 +164,26 @@ def _serialize(data: dict[str, Any]) -> bytes:
 
 
 def redis_settings_from_url(url: str) -> RedisSettings:
-    """arq ``RedisSettings`` from a URL.
-
-    ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS; query options
-    ``ssl_cert_reqs=none|optional|required``, ``ssl_ca_certs``, ``ssl_certfile``,
-    ``ssl_keyfile``, ``ssl_check_hostname=true|false``), ``unix:///path?db=N`` and
-    ``redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/db]``.
-    Credentials may be percent-encoded. Unknown query options are errors.
-    """
-    parsed = urlparse(url)
-    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    user = unquote(parsed.username) if parsed.username else None
-    password = unquote(parsed.password) if parsed.password else None
-    if parsed.scheme == "redis+sentinel":
-        return _sentinel_settings(url, parsed.netloc, parsed.path, user, password, query)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise WorkerConfigError(f"unsupported Redis URL scheme {parsed.scheme!r} in {url!r}")
-    base = url
-    if parsed.scheme != "unix" and parsed.path in ("", "/"):
-        base = parsed._replace(path="").geturl()  # arq's from_dsn fails on a bare "/"
+    """arq ``RedisSettings`` from a URL (the forms ``graph_core.redis_url`` accepts:
+    ``redis://``, ``rediss://`` with TLS options, ``unix://`` and ``redis+sentinel://``)."""
     try:
-        settings = RedisSettings.from_dsn(base)
-    except ValueError as e:
-        raise WorkerConfigError(f"bad Redis URL {url!r}: {e}") from e
-    return replace(settings, username=user, password=password, **_ssl_options(url, query))
-
-
-def _ssl_options(url: str, query: dict[str, str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, value in query.items():
-        if key == "db":
-            continue
-        if key == "ssl_cert_reqs":
-            if value not in _SSL_CERT_REQS:
-                raise WorkerConfigError(
-                    f"ssl_cert_reqs must be none, optional or required in {url!r}"
-                )
-            options[key] = value
-        elif key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            options[key] = value
-        elif key == "ssl_check_hostname":
-            options[key] = value.lower() in ("1", "true", "yes")
-        else:
-            raise WorkerConfigError(f"unknown Redis URL option {key!r} in {url!r}")
-    return options
-
-
-def _sentinel_settings(
-    url: str, netloc: str, path: str, user: str | None, password: str | None, query: dict[str, str]
-) -> RedisSettings:
-    hosts_part = netloc.rpartition("@")[2]
-    hosts: list[tuple[str, int]] = []
-    for item in filter(None, hosts_part.split(",")):
-        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
-        if not host or not port.isdigit():
-            raise WorkerConfigError(f"bad sentinel address {item!r} in {url!r}")
-        hosts.append((host, int(port)))
-    if not hosts:
-        raise WorkerConfigError(f"no sentinel addresses in {url!r}")
-    parts = [p for p in path.split("/") if p]
-    master = parts[0] if parts else "mymaster"
-    db = parts[1] if len(parts) > 1 else query.get("db", "0")
-    if not db.isdigit():
-        raise WorkerConfigError(f"bad database number {db!r} in {url!r}")
-    return RedisSettings(
-        host=hosts,
-        sentinel=True,
-        sentinel_master=master,
-        username=user,
-        password=password,
-        database=int(db),
-        **_ssl_options(url, query),
-    )
+        t = parse_redis_url(url)
+    except RedisUrlError as e:
+        raise WorkerConfigError(str(e)) from e
+    common: dict[str, Any] = {
+        "database": t.db,
+        "username": t.username,
+        "password": t.password,
+        "ssl": t.tls,
+        **t.ssl,
+    }
+    if t.is_sentinel:
+        return RedisSettings(
+            host=list(t.sentinels), sentinel=True, sentinel_master=t.master or "mymaster", **common
+        )
+    if t.unix_path is not None:
+        return RedisSettings(unix_socket_path=t.unix_path, **common)
+    return RedisSettings(host=t.host, port=t.port, **common)
 
 
 def _worker_id(queue: str) -> str:

@@ -270,8 +270,8 @@ def test_redis_url_sentinel() -> None:
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("http://h", "unsupported Redis URL scheme"),
-        ("redis://h?bogus=1", "unknown Redis URL option 'bogus'"),
+        ("http://h", "unsupported scheme"),
+        ("redis://h?bogus=1", "unknown option 'bogus'"),
         ("rediss://h?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
         ("redis+sentinel:///m", "no sentinel addresses"),
         ("redis+sentinel://s1:x/m", "bad sentinel address"),

@@ -1,0 +1,68 @@
+"""Redis URLs: every form the dispatcher, client and workers accept, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+from dispatcher.connect import connect
+from graph_core.redis_url import RedisUrlError, parse_redis_url, redact
+from graph_core.settings import BaseSettings, SettingsError, load_settings
+
+
+def test_plain_tls_unix_and_sentinel() -> None:
+    t = parse_redis_url("redis://alice:p%40ss@cache:6380/2")
+    assert (t.host, t.port, t.db, t.username, t.password, t.tls) == (
+        "cache",
+        6380,
+        2,
+        "alice",
+        "p@ss",
+        False,
+    )
+    t = parse_redis_url("rediss://h/1?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem")
+    assert t.tls and t.ssl == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.pem"}
+    t = parse_redis_url("unix:///run/redis.sock?db=3")
+    assert (t.unix_path, t.db) == ("/run/redis.sock", 3)
+    t = parse_redis_url("redis+sentinel://:pw@s1:26379,s2/primary/4")
+    assert t.is_sentinel and t.sentinels == (("s1", 26379), ("s2", 26379))
+    assert (t.master, t.db, t.password) == ("primary", 4, "pw")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://h", "unsupported scheme"),
+        ("redis://h/x", "bad database number"),
+        ("redis://h?timeout=1", "unknown option 'timeout'"),
+        ("redis+sentinel:///m", "no sentinel addresses"),
+        ("redis://h:99999", "Port"),
+    ],
+)
+def test_bad_urls_name_the_problem(url: str, reason: str) -> None:
+    with pytest.raises(RedisUrlError, match=reason):
+        parse_redis_url(url)
+
+
+def test_passwords_are_redacted_in_errors() -> None:
+    assert redact("redis://u:secret@h:1/0") == "redis://u:***@h:1/0"
+    with pytest.raises(RedisUrlError) as e:
+        parse_redis_url("redis://u:secret@h:1/x")
+    assert "secret" not in str(e.value)
+
+
+def test_settings_reject_a_bad_url_by_name() -> None:
+    with pytest.raises(SettingsError, match="redis_url"):
+        load_settings(BaseSettings, flags={"redis_url": "redis://h?nope=1"}, env={})
+    with pytest.raises(SettingsError, match="prefix"):
+        load_settings(BaseSettings, flags={"prefix": "bad prefix!"}, env={})
+
+
+async def test_sentinel_url_gives_a_client_that_asks_the_sentinels() -> None:
+    client = connect("redis+sentinel://:pw@127.0.0.1:26379/primary/2")
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert pool.service_name == "primary"
+    finally:
+        await client.aclose()
