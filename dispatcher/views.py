@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from dispatcher.queue import IN_PROGRESS_KEY_PREFIX
 from dispatcher.store import GraphNotFound, RunStore, StoreError
 from graph_core.events import ErrorInfo
+from graph_core.messages import job_id
 from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
 
@@ -105,6 +107,7 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
     outputs = await store.outputs_of(
         run_id, {nid: rec.last_ok_visit for nid, rec in records.items() if rec.last_ok_visit > 0}
     )
+    await _mark_running(store, run_id, records)
     order = await _node_order(store, run, records)
     nodes = {nid: _node_view(records.get(nid), outputs.get(nid)) for nid in order}
     waiting = [
@@ -134,6 +137,21 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
         waiting=waiting,
         history_length=int(history_length),
     )
+
+
+async def _mark_running(store: RunStore, run_id: str, records: dict[str, NodeRecord]) -> None:
+    """Show a queued node whose job a worker has started as ``running``: the engine keeps it
+    ``queued`` (starting a job sends the dispatcher nothing), but arq's in-progress key of
+    the attempt's job tells."""
+    queued = [(nid, rec) for nid, rec in records.items() if rec.status == NodeStatus.QUEUED]
+    if not queued:
+        return
+    pipe = store.redis.pipeline(transaction=False)
+    for nid, rec in queued:
+        pipe.exists(IN_PROGRESS_KEY_PREFIX + job_id(run_id, nid, rec.visits, rec.attempt))
+    for (_nid, rec), started in zip(queued, await pipe.execute(), strict=True):
+        if started:
+            rec.status = NodeStatus.RUNNING
 
 
 async def load_summaries(store: RunStore, run_ids: list[str]) -> list[RunSummary]:

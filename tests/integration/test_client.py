@@ -342,6 +342,8 @@ async def test_cancel_a_running_run(
 ) -> None:
     run_id = await client.submit("blocked")
     await asyncio.wait_for(hanging_started.wait(), timeout=10)
+    running = await client.get_run(run_id)
+    assert running is not None and running.nodes["hang"].status == NodeStatus.RUNNING
     await client.cancel(run_id, reason="changed my mind", actor="tester")
     view = await client.wait(run_id, timeout=10)
     assert view.status == RunStatus.CANCELLED
