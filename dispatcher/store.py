@@ -62,23 +62,31 @@ class NeedState(Exception):
 @dataclass
 class RedisView:
     """A ``StateView`` over records loaded from Redis. A read of something not loaded raises
-    ``NeedState``; the caller loads it and runs the (pure) transition again."""
+    ``NeedState``; the caller loads it and runs the (pure) transition again. Records are kept
+    as the JSON Redis returned and parsed on every read, so each computation gets objects of
+    its own to change (a recomputation never sees a previous attempt's edits)."""
 
-    run_record: RunRecord | None
+    run_raw: bytes | None
     rev: int | None
-    nodes: dict[str, NodeRecord | None] = field(default_factory=dict)
+    nodes: dict[str, bytes | None] = field(default_factory=dict)
     outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
-    loops: dict[int, LoopRecord | None] = field(default_factory=dict)
+    loops: dict[int, bytes | None] = field(default_factory=dict)
     active: dict[str, int] | None = None
+    run_record: RunRecord | None = None  # parsed once, for the caller's own reading
+
+    def __post_init__(self) -> None:
+        if self.run_raw is not None and self.run_record is None:
+            self.run_record = RunRecord.model_validate_json(self.run_raw)
 
     def run(self) -> RunRecord | None:
-        return self.run_record
+        return RunRecord.model_validate_json(self.run_raw) if self.run_raw is not None else None
 
     def node(self, node_id: str) -> NodeRecord | None:
         if node_id not in self.nodes:
             raise NeedState("node", node_id)
-        return self.nodes[node_id]
+        raw = self.nodes[node_id]
+        return NodeRecord.model_validate_json(raw) if raw is not None else None
 
     def output(self, node_id: str, visit: int) -> Any:
         if (node_id, visit) not in self.outputs:
@@ -93,12 +101,13 @@ class RedisView:
     def loop(self, loop_id: int) -> LoopRecord | None:
         if loop_id not in self.loops:
             raise NeedState("loop", loop_id)
-        return self.loops[loop_id]
+        raw = self.loops[loop_id]
+        return LoopRecord.model_validate_json(raw) if raw is not None else None
 
     def active_nodes(self) -> dict[str, int]:
         if self.active is None:
             raise NeedState("active", None)
-        return self.active
+        return dict(self.active)
 
 
 class RunStore:
@@ -166,13 +175,9 @@ class RunStore:
             pipe.hmget(rk.nodes, prefetch_nodes)
         results = await pipe.execute()
         run_raw, rev_raw = results[0]
-        view = RedisView(
-            run_record=RunRecord.model_validate_json(run_raw) if run_raw is not None else None,
-            rev=int(rev_raw) if rev_raw is not None else None,
-        )
+        view = RedisView(run_raw=run_raw, rev=int(rev_raw) if rev_raw is not None else None)
         if prefetch_nodes:
-            for nid, raw in zip(prefetch_nodes, results[1], strict=True):
-                view.nodes[nid] = NodeRecord.model_validate_json(raw) if raw is not None else None
+            view.nodes.update(zip(prefetch_nodes, results[1], strict=True))
         return view
 
     async def fill_nodes(self, run_id: str, view: RedisView, node_ids: list[str]) -> None:
@@ -181,15 +186,13 @@ class RunStore:
         if not wanted:
             return
         raws = await self.redis.hmget(self.keys.run(run_id).nodes, wanted)
-        for nid, raw in zip(wanted, raws, strict=True):
-            view.nodes[nid] = NodeRecord.model_validate_json(raw) if raw is not None else None
+        view.nodes.update(zip(wanted, raws, strict=True))
 
     async def fill(self, run_id: str, view: RedisView, need: NeedState) -> None:
         """Load what ``need`` names into ``view``."""
         rk = self.keys.run(run_id)
         if need.kind == "node":
-            raw = await self.redis.hget(rk.nodes, need.key)
-            view.nodes[need.key] = NodeRecord.model_validate_json(raw) if raw else None
+            view.nodes[need.key] = await self.redis.hget(rk.nodes, need.key)
         elif need.kind == "output":
             node_id, visit = need.key
             raw = await self.redis.hget(rk.outputs, RunKeys.output_field(node_id, visit))
@@ -199,8 +202,7 @@ class RunStore:
             raw = await self.redis.hget(rk.joins, RunKeys.join_field(node_id, index))
             view.joins[need.key] = raw.decode() if raw is not None else ""
         elif need.kind == "loop":
-            raw = await self.redis.hget(rk.loops, str(need.key))
-            view.loops[need.key] = LoopRecord.model_validate_json(raw) if raw else None
+            view.loops[need.key] = await self.redis.hget(rk.loops, str(need.key))
         elif need.kind == "active":
             raw_active = await self.redis.hgetall(rk.active)
             view.active = {k.decode(): int(v) for k, v in raw_active.items()}

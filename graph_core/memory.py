@@ -43,6 +43,8 @@ class MemoryRun:
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
     loops: dict[int, LoopRecord] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)
+    # JSON copies: reads return fresh objects (the transition changes what it reads)
+    _json: dict[str, bytes] = field(default_factory=dict)
     node_reads: int = 0
     distinct_node_reads: set[str] = field(default_factory=set)
     active_reads: int = 0
@@ -51,7 +53,8 @@ class MemoryRun:
     def node(self, node_id: str) -> NodeRecord | None:
         self.node_reads += 1
         self.distinct_node_reads.add(node_id)
-        return self.nodes.get(node_id)
+        raw = self._json.get(f"n:{node_id}")
+        return NodeRecord.model_validate_json(raw) if raw is not None else None
 
     def output(self, node_id: str, visit: int) -> Any:
         return self.outputs.get((node_id, visit), MISSING)
@@ -60,14 +63,16 @@ class MemoryRun:
         return self.joins.get((node_id, edge_index), "")
 
     def loop(self, loop_id: int) -> LoopRecord | None:
-        return self.loops.get(loop_id)
+        raw = self._json.get(f"l:{loop_id}")
+        return LoopRecord.model_validate_json(raw) if raw is not None else None
 
     def active_nodes(self) -> dict[str, int]:
         self.active_reads += 1
         return dict(self.active)
 
     def get_run(self) -> RunRecord | None:
-        return self.run
+        raw = self._json.get("run")
+        return RunRecord.model_validate_json(raw) if raw is not None else None
 
     def reset_counters(self) -> None:
         self.node_reads = 0
@@ -77,9 +82,11 @@ class MemoryRun:
     def apply(self, t: Transition) -> None:
         if t.ignored is not None or t.run is None:
             return
-        self.run = t.run.model_copy(deep=True)
+        self.run = t.run
+        self._json["run"] = t.run.model_dump_json().encode()
         for nid, rec in t.nodes.items():
-            self.nodes[nid] = rec.model_copy(deep=True)
+            self.nodes[nid] = rec
+            self._json[f"n:{nid}"] = rec.dump()
         self.outputs.update(t.outputs)
         for key, signals in t.joins.items():
             if signals:
@@ -87,7 +94,8 @@ class MemoryRun:
             else:
                 self.joins.pop(key, None)
         for lid, lrec in t.loops.items():
-            self.loops[lid] = lrec.model_copy(deep=True)
+            self.loops[lid] = lrec
+            self._json[f"l:{lid}"] = lrec.model_dump_json().encode()
         for nid in t.active_remove:
             self.active.pop(nid, None)
         self.active.update(t.active_add)
@@ -100,7 +108,7 @@ class _RunView:
         self._mem = mem
 
     def run(self) -> RunRecord | None:
-        return self._mem.run
+        return self._mem.get_run()
 
     def node(self, node_id: str) -> NodeRecord | None:
         return self._mem.node(node_id)

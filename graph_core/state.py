@@ -116,7 +116,8 @@ class LoopRecord(BaseModel):
 
 class StateView(Protocol):
     """What the transition function may read. Implementations may load lazily; the function
-    reads only the event's neighbourhood."""
+    reads only the event's neighbourhood. Every call returns records of its own (fresh
+    objects): the transition changes the records it reads."""
 
     def run(self) -> RunRecord | None: ...
 

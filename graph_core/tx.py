@@ -61,7 +61,7 @@ class Tx:
     def maybe_run(self) -> RunRecord | None:
         if not self._run_loaded:
             loaded = self.view.run()
-            self._run = loaded.model_copy(deep=True) if loaded is not None else None
+            self._run = loaded
             self._run_loaded = True
         return self._run
 
@@ -82,7 +82,7 @@ class Tx:
         rec = self._nodes.get(node_id)
         if rec is None:
             loaded = self.view.node(node_id)
-            rec = loaded.model_copy(deep=True) if loaded is not None else NodeRecord()
+            rec = loaded if loaded is not None else NodeRecord()
             self._nodes[node_id] = rec
         return rec
 
@@ -132,7 +132,7 @@ class Tx:
         rec = self._loops.get(loop_id)
         if rec is None:
             loaded = self.view.loop(loop_id)
-            rec = loaded.model_copy(deep=True) if loaded is not None else LoopRecord()
+            rec = loaded if loaded is not None else LoopRecord()
             self._loops[loop_id] = rec
         self._dirty_loops.add(loop_id)
         return rec
