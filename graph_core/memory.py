@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +144,25 @@ Handler = Callable[[str, Any, Mapping[str, Any]], Any]
 Approver = Callable[[Waiting], tuple[str, dict[str, Any]]]
 
 
+class _LatestOutputs(Mapping[str, Any]):
+    """node id -> latest output, read on demand (a handler's ``ctx["outputs"]``)."""
+
+    def __init__(self, mem: MemoryRun) -> None:
+        self._mem = mem
+
+    def __getitem__(self, node_id: str) -> Any:
+        rec = self._mem.nodes.get(node_id)
+        if rec is None or not rec.last_ok_visit:
+            raise KeyError(node_id)
+        return self._mem.outputs[(node_id, rec.last_ok_visit)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (nid for nid, rec in self._mem.nodes.items() if rec.last_ok_visit)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class LocalResult:
     state: MemoryRun
@@ -255,11 +274,7 @@ def _execute(
             type="UnknownNodeType", message=f"no handler for type {node.type!r}", retryable=False
         )
         return NodeReported(**base, status="failed", error=err)
-    latest = {
-        nid: mem.outputs.get((nid, rec.last_ok_visit))
-        for nid, rec in mem.nodes.items()
-        if rec.last_ok_visit
-    }
+    latest = _LatestOutputs(mem)
     ctx = {
         "input": mem.run.input if mem.run else None,
         "visit": job.visit,
