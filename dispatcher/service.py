@@ -215,6 +215,8 @@ class Dispatcher:
             # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
             await self._dead_letter("inbox", raw, str(e), entry_id)
             return
+        except (RedisConnectionError, RedisTimeoutError):
+            raise  # Redis went away: not the entry's fault; the loop restarts and retries it
         except Exception:
             log.exception("error handling inbox entry %s; it stays pending for retry", entry_id)
             await self._count_failure(entry_id, raw, message)

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from graph_core import clock
 from graph_core.errors import RelaygraphError
 from graph_core.messages import dumps
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(settings, registry, args.grace))
     except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before serving began
         return EXIT_OK
-    except (OSError, RelaygraphError) as e:  # redis' ConnectionError is an OSError too
+    except (OSError, RedisError, RelaygraphError) as e:
         return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
     return EXIT_OK
 

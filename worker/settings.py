@@ -31,7 +31,7 @@ class WorkerSettings(BaseSettings):
     concurrency: int = Field(default=10, ge=1, le=10_000)
     poll_delay: float = Field(default=0.05, gt=0, le=60)
     handlers: str | None = None  # "pkg.module" or "pkg.module:attr" holding a HandlerRegistry
-    job_lease_s: float = Field(default=60.0, ge=1, le=86_400)
+    job_lease_s: float = Field(default=3.0, ge=0.5, le=86_400)
     lease_s: float = Field(default=3.0, ge=0.5, le=3600)  # a dead worker is noticed after this
     heartbeat_s: float = Field(default=1.0, gt=0, le=600)  # how often leases are renewed
     wake_fallback_s: float = Field(default=0.5, gt=0, le=60)  # poll when no wake-up arrives
