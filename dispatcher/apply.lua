@@ -3,13 +3,14 @@
 -- two dispatchers handling events of the same run can never both apply (optimistic lock).
 -- KEYS: 1 meta, 2 nodes, 3 outputs, 4 joins, 5 loops, 6 active, 7 events, 8 waits, 9 timers,
 --       10 runs index (all), 11 old status index, 12 new status index
--- ARGV: see dispatcher/store.py (_pack): header of 8 values, then counted sections.
+-- ARGV: see dispatcher/store.py (_pack): header of 11 values, then counted sections.
 local cur = redis.call('HGET', KEYS[1], 'rev')
 if (cur or '-1') ~= ARGV[1] then
   return 0
 end
 local run_json, new_rev, run_id, score, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local retention, abort_key = tonumber(ARGV[7]), ARGV[8]
+local ack_stream, ack_group, ack_id = ARGV[9], ARGV[10], ARGV[11]
 redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev)
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
@@ -19,7 +20,7 @@ if KEYS[11] ~= KEYS[12] then
 end
 redis.call('ZADD', KEYS[12], score, run_id)
 
-local i = 9
+local i = 12
 local function count()
   local n = tonumber(ARGV[i]); i = i + 1; return n
 end
@@ -55,5 +56,8 @@ for _ = 1, count() do redis.call('HDEL', KEYS[8], ARGV[i]); i = i + 1 end  -- wa
 for _ = 1, count() do redis.call('ZADD', abort_key, score, ARGV[i]); i = i + 1 end  -- aborts
 if retention and retention > 0 then  -- finished: the run's keys expire after retention
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
+end
+if ack_id ~= '' then  -- the inbox entry is acknowledged with the change it caused
+  redis.call('XACK', ack_stream, ack_group, ack_id)
 end
 return 1

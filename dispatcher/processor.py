@@ -32,6 +32,7 @@ __all__ = ["Outcome", "Processor"]
 log = logging.getLogger("relaygraph.dispatcher")
 MAX_CONFLICTS = 100
 MAX_LOADS = 10_000
+GRAPH_OF_RUN_CACHE = 100_000
 
 
 class ConflictError(RelaygraphError):
@@ -44,18 +45,20 @@ class Outcome:
     applied: bool
     reason: str | None = None  # why nothing changed
     transition: Transition | None = None
+    acked: bool = False  # the inbox entry was acknowledged together with the change
 
 
 class Processor:
     def __init__(self, store: RunStore) -> None:
         self.store = store
+        self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
 
     async def handle(self, message: Any, entry_id: str | None = None) -> Outcome:
         """Handle one inbox message. ``entry_id`` (the stream entry's id) names the run of a
         submission that carries no run id, so a redelivered entry creates the same run."""
         if isinstance(message, SubmitRequest):
             return await self._submit(message, entry_id)
-        return await self.process(message)
+        return await self.process(message, ack=entry_id)
 
     async def _submit(self, req: SubmitRequest, entry_id: str | None) -> Outcome:
         version = req.graph_version or await self.store.latest_version(req.graph_id)
@@ -80,9 +83,11 @@ class Processor:
             input=req.input,
             idempotency_key=req.idempotency_key,
         )
-        return await self.process(event)
+        return await self.process(event, ack=entry_id)
 
-    async def process(self, event: Event) -> Outcome:
+    async def process(self, event: Event, ack: str | None = None) -> Outcome:
+        """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same
+        atomic write as the change."""
         run_id = event.run_id
         for _ in range(MAX_CONFLICTS):
             graph, view = await self._load(event)
@@ -93,8 +98,8 @@ class Processor:
                 return Outcome(run_id, False, transition.ignored)
             old = view.run_record.status.value if view.run_record is not None else None
             now_ms = int(clock.now() * 1000)
-            if await self.store.apply(transition, view.rev, old, now_ms):
-                return Outcome(run_id, True, None, transition)
+            if await self.store.apply(transition, view.rev, old, now_ms, ack=ack):
+                return Outcome(run_id, True, None, transition, acked=ack is not None)
             log.debug("conflict applying %s to run %s; recomputing", event.kind, run_id)
         raise ConflictError(f"run {run_id!r}: gave up after {MAX_CONFLICTS} conflicting writes")
 
@@ -102,7 +107,15 @@ class Processor:
         if isinstance(event, RunSubmitted):
             graph = await self.store.graph(event.graph_id, event.graph_version)
             view = await self.store.load(event.run_id, _prefetch(graph, event))
+            self._remember(event.run_id, event.graph_id, event.graph_version)
             return graph, view
+        known = self._graph_of.get(event.run_id)
+        if known is not None:
+            # A run's graph never changes: load its record and the neighbourhood in one trip.
+            graph = await self.store.graph(*known)
+            view = await self.store.load(event.run_id, _prefetch(graph, event))
+            if view.run_record is not None and view.run_record.status != RunStatus.PENDING:
+                return graph, view
         view = await self.store.load(event.run_id, [])
         run = view.run_record
         if run is None or run.status == RunStatus.PENDING:
@@ -111,8 +124,14 @@ class Processor:
             graph = await self.store.graph(run.graph_id, run.graph_version)
         except GraphNotFound as e:
             raise StoreError(f"run {event.run_id!r} refers to a missing graph: {e}") from e
+        self._remember(event.run_id, run.graph_id, run.graph_version)
         await self.store.fill_nodes(event.run_id, view, _prefetch(graph, event))
         return graph, view
+
+    def _remember(self, run_id: str, graph_id: str, version: int) -> None:
+        if len(self._graph_of) >= GRAPH_OF_RUN_CACHE:
+            self._graph_of.pop(next(iter(self._graph_of)))  # oldest first (insertion order)
+        self._graph_of[run_id] = (graph_id, version)
 
     async def _compute(self, graph: Graph, view: RedisView, event: Event) -> Transition:
         tokens: list[str] = []

@@ -222,7 +222,8 @@ class Dispatcher:
             await self._count_failure(entry_id, raw, message)
             return
         self.processed += 1
-        await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
+        if not outcome.acked:
+            await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
         if not outcome.applied:
             await self._ignored(message, outcome)
 

@@ -212,10 +212,16 @@ class RunStore:
     # --- applying -----------------------------------------------------------------------
 
     async def apply(
-        self, t: Transition, expected_rev: int | None, old_status: str | None, now_ms: int
+        self,
+        t: Transition,
+        expected_rev: int | None,
+        old_status: str | None,
+        now_ms: int,
+        ack: str | None = None,
     ) -> bool:
         """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
-        not exist yet). ``old_status`` is the status the run had. False on conflict."""
+        not exist yet). ``old_status`` is the status the run had. ``ack``: an inbox entry id
+        acknowledged in the same script. False on conflict."""
         run = t.run
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")
@@ -227,11 +233,16 @@ class RunStore:
             self.keys.runs_by_status(old_status or run.status.value),
             self.keys.runs_by_status(run.status.value),
         ]
-        argv = self._pack(t, run, expected_rev, now_ms)
+        argv = self._pack(t, run, expected_rev, now_ms, ack)
         return bool(await self._apply(keys=keys, args=argv))
 
     def _pack(
-        self, t: Transition, run: RunRecord, expected_rev: int | None, now_ms: int
+        self,
+        t: Transition,
+        run: RunRecord,
+        expected_rev: int | None,
+        now_ms: int,
+        ack: str | None,
     ) -> list[Any]:
         finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
         argv: list[Any] = [
@@ -243,6 +254,9 @@ class RunStore:
             self.keys.events_channel,
             self.retention_s if finished else 0,
             ABORT_KEY,
+            self.keys.inbox,
+            self.keys.inbox_group,
+            ack or "",
         ]
         _section(argv, [(nid, rec.dump()) for nid, rec in t.nodes.items()])
         _section(argv, [(RunKeys.output_field(n, v), dumps(o)) for (n, v), o in t.outputs.items()])
