@@ -25,16 +25,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from dispatcher.lifeline import parent_death_hook
 from graph_core.errors import RelaygraphError
 
 __all__ = [
@@ -60,7 +60,6 @@ _PATH_NAMES = ("valkey-server", "redis-server")
 
 _PORT_ATTEMPTS = 5
 _LOG_NAME = "server.log"
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class EmbeddedServerError(RelaygraphError):
@@ -334,7 +333,7 @@ class EmbeddedServer:
                 close_fds=True,
                 start_new_session=False,
                 # Safe despite threads: the hook only calls prctl, resolved before the fork.
-                preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509
+                preexec_fn=parent_death_hook(signal.SIGKILL),  # noqa: PLW1509
             )
         if self._reaper is not None:
             self._reaper.detach()
@@ -502,26 +501,6 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGKILL the child when its parent goes; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
 
 
 def _indent(text: str) -> str:

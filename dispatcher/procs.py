@@ -15,19 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from dispatcher.lifeline import parent_death_hook
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 
 __all__ = ["WorkerInfo", "WorkerPool", "WorkerStartError"]
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class WorkerStartError(RelaygraphError):
@@ -118,7 +117,7 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
-                preexec_fn=_term_with_parent_hook(),  # noqa: PLW1509 - it only calls prctl
+                preexec_fn=parent_death_hook(signal.SIGTERM),  # noqa: PLW1509 - it only calls prctl
             )
         finally:
             if out is not None:
@@ -212,26 +211,6 @@ async def read_workers(redis: Any, keys: Keys) -> list[WorkerInfo]:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return found
-
-
-def _term_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the worker if the CLI dies; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
 
 
 def _indent(text: str) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from dispatcher.lifeline import parent_death_hook
 from tests.support.waiting import wait_for, wait_until_sync
 
 __all__ = ["ROOT", "Fleet", "Proc", "ProcessDied"]
@@ -29,7 +30,6 @@ HANDLERS = "tests.faults.handlers"
 START_TIMEOUT_S = 30.0
 DISPATCHER_READY = "serving prefix"  # what each process logs once it serves
 WORKER_READY = "with handlers for"
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ProcessDied(AssertionError):
@@ -55,7 +55,7 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 - it only calls prctl
+                preexec_fn=parent_death_hook(signal.SIGKILL),  # noqa: PLW1509 - it only calls prctl
             )
 
     @property
@@ -212,23 +212,3 @@ class Fleet:
     def dump_logs(self, write: Callable[[str], object] = print, tail: int = 60) -> None:
         for proc in self.procs:
             write(f"----- {proc!r}: {proc.log} (last {tail} lines) -----\n{proc.tail(tail)}")
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGKILL the child when the test process goes."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
