@@ -1,0 +1,62 @@
+"""How big each benchmark is: the full run (``python -m bench``) and ``--quick``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Sizes"]
+
+# Scenario names, in the order they run (``--only`` takes these).
+SCENARIOS = (
+    "inprocess",  # pure engine cost: run_local and advance() vs LoopGraph, no Redis
+    "dispatcher-cpu",  # CPU per transition of an in-process dispatcher, with a profile
+    "hop",  # report -> next handler start, along a chain
+    "throughput",  # no-op nodes per second through 1 dispatcher + N workers
+    "memory",  # Redis bytes per finished 10-node run
+    "scaling",  # per-node cost of 1,000-node chains / fan-outs / loops vs 10
+    "concurrent",  # many runs in flight at once, all must complete
+    "idle",  # CPU of idle processes
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every knob of one benchmark run."""
+
+    workers: int = 2  # worker processes (ours and arq; Celery: prefork children)
+    concurrency: int = 10  # jobs at once per worker process (ours and arq's max_jobs)
+    hop_chain: int = 200  # nodes in the hop-latency chain
+    hop_chain_slow: int = 40  # hops for arq at its default poll_delay (0.5 s each)
+    throughput_runs: int = 600  # 10-node runs (arq: 10 jobs each) in the throughput test
+    scale_small: int = 10
+    scale_large: int = 1000
+    scale_repeats: int = 6  # small runs, half before and half after the large one
+    concurrent_runs: int = 10_000
+    cpu_runs: int = 500  # 10-node runs pushed through the in-process dispatcher
+    profile_runs: int = 200  # ... and again under cProfile
+    inproc_repeats: int = 5
+    inproc_chain: int = 100
+    inproc_large: int = 1000
+    idle_s: float = 3.0
+    rounds: int = 3  # hop and throughput are measured this often per system, the best kept
+    timeout_s: float = 300.0  # any one measurement gives up after this
+
+
+FULL = Sizes()
+
+QUICK = Sizes(
+    hop_chain=40,
+    hop_chain_slow=4,
+    throughput_runs=60,
+    scale_large=100,
+    scale_repeats=2,
+    concurrent_runs=300,
+    cpu_runs=40,
+    profile_runs=20,
+    inproc_repeats=2,
+    inproc_chain=50,
+    inproc_large=200,
+    idle_s=1.0,
+    rounds=1,
+    timeout_s=60.0,
+)

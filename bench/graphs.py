@@ -1,0 +1,72 @@
+"""The relaygraph graphs the benchmark runs: chains, fan-out/join and loops of no-op nodes.
+
+Every worker node has type ``noop`` (``bench.handlers``); ``start`` and ``end`` are control
+nodes the dispatcher runs itself, so an N-node shape has N worker jobs.
+"""
+
+from __future__ import annotations
+
+from graph_core.conditions import Condition
+from graph_core.model import Edge, Graph, Node
+
+__all__ = ["chain", "fanout", "jobs_of", "loop", "single"]
+
+NOOP = "tick"
+
+
+def chain(n: int) -> Graph:
+    """start -> n0 -> n1 -> ... -> n{n-1} -> end."""
+    g = Graph(id=f"bench-chain-{n}")
+    g.add_nodes(
+        Node("start", type="start"),
+        *[Node(f"n{i}", type=NOOP) for i in range(n)],
+        Node("end", type="end"),
+    )
+    g.connect("start", *[f"n{i}" for i in range(n)], "end")
+    return g.validate_graph()
+
+
+def fanout(n: int) -> Graph:
+    """start -> split (fan-out) -> b0..b{n-1} -> join (all) -> end: n + 2 jobs."""
+    g = Graph(id=f"bench-fanout-{n}")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("split", type=NOOP, fan_out=True),
+        *[Node(f"b{i}", type=NOOP) for i in range(n)],
+        Node("join", type=NOOP),
+        Node("end", type="end"),
+    )
+    g.connect("start", "split")
+    g.add_edges(*[Edge("split", f"b{i}") for i in range(n)])
+    g.add_edges(*[Edge(f"b{i}", "join") for i in range(n)])
+    g.connect("join", "end")
+    return g.validate_graph()
+
+
+def loop(n: int) -> Graph:
+    """start -> step, step -> step while ``step.output.i < n`` (its visit), then end:
+    n visits of one node."""
+    g = Graph(id=f"bench-loop-{n}")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("step", type=NOOP, max_visits=n + 1),
+        Node("end", type="end"),
+    )
+    g.add_edges(
+        Edge("start", "step"),
+        Edge("step", "step", condition=Condition.field("step.output.i").lt(n)),
+        Edge("step", "end", condition=Condition.otherwise()),
+    )
+    return g.validate_graph()
+
+
+def single() -> Graph:
+    """start -> n0 -> end: the smallest run with a worker job."""
+    return chain(1)
+
+
+def jobs_of(graph: Graph) -> int:
+    """Worker jobs of one run of a bench graph (loops: their visit count)."""
+    if graph.id.startswith("bench-loop-"):
+        return int(graph.id.rsplit("-", 1)[1])
+    return sum(1 for node in graph.nodes if not node.is_control)

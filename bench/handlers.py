@@ -1,0 +1,18 @@
+"""The handler relaygraph's workers run in the benchmark (``--handlers bench.handlers``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from worker import HandlerRegistry, NodeContext
+
+__all__ = ["registry"]
+
+registry = HandlerRegistry()
+
+
+@registry.handler("tick")
+async def tick(ctx: NodeContext) -> dict[str, Any]:
+    """Does nothing but say when it started (hop latency) and which visit it is (loops)."""
+    return {"t": time.time(), "i": ctx.visit}

@@ -1,0 +1,191 @@
+"""The benchmark's pure parts: statistics, ratios, goal checks, the table and results.json,
+and the graphs it runs. No processes, no server, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import graphs
+from bench.config import FULL, QUICK, SCENARIOS
+from bench.report import (
+    Figure,
+    Goal,
+    advantage,
+    build_figures,
+    cpu_per_node,
+    format_table,
+    format_value,
+    goal_status,
+    percentile,
+    rates,
+    results_document,
+    scale_entry,
+    summarize_ms,
+    write_json,
+)
+from graph_core.memory import run_local
+from graph_core.status import RunStatus
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_summarize_ms_converts_seconds() -> None:
+    summary = summarize_ms([0.001, 0.002, 0.003])
+    assert summary["n"] == 3
+    assert summary["median_ms"] == pytest.approx(2.0)
+    assert summary["mean_ms"] == pytest.approx(2.0)
+    assert summary["max_ms"] == pytest.approx(3.0)
+
+
+def test_advantage_is_above_one_when_ours_is_better_either_way() -> None:
+    assert advantage(200.0, 100.0, "higher") == pytest.approx(2.0)  # twice the rate
+    assert advantage(50.0, 100.0, "higher") == pytest.approx(0.5)
+    assert advantage(2.0, 10.0, "lower") == pytest.approx(5.0)  # a fifth of the latency
+    assert advantage(10.0, 2.0, "lower") == pytest.approx(0.2)
+    assert advantage(None, 1.0, "lower") is None
+    assert advantage(1.0, None, "higher") is None
+    assert advantage(1.0, 0.0, "higher") is None  # a zero or negative value has no ratio
+    assert advantage(-1.0, 5.0, "lower") is None
+
+
+def test_goals_on_values_and_on_ratios_to_a_peer() -> None:
+    f = Figure("throughput", "nodes/s", "higher", 1500.0, [("raw arq", 2000.0), ("Celery", None)])
+    assert goal_status(f, Goal(">= 0.6x raw arq", "min", 0.6, versus="raw arq")) is True
+    assert goal_status(f, Goal(">= 0.8x raw arq", "min", 0.8, versus="raw arq")) is False
+    assert goal_status(f, Goal(">= 2x Celery", "min", 2.0, versus="Celery")) is None
+    latency = Figure("hop", "ms", "lower", 2.5)
+    assert goal_status(latency, Goal("<= 3 ms", "max", 3.0)) is True
+    assert goal_status(latency, Goal("<= 2 ms", "max", 2.0)) is False
+    assert goal_status(Figure("x", "ms", "lower", None), Goal("<= 1", "max", 1.0)) is None
+
+
+def test_cpu_per_node_and_scale_entry() -> None:
+    per = cpu_per_node({"server": 0.5, "workers": 1.5}, 1000)
+    assert per == {"server": 500.0, "workers": 1500.0, "total": 2000.0}
+    entry = scale_entry(10, 1000, 0.004, 0.005)
+    assert entry["small_ms_per_node"] == pytest.approx(4.0)
+    assert entry["large_ms_per_node"] == pytest.approx(5.0)
+    assert entry["ratio"] == pytest.approx(1.25)
+    assert scale_entry(10, 1000, 0.0, 0.005)["ratio"] is None
+
+
+def test_format_value_is_compact() -> None:
+    assert format_value(None) == "-"
+    assert format_value(12345.6) == "12,346"
+    assert format_value(42.26) == "42.3"
+    assert format_value(3.14159) == "3.14"
+    assert format_value(0.0) == "0.00"
+    assert format_value(0.0123) == "0.0123"
+
+
+def sample_raw() -> dict[str, Any]:
+    return {
+        "hop": {
+            "ours": {"median_ms": 2.0, "p99_ms": 12.0, "mean_ms": 2.5},
+            "arq@0.5": {"median_ms": 250.0, "p99_ms": 490.0, "mean_ms": 240.0},
+            "arq@0.01": {"median_ms": 7.0, "p99_ms": 15.0, "mean_ms": 7.5},
+        },
+        "throughput": {
+            "ours": {"per_s": 1200.0, "cpu_us_per_node": {"total": 900.0}},
+            "arq": {"per_s": 2000.0, "cpu_us_per_node": {"total": 600.0}},
+            "celery": {"per_s": 500.0},
+        },
+        "scaling": {
+            "ours": {"chain": scale_entry(10, 1000, 0.004, 0.003)},
+            "loopgraph": {"chain": scale_entry(10, 1000, 0.0001, 0.003)},
+        },
+        "concurrent": {"ours": {"runs": 100, "completed": 100, "wall_s": 2.0, "runs_per_s": 50}},
+        "idle": {"ours-worker": {"cpu_pct": 0.3}, "arq@0.01": {"cpu_pct": 5.0}},
+    }
+
+
+def test_build_figures_from_partial_measurements() -> None:
+    figures = {f.scenario: f for f in build_figures(sample_raw())}
+    median = figures["hop latency median"]
+    assert median.ours == 2.0
+    assert median.advantages()["arq poll 0.5 s"] == pytest.approx(125.0)
+    assert median.peer("Celery") is None  # not measured: a gap, not an error
+    assert [goal_status(median, g) for g in median.goals] == [True]
+    assert [
+        goal_status(figures["hop latency p99"], g) for g in figures["hop latency p99"].goals
+    ] == [False]
+    throughput = figures["throughput, no-op nodes"]
+    assert [goal_status(throughput, g) for g in throughput.goals] == [True, True]
+    chain = figures["scaling: chain, per-node cost 1000 vs 10"]
+    assert chain.ours == pytest.approx(0.75)
+    assert chain.advantages()["LoopGraph (in-process)"] == pytest.approx(40.0)
+    assert figures["concurrent runs completed (of 100)"].ours == 100
+    assert "in-process: chain" not in " ".join(figures)  # scenario not measured: no figure
+    assert build_figures({}) == []
+
+
+def test_table_text_and_markdown() -> None:
+    figures = build_figures(sample_raw())
+    text = format_table(figures)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["scenario", "unit", "ours"]
+    assert any("hop latency median" in line and "125.00x" in line for line in lines)
+    assert any("<= 3 ms: met" in line for line in lines)
+    assert any("<= 10 ms: MISSED" in line for line in lines)
+    assert "ours vs peer" in lines[-1]
+    md = format_table(figures, markdown=True).splitlines()
+    assert md[0].startswith("| scenario | unit | ours |")
+    assert md[1] == "|---|---|---|---|---|---|---|"
+    assert all(line.count("|") == 8 for line in md)  # 7 columns on every row
+
+
+def test_results_document_round_trips_through_json(tmp_path: Path) -> None:
+    raw = sample_raw()
+    figures = build_figures(raw)
+    document = results_document(raw, figures, {"mode": "quick"})
+    out = tmp_path / "sub" / "results.json"
+    write_json(out, document)
+    loaded = json.loads(out.read_text())
+    assert loaded["meta"] == {"mode": "quick"}
+    assert loaded["raw"] == raw
+    throughput = next(f for f in loaded["figures"] if f["scenario"] == "throughput, no-op nodes")
+    arq = next(p for p in throughput["peers"] if p["name"] == "raw arq")
+    assert arq["ours_vs_peer"] == pytest.approx(0.6)
+    assert [g["met"] for g in throughput["goals"]] == [True, True]
+
+
+def test_quick_sizes_are_smaller_than_full() -> None:
+    assert QUICK.throughput_runs < FULL.throughput_runs
+    assert QUICK.concurrent_runs < FULL.concurrent_runs
+    assert QUICK.scale_large < FULL.scale_large
+    assert FULL.scale_large == 1000 and FULL.concurrent_runs == 10_000
+    assert len(set(SCENARIOS)) == len(SCENARIOS)
+
+
+@pytest.mark.parametrize(
+    ("graph", "jobs"),
+    [(graphs.chain(5), 5), (graphs.fanout(4), 6), (graphs.loop(7), 7), (graphs.single(), 1)],
+)
+def test_bench_graphs_run_their_job_count(graph: Any, jobs: int) -> None:
+    result = run_local(graph, {graphs.NOOP: lambda node_id, config, ctx: {"i": ctx["visit"]}})
+    assert result.run.status == RunStatus.COMPLETED
+    assert len(result.executions) == jobs == graphs.jobs_of(graph)
+
+
+def test_loop_rates_count_iterations_not_nodes() -> None:
+    # an engine that needs two nodes per iteration is not faster per iteration
+    two_nodes = rates("loop", 100, 202, 0.001)
+    one_node = rates("loop", 100, 100, 0.001)
+    assert two_nodes["nodes_per_s"] == one_node["nodes_per_s"] == pytest.approx(1000.0)
+    assert two_nodes["iterations_per_s"] == pytest.approx(100 / 0.202)
+    assert one_node["iterations_per_s"] == pytest.approx(1000.0)
+    assert "iterations_per_s" not in rates("chain", 100, 100, 0.001)
