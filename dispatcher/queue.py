@@ -72,7 +72,3 @@ def job_write(
         expires_ms=JOB_EXPIRES_MS,
         wake_key=keys.wake(action.queue),
     )
-
-
-def abort_job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
-    return job_id(run_id, node_id, visit, attempt)

@@ -161,10 +161,6 @@ class RunStore:
         self._graphs[(graph_id, version)] = graph
         return graph
 
-    async def list_graphs(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys.graph_latest)
-        return {k.decode(): int(v) for k, v in raw.items()}
-
     # --- loading ------------------------------------------------------------------------
 
     async def load(self, run_id: str, prefetch_nodes: list[str]) -> RedisView:

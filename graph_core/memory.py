@@ -183,10 +183,6 @@ class LocalResult:
         ]
 
 
-class HandlerFailed(Exception):
-    """Raise from a ``run_local`` handler to fail with a given error type."""
-
-
 def run_local(
     graph: Graph,
     handlers: Mapping[str, Handler],

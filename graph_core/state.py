@@ -150,7 +150,3 @@ class Transition:
     actions: list[Action] = field(default_factory=list)
     history: list[HistoryEvent] = field(default_factory=list)
     ignored: str | None = None  # set when the event changed nothing, saying why
-
-    @property
-    def changed(self) -> bool:
-        return self.ignored is None and self.run is not None

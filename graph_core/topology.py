@@ -32,7 +32,6 @@ class Topology:
     loop_of: dict[str, int] = field(default_factory=dict)
     # Edges leaving each loop: their "not taken" signal waits until the loop goes idle.
     loop_exits: dict[int, list[int]] = field(default_factory=dict)
-    exit_edges: frozenset[int] = frozenset()  # union of loop_exits
     children: dict[str, list[str]] = field(default_factory=dict)
     # Natural loops (one per back-edge target, the loop header), nested inner within outer.
     # The engine counts live tokens per natural loop; the SCC fields above serve validation.
@@ -88,7 +87,6 @@ def _compute(graph: Graph) -> Topology:
             r.index for m in members for r in topo.out_edges[m] if r.edge.target not in members
         ]
         topo.loop_exits[loop_id] = exits
-    topo.exit_edges = frozenset(i for exits in topo.loop_exits.values() for i in exits)
     _natural_loops(topo, ids)
     return topo
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from graph_core.conditions import Condition as C
 from graph_core.model import Edge, Graph, Node, RetryPolicy, WaitPolicy
+from tests.support.graphs import busy_graph
 
 __all__ = [
     "BUSY_EXECUTIONS",
@@ -26,36 +27,6 @@ CHAIN_NODES = ("a", "b", "c")  # chain_graph's nodes every run executes (plus bi
 def expected_output(n: int) -> dict[str, Any]:
     """The output of a busy or chain run with input ``{"n": n}``: the branch's node."""
     return {"node": "big" if n >= 100 else "small", "visit": 1}
-
-
-def busy_graph() -> Graph:
-    """A fan-out/join, a condition and a loop: start -> split => a, b, c -> join ->
-    loop (3 visits) -> big (input.n >= 100) | small -> end."""
-    g = Graph(id="busy")
-    g.add_nodes(
-        Node("start", type="start"),
-        Node("split", type="work", fan_out=True),
-        Node("a", type="work"),
-        Node("b", type="work"),
-        Node("c", type="work"),
-        Node("join", type="work"),
-        Node("loop", type="work", max_visits=10),
-        Node("big", type="work"),
-        Node("small", type="work"),
-        Node("end", type="end"),
-    )
-    g.connect("start", "split")
-    g.add_edges(Edge("split", "a"), Edge("split", "b"), Edge("split", "c"))
-    g.add_edges(Edge("a", "join"), Edge("b", "join"), Edge("c", "join"))
-    g.connect("join", "loop")
-    g.add_edges(
-        Edge("loop", "loop", condition=C.field("loop.visits").lt(3)),
-        Edge("loop", "big", condition=C.field("input.n").gte(100)),
-        Edge("loop", "small", condition=C.otherwise()),
-        Edge("big", "end"),
-        Edge("small", "end"),
-    )
-    return g.validate_graph()
 
 
 def chain_graph(graph_id: str = "chain", **retry: Any) -> Graph:

@@ -17,57 +17,11 @@ from graph_core.messages import SubmitRequest, encode_inbox
 from graph_core.model import Edge, Graph, Node, RetryPolicy
 from graph_core.state import RunRecord
 from tests.support.fake_worker import FakeWorker, running
+from tests.support.graphs import bug_triage_graph as triage_graph
+from tests.support.graphs import busy_graph
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def triage_graph() -> Graph:
-    g = Graph(id="bug-triage", name="Bug Triage")
-    g.add_nodes(
-        Node("start", type="start"),
-        Node("triage", type="agent"),
-        Node("escalate", type="notification"),
-        Node("assign", type="agent"),
-        Node("end", type="end"),
-    )
-    g.add_edges(
-        Edge("start", "triage"),
-        Edge("triage", "escalate", condition=C.field("triage.output.severity").eq("critical")),
-        Edge("triage", "assign", condition=C.otherwise()),
-        Edge("escalate", "end"),
-        Edge("assign", "end"),
-    )
-    return g.validate_graph()
-
-
-def busy_graph() -> Graph:
-    """A fan-out/join, a condition and a loop in one graph."""
-    g = Graph(id="busy")
-    g.add_nodes(
-        Node("start", type="start"),
-        Node("split", type="work", fan_out=True),
-        Node("a", type="work"),
-        Node("b", type="work"),
-        Node("c", type="work"),
-        Node("join", type="work"),
-        Node("loop", type="work", max_visits=10),
-        Node("big", type="work"),
-        Node("small", type="work"),
-        Node("end", type="end"),
-    )
-    g.connect("start", "split")
-    g.add_edges(Edge("split", "a"), Edge("split", "b"), Edge("split", "c"))
-    g.add_edges(Edge("a", "join"), Edge("b", "join"), Edge("c", "join"))
-    g.connect("join", "loop")
-    g.add_edges(
-        Edge("loop", "loop", condition=C.field("loop.visits").lt(3)),
-        Edge("loop", "big", condition=C.field("input.n").gte(100)),
-        Edge("loop", "small", condition=C.otherwise()),
-        Edge("big", "end"),
-        Edge("small", "end"),
-    )
-    return g.validate_graph()
 
 
 def make_dispatcher(redis: aioredis.Redis, **kw: Any) -> Dispatcher:
@@ -367,3 +321,41 @@ async def test_sweeper_reruns_a_queued_node_whose_job_vanished(redis: aioredis.R
     nodes = await d.store.node_records("lost")
     assert nodes["triage"].attempt == 2 and nodes["triage"].lost == 1
     assert w.executions[("lost", "triage", 1)] == 1
+
+
+async def test_a_redelivered_raw_submit_creates_one_run_named_by_its_entry(
+    redis: aioredis.Redis,
+) -> None:
+    from graph_core.messages import parse_inbox
+
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    raw = encode_inbox(SubmitRequest(graph_id="bug-triage", input={"x": 1}))  # no run id
+    entry_id = (await redis.xadd(d.keys.inbox, {"m": raw})).decode()
+    first = await d.processor.handle(parse_inbox(raw), entry_id)
+    again = await d.processor.handle(parse_inbox(raw), entry_id)  # a crash before the ack
+    assert first.applied and first.run_id == entry_id
+    assert (
+        not again.applied and again.run_id == entry_id and "already exists" in (again.reason or "")
+    )
+    assert await redis.zcard(d.keys.runs_all) == 1
+
+
+async def test_a_raw_submit_with_a_bad_run_id_claims_nothing(redis: aioredis.Redis) -> None:
+    d = make_dispatcher(redis)
+    await d.store.register_graph(triage_graph())
+    bad = {
+        "m": b'{"kind":"submit","graph_id":"bug-triage","run_id":"bad id!","idempotency_key":"k1"}'
+    }
+    async with running(d):
+        await redis.xadd(d.keys.inbox, bad)
+        await submit_keyed(redis, d, "good", "k1")
+        dead = await wait_for(lambda: redis.xrange(d.keys.deadletter), message="dead letter")
+        await wait_for(lambda: d.store.get_run("good"), message="the keyed run")
+    assert "invalid run id" in dead[0][1][b"reason"].decode()
+    assert await redis.get(d.keys.idempotency("k1")) == b"good"
+
+
+async def submit_keyed(redis: aioredis.Redis, d: Dispatcher, run_id: str, key: str) -> None:
+    msg = SubmitRequest(graph_id="bug-triage", run_id=run_id, idempotency_key=key)
+    await redis.xadd(d.keys.inbox, {"m": encode_inbox(msg)})

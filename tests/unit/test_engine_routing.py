@@ -22,6 +22,7 @@ from graph_core.memory import LocalResult, MemoryRun, run_local, view_of
 from graph_core.model import Edge, Graph, JoinSpec, Node
 from graph_core.state import Transition
 from graph_core.status import NodeStatus, RunStatus
+from tests.support.graphs import bug_triage_graph as bug_triage
 
 C = Condition
 
@@ -44,25 +45,6 @@ def ran(result: LocalResult) -> list[str]:
 
 
 # --- bug triage (DESIGN §3) ---------------------------------------------------------------
-
-
-def bug_triage(end_config: dict[str, Any] | None = None) -> Graph:
-    g = Graph(id="bug-triage", name="Bug Triage")
-    g.add_nodes(
-        Node("start", type="start"),
-        Node("triage", type="agent", config={"agent_id": "triage-agent"}),
-        Node("escalate", type="notification", config={"channel": "slack"}),
-        Node("assign", type="agent", config={"agent_id": "labeler-agent"}),
-        Node("end", type="end", config=end_config or {}),
-    )
-    g.add_edges(
-        Edge("start", "triage"),
-        Edge("triage", "escalate", condition=C.field("triage.output.severity").eq("critical")),
-        Edge("triage", "assign", condition=C.otherwise()),
-        Edge("escalate", "end"),
-        Edge("assign", "end"),
-    )
-    return g.validate_graph()
 
 
 def triage_handlers() -> dict[str, Any]:
