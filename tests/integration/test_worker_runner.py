@@ -643,3 +643,45 @@ async def test_aborted_job_is_cancelled_and_not_reported(redis: Any, redis_url: 
         )
     assert events == ["cancelled"]
     assert await inbox_reports(redis, KEYS) == []
+
+
+# --- wake-ups ---------------------------------------------------------------------------------
+
+
+async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
+    redis: Any, redis_url: str
+) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"ok": True})
+    # The fallback poll is 30 s: only the wake-up can start the job within the deadline.
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.lpush(KEYS.wake("default"), "1")  # what the dispatcher's script pushes
+        [report] = await wait_for_reports(redis, KEYS, timeout=5)
+    assert report.status == "completed"
+
+
+async def test_a_lost_wake_up_only_delays_the_job_until_the_fallback_poll(
+    redis: Any, redis_url: str
+) -> None:
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"ok": True})
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=0.3)
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        await enqueue_like_the_dispatcher(redis, graph, "notify", "default")  # no wake-up
+        [report] = await wait_for_reports(redis, KEYS, timeout=10)
+    assert report.status == "completed"
+    assert await redis.llen(KEYS.wake("default")) == 0
+
+
+async def _worker_idle(redis: Any) -> bool:
+    """A client is blocked in BLPOP: the worker is idle, waiting on its wake-up list."""
+    clients = await redis.client_list()
+    return any(c.get("cmd") == "blpop" for c in clients)
