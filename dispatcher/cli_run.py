@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ __all__ = ["add_run_parser", "cmd_run"]
 
 CANCEL_GRACE_S = 5.0
 STOP_GRACE_S = 1.0  # the run is over (or interrupted): workers need not finish other jobs
+CLEANUP_DEADLINE_S = 20.0  # after Ctrl-C, give up on a stuck clean-up and exit
 ACTOR = "cli"  # who answered, for --approve/--reject answers
 
 
@@ -163,14 +166,31 @@ async def _run(
         )
         await client.register_graph(graph)
         run_id = clock.new_run_id()
-        async with client.subscribe(run_id) as stream:  # before submitting: miss nothing
-            await client.submit(graph.id, payload, version=graph.version, run_id=run_id)
-            say.line(f"run {run_id} started")
-            view = await _follow(
-                client, run_id, stream, say, answers, _Health(pool, dispatcher), args.timeout
-            )
+        try:
+            async with client.subscribe(run_id) as stream:  # before submitting: miss nothing
+                await client.submit(graph.id, payload, version=graph.version, run_id=run_id)
+                say.line(f"run {run_id} started")
+                view = await _follow(
+                    client, run_id, stream, say, answers, _Health(pool, dispatcher), args.timeout
+                )
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            _arm_exit_watchdog()  # Ctrl-C / SIGTERM: the clean-up below must not hang
+            raise
         _report(args, say, view)  # before the clean-up, which takes a moment
     return exit_code_for(view.status)
+
+
+def _arm_exit_watchdog(after_s: float = CLEANUP_DEADLINE_S) -> None:
+    """Exit with 130 if stopping takes longer than ``after_s``: a stuck clean-up step must
+    never keep a Ctrl-C'd command alive. Children die with us (parent-death signal)."""
+
+    def give_up() -> None:
+        print(f"relaygraph: clean-up took over {after_s:g}s; exiting", file=sys.stderr)
+        os._exit(130)
+
+    timer = threading.Timer(after_s, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 class _Exit(RelaygraphError):
