@@ -44,9 +44,9 @@ for _ = 1, count() do  -- jobs, in arq's layout; a job id that exists already is
   if redis.call('EXISTS', job_key, result_key) == 0 then
     redis.call('PSETEX', job_key, expires_ms, job)
     redis.call('ZADD', queue_key, jscore, job_id)
-    if wake_key ~= '' then
-      redis.call('LPUSH', wake_key, '1')
-      redis.call('LTRIM', wake_key, 0, 63)
+    if wake_key ~= '' then  -- wake a worker with the job's id (oldest first; bounded)
+      redis.call('RPUSH', wake_key, job_id)
+      redis.call('LTRIM', wake_key, -1024, -1)
     end
   end
 end
