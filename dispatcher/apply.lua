@@ -3,14 +3,17 @@
 -- two dispatchers handling events of the same run can never both apply (optimistic lock).
 -- KEYS: 1 meta, 2 nodes, 3 outputs, 4 joins, 5 loops, 6 active, 7 events, 8 waits, 9 timers,
 --       10 runs index (all), 11 old status index, 12 new status index
--- ARGV: see dispatcher/store.py (_pack): header of 11 values, then counted sections.
+-- ARGV: 1 expected revision ('-1': the run must not exist yet), 2 the change set: one JSON
+--       array of strings and flat string lists (see dispatcher/store.py, _pack). Every number
+--       in it is a string, so cjson's doubles never round a score or a revision.
 local cur = redis.call('HGET', KEYS[1], 'rev')
 if (cur or '-1') ~= ARGV[1] then
   return 0
 end
-local run_json, new_rev, run_id, score, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local retention, abort_key = tonumber(ARGV[7]), ARGV[8]
-local ack_stream, ack_group, ack_id = ARGV[9], ARGV[10], ARGV[11]
+local c = cjson.decode(ARGV[2])
+local run_json, new_rev, run_id, score, channel = c[1], c[2], c[3], c[4], c[5]
+local retention, abort_key = tonumber(c[6]), c[7]
+local ack_stream, ack_group, ack_id = c[8], c[9], c[10]
 redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev)
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
@@ -20,27 +23,25 @@ if KEYS[11] ~= KEYS[12] then
 end
 redis.call('ZADD', KEYS[12], score, run_id)
 
-local i = 12
-local function count()
-  local n = tonumber(ARGV[i]); i = i + 1; return n
-end
--- hash sections: nodes, outputs, joins (empty value deletes), loops, active add
-for _, key in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}) do
-  for _ = 1, count() do
-    local f, v = ARGV[i], ARGV[i + 1]; i = i + 2
+-- hash sections (field, value, ...): nodes, outputs, joins (empty value deletes), loops,
+-- active add
+for s, key in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}) do
+  local list = c[10 + s]
+  for j = 1, #list, 2 do
+    local f, v = list[j], list[j + 1]
     if v == '' then redis.call('HDEL', key, f) else redis.call('HSET', key, f, v) end
   end
 end
-for _ = 1, count() do redis.call('HDEL', KEYS[6], ARGV[i]); i = i + 1 end  -- active remove
-for _ = 1, count() do  -- history: append to the run's stream and publish live
-  redis.call('XADD', KEYS[7], '*', 'e', ARGV[i])
-  redis.call('PUBLISH', channel, ARGV[i])
-  i = i + 1
+for _, f in ipairs(c[16]) do redis.call('HDEL', KEYS[6], f) end  -- active remove
+for _, e in ipairs(c[17]) do  -- history: append to the run's stream and publish live
+  redis.call('XADD', KEYS[7], '*', 'e', e)
+  redis.call('PUBLISH', channel, e)
 end
-for _ = 1, count() do  -- jobs, in arq's layout; a job id that exists already is a no-op
+local jobs = c[18]
+for j = 1, #jobs, 8 do  -- jobs, in arq's layout; a job id that exists already is a no-op
   local job_key, result_key, queue_key, job_id, job, jscore, expires_ms, wake_key =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  i = i + 8
+    jobs[j], jobs[j + 1], jobs[j + 2], jobs[j + 3], jobs[j + 4], jobs[j + 5], jobs[j + 6],
+    jobs[j + 7]
   if redis.call('EXISTS', job_key, result_key) == 0 then
     redis.call('PSETEX', job_key, expires_ms, job)
     redis.call('ZADD', queue_key, jscore, job_id)
@@ -50,10 +51,12 @@ for _ = 1, count() do  -- jobs, in arq's layout; a job id that exists already is
     end
   end
 end
-for _ = 1, count() do redis.call('ZADD', KEYS[9], ARGV[i + 1], ARGV[i]); i = i + 2 end  -- timers
-for _ = 1, count() do redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1]); i = i + 2 end  -- wait locks
-for _ = 1, count() do redis.call('HDEL', KEYS[8], ARGV[i]); i = i + 1 end  -- wait releases
-for _ = 1, count() do redis.call('ZADD', abort_key, score, ARGV[i]); i = i + 1 end  -- aborts
+local timers = c[19]
+for j = 1, #timers, 2 do redis.call('ZADD', KEYS[9], timers[j + 1], timers[j]) end
+local waits = c[20]
+for j = 1, #waits, 2 do redis.call('HSET', KEYS[8], waits[j], waits[j + 1]) end  -- wait locks
+for _, n in ipairs(c[21]) do redis.call('HDEL', KEYS[8], n) end  -- wait releases
+for _, a in ipairs(c[22]) do redis.call('ZADD', abort_key, score, a) end  -- aborts
 if retention and retention > 0 then  -- finished: the run's keys expire after retention
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
 end

@@ -35,15 +35,16 @@ class JobWrite:
     expires_ms: int
     wake_key: str
 
-    def argv(self) -> list[str | bytes | int]:
+    def argv(self) -> list[str]:
+        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
         return [
             self.job_key,
             self.result_key,
             self.queue_key,
             self.job_id,
-            self.job,
-            self.score_ms,
-            self.expires_ms,
+            self.job.decode(),
+            str(self.score_ms),
+            str(self.expires_ms),
             self.wake_key,
         ]
 

@@ -218,6 +218,17 @@ class RunStore:
         """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
         not exist yet). ``old_status`` is the status the run had. ``ack``: an inbox entry id
         acknowledged in the same script. False on conflict."""
+        keys, args = self._apply_call(t, expected_rev, old_status, now_ms, ack)
+        return bool(await self._apply(keys=keys, args=args))
+
+    def _apply_call(
+        self,
+        t: Transition,
+        expected_rev: int | None,
+        old_status: str | None,
+        now_ms: int,
+        ack: str | None,
+    ) -> tuple[list[str], list[str | bytes]]:
         run = t.run
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")
@@ -229,46 +240,43 @@ class RunStore:
             self.keys.runs_by_status(old_status or run.status.value),
             self.keys.runs_by_status(run.status.value),
         ]
-        argv = self._pack(t, run, expected_rev, now_ms, ack)
-        return bool(await self._apply(keys=keys, args=argv))
+        rev = str(expected_rev) if expected_rev is not None else "-1"
+        return keys, [rev, self._pack(t, run, now_ms, ack)]
 
-    def _pack(
-        self,
-        t: Transition,
-        run: RunRecord,
-        expected_rev: int | None,
-        now_ms: int,
-        ack: str | None,
-    ) -> list[Any]:
+    def _pack(self, t: Transition, run: RunRecord, now_ms: int, ack: str | None) -> bytes:
+        """The change set as one JSON array for apply.lua: redis-py frames one argument
+        instead of 40-70. Only strings and flat lists of strings: numbers go as strings
+        (cjson would turn them into doubles), stored values as the exact JSON text they
+        are stored as."""
         finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
-        argv: list[Any] = [
-            str(expected_rev) if expected_rev is not None else "-1",
-            run.dump(),
-            run.rev,
-            run.run_id,
-            now_ms,
-            self.keys.events_channel,
-            self.retention_s if finished else 0,
-            ABORT_KEY,
-            self.keys.inbox,
-            self.keys.inbox_group,
-            ack or "",
+        score = str(now_ms)
+        nodes: list[str] = []
+        for nid, rec in t.nodes.items():
+            nodes += (nid, rec.dump().decode())
+        outputs: list[str] = []
+        for (n, v), o in t.outputs.items():
+            outputs += (RunKeys.output_field(n, v), dumps(o).decode())
+        joins: list[str] = []
+        for (n, i), signals in t.joins.items():
+            joins += (RunKeys.join_field(n, i), signals)
+        loops: list[str] = []
+        for i, loop in t.loops.items():
+            loops += (str(i), loop.model_dump_json())
+        active_add: list[str] = []
+        for nid, visit in t.active_add.items():
+            active_add += (nid, str(visit))
+        history = [
+            dumps({"run_id": run.run_id, **h.model_dump(mode="json")}).decode() for h in t.history
         ]
-        _section(argv, [(nid, rec.dump()) for nid, rec in t.nodes.items()])
-        _section(argv, [(RunKeys.output_field(n, v), dumps(o)) for (n, v), o in t.outputs.items()])
-        _section(argv, [(RunKeys.join_field(n, i), s) for (n, i), s in t.joins.items()])
-        _section(argv, [(str(i), rec.model_dump_json()) for i, rec in t.loops.items()])
-        _section(argv, [(nid, visit) for nid, visit in t.active_add.items()])
-        _flat_section(argv, sorted(t.active_remove))
-        _flat_section(
-            argv,
-            [dumps({"run_id": run.run_id, **h.model_dump(mode="json")}) for h in t.history],
-        )
-        jobs, timers, waits, releases, aborts = [], [], [], [], []
+        jobs: list[str] = []
+        timers: list[str] = []
+        waits: list[str] = []
+        releases: list[str] = []
+        aborts: list[str] = []
         for a in t.actions:
             if isinstance(a, EnqueueNode):
                 w = job_write(self.keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
-                jobs.append(w.argv())
+                jobs += w.argv()
             elif isinstance(a, ScheduleTimer):
                 member = encode_inbox(
                     TimerFired(
@@ -279,21 +287,39 @@ class RunStore:
                         attempt=a.attempt,
                     )
                 )
-                timers.append((member, int(a.due_at * 1000)))
+                timers += (member.decode(), str(int(a.due_at * 1000)))
             elif isinstance(a, PauseForApproval):
-                waits.append((a.node_id, a.token))
+                waits += (a.node_id, a.token)
             elif isinstance(a, ReleaseWait):
                 releases.append(a.node_id)
             elif isinstance(a, CancelNode):
                 aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt))
-        argv.append(len(jobs))
-        for j in jobs:
-            argv.extend(j)
-        _section(argv, timers)
-        _section(argv, waits)
-        _flat_section(argv, releases)
-        _flat_section(argv, aborts)
-        return argv
+        return orjson.dumps(
+            [
+                run.dump().decode(),
+                str(run.rev),
+                run.run_id,
+                score,
+                self.keys.events_channel,
+                str(self.retention_s if finished else 0),
+                ABORT_KEY,
+                self.keys.inbox,
+                self.keys.inbox_group,
+                ack or "",
+                nodes,
+                outputs,
+                joins,
+                loops,
+                active_add,
+                sorted(t.active_remove),
+                history,
+                jobs,
+                timers,
+                waits,
+                releases,
+                aborts,
+            ]
+        )
 
     # --- read models --------------------------------------------------------------------
 
@@ -325,14 +351,3 @@ class RunStore:
         key = self.keys.runs_by_status(status) if status else self.keys.runs_all
         ids = await self.redis.zrevrange(key, 0, limit - 1)
         return [i.decode() for i in ids]
-
-
-def _section(argv: list[Any], pairs: list[tuple[Any, Any]]) -> None:
-    argv.append(len(pairs))
-    for a, b in pairs:
-        argv.extend((a, b))
-
-
-def _flat_section(argv: list[Any], items: list[Any]) -> None:
-    argv.append(len(items))
-    argv.extend(items)

@@ -1,0 +1,147 @@
+"""apply.lua gets a transition as one JSON change set (decoded with cjson in the script): every
+value must land in Redis byte for byte, and every number exactly, however large."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.queue import ABORT_KEY, JOB_KEY_PREFIX
+from dispatcher.store import RunStore
+from graph_core.events import (
+    CancelNode,
+    EnqueueNode,
+    FinishRun,
+    HistoryEvent,
+    PauseForApproval,
+    ReleaseWait,
+    ScheduleTimer,
+)
+from graph_core.keys import Keys
+from graph_core.messages import decode_arq_job, dumps, job_id
+from graph_core.state import JoinState, LoopRecord, NodeRecord, RunRecord, Transition
+from graph_core.status import NodeStatus, RunStatus
+
+pytestmark = pytest.mark.integration
+
+BIG = 2**62 + 12345  # far beyond a double's 53 bits
+NOW_MS = 4_102_444_800_123  # 2100-01-01, with milliseconds: more digits than %.14g keeps
+NASTY: dict[str, Any] = {
+    "quote": 'say "hi"\\n',
+    "control": "nul\x00 tab\t newline\n bell\x07",
+    "unicode": "é 😀 \u2028 </script>",
+    "big": BIG,
+    "negative": -BIG,
+    "float": 0.1 + 0.2,
+    "empty": [{}, [], ""],
+}
+
+
+def _run(rev: int, status: RunStatus = RunStatus.RUNNING) -> RunRecord:
+    return RunRecord(
+        run_id="blob",
+        graph_id="g",
+        graph_version=BIG,
+        status=status,
+        input=NASTY,
+        created_at=1.5,
+        updated_at=2.5,
+        rev=rev,
+    )
+
+
+async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis) -> None:
+    keys = Keys("blobtest")
+    store = RunStore(redis, keys)
+    rk = keys.run("blob")
+    node = NodeRecord(
+        status=NodeStatus.QUEUED,
+        visits=BIG,
+        joins={"0": JoinState(ready=1, taken=1, trigger='a"b')},
+    )
+    timer_due = NOW_MS / 1000 + 3600
+    t = Transition(
+        run=_run(BIG),
+        nodes={"n:1": node},
+        outputs={("n:1", 7): NASTY},
+        joins={("j", 3): "td"},
+        loops={2: LoopRecord(tokens=BIG, touched=True, exits_taken=[1, 2])},
+        active_add={"n:1": BIG},
+        actions=[
+            EnqueueNode(node_id="n:1", visit=7, attempt=1, queue="q", timeout_s=0.25),
+            ScheduleTimer(timer="retry", due_at=timer_due, node_id="n:1", visit=7, attempt=2),
+            PauseForApproval(node_id="h", visit=1, token='tok"\\'),
+        ],
+        history=[HistoryEvent(type="node.completed", at=1.25, node_id="n:1", data=NASTY)],
+    )
+    assert await store.apply(t, None, None, NOW_MS, ack=None)
+    assert not await store.apply(t, None, None, NOW_MS, ack=None)  # the run exists now
+
+    meta = await redis.hgetall(rk.meta)
+    assert meta == {b"run": _run(BIG).dump(), b"rev": str(BIG).encode()}
+    assert await redis.hget(rk.nodes, "n:1") == node.dump()
+    assert await redis.hget(rk.outputs, "n:1#7") == dumps(NASTY)
+    assert orjson.loads(await redis.hget(rk.outputs, "n:1#7")) == NASTY
+    assert await redis.hget(rk.joins, "j#3") == b"td"
+    loop = await redis.hget(rk.loops, "2")
+    assert LoopRecord.model_validate_json(loop).tokens == BIG
+    assert await redis.hget(rk.active, "n:1") == str(BIG).encode()
+    assert await redis.hget(rk.waits, "h") == b'tok"\\'
+    [(_, fields)] = await redis.xrange(rk.events)
+    published = dumps({"run_id": "blob", **t.history[0].model_dump(mode="json")})
+    assert fields == {b"e": published}
+    assert orjson.loads(fields[b"e"])["data"] == NASTY
+
+    jid = job_id("blob", "n:1", 7, 1)
+    job = await redis.get(JOB_KEY_PREFIX + jid)
+    assert decode_arq_job(job)["et"] == NOW_MS
+    assert await redis.zscore(keys.queue("q"), jid) == NOW_MS
+    assert await redis.lrange(keys.wake("q"), 0, -1) == [jid.encode()]
+    assert 0 < await redis.pttl(JOB_KEY_PREFIX + jid) <= 86_400_000
+    [(member, due)] = await redis.zrange(keys.timers, 0, -1, withscores=True)
+    assert due == int(timer_due * 1000) and b'"timer":"retry"' in member
+    assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
+    assert await redis.zscore(keys.runs_by_status("running"), "blob") == NOW_MS
+
+
+async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
+    redis: aioredis.Redis,
+) -> None:
+    keys = Keys("blobtest")
+    store = RunStore(redis, keys, retention_s=600)
+    rk = keys.run("blob")
+    await redis.xgroup_create(keys.inbox, keys.inbox_group, "0", mkstream=True)
+    entry = (await redis.xadd(keys.inbox, {"m": b"{}"})).decode()
+    await redis.xreadgroup(keys.inbox_group, "c", {keys.inbox: ">"})
+    first = Transition(
+        run=_run(1),
+        joins={("j", 3): "t"},
+        active_add={"a": 1, "b": 2},
+        actions=[PauseForApproval(node_id="h", visit=1, token="t1")],
+    )
+    assert await store.apply(first, None, None, NOW_MS)
+    assert not await store.apply(first, 0, "running", NOW_MS)  # stale revision: no change
+    finish = Transition(
+        run=_run(2, RunStatus.COMPLETED),
+        joins={("j", 3): ""},  # an empty signal list deletes the field
+        active_remove={"a", "b"},
+        actions=[
+            ReleaseWait(node_id="h"),
+            CancelNode(node_id="a", visit=1, attempt=3),
+            FinishRun(status="completed"),
+        ],
+    )
+    assert await store.apply(finish, 1, "running", NOW_MS + 1, ack=entry)
+
+    assert await redis.hget(rk.meta, "rev") == b"2"
+    assert await redis.hlen(rk.joins) == 0 and await redis.hlen(rk.active) == 0
+    assert await redis.hlen(rk.waits) == 0
+    assert await redis.zscore(ABORT_KEY, job_id("blob", "a", 1, 3)) == NOW_MS + 1
+    assert await redis.zscore(keys.runs_by_status("completed"), "blob") == NOW_MS + 1
+    assert await redis.zscore(keys.runs_by_status("running"), "blob") is None
+    assert 0 < await redis.ttl(rk.meta) <= 600
+    pending = await redis.xpending(keys.inbox, keys.inbox_group)
+    assert pending["pending"] == 0
