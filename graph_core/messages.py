@@ -30,6 +30,7 @@ from graph_core.events import (
 __all__ = [
     "ARQ_FUNCTION",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "JOB_ID_PREFIX",
     "InboxMessage",
     "JobPayload",
     "SubmitRequest",
@@ -40,6 +41,7 @@ __all__ = [
     "job_id",
     "parse_approval",
     "parse_inbox",
+    "parse_job_id",
     "parse_job_payload",
 ]
 
@@ -146,9 +148,27 @@ def parse_approval(
         raise MessageError("approval", _explain(e)) from e
 
 
+JOB_ID_PREFIX: Final = "rg:"
+
+
 def job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
     """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op."""
-    return f"rg:{run_id}:{node_id}:{visit}:{attempt}"
+    return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{visit}:{attempt}"
+
+
+def parse_job_id(value: str) -> tuple[str, str, int, int] | None:
+    """``(run_id, node_id, visit, attempt)`` of a ``job_id``, or None if ``value`` is not
+    one. Run ids never contain ``:``; node ids may, so the node id is what lies between."""
+    if not value.startswith(JOB_ID_PREFIX):
+        return None
+    run_id, sep, rest = value[len(JOB_ID_PREFIX) :].partition(":")
+    parts = rest.rsplit(":", 2)
+    if not run_id or not sep or len(parts) != 3 or not parts[0]:
+        return None
+    node_id, visit, attempt = parts
+    if not (visit.isascii() and visit.isdigit() and attempt.isascii() and attempt.isdigit()):
+        return None
+    return run_id, node_id, int(visit), int(attempt)
 
 
 def encode_arq_job(payload: JobPayload, enqueue_time_ms: int) -> bytes:

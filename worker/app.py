@@ -34,7 +34,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,9 +60,9 @@ from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
-from worker.runner import DEFAULT_MAX_DELIVERIES, run_node
+from worker.runner import DEFAULT_MAX_DELIVERIES, Preloaded, execute_node
 from worker.settings import WorkerSettings
-from worker.waking import WakingWorker
+from worker.waking import Claim, Finish, WakingWorker
 
 __all__ = [
     "ARQ_MAX_TRIES",
@@ -98,12 +97,9 @@ class _WorkerState:
     worker_id: str
     heartbeat: Heartbeat
 
-    @contextlib.asynccontextmanager
-    async def lease(self, job_id: str | None, job: JobPayload) -> AsyncIterator[None]:
-        """Hold the attempt's lease (and arq's in-progress key) while the body runs.
-
-        The lease is written before the handler can start and removed after its report is
-        written; the heartbeat thread renews it meanwhile."""
+    def lease_member(self, job: JobPayload) -> tuple[bytes, float | None]:
+        """The attempt's lease (the ``LeaseExpired`` message the dispatcher acts on if it
+        lapses) and its deadline (``timeout_s`` from now)."""
         deadline = time.time() + job.timeout_s if job.timeout_s else None
         member = encode_inbox(
             LeaseExpired(
@@ -114,44 +110,57 @@ class _WorkerState:
                 deadline=deadline,
             )
         )
-        leases = self.keys.leases
-        expiry_ms = int(self.heartbeat.expiry(deadline) * 1000)
-        await self.redis.zadd(leases, {member: expiry_ms})
-        self.heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
-        try:
-            yield
-        finally:
-            self.heartbeat.release(member)
-            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                await self.redis.zrem(leases, member)
+        return member, deadline
 
 
-async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> str:
-    """arq's entry point (registered as ``ARQ_FUNCTION``): parse the payload and run it."""
+async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
+    """The job function (registered as ``ARQ_FUNCTION``, run by ``WakingWorker``): parse the
+    payload, hold the attempt's lease while the node runs, and return the report and the
+    lease for the worker to write and drop with the job's clean-up.
+
+    The lease is written in the same round trip as the reads before the handler (so before
+    the handler can start), renewed by the heartbeat thread meanwhile, and removed with the
+    report. If the job ends any other way (a Redis error, the worker stopping) it is removed
+    here."""
     state: _WorkerState = ctx[_STATE]
-    job_id = ctx.get("job_id")
+    job_id: str | None = ctx.get("job_id")
+    claim: Claim | None = ctx.get("claim")
     try:
         job = parse_job_payload(payload)
     except MessageError as e:
         logger.error("dropping job %s: %s", job_id, e)
-        return "dropped"
-    async with state.lease(job_id, job):
-        try:
-            report = await run_node(
-                state.redis,
-                state.keys,
-                state.registry,
-                job,
-                state.graphs,
-                state.settings,
-                worker_id=state.worker_id,
-                delivery=int(ctx.get("job_try") or 1),
-            )
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            # Reading the run or writing the report failed: run the job again shortly.
+        return Finish()
+    member, deadline = state.lease_member(job)
+    leases = state.keys.leases
+    heartbeat = state.heartbeat
+    heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
+    expiry_ms = int(heartbeat.expiry(deadline) * 1000)
+    preloaded = Preloaded(claim.run, claim.node) if claim is not None and claim.loaded else None
+    try:
+        done = await execute_node(
+            state.redis,
+            state.keys,
+            state.registry,
+            job,
+            state.graphs,
+            state.settings,
+            worker_id=state.worker_id,
+            delivery=int(ctx.get("job_try") or 1),
+            preloaded=preloaded,
+            before_start=lambda pipe: pipe.zadd(leases, {member: expiry_ms}),
+        )
+    except BaseException as e:
+        heartbeat.release(member)
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+            await state.redis.zrem(leases, member)
+        if isinstance(e, RedisConnectionError | RedisTimeoutError):
+            # Reading the run failed: run the job again shortly.
             logger.warning("job %s hit a Redis error, retrying: %s", job_id, e)
             raise Retry(defer=1.0) from e
-    return report.status if report is not None else "skipped"
+        raise
+    heartbeat.release(member)
+    message = done[1] if done is not None else None
+    return Finish(state.keys.inbox, message, leases, member)
 
 
 def _serialize(data: dict[str, Any]) -> bytes:
@@ -218,6 +227,7 @@ def build_workers(
     workers: list[Worker] = []
     for name in settings.queues:
         worker = WakingWorker(
+            keys=keys,
             wake_key=keys.wake(name),
             fallback_s=settings.wake_fallback_s,
             functions=[

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 
@@ -41,10 +42,14 @@ __all__ = [
     "JobFailure",
     "NonJSONOutput",
     "OutputTooLarge",
+    "PipelineHook",
+    "Preloaded",
     "UnknownNodeType",
     "WorkerError",
     "WorkerLost",
+    "execute_node",
     "run_node",
+    "send_report",
 ]
 
 logger = logging.getLogger("relaygraph.worker")
@@ -261,7 +266,7 @@ def _find_unencodable(value: Any, where: str) -> tuple[str, str] | None:
     return None if _encodes(value) else (where, type(value).__name__)
 
 
-async def _send(redis: Any, keys: Keys, data: bytes) -> None:
+async def send_report(redis: Any, keys: Keys, data: bytes) -> None:
     """XADD the report, retrying connection hiccups (a duplicate report is harmless)."""
     for attempt in range(1, _REPORT_TRIES + 1):
         try:
@@ -296,6 +301,18 @@ def _fence(run: RunRecord | None, rec: NodeRecord | None, payload: JobPayload) -
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Preloaded:
+    """The fence's inputs, already read (by the queue's claim script): the raw run record
+    (``meta`` field ``run``) and the raw record of the job's node, or None where missing."""
+
+    run: bytes | None
+    node: bytes | None
+
+
+PipelineHook = Callable[[Any], None]
+
+
 async def run_node(
     redis: Redis,
     keys: Keys,
@@ -315,67 +332,68 @@ async def run_node(
     handler is not run again and the node fails with ``WorkerLost``. Redis errors propagate
     (the queue re-runs the job).
     """
+    done = await execute_node(
+        redis,
+        keys,
+        registry,
+        payload,
+        graph_cache,
+        settings,
+        worker_id=worker_id,
+        delivery=delivery,
+        max_deliveries=max_deliveries,
+    )
+    if done is None:
+        return None
+    report, data = done
+    await send_report(redis, keys, data)
+    return report
+
+
+async def execute_node(
+    redis: Redis,
+    keys: Keys,
+    registry: HandlerRegistry,
+    payload: JobPayload,
+    graph_cache: GraphCache,
+    settings: BaseSettings,
+    *,
+    worker_id: str | None = None,
+    delivery: int = 1,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    preloaded: Preloaded | None = None,
+    before_start: PipelineHook | None = None,
+) -> tuple[NodeReported, bytes] | None:
+    """``run_node`` without sending: the report and its encoded inbox message, for the
+    caller to write (the worker writes it with the job's clean-up, in one round trip).
+
+    ``preloaded`` skips reading the fence's records; ``before_start`` adds commands (the
+    lease) to the pipeline of reads that precedes the handler, so they cost no round trip
+    of their own. It is called only for a job that passed the fence when ``preloaded`` is
+    given, and for every job that reaches the reads otherwise.
+    """
     started = time.monotonic()
     try:
         rk = keys.run(payload.run_id)
     except RelaygraphError as e:
         logger.error("dropping job for %r: %s", payload.run_id, e)
         return None
-    graph = graph_cache.get(payload.graph_id, payload.graph_version)
-    node = graph.node(payload.node_id) if graph and graph.has_node(payload.node_id) else None
-    spec = registry.spec(node.type) if node is not None else None
-    plan = plan_reads(graph, node, spec) if graph is not None and node is not None else Plan()
-    wanted = [payload.node_id, *(n for n in plan.nodes if n != payload.node_id)]
-
-    # One round trip: the fence's records, the preload's node records, and (on a cold cache)
-    # the graph. Reads only: nothing here needs to be atomic.
-    pipe = redis.pipeline(transaction=False)
-    pipe.hget(rk.meta, "run")
-    pipe.hmget(rk.nodes, wanted)
-    if graph is None:
-        pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
-    replies = await pipe.execute()
-    run = RunRecord.model_validate_json(replies[0]) if replies[0] is not None else None
-    records = {
-        nid: NodeRecord.model_validate_json(raw)
-        for nid, raw in zip(wanted, replies[1], strict=True)
-        if raw is not None
-    }
-    why = _fence(run, records.get(payload.node_id), payload)
-    if why is not None or run is None:
-        logger.info("skipping job: %s", why)
+    loaded = await _load(redis, keys, rk, registry, payload, graph_cache, preloaded, before_start)
+    if loaded is None:
         return None
     try:
-        if graph is None and replies[2] is not None:
-            graph = graph_cache.put(Graph.from_json(replies[2], validate=False))
-        if graph is None:
-            outcome = _failed(
-                GraphNotFound(payload.graph_id, payload.graph_version), payload.node_id
-            )
-        else:
-            if node is None:
-                if not graph.has_node(payload.node_id):
-                    logger.error(
-                        "dropping job: graph %r v%d has no node %r",
-                        graph.id,
-                        graph.version,
-                        payload.node_id,
-                    )
-                    return None
-                node = graph.node(payload.node_id)
-                spec = registry.spec(node.type)
-                plan = plan_reads(graph, node, spec)
-            job = _Job(redis, rk, payload, graph, node, run, records)
-            outcome = await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
+        outcome = await _execute(loaded, registry, graph_cache, delivery, max_deliveries)
     except (RedisConnectionError, RedisTimeoutError):
         raise  # the queue runs the job again
     except Exception as e:
         # A bug or corrupt stored data: report it, so the run does not wait forever.
         logger.exception("preparing node %r of run %s failed", payload.node_id, payload.run_id)
         outcome = _failed(WorkerError(payload.node_id, e), payload.node_id)
+    if outcome is None:
+        return None
     report, data = _report(payload, outcome, worker_id, settings.max_message_bytes)
-    await _send(redis, keys, data)
-    logger.info(
+    logger.log(
+        logging.INFO if report.status == "failed" else logging.DEBUG,
         "node %r visit %d attempt %d of run %s: %s in %.3fs%s",
         payload.node_id,
         payload.visit,
@@ -385,7 +403,105 @@ async def run_node(
         time.monotonic() - started,
         f" ({report.error})" if report.error else "",
     )
-    return report
+    return report, data
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A job that passed the fence, with what was read for it."""
+
+    redis: Any
+    rk: RunKeys
+    payload: JobPayload
+    run: RunRecord
+    records: dict[str, NodeRecord]
+    graph: Graph | None  # from the cache
+    raw_graph: bytes | None  # read on a cold cache
+    plan: Plan  # of the cached graph (empty on a cold cache)
+
+
+def _fenced(run: RunRecord | None, records: dict[str, NodeRecord], payload: JobPayload) -> bool:
+    why = _fence(run, records.get(payload.node_id), payload)
+    if why is not None:
+        logger.info("skipping job: %s", why)
+    return why is not None
+
+
+async def _load(
+    redis: Any,
+    keys: Keys,
+    rk: RunKeys,
+    registry: HandlerRegistry,
+    payload: JobPayload,
+    graph_cache: GraphCache,
+    preloaded: Preloaded | None,
+    before_start: PipelineHook | None,
+) -> _Loaded | None:
+    """Read what the job needs in one round trip: the fence's records (unless preloaded),
+    the preload's node records, the graph on a cold cache, and the caller's commands.
+    None: the job is fenced off. Reads only: nothing here needs to be atomic."""
+    graph = graph_cache.get(payload.graph_id, payload.graph_version)
+    node = graph.node(payload.node_id) if graph and graph.has_node(payload.node_id) else None
+    plan = Plan()
+    if graph is not None and node is not None:
+        plan = plan_reads(graph, node, registry.spec(node.type))
+    records: dict[str, NodeRecord] = {}
+    run: RunRecord | None = None
+    if preloaded is not None:
+        run = RunRecord.model_validate_json(preloaded.run) if preloaded.run is not None else None
+        if preloaded.node is not None:
+            records[payload.node_id] = NodeRecord.model_validate_json(preloaded.node)
+        if _fenced(run, records, payload):
+            return None
+        wanted = [n for n in plan.nodes if n not in records]
+    else:
+        wanted = [payload.node_id, *(n for n in plan.nodes if n != payload.node_id)]
+    pipe = redis.pipeline(transaction=False)
+    if preloaded is None:
+        pipe.hget(rk.meta, "run")
+    if wanted:
+        pipe.hmget(rk.nodes, wanted)
+    if graph is None:
+        pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
+    if before_start is not None:
+        before_start(pipe)
+    replies = list(await pipe.execute()) if len(pipe) else []
+    if preloaded is None:
+        raw_run = replies.pop(0)
+        run = RunRecord.model_validate_json(raw_run) if raw_run is not None else None
+    if wanted:
+        for nid, raw in zip(wanted, replies.pop(0), strict=True):
+            if raw is not None:
+                records[nid] = NodeRecord.model_validate_json(raw)
+    raw_graph = replies.pop(0) if graph is None else None
+    if run is None or (preloaded is None and _fenced(run, records, payload)):
+        return None
+    return _Loaded(redis, rk, payload, run, records, graph, raw_graph, plan)
+
+
+async def _execute(
+    loaded: _Loaded,
+    registry: HandlerRegistry,
+    graph_cache: GraphCache,
+    delivery: int,
+    max_deliveries: int,
+) -> _Outcome | None:
+    """Run the handler of a loaded job; None: the job is dropped (no such node)."""
+    payload, graph = loaded.payload, loaded.graph
+    if graph is None and loaded.raw_graph is not None:
+        graph = graph_cache.put(Graph.from_json(loaded.raw_graph, validate=False))
+    if graph is None:
+        return _failed(GraphNotFound(payload.graph_id, payload.graph_version), payload.node_id)
+    if not graph.has_node(payload.node_id):
+        logger.error(
+            "dropping job: graph %r v%d has no node %r", graph.id, graph.version, payload.node_id
+        )
+        return None
+    node = graph.node(payload.node_id)
+    spec = registry.spec(node.type)
+    job = _Job(loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records)
+    plan = loaded.plan if loaded.graph is not None else plan_reads(graph, node, spec)
+    return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,24 @@
-"""An arq worker that is woken when work arrives, claims jobs atomically, and rides out
-Redis restarts.
+"""An arq worker that is woken when work arrives, claims and loads a job in one round
+trip, finishes it with its report in another, and rides out Redis restarts.
 
 * Wake-ups: arq polls its queue every ``poll_delay``: either latency (0.5 s by default) or
-  idle CPU (a tight poll). The dispatcher pushes a token on ``Keys.wake(queue)`` with every
-  enqueue (in the same script); this worker blocks on that list and polls the moment a token
-  arrives. When no token comes for ``fallback_s`` it polls anyway, so a lost wake-up only
-  delays a job, never strands it.
-* Claims: a job is claimed with one script (in-progress key set unless it exists, the job
-  still queued and due) instead of arq's WATCH/MULTI, and a failed claim gives its worker
-  slot back, so a connection lost mid-claim neither leaks concurrency nor kills the worker.
+  idle CPU (a tight poll). With every enqueue the dispatcher pushes the job's id on
+  ``Keys.wake(queue)`` (in the same script); this worker blocks on that list and claims the
+  ids it pops directly, without reading the queue. It also polls the queue itself when no
+  id comes for ``fallback_s``, when it was full, and at least every ``fallback_s`` under
+  load, so a lost or trimmed wake-up only delays a job, never strands it.
+* Claims: one script per job, pipelined for the ids of one wake-up: set arq's in-progress
+  key unless it exists (the job still queued and due), read the job, count the try, take
+  it off arq's abort set, and read what the job's fence needs (the run record and the
+  node's record), so the job starts after one round trip instead of five.
+* Finishing: the job function returns the writes that belong with its end (the report on
+  the inbox, the lease to drop), and they go in the same transaction as arq's clean-up.
 * Outages: a Redis error in a poll is logged and the loop waits and polls again; jobs
-  already running carry on (their reports retry), and the dispatcher's leases cover any
+  already running carry on (their finish retries), and the dispatcher's leases cover any
   attempt lost meanwhile.
+
+arq's job layout, try counter, abort set, health check, signals and shutdown are arq's;
+only ``run_job`` is replaced (by ``_run_claimed``) and never called.
 """
 
 from __future__ import annotations
@@ -19,38 +26,97 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Final
 
 from arq.connections import create_pool, log_redis_info
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
-from arq.worker import Worker
-from redis.exceptions import RedisError
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
+from arq.cron import CronJob
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import Function, Retry, Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["WakingWorker"]
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
+from graph_core.messages import parse_job_id
+
+__all__ = ["Claim", "Finish", "WakingWorker"]
 
 logger = logging.getLogger("relaygraph.worker")
 
-# Claim a job: only if nobody runs it, it is still queued and it is due. Returns its score.
+# Claim a job: only if nobody runs it, it is still queued and it is due; then read it, count
+# the try (arq's retry key), take it off the abort set and read the fence's records.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
+local job = redis.call('GET', KEYS[3])
+local tries = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], 88400)
+local aborted = redis.call('ZREM', KEYS[5], ARGV[1])
+local run, node = false, false
+if ARGV[4] ~= '' then
+  run = redis.call('HGET', KEYS[6], 'run')
+  node = redis.call('HGET', KEYS[7], ARGV[4])
+end
+return {score, job, tries, aborted, run, node}
 """
-_OUTAGE_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+_OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
+_FINISH_TRIES: Final = 3
+_ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
+
+
+class _Unrunnable(Exception):
+    """A claimed job that cannot run (expired, aborted, unknown function, out of tries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job this worker claimed, with what the claim script read."""
+
+    job_id: str
+    score: int
+    job: bytes | None  # arq's job envelope; None if it expired or was deleted
+    tries: int  # deliveries so far, this one included
+    aborted: bool
+    run: bytes | None  # the run record, for a relaygraph job id (None: missing)
+    node: bytes | None  # the job node's record
+    loaded: bool  # False: not a relaygraph job id, run and node were not read
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """What a job function wants written with its job's clean-up (one transaction)."""
+
+    stream: str | None = None  # XADD {"m": message} to this stream
+    message: bytes | None = None
+    lease_key: str | None = None  # ZREM lease from this zset
+    lease: bytes | None = None
 
 
 class WakingWorker(Worker):
-    def __init__(self, *args: Any, wake_key: str, fallback_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keys: Keys, wake_key: str, fallback_s: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.keys = keys
         self.wake_key = wake_key
         self.fallback_s = fallback_s
         self.wakeups = 0
         self.outages = 0
         self._slot_freed = asyncio.Event()
-        self._claim: Any = None
+        self._claim_sha = ""
+        self._blmpop = True  # BLMPOP (Redis 7+); BLPOP on older servers
+        self._last_poll = 0.0
+        self._last_abort_check = 0.0
 
     async def main(self) -> None:
         if self._pool is None:
@@ -63,18 +129,24 @@ class WakingWorker(Worker):
             )
         await log_redis_info(self.pool, lambda *a: None)
         self.ctx["redis"] = self.pool
-        self._claim = self.pool.register_script(_CLAIM)
+        self._claim_sha = await self.pool.script_load(_CLAIM)
         if self.on_startup:
             await self.on_startup(self.ctx)
         failures = 0
+        woken: list[str] | None = None  # job ids from a wake-up; None: poll the queue
         while True:
             try:
-                await self._poll_iteration()
+                if woken is None:
+                    await self._poll_iteration()
+                else:
+                    await self.start_jobs([j.encode() for j in woken])
+                    await self._housekeeping()
                 if self.burst and await self._burst_done():
                     return
-                await self._wait_for_work()
+                woken = await self._wait_for_work()
                 failures = 0
             except RedisError as e:  # Redis restarting or unreachable: wait, then poll again
+                woken = None
                 self.outages += 1
                 delay = _OUTAGE_BACKOFF_S[min(failures, len(_OUTAGE_BACKOFF_S) - 1)]
                 failures += 1
@@ -83,29 +155,219 @@ class WakingWorker(Worker):
                 )
                 await asyncio.sleep(delay)
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim and start each job (one script per claim); a failed claim frees its slot."""
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
-            try:
-                score = await self._claim(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+    async def _poll_iteration(self) -> None:
+        """Read the queue for due jobs and start them (the fallback to wake-ups)."""
+        self._last_poll = time.monotonic()
+        free = self.max_jobs - self.job_counter
+        if self.allow_pick_jobs and free > 0:
+            count = min(self.queue_read_limit, free)
+            if self.burst and self.max_burst_jobs >= 0:
+                count = min(count, self.max_burst_jobs - self._jobs_started())
+            if count > 0:
+                job_ids = await self.pool.zrangebyscore(
+                    self.queue_name,
+                    min=float("-inf"),
+                    max=timestamp_ms(),
+                    start=self._queue_read_offset,
+                    num=count,
                 )
-            except BaseException:
+                await self.start_jobs(job_ids)
+        await self._housekeeping(force=True)
+
+    async def _housekeeping(self, *, force: bool = False) -> None:
+        """Cancel aborted jobs (at most every ``_ABORT_CHECK_S`` unless forced), forget
+        finished tasks, and write arq's health check when it is due."""
+        now = time.monotonic()
+        if self.allow_abort_jobs and (force or now - self._last_abort_check >= _ABORT_CHECK_S):
+            self._last_abort_check = now
+            await self._cancel_aborted_jobs()
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()  # an error in _run_claimed is a bug: surface it
+        await self.heart_beat()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim as many of ``job_ids`` as there are free slots, in one round trip, and
+        start the claimed ones; a failed claim frees its slot."""
+        if not self.allow_pick_jobs:
+            return
+        wanted = list(dict.fromkeys(j.decode() for j in job_ids if j.decode() not in self.tasks))
+        wanted = wanted[: max(0, self.max_jobs - self.job_counter)]
+        if not wanted:
+            return
+        for _ in wanted:  # reserve the slots first: a claim must never outrun them
+            await self.sem.acquire()
+            self.job_counter += 1
+        try:
+            claims = await self._claim_all(wanted)
+        except BaseException:
+            for _ in wanted:
                 self._release_sem_dec_counter_on_complete()
-                raise
-            if score is None:  # running elsewhere, finished, or deferred
+            raise
+        for claim in claims:
+            if claim is None:  # running elsewhere, finished, or deferred
                 self._release_sem_dec_counter_on_complete()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self._run_claimed(claim))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.tasks[claim.job_id] = task
+
+    async def _claim_all(self, job_ids: list[str]) -> list[Claim | None]:
+        now = timestamp_ms()
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for job_id in job_ids:
+            keys = [
+                in_progress_key_prefix + job_id,
+                self.queue_name,
+                job_key_prefix + job_id,
+                retry_key_prefix + job_id,
+                abort_jobs_ss,
+            ]
+            parsed = parse_job_id(job_id)
+            if parsed is not None:
+                try:
+                    rk = self.keys.run(parsed[0])
+                except RelaygraphError:
+                    parsed = None
+                else:
+                    keys += [rk.meta, rk.nodes]
+            if parsed is None:
+                keys += ["", ""]
+            calls.append((keys, [job_id, now, lease_ms, parsed[1] if parsed else ""]))
+        replies = await self._evalsha_all(calls)
+        return [
+            _claim(job_id, reply, loaded=bool(args[3]))
+            for job_id, reply, (_, args) in zip(job_ids, replies, calls, strict=True)
+        ]
+
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int]]]) -> list[Any]:
+        """Run the claim script once per call, pipelined; reload it if the server lost it
+        (a restart or SCRIPT FLUSH) and run the calls that found no script again."""
+        for attempt in (1, 2):
+            pipe = self.pool.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._claim_sha, len(keys), *keys, *map(str, args))
+            replies = list(await pipe.execute(raise_on_error=False))
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                self._claim_sha = await self.pool.script_load(_CLAIM)
+                redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                again = await self._evalsha_all([calls[i] for i in redo])
+                for i, reply in zip(redo, again, strict=True):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")
+
+    def _job_call(self, claim: Claim) -> tuple[Function, tuple[Any, ...], dict[str, Any], int]:
+        """The function and arguments of a claimed job; ``_Unrunnable`` if there are none."""
+        if claim.job is None:
+            raise _Unrunnable("expired")
+        try:
+            name, args, kwargs, _, enqueue_ms = deserialize_job_raw(
+                claim.job, deserializer=self.job_deserializer
+            )
+        except SerializationError as e:
+            raise _Unrunnable(f"cannot be deserialized: {e}") from e
+        function = self.functions.get(name)
+        if claim.aborted:
+            raise _Unrunnable("aborted before start")
+        if function is None or isinstance(function, CronJob):
+            raise _Unrunnable(f"function {name!r} not found")
+        max_tries = function.max_tries or self.max_tries
+        if claim.tries > max_tries:
+            raise _Unrunnable(f"max {max_tries} tries exceeded")
+        return function, args, kwargs, enqueue_ms
+
+    async def _run_claimed(self, claim: Claim) -> None:
+        """arq's ``run_job`` for a job already claimed and read, finishing in one write."""
+        job_id = claim.job_id
+        try:
+            function, args, kwargs, enqueue_ms = self._job_call(claim)
+        except _Unrunnable as e:
+            logger.warning("job %s: %s", job_id, e)
+            self.jobs_failed += 1
+            await asyncio.shield(self._finish(job_id, done=True))
+            return
+        ctx = {
+            **self.ctx,
+            "job_id": job_id,
+            "job_try": claim.tries,
+            "enqueue_time": ms_to_datetime(enqueue_ms),
+            "score": claim.score,
+            "claim": claim,
+        }
+        self.job_tasks[job_id] = task = self.loop.create_task(
+            function.coroutine(ctx, *args, **kwargs)
+        )
+        try:
+            result = await task
+        except Retry as e:
+            self.jobs_retried += 1
+            requeue = e.defer_score + (timestamp_ms() - claim.score) if e.defer_score else None
+            await asyncio.shield(self._finish(job_id, done=False, requeue_ms=requeue))
+        except asyncio.CancelledError:
+            if job_id in self.aborting_tasks:  # aborted: the job is over, nothing reported
+                self.aborting_tasks.discard(job_id)
+                self.jobs_failed += 1
+                await asyncio.shield(self._finish(job_id, done=True))
+            else:  # the worker is stopping: the job goes back on its queue
+                self.jobs_retried += 1
+                await asyncio.shield(self._finish(job_id, done=False))
+                raise
+        except Exception:
+            logger.exception("job %s failed", job_id)
+            self.jobs_failed += 1
+            await asyncio.shield(self._finish(job_id, done=True))
+        else:
+            self.jobs_complete += 1
+            writes = result if isinstance(result, Finish) else None
+            await asyncio.shield(self._finish(job_id, done=True, writes=writes))
+        finally:
+            self.job_tasks.pop(job_id, None)
+
+    async def _finish(
+        self,
+        job_id: str,
+        *,
+        done: bool,
+        writes: Finish | None = None,
+        requeue_ms: int | None = None,
+    ) -> None:
+        """arq's ``finish_job`` plus the job's own writes, in one transaction. ``done``: the
+        job is over (its keys go); otherwise it stays queued (``requeue_ms`` later) for
+        another delivery. Connection errors are retried: every write here is idempotent,
+        and a report written twice is ignored by the dispatcher."""
+        for attempt in range(1, _FINISH_TRIES + 1):
+            pipe = self.pool.pipeline(transaction=True)
+            if writes is not None and writes.stream and writes.message is not None:
+                pipe.xadd(writes.stream, {"m": writes.message})
+            if writes is not None and writes.lease_key and writes.lease is not None:
+                pipe.zrem(writes.lease_key, writes.lease)
+            if done:
+                pipe.delete(
+                    in_progress_key_prefix + job_id,
+                    retry_key_prefix + job_id,
+                    job_key_prefix + job_id,
+                )
+                pipe.zrem(abort_jobs_ss, job_id)
+                pipe.zrem(self.queue_name, job_id)
+            else:
+                pipe.delete(in_progress_key_prefix + job_id)
+                if requeue_ms:
+                    pipe.zincrby(self.queue_name, requeue_ms, job_id)
+            try:
+                await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                if attempt == _FINISH_TRIES:
+                    # The in-progress key and the lease lapse: the job runs again elsewhere.
+                    logger.exception("finishing job %s failed", job_id)
+                    return
+                await asyncio.sleep(0.1 * 2**attempt)
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(
@@ -115,19 +377,59 @@ class WakingWorker(Worker):
             return True
         return False
 
-    async def _wait_for_work(self) -> None:
-        if self.job_counter >= self.max_jobs:
-            # Full: taking a wake-up token now would steal it from an idle worker. Wait for
+    async def _wait_for_work(self) -> list[str] | None:
+        """Block until work arrives: the job ids of a wake-up, or None to poll the queue."""
+        free = self.max_jobs - self.job_counter
+        if free <= 0:
+            # Full: taking wake-up ids now would steal them from an idle worker. Wait for
             # one of our own jobs to finish (or the fallback), then poll.
             self._slot_freed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), timeout=self.fallback_s)
-            return
+            return None
+        if time.monotonic() - self._last_poll >= self.fallback_s:
+            return None  # busy on wake-ups: poll now and then for jobs that had none
+        tokens = await self._pop_wakeups(free)
+        if not tokens:
+            return None
+        self.wakeups += 1
+        ids = [t.decode() for t in tokens]
+        if not all(parse_job_id(i) for i in ids):
+            return None  # a token that is not a job id (an older dispatcher's): poll
+        return ids
+
+    async def _pop_wakeups(self, count: int) -> list[bytes]:
         pool: Any = self.pool  # redis-py 5 types async results as Awaitable[T] | T
-        woke = await pool.blpop([self.wake_key], timeout=self.fallback_s)
-        if woke is not None:
-            self.wakeups += 1
+        if self._blmpop:
+            try:
+                got = await pool.blmpop(
+                    self.fallback_s, 1, self.wake_key, direction="LEFT", count=count
+                )
+            except ResponseError as e:
+                if "unknown command" not in str(e).lower():
+                    raise
+                self._blmpop = False  # Redis < 7
+            else:
+                return list(got[1]) if got else []
+        got = await pool.blpop([self.wake_key], timeout=self.fallback_s)
+        return [got[1]] if got else []
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
+
+
+def _claim(job_id: str, reply: Any, *, loaded: bool) -> Claim | None:
+    if not reply:
+        return None
+    score, job, tries, aborted, run, node = (list(reply) + [None] * 6)[:6]
+    return Claim(
+        job_id=job_id,
+        score=int(float(score)),
+        job=job,
+        tries=int(tries),
+        aborted=bool(aborted),
+        run=run,
+        node=node,
+        loaded=loaded,
+    )

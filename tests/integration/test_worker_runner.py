@@ -659,8 +659,45 @@ async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)  # what the dispatcher's script pushes
+        [report] = await wait_for_reports(redis, KEYS, timeout=5)
+    assert report.status == "completed"
+
+
+async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
+    redis: Any, redis_url: str
+) -> None:
+    """An older dispatcher pushed "1": the worker cannot claim it, so it reads the queue."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"ok": True})
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
         await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.lpush(KEYS.wake("default"), "1")  # what the dispatcher's script pushes
+        await redis.rpush(KEYS.wake("default"), "1")
+        [report] = await wait_for_reports(redis, KEYS, timeout=5)
+    assert report.status == "completed"
+
+
+async def test_a_wake_up_for_a_job_that_is_gone_starts_nothing_and_the_worker_goes_on(
+    redis: Any, redis_url: str
+) -> None:
+    """Stale wake-ups (the job ran already, or another worker claimed it) are claimed in
+    vain; the next real one still starts its job."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: {"ok": True})
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        await redis.rpush(KEYS.wake("default"), "rg:nosuchrun:notify:1:1", "rg:bad id:x:1:1")
+        await wait_for(lambda: _drained(redis), message="stale wake-ups taken")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
 
@@ -681,7 +718,11 @@ async def test_a_lost_wake_up_only_delays_the_job_until_the_fallback_poll(
     assert await redis.llen(KEYS.wake("default")) == 0
 
 
+async def _drained(redis: Any) -> bool:
+    return await redis.llen(KEYS.wake("default")) == 0 and await _worker_idle(redis)
+
+
 async def _worker_idle(redis: Any) -> bool:
-    """A client is blocked in BLPOP: the worker is idle, waiting on its wake-up list."""
+    """A client is blocked in BLMPOP: the worker is idle, waiting on its wake-up list."""
     clients = await redis.client_list()
-    return any(c.get("cmd") == "blpop" for c in clients)
+    return any(c.get("cmd") in ("blmpop", "blpop") for c in clients)
