@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from graph_core.errors import RelaygraphError
 
-__all__ = ["DEFAULT_PREFIX", "Keys", "RunKeys", "check_run_id"]
+__all__ = ["DEFAULT_PREFIX", "OUTPUT_FIELD_SEP", "Keys", "RunKeys", "check_run_id"]
 
 DEFAULT_PREFIX = "relaygraph"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
+
+
+OUTPUT_FIELD_SEP: Final = "#"  # output_field: node id, this, visit (Lua builds it too)
 
 
 def check_run_id(run_id: str) -> str:
@@ -42,7 +46,7 @@ class RunKeys:
 
     @staticmethod
     def output_field(node_id: str, visit: int) -> str:
-        return f"{node_id}#{visit}"
+        return f"{node_id}{OUTPUT_FIELD_SEP}{visit}"
 
     @staticmethod
     def join_field(node_id: str, edge_index: int) -> str:

@@ -1,13 +1,16 @@
 """What a job reads before its handler runs: the graph (cached) and a snapshot of run data.
 
 The snapshot holds the run input and the latest outputs of the nodes a job is likely to read
-(see ``plan_reads``), loaded in at most two round trips. ``StoreLoader`` serves
+(see ``plan_reads``). One script (``queue_latest_read``) reads those nodes' records and
+latest outputs together, in the round trip that precedes the handler anyway; only outputs
+of explicit visits (``outputs.<node>.<n>`` paths) cost another. ``StoreLoader`` serves
 ``ctx.load`` for everything else, one path at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from graph_core.errors import PathError, TemplateError
-from graph_core.keys import RunKeys
+from graph_core.keys import OUTPUT_FIELD_SEP, RunKeys
 from graph_core.model import Graph, Node
 from graph_core.paths import (
     KIND_OUTPUT,
@@ -36,7 +39,16 @@ from graph_core.topology import topology
 from worker.context import Snapshot
 from worker.registry import HandlerSpec
 
-__all__ = ["GraphCache", "Plan", "StoreLoader", "load_snapshot", "plan_reads"]
+__all__ = [
+    "LATEST_SCRIPT",
+    "GraphCache",
+    "Plan",
+    "StoreLoader",
+    "load_snapshot",
+    "parse_latest_read",
+    "plan_reads",
+    "queue_latest_read",
+]
 
 logger = logging.getLogger("relaygraph.worker")
 
@@ -128,6 +140,49 @@ def _json_or_missing(raw: bytes | None) -> Any:
     return MISSING if raw is None else orjson.loads(raw)
 
 
+# The records of nodes ARGV and each one's latest output (``RunKeys.output_field`` of its
+# ``last_ok_visit``, which the record omits while it is 0): {record, output, record, ...}.
+LATEST_SCRIPT = """
+local out = {}
+for i, nid in ipairs(ARGV) do
+  local rec = redis.call('HGET', KEYS[1], nid)
+  local value = false
+  if rec then
+    local visit = cjson.decode(rec)['last_ok_visit']
+    if type(visit) == 'number' and visit >= 1 then
+      value = redis.call('HGET', KEYS[2], nid .. 'OUTPUT_FIELD_SEP' .. string.format('%d', visit))
+    end
+  end
+  out[2 * i - 1] = rec
+  out[2 * i] = value
+end
+return out
+""".replace("OUTPUT_FIELD_SEP", OUTPUT_FIELD_SEP)
+LATEST_SHA = hashlib.sha1(LATEST_SCRIPT.encode()).hexdigest()  # the id Redis gives the script
+
+
+def queue_latest_read(pipe: Any, rk: RunKeys, node_ids: list[str]) -> None:
+    """Add the read of ``node_ids``' records and latest outputs to ``pipe`` (by EVALSHA: the
+    caller loads ``LATEST_SCRIPT`` and runs the pipeline again on ``NoScriptError``)."""
+    pipe.evalsha(LATEST_SHA, 2, rk.nodes, rk.outputs, *node_ids)
+
+
+def parse_latest_read(
+    node_ids: list[str],
+    reply: list[Any],
+    records: dict[str, NodeRecord],
+    outputs: dict[tuple[str, int], Any],
+) -> None:
+    """Fill ``records`` and ``outputs`` (as ``load_snapshot`` takes them) from the reply."""
+    for i, nid in enumerate(node_ids):
+        raw_rec, raw_out = reply[2 * i], reply[2 * i + 1]
+        if raw_rec is None:
+            continue
+        rec = records[nid] = NodeRecord.model_validate_json(raw_rec)
+        if rec.last_ok_visit >= 1:
+            outputs[(nid, rec.last_ok_visit)] = _json_or_missing(raw_out)
+
+
 async def load_snapshot(
     redis: Any,
     rk: RunKeys,
@@ -136,9 +191,12 @@ async def load_snapshot(
     run_input: Any,
     plan: Plan,
     records: dict[str, NodeRecord],
+    outputs: dict[tuple[str, int], Any] | None = None,
 ) -> Snapshot:
-    """Load what ``plan`` names (node records not in ``records`` yet, then the outputs) into
-    the snapshot that the job's ``ctx.get`` and template rendering read."""
+    """Load what ``plan`` names (node records not in ``records`` yet, then the outputs not in
+    ``outputs`` yet) into the snapshot that the job's ``ctx.get`` and template rendering
+    read."""
+    outputs = dict(outputs or {})
     missing = [nid for nid in plan.nodes if nid not in records]
     if missing:
         raws = await redis.hmget(rk.nodes, missing)
@@ -155,10 +213,11 @@ async def load_snapshot(
     for nid, visit in plan.visits:
         if nid in visits and 1 <= visit <= visits[nid][0]:
             fields[(nid, visit)] = RunKeys.output_field(nid, visit)
-    outputs: dict[tuple[str, int], Any] = {}
-    if fields:
-        raws = await redis.hmget(rk.outputs, list(fields.values()))
-        outputs = {k: _json_or_missing(raw) for k, raw in zip(fields, raws, strict=True)}
+    unread = {k: f for k, f in fields.items() if k not in outputs}
+    if unread:
+        raws = await redis.hmget(rk.outputs, list(unread.values()))
+        outputs.update((k, _json_or_missing(raw)) for k, raw in zip(unread, raws, strict=True))
+    outputs = {k: v for k, v in outputs.items() if k in fields}
     return Snapshot(run_input, _GraphNodes(graph), visits, outputs, reading=node_id)
 
 

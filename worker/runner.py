@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError, TemplateError
@@ -32,7 +33,16 @@ from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus
 from graph_core.templates import render
 from worker.context import NodeContext, NodeResult, NonRetryableError
-from worker.preload import GraphCache, Plan, StoreLoader, load_snapshot, plan_reads
+from worker.preload import (
+    LATEST_SCRIPT,
+    GraphCache,
+    Plan,
+    StoreLoader,
+    load_snapshot,
+    parse_latest_read,
+    plan_reads,
+    queue_latest_read,
+)
 from worker.registry import HandlerRegistry, HandlerSpec
 from worker.settings import DEFAULT_QUEUE
 
@@ -415,9 +425,27 @@ class _Loaded:
     payload: JobPayload
     run: RunRecord
     records: dict[str, NodeRecord]
+    outputs: dict[tuple[str, int], Any]  # latest outputs read with the records
     graph: Graph | None  # from the cache
     raw_graph: bytes | None  # read on a cold cache
     plan: Plan  # of the cached graph (empty on a cold cache)
+
+
+async def _execute_pipeline(redis: Any, build: Callable[[], Any]) -> list[Any]:
+    """Run the pipeline ``build`` makes; if the server lost the read script (a restart,
+    SCRIPT FLUSH), load it and run the pipeline once more (every command is a read or an
+    idempotent write)."""
+    pipe = build()
+    if not len(pipe):
+        return []
+    replies = list(await pipe.execute(raise_on_error=False))
+    if any(isinstance(r, NoScriptError) for r in replies):
+        await redis.script_load(LATEST_SCRIPT)
+        replies = list(await build().execute(raise_on_error=False))
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _fenced(run: RunRecord | None, records: dict[str, NodeRecord], payload: JobPayload) -> bool:
@@ -446,6 +474,7 @@ async def _load(
     if graph is not None and node is not None:
         plan = plan_reads(graph, node, registry.spec(node.type))
     records: dict[str, NodeRecord] = {}
+    outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None
     if preloaded is not None:
         run = RunRecord.model_validate_json(preloaded.run) if preloaded.run is not None else None
@@ -453,30 +482,32 @@ async def _load(
             records[payload.node_id] = NodeRecord.model_validate_json(preloaded.node)
         if _fenced(run, records, payload):
             return None
-        wanted = [n for n in plan.nodes if n not in records]
-    else:
-        wanted = [payload.node_id, *(n for n in plan.nodes if n != payload.node_id)]
-    pipe = redis.pipeline(transaction=False)
+
+    def build() -> Any:
+        pipe = redis.pipeline(transaction=False)
+        if preloaded is None:
+            pipe.hget(rk.meta, "run")
+            pipe.hget(rk.nodes, payload.node_id)
+        if plan.nodes:
+            queue_latest_read(pipe, rk, plan.nodes)
+        if graph is None:
+            pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
+        if before_start is not None:
+            before_start(pipe)
+        return pipe
+
+    replies = await _execute_pipeline(redis, build)
     if preloaded is None:
-        pipe.hget(rk.meta, "run")
-    if wanted:
-        pipe.hmget(rk.nodes, wanted)
-    if graph is None:
-        pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
-    if before_start is not None:
-        before_start(pipe)
-    replies = list(await pipe.execute()) if len(pipe) else []
-    if preloaded is None:
-        raw_run = replies.pop(0)
+        raw_run, raw_node = replies.pop(0), replies.pop(0)
         run = RunRecord.model_validate_json(raw_run) if raw_run is not None else None
-    if wanted:
-        for nid, raw in zip(wanted, replies.pop(0), strict=True):
-            if raw is not None:
-                records[nid] = NodeRecord.model_validate_json(raw)
+        if raw_node is not None:
+            records[payload.node_id] = NodeRecord.model_validate_json(raw_node)
+    if plan.nodes:
+        parse_latest_read(plan.nodes, replies.pop(0), records, outputs)
     raw_graph = replies.pop(0) if graph is None else None
     if run is None or (preloaded is None and _fenced(run, records, payload)):
         return None
-    return _Loaded(redis, rk, payload, run, records, graph, raw_graph, plan)
+    return _Loaded(redis, rk, payload, run, records, outputs, graph, raw_graph, plan)
 
 
 async def _execute(
@@ -499,7 +530,9 @@ async def _execute(
         return None
     node = graph.node(payload.node_id)
     spec = registry.spec(node.type)
-    job = _Job(loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records)
+    job = _Job(
+        loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
+    )
     plan = loaded.plan if loaded.graph is not None else plan_reads(graph, node, spec)
     return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
 
@@ -515,6 +548,7 @@ class _Job:
     node: Node
     run: RunRecord
     records: dict[str, NodeRecord]
+    outputs: dict[tuple[str, int], Any]
 
 
 async def _prepare_and_run(
@@ -532,7 +566,7 @@ async def _prepare_and_run(
     if delivery > max_deliveries:
         return _failed(WorkerLost(node.id, delivery), node.id)
     snapshot = await load_snapshot(
-        job.redis, job.rk, job.graph, node.id, job.run.input, plan, job.records
+        job.redis, job.rk, job.graph, node.id, job.run.input, plan, job.records, job.outputs
     )
     try:
         config = render(node.config, snapshot)

@@ -87,14 +87,20 @@ async def run(
     node_id: str = "notify",
     *,
     settings: WorkerSettings | None = None,
+    warm: bool = False,
     **job: Any,
 ) -> NodeReported | None:
+    """Run one job; ``warm``: with the graph cached, as a worker has it after its first job
+    of the graph (the reads before the handler then go through the latest-read script)."""
+    cache = GraphCache()
+    if warm:
+        cache.put(graph)
     return await run_node(
         redis,
         KEYS,
         registry,
         job_for(graph, node_id, **job),
-        GraphCache(),
+        cache,
         settings or WorkerSettings(),
         worker_id="w-test",
     )
@@ -133,7 +139,10 @@ async def test_completed_output_is_reported(redis: Any) -> None:
     assert report.error is None
 
 
-async def test_config_templates_are_rendered_from_predecessor_outputs(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_config_templates_are_rendered_from_predecessor_outputs(
+    redis: Any, warm: bool
+) -> None:
     graph = triage_graph(
         config={
             "text": "[{{triage.output.severity}}] {{input.title}}",
@@ -146,7 +155,7 @@ async def test_config_templates_are_rendered_from_predecessor_outputs(redis: Any
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: ctx.config)  # a sync handler
 
-    await run(redis, registry, graph)
+    await run(redis, registry, graph, warm=warm)
     report = await only_report(redis)
     assert report.status == "completed"
     assert report.output == {
@@ -157,7 +166,8 @@ async def test_config_templates_are_rendered_from_predecessor_outputs(redis: Any
     }
 
 
-async def test_ctx_get_reads_predecessor_outputs_and_input(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_ctx_get_reads_predecessor_outputs_and_input(redis: Any, warm: bool) -> None:
     graph = triage_graph()
     await prepared(redis, graph, nodes={"audit": completed()}, outputs={("audit", 1): {"ok": 1}})
     registry = HandlerRegistry()
@@ -176,7 +186,7 @@ async def test_ctx_get_reads_predecessor_outputs_and_input(redis: Any) -> None:
         seen["loaded_missing"] = await ctx.load("audit.output.nope", "none")
         return {}
 
-    await run(redis, registry, graph)
+    await run(redis, registry, graph, warm=warm)
     assert (await only_report(redis)).status == "completed"
     assert seen == {
         "severity": "critical",
@@ -189,17 +199,19 @@ async def test_ctx_get_reads_predecessor_outputs_and_input(redis: Any) -> None:
     }
 
 
-async def test_config_reads_preloads_other_nodes(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_config_reads_preloads_other_nodes(redis: Any, warm: bool) -> None:
     graph = triage_graph(config={"reads": ["audit"]})
     await prepared(redis, graph, nodes={"audit": completed(2)}, outputs={("audit", 2): {"ok": 2}})
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: ctx.get("audit.output.ok"))
 
-    await run(redis, registry, graph)
+    await run(redis, registry, graph, warm=warm)
     assert (await only_report(redis)).output == 2
 
 
-async def test_parallel_child_sees_its_parents_predecessors(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_parallel_child_sees_its_parents_predecessors(redis: Any, warm: bool) -> None:
     graph = Graph(
         id="fan",
         nodes=[
@@ -221,18 +233,48 @@ async def test_parallel_child_sees_its_parents_predecessors(redis: Any) -> None:
     registry = HandlerRegistry()
     registry.register("work", lambda ctx: ctx.get("prep.output.items"))
 
-    report = await run(redis, registry, graph, "child")
+    report = await run(redis, registry, graph, "child", warm=warm)
     assert report is not None and report.status == "completed", report
     assert report.output == [1, 2]
 
 
-async def test_builtin_condition_preloads_the_paths_it_reads(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_builtin_condition_preloads_the_paths_it_reads(redis: Any, warm: bool) -> None:
     condition = {"type": "field", "path": "audit.output.ok", "op": "eq", "value": 1}
     graph = triage_graph("condition", config={"condition": condition})
     await prepared(redis, graph, nodes={"audit": completed()}, outputs={("audit", 1): {"ok": 1}})
 
-    await run(redis, HandlerRegistry(), graph)
+    await run(redis, HandlerRegistry(), graph, warm=warm)
     assert (await only_report(redis)).output == {"result": True}
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_an_earlier_visit_is_read_when_named(redis: Any, warm: bool) -> None:
+    """``outputs.<node>.<n>`` names a visit that is not the latest: read on its own."""
+    graph = triage_graph(config={"first": "{{triage.outputs.1.n}}", "last": "{{triage.output.n}}"})
+    await prepared(
+        redis,
+        graph,
+        nodes={"triage": completed(2)},
+        outputs={("triage", 1): {"n": "one"}, ("triage", 2): {"n": "two"}},
+    )
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: ctx.config)
+
+    await run(redis, registry, graph, warm=warm)
+    assert (await only_report(redis)).output == {"first": "one", "last": "two"}
+
+
+async def test_reads_survive_the_server_forgetting_its_scripts(redis: Any) -> None:
+    """After a restart or SCRIPT FLUSH the latest-read script is loaded again."""
+    graph = triage_graph(config={"text": "{{triage.output.severity}}"})
+    await prepared(redis, graph)
+    registry = HandlerRegistry()
+    registry.register("notify", lambda ctx: ctx.config)
+    await redis.script_flush()
+
+    await run(redis, registry, graph, warm=True)
+    assert (await only_report(redis)).output == {"text": "critical"}
 
 
 async def test_waiting_result_is_reported_with_its_prompt(redis: Any) -> None:
