@@ -1,14 +1,21 @@
-"""Handling one inbox message: load the neighbourhood, run the transition, apply atomically.
+"""Handling inbox messages: load the neighbourhood, run the transition, apply atomically.
 
-The transition function is pure, so a conflict (another dispatcher applied an event of the
-same run first) is handled by loading again and recomputing.
+Messages of different runs are handled together (``handle_many``): their loads share one
+round trip, and so do their applies. The transition function is pure, so a conflict (another
+dispatcher applied an event of the same run first) is handled by loading again and
+recomputing, one message at a time (``process``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.store import GraphNotFound, NeedState, RedisView, RunStore, StoreError
 from graph_core import clock
@@ -30,6 +37,7 @@ from graph_core.topology import topology
 __all__ = ["Outcome", "Processor"]
 
 log = logging.getLogger("relaygraph.dispatcher")
+_REDIS_GONE = (RedisConnectionError, RedisTimeoutError)  # not a message's fault: raised
 MAX_CONFLICTS = 100
 MAX_LOADS = 10_000
 GRAPH_OF_RUN_CACHE = 100_000
@@ -48,6 +56,23 @@ class Outcome:
     acked: bool = False  # the inbox entry was acknowledged together with the change
 
 
+_Alone = list[tuple[int, Event, str | None]]  # (index, event, ack): handled by ``process``
+
+
+@dataclass(eq=False)
+class _Batched:
+    """One message of a ``handle_many`` call, loaded, on its way to its transition."""
+
+    index: int
+    event: Event
+    ack: str | None
+    graph: Graph
+    view: RedisView
+    now: float
+    tokens: list[str] = field(default_factory=list)  # replayed on every recomputation
+    transition: Transition | None = None
+
+
 class Processor:
     def __init__(self, store: RunStore) -> None:
         self.store = store
@@ -62,6 +87,16 @@ class Processor:
 
     async def _submit(self, req: SubmitRequest, entry_id: str | None) -> Outcome:
         version = req.graph_version or await self.store.latest_version(req.graph_id)
+        prepared = await self._submitted(req, entry_id, version)
+        if isinstance(prepared, Outcome):
+            return prepared
+        return await self.process(prepared, ack=entry_id)
+
+    async def _submitted(
+        self, req: SubmitRequest, entry_id: str | None, version: int | None
+    ) -> RunSubmitted | Outcome:
+        """The event a submission makes (``version``: the graph's, resolved), or the outcome
+        of a duplicate."""
         if version is None:
             raise GraphNotFound(req.graph_id, None)
         await self.store.graph(req.graph_id, version)  # raises GraphNotFound
@@ -76,14 +111,178 @@ class Processor:
                 existing = (await self.store.redis.get(key) or b"").decode()
                 if existing != run_id:
                     return Outcome(existing, False, f"duplicate of run {existing!r}")
-        event = RunSubmitted(
+        return RunSubmitted(
             run_id=run_id,
             graph_id=req.graph_id,
             graph_version=version,
             input=req.input,
             idempotency_key=req.idempotency_key,
         )
-        return await self.process(event, ack=entry_id)
+
+    async def handle_many(
+        self, messages: Sequence[tuple[Any, str | None]]
+    ) -> list[Outcome | Exception]:
+        """Handle inbox messages (each with its entry id) of different runs together: one
+        pipelined load, one pipelined apply, and one pipelined load per round of state the
+        transitions asked for. Returns, per message, its outcome or the error handling it
+        raised (the caller tells poison from failure). A lost connection raises.
+
+        Messages of one run must not share a call: the caller hands them over in order, one
+        per call, so each sees the state the one before left. (If two did share one, the
+        second would conflict on the revision and be handled again, one by one.)"""
+        results: list[Outcome | Exception | None] = [None] * len(messages)
+        alone: _Alone = []
+        batch = await self._loaded(await self._batch_events(messages, results, alone), alone)
+        await self._compute_many(batch, results, alone)
+        await self._apply_many(batch, results, alone)
+        if alone:
+            settled = await asyncio.gather(*(self._alone(e, ack) for _, e, ack in alone))
+            for (index, _, _), outcome in zip(alone, settled, strict=True):
+                results[index] = outcome
+        for r in results:
+            if isinstance(r, _REDIS_GONE):
+                raise r
+        return [r if r is not None else StoreError("entry left unhandled") for r in results]
+
+    async def _loaded(
+        self, events: list[tuple[int, Event, str | None, Graph]], alone: _Alone
+    ) -> list[_Batched]:
+        """Load every event's run and neighbourhood in one round trip."""
+        if not events:
+            return []
+        try:
+            views = await self.store.load_many(
+                [(event.run_id, _prefetch(graph, event)) for _, event, _, graph in events]
+            )
+        except _REDIS_GONE:
+            raise
+        except Exception:  # e.g. a key of the wrong type: find out whose, one by one
+            log.exception("batched load failed; handling %d entries one by one", len(events))
+            alone.extend((index, event, ack) for index, event, ack, _ in events)
+            return []
+        batch = []
+        for (index, event, ack, graph), view in zip(events, views, strict=True):
+            run = view.run_record
+            if isinstance(event, RunSubmitted) or (
+                run is not None and run.status != RunStatus.PENDING
+            ):
+                batch.append(_Batched(index, event, ack, graph, view, clock.now()))
+            else:  # not created yet (or gone): the one-by-one path says so
+                alone.append((index, event, ack))
+        return batch
+
+    async def _batch_events(
+        self,
+        messages: Sequence[tuple[Any, str | None]],
+        results: list[Outcome | Exception | None],
+        alone: _Alone,
+    ) -> list[tuple[int, Event, str | None, Graph]]:
+        """The events of ``messages`` whose run's graph is known, with it."""
+        unversioned = [
+            m.graph_id for m, _ in messages if isinstance(m, SubmitRequest) and not m.graph_version
+        ]
+        latest = await self.store.latest_versions(unversioned) if unversioned else {}
+        events = []
+        for index, (message, ack) in enumerate(messages):
+            try:
+                event = message
+                if isinstance(message, SubmitRequest):
+                    version = message.graph_version or latest.get(message.graph_id)
+                    prepared = await self._submitted(message, ack, version)
+                    if isinstance(prepared, Outcome):
+                        results[index] = prepared
+                        continue
+                    event = prepared
+                    self._remember(event.run_id, event.graph_id, event.graph_version)
+                known = self._graph_of.get(event.run_id)
+                if known is None:
+                    alone.append((index, event, ack))
+                    continue
+                events.append((index, event, ack, await self.store.graph(*known)))
+            except _REDIS_GONE:
+                raise
+            except Exception as e:
+                results[index] = e
+        return events
+
+    async def _compute_many(
+        self,
+        batch: list[_Batched],
+        results: list[Outcome | Exception | None],
+        alone: _Alone,
+    ) -> None:
+        """Run every transition; load what they asked for in one round trip; again."""
+        pending = batch
+        for _ in range(MAX_LOADS):
+            needs: list[tuple[str, RedisView, NeedState]] = []
+            asking = []
+            for b in pending:
+                try:
+                    env = Env(b.now, _TokenReplay(b.tokens))
+                    b.transition = advance(b.graph, b.view, b.event, env)
+                except NeedState as need:
+                    needs.append((b.event.run_id, b.view, need))
+                    asking.append(b)
+                except Exception as e:
+                    results[b.index] = e
+            if not needs:
+                return
+            try:
+                await self.store.fill_many(needs)
+            except _REDIS_GONE:
+                raise
+            except Exception:
+                log.exception("batched state load failed; handling the entries one by one")
+                alone.extend((b.index, b.event, b.ack) for b in asking)
+                return
+            pending = asking
+        for b in pending:
+            b.transition = None
+            results[b.index] = StoreError(
+                f"run {b.event.run_id!r}: transition needed over {MAX_LOADS} loads"
+            )
+
+    async def _apply_many(
+        self,
+        batch: list[_Batched],
+        results: list[Outcome | Exception | None],
+        alone: _Alone,
+    ) -> None:
+        calls, applying = [], []
+        for b in batch:
+            t, view = b.transition, b.view
+            if t is None or results[b.index] is not None:
+                continue
+            if t.ignored is not None:
+                results[b.index] = Outcome(b.event.run_id, False, t.ignored)
+                continue
+            old = view.run_record.status.value if view.run_record is not None else None
+            try:
+                calls.append(
+                    self.store.apply_call(t, view.rev, old, int(clock.now() * 1000), b.ack)
+                )
+            except Exception as e:
+                results[b.index] = e
+                continue
+            applying.append(b)
+        if not calls:
+            return
+        for b, applied in zip(applying, await self.store.apply_many(calls), strict=True):
+            if isinstance(applied, Exception):
+                results[b.index] = applied
+            elif applied:
+                results[b.index] = Outcome(
+                    b.event.run_id, True, None, b.transition, acked=b.ack is not None
+                )
+            else:  # another dispatcher moved the run on: load again and recompute
+                log.debug("conflict applying %s to run %s", b.event.kind, b.event.run_id)
+                alone.append((b.index, b.event, b.ack))
+
+    async def _alone(self, event: Event, ack: str | None) -> Outcome | Exception:
+        try:
+            return await self.process(event, ack=ack)
+        except Exception as e:  # a lost connection too: handle_many raises it after gather
+            return e
 
     async def process(self, event: Event, ack: str | None = None) -> Outcome:
         """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same

@@ -15,7 +15,7 @@ import os
 import secrets
 import socket
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -192,42 +192,57 @@ class Dispatcher:
                 await self._handle_batch(entries)
 
     async def _handle_batch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Entries of one run are handled in order; different runs concurrently."""
-        by_run: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = defaultdict(list)
+        """Entries of one run are handled in inbox order, each seeing the state the one before
+        left; entries of different runs together, in rounds: a round takes the next entry of
+        every run in the batch, so its runs are loaded in one round trip and its transitions
+        applied in another (``Processor.handle_many``)."""
+        runs: dict[str, deque[tuple[bytes, bytes, Any]]] = {}
         for entry_id, fields in entries:
-            by_run[_run_hint(fields)].append((entry_id, fields))
-        await asyncio.gather(*(self._handle_in_order(group) for group in by_run.values()))
+            raw = fields.get(b"m", b"")
+            try:
+                message = parse_inbox(raw, self.settings.max_message_bytes)
+            except MessageError as e:
+                await self._dead_letter("inbox", raw, str(e), entry_id)
+                continue
+            run = getattr(message, "run_id", None) or entry_id.decode()  # a submit's run id
+            runs.setdefault(run, deque()).append((entry_id, raw, message))
+        while runs:
+            round_ = [queue.popleft() for queue in runs.values()]
+            runs = {run: queue for run, queue in runs.items() if queue}
+            results = await self.processor.handle_many([(m, eid.decode()) for eid, _, m in round_])
+            settled: list[tuple[bytes, Any, Outcome]] = []
+            for (entry_id, raw, message), result in zip(round_, results, strict=True):
+                if isinstance(result, RelaygraphError):
+                    # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
+                    await self._dead_letter("inbox", raw, str(result), entry_id)
+                elif isinstance(result, Exception):
+                    log.error(
+                        "error handling inbox entry %s; it stays pending for retry",
+                        entry_id,
+                        exc_info=result,
+                    )
+                    await self._count_failure(entry_id, raw, message)
+                else:
+                    self.processed += 1
+                    if not result.acked or not result.applied:
+                        settled.append((entry_id, message, result))
+            await self._acknowledge(settled)
 
-    async def _handle_in_order(self, group: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        for entry_id, fields in group:
-            await self._handle_entry(entry_id, fields)
+    async def _acknowledge(self, handled: list[tuple[bytes, Any, Outcome]]) -> None:
+        """Acknowledge entries whose outcome was not acknowledged with a change, and announce
+        those that changed nothing: one round trip."""
+        if not handled:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        unacked = [entry_id for entry_id, _, outcome in handled if not outcome.acked]
+        if unacked:
+            pipe.xack(self.keys.inbox, self.keys.inbox_group, *unacked)
+        for _, message, outcome in handled:
+            if not outcome.applied:
+                pipe.publish(self.keys.events_channel, self._ignored_event(message, outcome))
+        await pipe.execute()
 
-    async def _handle_entry(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        raw = fields.get(b"m", b"")
-        try:
-            message = parse_inbox(raw, self.settings.max_message_bytes)
-        except MessageError as e:
-            await self._dead_letter("inbox", raw, str(e), entry_id)
-            return
-        try:
-            outcome = await self.processor.handle(message, entry_id.decode())
-        except RelaygraphError as e:
-            # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
-            await self._dead_letter("inbox", raw, str(e), entry_id)
-            return
-        except (RedisConnectionError, RedisTimeoutError):
-            raise  # Redis went away: not the entry's fault; the loop restarts and retries it
-        except Exception:
-            log.exception("error handling inbox entry %s; it stays pending for retry", entry_id)
-            await self._count_failure(entry_id, raw, message)
-            return
-        self.processed += 1
-        if not outcome.acked:
-            await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
-        if not outcome.applied:
-            await self._ignored(message, outcome)
-
-    async def _ignored(self, message: Any, outcome: Outcome) -> None:
+    def _ignored_event(self, message: Any, outcome: Outcome) -> bytes:
         kind = getattr(message, "kind", "?")
         log.info("ignored %s for run %s: %s", kind, outcome.run_id, outcome.reason)
         event = {
@@ -240,7 +255,7 @@ class Dispatcher:
                 "node_id": getattr(message, "node_id", None),
             },
         }
-        await self.redis.publish(self.keys.events_channel, dumps(event))
+        return dumps(event)
 
     async def _count_failure(self, entry_id: bytes, raw: bytes, message: Any) -> None:
         attempts_key = self.keys.inbox_attempts
@@ -371,13 +386,3 @@ class Dispatcher:
         for run_id in old:
             if not await self.redis.exists(self.keys.run(run_id.decode()).meta):
                 await self.redis.zrem(self.keys.runs_all, run_id)
-
-
-def _run_hint(fields: dict[bytes, bytes]) -> str:
-    """Group entries by run without a full parse (a cheap substring look)."""
-    raw = fields.get(b"m", b"")
-    i = raw.find(b'"run_id":"')
-    if i < 0:
-        return ""
-    j = raw.find(b'"', i + 10)
-    return raw[i + 10 : j].decode(errors="replace")

@@ -9,12 +9,14 @@ Layout (all keys from ``graph_core.keys``): per run, ``meta`` (hash: run record 
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from dispatcher.queue import ABORT_KEY, job_write
 from graph_core.errors import GraphValidationError, RelaygraphError
@@ -37,6 +39,8 @@ from graph_core.status import TERMINAL_RUN
 __all__ = ["GraphNotFound", "NeedState", "RedisView", "RunStore", "StoreError"]
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
+
+ApplyCall = tuple[list[str], list[str | bytes]]  # apply.lua's keys and arguments
 
 
 class StoreError(RelaygraphError):
@@ -147,6 +151,12 @@ class RunStore:
         raw = await self.redis.hget(self.keys.graph_latest, graph_id)
         return int(raw) if raw is not None else None
 
+    async def latest_versions(self, graph_ids: Sequence[str]) -> dict[str, int | None]:
+        """``latest_version`` of several graphs in one round trip."""
+        ids = list(dict.fromkeys(graph_ids))
+        raws = await self.redis.hmget(self.keys.graph_latest, ids) if ids else []
+        return {g: int(raw) if raw is not None else None for g, raw in zip(ids, raws, strict=True)}
+
     async def graph(self, graph_id: str, version: int) -> Graph:
         cached = self._graphs.get((graph_id, version))
         if cached is not None:
@@ -164,17 +174,26 @@ class RunStore:
     # --- loading ------------------------------------------------------------------------
 
     async def load(self, run_id: str, prefetch_nodes: list[str]) -> RedisView:
-        rk = self.keys.run(run_id)
+        return (await self.load_many([(run_id, prefetch_nodes)]))[0]
+
+    async def load_many(self, wanted: Sequence[tuple[str, list[str]]]) -> list[RedisView]:
+        """Each run's record and revision, and the node records named with it, for several
+        runs in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(rk.meta, "run", "rev")
-        if prefetch_nodes:
-            pipe.hmget(rk.nodes, prefetch_nodes)
-        results = await pipe.execute()
-        run_raw, rev_raw = results[0]
-        view = RedisView(run_raw=run_raw, rev=int(rev_raw) if rev_raw is not None else None)
-        if prefetch_nodes:
-            view.nodes.update(zip(prefetch_nodes, results[1], strict=True))
-        return view
+        for run_id, prefetch_nodes in wanted:
+            rk = self.keys.run(run_id)
+            pipe.hmget(rk.meta, "run", "rev")
+            if prefetch_nodes:
+                pipe.hmget(rk.nodes, prefetch_nodes)
+        replies = iter(await pipe.execute())
+        views = []
+        for _, prefetch_nodes in wanted:
+            run_raw, rev_raw = next(replies)
+            view = RedisView(run_raw=run_raw, rev=int(rev_raw) if rev_raw is not None else None)
+            if prefetch_nodes:
+                view.nodes.update(zip(prefetch_nodes, next(replies), strict=True))
+            views.append(view)
+        return views
 
     async def fill_nodes(self, run_id: str, view: RedisView, node_ids: list[str]) -> None:
         """Load several node records in one round trip."""
@@ -186,24 +205,37 @@ class RunStore:
 
     async def fill(self, run_id: str, view: RedisView, need: NeedState) -> None:
         """Load what ``need`` names into ``view``."""
-        rk = self.keys.run(run_id)
-        if need.kind == "node":
-            view.nodes[need.key] = await self.redis.hget(rk.nodes, need.key)
-        elif need.kind == "output":
-            node_id, visit = need.key
-            raw = await self.redis.hget(rk.outputs, RunKeys.output_field(node_id, visit))
-            view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
-        elif need.kind == "join":
-            node_id, index = need.key
-            raw = await self.redis.hget(rk.joins, RunKeys.join_field(node_id, index))
-            view.joins[need.key] = raw.decode() if raw is not None else ""
-        elif need.kind == "loop":
-            view.loops[need.key] = await self.redis.hget(rk.loops, str(need.key))
-        elif need.kind == "active":
-            raw_active = await self.redis.hgetall(rk.active)
-            view.active = {k.decode(): int(v) for k, v in raw_active.items()}
-        else:  # pragma: no cover - programming error
-            raise StoreError(f"unknown state kind {need.kind!r}")
+        await self.fill_many([(run_id, view, need)])
+
+    async def fill_many(self, needs: Sequence[tuple[str, RedisView, NeedState]]) -> None:
+        """Load what each ``need`` names into its view (of its run), all in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, _, need in needs:
+            rk = self.keys.run(run_id)
+            if need.kind == "node":
+                pipe.hget(rk.nodes, need.key)
+            elif need.kind == "output":
+                pipe.hget(rk.outputs, RunKeys.output_field(*need.key))
+            elif need.kind == "join":
+                pipe.hget(rk.joins, RunKeys.join_field(*need.key))
+            elif need.kind == "loop":
+                pipe.hget(rk.loops, str(need.key))
+            elif need.kind == "active":
+                pipe.hgetall(rk.active)
+            else:  # pragma: no cover - programming error
+                raise StoreError(f"unknown state kind {need.kind!r}")
+        replies = await pipe.execute()
+        for (_, view, need), raw in zip(needs, replies, strict=True):
+            if need.kind == "node":
+                view.nodes[need.key] = raw
+            elif need.kind == "output":
+                view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
+            elif need.kind == "join":
+                view.joins[need.key] = raw.decode() if raw is not None else ""
+            elif need.kind == "loop":
+                view.loops[need.key] = raw
+            else:
+                view.active = {k.decode(): int(v) for k, v in raw.items()}
 
     # --- applying -----------------------------------------------------------------------
 
@@ -218,17 +250,44 @@ class RunStore:
         """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
         not exist yet). ``old_status`` is the status the run had. ``ack``: an inbox entry id
         acknowledged in the same script. False on conflict."""
-        keys, args = self._apply_call(t, expected_rev, old_status, now_ms, ack)
+        keys, args = self.apply_call(t, expected_rev, old_status, now_ms, ack)
         return bool(await self._apply(keys=keys, args=args))
 
-    def _apply_call(
+    async def apply_many(self, calls: Sequence[ApplyCall]) -> list[bool | Exception]:
+        """Several ``apply``s (from ``apply_call``) in one round trip, in order. Each result
+        is True (applied), False (the run moved on: conflict) or the error its script got.
+        A lost connection raises."""
+        results: list[bool | Exception] = [False] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):  # again only for NOSCRIPT: the server restarted or flushed
+            pipe = self.redis.pipeline(transaction=False)
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)  # not run: safe to send again
+                elif isinstance(reply, Exception):
+                    results[i] = reply
+                else:
+                    results[i] = bool(reply)
+            if not missing:
+                break
+            self._apply.sha = await self.redis.script_load(self._apply.script)
+            todo = missing
+        return results
+
+    def apply_call(
         self,
         t: Transition,
         expected_rev: int | None,
         old_status: str | None,
         now_ms: int,
         ack: str | None,
-    ) -> tuple[list[str], list[str | bytes]]:
+    ) -> ApplyCall:
+        """The keys and arguments of apply.lua for ``t`` (see ``apply``)."""
         run = t.run
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")

@@ -1,0 +1,302 @@
+"""The dispatcher handles a batch of inbox entries in rounds: one pipelined load and one
+pipelined apply per round, each run's entries in inbox order. Batched or one by one, the end
+state is the same; conflicts, poison and a lost connection behave as for a single entry."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from dispatcher.processor import Outcome
+from dispatcher.queue import JOB_KEY_PREFIX
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from dispatcher.store import ApplyCall, RedisView
+from graph_core import clock
+from graph_core.events import NodeReported
+from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
+from tests.support.graphs import busy_graph
+
+pytestmark = pytest.mark.integration
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+NOW = 1_750_000_000.25  # one fixed time: the two ways of handling write the same bytes
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clock, "now", lambda: NOW)
+
+
+async def _dispatcher(redis: aioredis.Redis) -> Dispatcher:
+    d = Dispatcher(redis, DispatcherSettings(consumer="batch-test"))
+    await d.store.register_graph(busy_graph())
+    await d._ensure_group()
+    return d
+
+
+def _submit(run_id: str, n: int) -> bytes:
+    return encode_inbox(SubmitRequest(graph_id="busy", run_id=run_id, input={"n": n}))
+
+
+def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> bytes:
+    output = {"node": node_id, "visit": visit}
+    return encode_inbox(
+        NodeReported(
+            run_id=run_id,
+            node_id=node_id,
+            visit=visit,
+            attempt=attempt,
+            status="completed",
+            output=output,
+        )
+    )
+
+
+async def _push(redis: aioredis.Redis, d: Dispatcher, messages: Sequence[bytes]) -> None:
+    for m in messages:
+        await redis.xadd(d.keys.inbox, {"m": m})
+
+
+async def _read(redis: aioredis.Redis, d: Dispatcher) -> list[Entry]:
+    reply = await redis.xreadgroup(
+        d.keys.inbox_group, d.consumer, {d.keys.inbox: ">"}, count=10_000
+    )
+    return [(eid, fields) for _, entries in reply or [] for eid, fields in entries]
+
+
+async def _work_off_queue(
+    redis: aioredis.Redis, d: Dispatcher, reported: set[tuple[str, str]]
+) -> list[bytes]:
+    """What workers would do: take every queued job (in queue order) and report it done,
+    unless its report went in early (``reported``)."""
+    queue = d.keys.queue("default")
+    reports = []
+    for jid in await redis.zrange(queue, 0, -1):
+        job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
+        p = parse_job_payload(job["a"][0])
+        if (p.run_id, p.node_id) not in reported:
+            reports.append(_report(p.run_id, p.node_id, p.visit, p.attempt))
+    await redis.delete(queue)
+    return reports
+
+
+async def _drive(redis: aioredis.Redis, d: Dispatcher, one_by_one: bool) -> None:
+    """Six runs; three get their first report (for a job not enqueued yet) in the batch
+    that submits them, so that batch holds two entries of one run, the second valid only
+    after the first. Then report every queued job, wave after wave, until nothing is left."""
+    first: list[bytes] = []
+    early = {(f"r{i}", "split") for i in range(3)}
+    for i in range(6):
+        first.append(_submit(f"r{i}", 150 if i % 2 else 5))
+        if (f"r{i}", "split") in early:
+            first.append(_report(f"r{i}", "split"))
+    await _push(redis, d, first)
+    for _ in range(20):
+        entries = await _read(redis, d)
+        if not entries:
+            return
+        if one_by_one:
+            for entry in entries:
+                await d._handle_batch([entry])
+        else:
+            await d._handle_batch(entries)
+        await _push(redis, d, await _work_off_queue(redis, d, early))
+    raise AssertionError("the runs did not settle")
+
+
+async def _snapshot(redis: aioredis.Redis, d: Dispatcher) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for i in range(6):
+        rk = d.keys.run(f"r{i}")
+        for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
+            state[f"r{i}:{name}"] = await redis.hgetall(getattr(rk, name))
+        state[f"r{i}:events"] = [f for _, f in await redis.xrange(rk.events)]
+    jobs = sorted(await redis.keys(JOB_KEY_PREFIX + "*"))
+    state["jobs"] = {k: await redis.get(k) for k in jobs}
+    state["pending"] = (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"]
+    state["dead"] = await redis.xlen(d.keys.deadletter)
+    return state
+
+
+async def test_a_batch_ends_where_one_by_one_ends(redis: aioredis.Redis) -> None:
+    d = await _dispatcher(redis)
+    await _drive(redis, d, one_by_one=False)
+    batched = await _snapshot(redis, d)
+    await redis.flushall()
+    d = await _dispatcher(redis)
+    await _drive(redis, d, one_by_one=True)
+    one_by_one = await _snapshot(redis, d)
+
+    assert batched == one_by_one
+    for i in range(6):
+        run = orjson.loads(batched[f"r{i}:meta"][b"run"])
+        assert run["status"] == "completed", run
+        assert run["output"] == {"node": "big" if i % 2 else "small", "visit": 1}
+    assert batched["pending"] == 0 and batched["dead"] == 0
+
+
+async def test_one_load_and_one_apply_per_round(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _dispatcher(redis)
+    calls: dict[str, list[int]] = {"load": [], "apply": []}
+    _spy(monkeypatch, d, "load_many", lambda wanted: calls["load"].append(len(wanted)))
+    _spy(monkeypatch, d, "apply_many", lambda batch: calls["apply"].append(len(batch)))
+    await _push(redis, d, [_submit(f"s{i}", 1) for i in range(10)])
+    await _push(redis, d, [_report("s0", "split"), _report("s1", "split")])
+    await d._handle_batch(await _read(redis, d))
+    # Round 1: ten submits; round 2: the reports of s0 and s1, after their submits.
+    assert calls == {"load": [10, 2], "apply": [10, 2]}
+    assert d.processed == 12
+    nodes = await d.store.node_records("s1")
+    assert nodes["split"].status.value == "completed" and nodes["a"].status.value == "queued"
+
+
+async def test_a_conflict_inside_a_batch_is_handled_again_alone(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _dispatcher(redis)
+    other = Dispatcher(redis, DispatcherSettings(consumer="other"))
+    await _push(redis, d, [_submit("c1", 1), _submit("c2", 1)])
+    await d._handle_batch(await _read(redis, d))
+    moved: list[str] = []
+
+    async def move_c1(views: list[RedisView]) -> None:
+        # Between the batch's load and its apply, another dispatcher applies the same report.
+        if not moved:
+            moved.append("c1")
+            outcome = await other.processor.process(
+                NodeReported(
+                    run_id="c1",
+                    node_id="split",
+                    visit=1,
+                    attempt=1,
+                    status="completed",
+                    output={"node": "split", "visit": 1},
+                )
+            )
+            assert outcome.applied
+
+    _spy_after(monkeypatch, d, "load_many", move_c1)
+    alone = _count_calls(monkeypatch, d.processor, "process")
+    await _push(redis, d, [_report("c1", "split"), _report("c2", "split")])
+    await d._handle_batch(await _read(redis, d))
+
+    assert alone == ["c1"]  # only the run that moved went the one-by-one way
+    history = await d.store.history("c1")
+    assert [e["node_id"] for e in history if e["type"] == "node.completed"] == ["start", "split"]
+    assert (await d.store.node_records("c2"))["split"].status.value == "completed"
+    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+    queued = sorted(j.decode() for j in await redis.zrange(d.keys.queue("default"), 0, -1))
+    expected = [f"rg:{r}:{n}:1:1" for r in ("c1", "c2") for n in ("a", "b", "c", "split")]
+    assert queued == expected  # split from the submits (never taken), then a, b, c once
+
+
+async def test_poison_in_the_middle_of_a_batch_is_dead_lettered_the_rest_applied(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis)
+    await redis.set(d.keys.run("wrongtype").meta, "not a hash")  # fails with a Redis error
+    messages = [
+        _submit("p1", 1),
+        b"not json",
+        b'{"kind":"submit","graph_id":"busy","run_id":"bad id!"}',
+        b'{"kind":"submit","graph_id":"no-such-graph","run_id":"p9"}',
+        _report("wrongtype", "split"),
+        _report("p1", "split"),
+        _report("ghost", "split"),  # an unknown run: ignored, not poison
+        _submit("p2", 1),
+    ]
+    await _push(redis, d, messages)
+    entries = await _read(redis, d)
+    await d._handle_batch(entries)
+
+    dead = await redis.xrange(d.keys.deadletter)
+    reasons = " | ".join(f[b"reason"].decode() for _, f in dead)
+    assert len(dead) == 3, reasons
+    assert "not JSON" in reasons and "invalid run id" in reasons and "no-such-graph" in reasons
+    for run_id in ("p1", "p2"):
+        assert (await d.store.get_run(run_id)) is not None
+    assert (await d.store.node_records("p1"))["split"].status.value == "completed"
+    # The entry that hit a Redis error is not poison yet: it stays pending, counted.
+    pending = await redis.xpending_range(d.keys.inbox, d.keys.inbox_group, "-", "+", 100)
+    assert [p["message_id"] for p in pending] == [entries[4][0]]
+    assert await redis.hget(d.keys.inbox_attempts, entries[4][0]) == b"1"
+    assert d.processed == 4  # p1, p1's report, the ignored ghost report, p2
+
+
+async def test_a_lost_connection_propagates_and_leaves_the_batch_pending(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _dispatcher(redis)
+
+    async def gone(calls: Sequence[ApplyCall]) -> list[bool | Exception]:
+        raise RedisConnectionError("server went away")
+
+    monkeypatch.setattr(d.store, "apply_many", gone)
+    await _push(redis, d, [_submit("l1", 1), _submit("l2", 1)])
+    with pytest.raises(RedisConnectionError):
+        await d._handle_batch(await _read(redis, d))
+    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 2
+    assert await redis.exists(d.keys.inbox_attempts, d.keys.deadletter) == 0
+
+
+async def test_a_flushed_script_cache_is_reloaded_within_the_batch(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis)
+    await _push(redis, d, [_submit("n1", 1)])
+    await d._handle_batch(await _read(redis, d))
+    await redis.script_flush()
+    await _push(redis, d, [_report("n1", "split"), _submit("n2", 1)])
+    await d._handle_batch(await _read(redis, d))
+    assert (await d.store.node_records("n1"))["split"].status.value == "completed"
+    assert await d.store.get_run("n2") is not None
+    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+
+
+def _spy(
+    monkeypatch: pytest.MonkeyPatch, d: Dispatcher, name: str, seen: Callable[[Any], None]
+) -> None:
+    real = getattr(d.store, name)
+
+    async def spy(arg: Any) -> Any:
+        seen(arg)
+        return await real(arg)
+
+    monkeypatch.setattr(d.store, name, spy)
+
+
+def _spy_after(
+    monkeypatch: pytest.MonkeyPatch,
+    d: Dispatcher,
+    name: str,
+    then: Callable[[Any], Awaitable[None]],
+) -> None:
+    real = getattr(d.store, name)
+
+    async def spy(arg: Any) -> Any:
+        result = await real(arg)
+        await then(result)
+        return result
+
+    monkeypatch.setattr(d.store, name, spy)
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, processor: Any, name: str) -> list[str]:
+    runs: list[str] = []
+    real = getattr(processor, name)
+
+    async def spy(event: Any, ack: str | None = None) -> Outcome:
+        runs.append(event.run_id)
+        result: Outcome = await real(event, ack=ack)
+        return result
+
+    monkeypatch.setattr(processor, name, spy)
+    return runs
