@@ -17,7 +17,15 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispatcher.store import GraphNotFound, NeedState, RedisView, RunStore, StoreError
+from dispatcher.store import (
+    NOTHING,
+    GraphNotFound,
+    NeedState,
+    Prefetch,
+    RedisView,
+    RunStore,
+    StoreError,
+)
 from graph_core import clock
 from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
@@ -41,6 +49,7 @@ _REDIS_GONE = (RedisConnectionError, RedisTimeoutError)  # not a message's fault
 MAX_CONFLICTS = 100
 MAX_LOADS = 10_000
 GRAPH_OF_RUN_CACHE = 100_000
+JOIN_GROUP_PREFETCH = 16  # joins with up to this many inputs are prefetched whole
 
 
 class ConflictError(RelaygraphError):
@@ -221,7 +230,7 @@ class Processor:
                     env = Env(b.now, _TokenReplay(b.tokens))
                     b.transition = advance(b.graph, b.view, b.event, env)
                 except NeedState as need:
-                    needs.append((b.event.run_id, b.view, need))
+                    needs.append((b.event.run_id, b.view, _widen(b.graph, b.view, need)))
                     asking.append(b)
                 except Exception as e:
                     results[b.index] = e
@@ -315,7 +324,7 @@ class Processor:
             view = await self.store.load(event.run_id, _prefetch(graph, event))
             if view.run_record is not None and view.run_record.status != RunStatus.PENDING:
                 return graph, view
-        view = await self.store.load(event.run_id, [])
+        view = await self.store.load(event.run_id)
         run = view.run_record
         if run is None or run.status == RunStatus.PENDING:
             return None, view
@@ -324,7 +333,7 @@ class Processor:
         except GraphNotFound as e:
             raise StoreError(f"run {event.run_id!r} refers to a missing graph: {e}") from e
         self._remember(event.run_id, run.graph_id, run.graph_version)
-        await self.store.fill_nodes(event.run_id, view, _prefetch(graph, event))
+        await self.store.fill_nodes(event.run_id, view, _prefetch(graph, event).nodes)
         return graph, view
 
     def _remember(self, run_id: str, graph_id: str, version: int) -> None:
@@ -339,7 +348,7 @@ class Processor:
             try:
                 return advance(graph, view, event, Env(now, _TokenReplay(tokens)))
             except NeedState as need:
-                await self.store.fill(event.run_id, view, need)
+                await self.store.fill(event.run_id, view, _widen(graph, view, need))
         raise StoreError(f"run {event.run_id!r}: transition needed over {MAX_LOADS} loads")
 
 
@@ -357,8 +366,12 @@ class _TokenReplay:
         return self._tokens[self._next - 1]
 
 
-def _prefetch(graph: Graph, event: Event) -> list[str]:
-    """The nodes a transition will most likely read, loaded in one round trip."""
+def _prefetch(graph: Graph, event: Event) -> Prefetch:
+    """What a transition will most likely read, loaded with the run's record: the event's
+    node, its parent and the targets of their edges (node records); the arrivals at joins
+    those edges lead to (of every input of a small join); the records of the loops the
+    event's node and the targets are in, and of the loops an edge leaves. O(the node's edges
+    and small joins), never O(the run)."""
     topo = topology(graph)
     if isinstance(event, RunSubmitted):
         first = topo.start
@@ -368,10 +381,38 @@ def _prefetch(graph: Graph, event: Event) -> list[str]:
         first = getattr(event, "node_id", None)
         first = first if first and graph.has_node(first) else None
     if first is None:
-        return []
-    wanted = [first]
-    wanted.extend(ref.edge.target for ref in topo.out_edges.get(first, []))
+        return NOTHING
     parent = graph.node(first).parent
-    if parent is not None:
-        wanted.append(parent)
-    return list(dict.fromkeys(wanted))
+    routing = [first] if parent is None else [first, parent]  # a parent completes with it
+    nodes = list(routing)
+    joins: list[tuple[str, int]] = []
+    loops: list[int] = []
+    for source in routing:
+        loops.extend(topo.loops_of.get(source, ()))
+        for ref in topo.out_edges.get(source, []):
+            target = ref.edge.target
+            nodes.append(target)
+            loops.extend(topo.loops_of.get(target, ()))
+            if ref.index in topo.back_edges:
+                continue  # starts its target directly: no join arrival
+            if ref.index in topo.defer_loop:
+                loops.append(topo.defer_loop[ref.index])
+            inputs = topo.join_groups[target][topo.group_of[ref.index]]
+            if len(inputs) > JOIN_GROUP_PREFETCH:  # its own arrivals; the rest on completion
+                joins.append((target, ref.index))
+            elif len(inputs) > 1:  # a small join: all inputs, read when a generation completes
+                joins.extend((target, i) for i in inputs)
+    return Prefetch(
+        list(dict.fromkeys(nodes)), list(dict.fromkeys(joins)), list(dict.fromkeys(loops))
+    )
+
+
+def _widen(graph: Graph, view: RedisView, need: NeedState) -> NeedState:
+    """A join arrival that was not prefetched is read when its join's generation completes,
+    together with every other input of the group: load the group's missing ones at once."""
+    if need.kind != "join":
+        return need
+    target, index = need.key
+    topo = topology(graph)
+    inputs = topo.join_groups[target][topo.group_of[index]]
+    return NeedState("joins", [(target, i) for i in inputs if (target, i) not in view.joins])

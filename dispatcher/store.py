@@ -36,11 +36,32 @@ from graph_core.paths import MISSING
 from graph_core.state import LoopRecord, NodeRecord, RunRecord, Transition
 from graph_core.status import TERMINAL_RUN
 
-__all__ = ["GraphNotFound", "NeedState", "RedisView", "RunStore", "StoreError"]
+__all__ = [
+    "ApplyCall",
+    "GraphNotFound",
+    "NeedState",
+    "Prefetch",
+    "RedisView",
+    "RunStore",
+    "StoreError",
+]
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 
 ApplyCall = tuple[list[str], list[str | bytes]]  # apply.lua's keys and arguments
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """What to load with a run's record, because its transition will most likely read it:
+    node records, join arrivals (node id, edge index) and loop records."""
+
+    nodes: list[str] = field(default_factory=list)
+    joins: list[tuple[str, int]] = field(default_factory=list)
+    loops: list[int] = field(default_factory=list)
+
+
+NOTHING = Prefetch()
 
 
 class StoreError(RelaygraphError):
@@ -173,25 +194,33 @@ class RunStore:
 
     # --- loading ------------------------------------------------------------------------
 
-    async def load(self, run_id: str, prefetch_nodes: list[str]) -> RedisView:
-        return (await self.load_many([(run_id, prefetch_nodes)]))[0]
+    async def load(self, run_id: str, prefetch: Prefetch = NOTHING) -> RedisView:
+        return (await self.load_many([(run_id, prefetch)]))[0]
 
-    async def load_many(self, wanted: Sequence[tuple[str, list[str]]]) -> list[RedisView]:
-        """Each run's record and revision, and the node records named with it, for several
-        runs in one round trip."""
+    async def load_many(self, wanted: Sequence[tuple[str, Prefetch]]) -> list[RedisView]:
+        """Each run's record and revision, and the records its ``Prefetch`` names, for
+        several runs in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        for run_id, prefetch_nodes in wanted:
+        for run_id, prefetch in wanted:
             rk = self.keys.run(run_id)
             pipe.hmget(rk.meta, "run", "rev")
-            if prefetch_nodes:
-                pipe.hmget(rk.nodes, prefetch_nodes)
+            if prefetch.nodes:
+                pipe.hmget(rk.nodes, prefetch.nodes)
+            if prefetch.joins:
+                pipe.hmget(rk.joins, [RunKeys.join_field(n, i) for n, i in prefetch.joins])
+            if prefetch.loops:
+                pipe.hmget(rk.loops, [str(i) for i in prefetch.loops])
         replies = iter(await pipe.execute())
         views = []
-        for _, prefetch_nodes in wanted:
+        for _, prefetch in wanted:
             run_raw, rev_raw = next(replies)
             view = RedisView(run_raw=run_raw, rev=int(rev_raw) if rev_raw is not None else None)
-            if prefetch_nodes:
-                view.nodes.update(zip(prefetch_nodes, next(replies), strict=True))
+            if prefetch.nodes:
+                view.nodes.update(zip(prefetch.nodes, next(replies), strict=True))
+            if prefetch.joins:
+                _set_joins(view, prefetch.joins, next(replies))
+            if prefetch.loops:
+                view.loops.update(zip(prefetch.loops, next(replies), strict=True))
             views.append(view)
         return views
 
@@ -218,6 +247,8 @@ class RunStore:
                 pipe.hget(rk.outputs, RunKeys.output_field(*need.key))
             elif need.kind == "join":
                 pipe.hget(rk.joins, RunKeys.join_field(*need.key))
+            elif need.kind == "joins":  # several join fields at once: a list of keys
+                pipe.hmget(rk.joins, [RunKeys.join_field(n, i) for n, i in need.key])
             elif need.kind == "loop":
                 pipe.hget(rk.loops, str(need.key))
             elif need.kind == "active":
@@ -232,6 +263,8 @@ class RunStore:
                 view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
             elif need.kind == "join":
                 view.joins[need.key] = raw.decode() if raw is not None else ""
+            elif need.kind == "joins":
+                _set_joins(view, need.key, raw)
             elif need.kind == "loop":
                 view.loops[need.key] = raw
             else:
@@ -410,3 +443,8 @@ class RunStore:
         key = self.keys.runs_by_status(status) if status else self.keys.runs_all
         ids = await self.redis.zrevrange(key, 0, limit - 1)
         return [i.decode() for i in ids]
+
+
+def _set_joins(view: RedisView, keys: Sequence[tuple[str, int]], raws: list[bytes | None]) -> None:
+    for key, raw in zip(keys, raws, strict=True):
+        view.joins[key] = raw.decode() if raw is not None else ""

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from dispatcher.processor import Outcome
+from dispatcher.processor import JOIN_GROUP_PREFETCH, Outcome
 from dispatcher.queue import JOB_KEY_PREFIX
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
@@ -20,6 +20,7 @@ from dispatcher.store import ApplyCall, RedisView
 from graph_core import clock
 from graph_core.events import NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
+from graph_core.model import Edge, Graph, Node
 from tests.support.graphs import busy_graph
 
 pytestmark = pytest.mark.integration
@@ -300,3 +301,58 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, processor: Any, name: str) -> 
 
     monkeypatch.setattr(processor, name, spy)
     return runs
+
+
+async def test_loops_and_small_joins_come_with_the_load(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _dispatcher(redis)
+    asked: list[tuple[str, Any]] = []
+    _spy(
+        monkeypatch, d, "fill_many", lambda needs: asked.extend((n.kind, n.key) for *_, n in needs)
+    )
+    await _drive(redis, d, one_by_one=False)
+    # Never a loop record, nor the three-input join: they come with the run's record. What
+    # is left: the skip that the loop's exit sends down to ``end`` (its arrivals and record)
+    # and the live frontier, read once to finish: three loads per run, each shared by the
+    # runs of its round.
+    assert sorted(asked, key=str) == sorted(
+        [("joins", [("end", 11), ("end", 12)]), ("node", "end"), ("active", None)] * 6, key=str
+    )
+
+
+async def test_a_wide_join_loads_its_inputs_once_when_it_fires(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    width = JOIN_GROUP_PREFETCH + 4
+    g = Graph(id="wide")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("split", type="work", fan_out=True),
+        *[Node(f"b{i}", type="work") for i in range(width)],
+        Node("join", type="work"),
+        Node("end", type="end"),
+    )
+    g.connect("start", "split")
+    g.add_edges(*[Edge("split", f"b{i}") for i in range(width)])
+    g.add_edges(*[Edge(f"b{i}", "join") for i in range(width)])
+    g.connect("join", "end")
+    d = await _dispatcher(redis)
+    await d.store.register_graph(g.validate_graph())
+    asked: list[tuple[str, Any]] = []
+    _spy(
+        monkeypatch, d, "fill_many", lambda needs: asked.extend((n.kind, n.key) for *_, n in needs)
+    )
+    await _push(redis, d, [encode_inbox(SubmitRequest(graph_id="wide", run_id="w"))])
+    for _ in range(10):
+        await d._handle_batch(await _read(redis, d))
+        reports = await _work_off_queue(redis, d, set())
+        if not reports:
+            break
+        await _push(redis, d, reports)
+    run = await d.store.get_run("w")
+    assert run is not None and run.status.value == "completed"
+    first_input = width + 1  # edges: start->split, split->b*, then b*->join
+    [(kind, keys)] = [(k, v) for k, v in asked if k in ("join", "joins")]
+    assert kind == "joins" and len(keys) == width - 1  # all but the last arrival's own
+    assert {i for _, i in keys} < set(range(first_input, first_input + width))
