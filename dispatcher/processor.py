@@ -17,22 +17,13 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispatcher.store import (
-    NOTHING,
-    GraphNotFound,
-    NeedState,
-    Prefetch,
-    RedisView,
-    RunStore,
-    StoreError,
-)
+from dispatcher.prefetch import Prefetch, neighbourhood
+from dispatcher.store import GraphNotFound, NeedState, RedisView, RunStore, StoreError
 from graph_core import clock
 from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
 from graph_core.events import (
-    ApprovalReceived,
     Event,
-    NodeReported,
     RunSubmitted,
 )
 from graph_core.keys import check_run_id
@@ -49,7 +40,7 @@ _REDIS_GONE = (RedisConnectionError, RedisTimeoutError)  # not a message's fault
 MAX_CONFLICTS = 100
 MAX_LOADS = 10_000
 GRAPH_OF_RUN_CACHE = 100_000
-JOIN_GROUP_PREFETCH = 16  # joins with up to this many inputs are prefetched whole
+PREFETCH_CACHE = 10_000
 
 
 class ConflictError(RelaygraphError):
@@ -86,6 +77,8 @@ class Processor:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
+        # (graph id, version, submitted?, node id) -> what its events' transitions read
+        self._prefetches: dict[tuple[str, int, bool, str | None], Prefetch] = {}
 
     async def handle(self, message: Any, entry_id: str | None = None) -> Outcome:
         """Handle one inbox message. ``entry_id`` (the stream entry's id) names the run of a
@@ -161,7 +154,7 @@ class Processor:
             return []
         try:
             views = await self.store.load_many(
-                [(event.run_id, _prefetch(graph, event)) for _, event, _, graph in events]
+                [(event.run_id, self._prefetch(graph, event)) for _, event, _, graph in events]
             )
         except _REDIS_GONE:
             raise
@@ -314,14 +307,14 @@ class Processor:
     async def _load(self, event: Event) -> tuple[Graph | None, RedisView]:
         if isinstance(event, RunSubmitted):
             graph = await self.store.graph(event.graph_id, event.graph_version)
-            view = await self.store.load(event.run_id, _prefetch(graph, event))
+            view = await self.store.load(event.run_id, self._prefetch(graph, event))
             self._remember(event.run_id, event.graph_id, event.graph_version)
             return graph, view
         known = self._graph_of.get(event.run_id)
         if known is not None:
             # A run's graph never changes: load its record and the neighbourhood in one trip.
             graph = await self.store.graph(*known)
-            view = await self.store.load(event.run_id, _prefetch(graph, event))
+            view = await self.store.load(event.run_id, self._prefetch(graph, event))
             if view.run_record is not None and view.run_record.status != RunStatus.PENDING:
                 return graph, view
         view = await self.store.load(event.run_id)
@@ -333,8 +326,20 @@ class Processor:
         except GraphNotFound as e:
             raise StoreError(f"run {event.run_id!r} refers to a missing graph: {e}") from e
         self._remember(event.run_id, run.graph_id, run.graph_version)
-        await self.store.fill_nodes(event.run_id, view, _prefetch(graph, event).nodes)
+        await self.store.fill_nodes(event.run_id, view, self._prefetch(graph, event).nodes)
         return graph, view
+
+    def _prefetch(self, graph: Graph, event: Event) -> Prefetch:
+        """``neighbourhood`` of the event's node, computed once per graph and node."""
+        submitted = isinstance(event, RunSubmitted)
+        node_id = None if submitted else getattr(event, "node_id", None)
+        key = (graph.id, graph.version, submitted, node_id)
+        found = self._prefetches.get(key)
+        if found is None:
+            if len(self._prefetches) >= PREFETCH_CACHE:  # bogus node ids must not grow it
+                self._prefetches.pop(next(iter(self._prefetches)))
+            found = self._prefetches[key] = neighbourhood(graph, event)
+        return found
 
     def _remember(self, run_id: str, graph_id: str, version: int) -> None:
         if len(self._graph_of) >= GRAPH_OF_RUN_CACHE:
@@ -364,47 +369,6 @@ class _TokenReplay:
             self._tokens.append(clock.new_token())
         self._next += 1
         return self._tokens[self._next - 1]
-
-
-def _prefetch(graph: Graph, event: Event) -> Prefetch:
-    """What a transition will most likely read, loaded with the run's record: the event's
-    node, its parent and the targets of their edges (node records); the arrivals at joins
-    those edges lead to (of every input of a small join); the records of the loops the
-    event's node and the targets are in, and of the loops an edge leaves. O(the node's edges
-    and small joins), never O(the run)."""
-    topo = topology(graph)
-    if isinstance(event, RunSubmitted):
-        first = topo.start
-    elif isinstance(event, NodeReported | ApprovalReceived):
-        first = event.node_id if graph.has_node(event.node_id) else None
-    else:
-        first = getattr(event, "node_id", None)
-        first = first if first and graph.has_node(first) else None
-    if first is None:
-        return NOTHING
-    parent = graph.node(first).parent
-    routing = [first] if parent is None else [first, parent]  # a parent completes with it
-    nodes = list(routing)
-    joins: list[tuple[str, int]] = []
-    loops: list[int] = []
-    for source in routing:
-        loops.extend(topo.loops_of.get(source, ()))
-        for ref in topo.out_edges.get(source, []):
-            target = ref.edge.target
-            nodes.append(target)
-            loops.extend(topo.loops_of.get(target, ()))
-            if ref.index in topo.back_edges:
-                continue  # starts its target directly: no join arrival
-            if ref.index in topo.defer_loop:
-                loops.append(topo.defer_loop[ref.index])
-            inputs = topo.join_groups[target][topo.group_of[ref.index]]
-            if len(inputs) > JOIN_GROUP_PREFETCH:  # its own arrivals; the rest on completion
-                joins.append((target, ref.index))
-            elif len(inputs) > 1:  # a small join: all inputs, read when a generation completes
-                joins.extend((target, i) for i in inputs)
-    return Prefetch(
-        list(dict.fromkeys(nodes)), list(dict.fromkeys(joins)), list(dict.fromkeys(loops))
-    )
 
 
 def _widen(graph: Graph, view: RedisView, need: NeedState) -> NeedState:

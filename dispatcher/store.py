@@ -18,29 +18,19 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from dispatcher.queue import ABORT_KEY, job_write
+from dispatcher.changes import pack_changes
+from dispatcher.prefetch import NOTHING, Prefetch
 from graph_core.errors import GraphValidationError, RelaygraphError
-from graph_core.events import (
-    CancelNode,
-    EnqueueNode,
-    FinishRun,
-    PauseForApproval,
-    ReleaseWait,
-    ScheduleTimer,
-    TimerFired,
-)
 from graph_core.keys import Keys, RunKeys
-from graph_core.messages import dumps, encode_inbox, job_id
+from graph_core.messages import dumps
 from graph_core.model import Graph
 from graph_core.paths import MISSING
 from graph_core.state import LoopRecord, NodeRecord, RunRecord, Transition
-from graph_core.status import TERMINAL_RUN
 
 __all__ = [
     "ApplyCall",
     "GraphNotFound",
     "NeedState",
-    "Prefetch",
     "RedisView",
     "RunStore",
     "StoreError",
@@ -49,19 +39,6 @@ __all__ = [
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 
 ApplyCall = tuple[list[str], list[str | bytes]]  # apply.lua's keys and arguments
-
-
-@dataclass(frozen=True)
-class Prefetch:
-    """What to load with a run's record, because its transition will most likely read it:
-    node records, join arrivals (node id, edge index) and loop records."""
-
-    nodes: list[str] = field(default_factory=list)
-    joins: list[tuple[str, int]] = field(default_factory=list)
-    loops: list[int] = field(default_factory=list)
-
-
-NOTHING = Prefetch()
 
 
 class StoreError(RelaygraphError):
@@ -336,82 +313,7 @@ class RunStore:
         return keys, [rev, self._pack(t, run, now_ms, ack)]
 
     def _pack(self, t: Transition, run: RunRecord, now_ms: int, ack: str | None) -> bytes:
-        """The change set as one JSON array for apply.lua: redis-py frames one argument
-        instead of 40-70. Only strings and flat lists of strings: numbers go as strings
-        (cjson would turn them into doubles), stored values as the exact JSON text they
-        are stored as."""
-        finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
-        score = str(now_ms)
-        nodes: list[str] = []
-        for nid, rec in t.nodes.items():
-            nodes += (nid, rec.dump().decode())
-        outputs: list[str] = []
-        for (n, v), o in t.outputs.items():
-            outputs += (RunKeys.output_field(n, v), dumps(o).decode())
-        joins: list[str] = []
-        for (n, i), signals in t.joins.items():
-            joins += (RunKeys.join_field(n, i), signals)
-        loops: list[str] = []
-        for i, loop in t.loops.items():
-            loops += (str(i), loop.model_dump_json())
-        active_add: list[str] = []
-        for nid, visit in t.active_add.items():
-            active_add += (nid, str(visit))
-        history = [
-            dumps({"run_id": run.run_id, **h.model_dump(mode="json")}).decode() for h in t.history
-        ]
-        jobs: list[str] = []
-        timers: list[str] = []
-        waits: list[str] = []
-        releases: list[str] = []
-        aborts: list[str] = []
-        for a in t.actions:
-            if isinstance(a, EnqueueNode):
-                w = job_write(self.keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
-                jobs += w.argv()
-            elif isinstance(a, ScheduleTimer):
-                member = encode_inbox(
-                    TimerFired(
-                        run_id=run.run_id,
-                        timer=a.timer,
-                        node_id=a.node_id,
-                        visit=a.visit,
-                        attempt=a.attempt,
-                    )
-                )
-                timers += (member.decode(), str(int(a.due_at * 1000)))
-            elif isinstance(a, PauseForApproval):
-                waits += (a.node_id, a.token)
-            elif isinstance(a, ReleaseWait):
-                releases.append(a.node_id)
-            elif isinstance(a, CancelNode):
-                aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt))
-        return orjson.dumps(
-            [
-                run.dump().decode(),
-                str(run.rev),
-                run.run_id,
-                score,
-                self.keys.events_channel,
-                str(self.retention_s if finished else 0),
-                ABORT_KEY,
-                self.keys.inbox,
-                self.keys.inbox_group,
-                ack or "",
-                nodes,
-                outputs,
-                joins,
-                loops,
-                active_add,
-                sorted(t.active_remove),
-                history,
-                jobs,
-                timers,
-                waits,
-                releases,
-                aborts,
-            ]
-        )
+        return pack_changes(self.keys, t, run, now_ms, ack, self.retention_s)
 
     # --- read models --------------------------------------------------------------------
 

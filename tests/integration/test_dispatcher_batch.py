@@ -12,7 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from dispatcher.processor import JOIN_GROUP_PREFETCH, Outcome
+from dispatcher.prefetch import JOIN_GROUP_PREFETCH
+from dispatcher.processor import Outcome
 from dispatcher.queue import JOB_KEY_PREFIX
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
