@@ -12,7 +12,7 @@ from typing import Final
 
 from graph_core.events import EnqueueNode
 from graph_core.keys import Keys
-from graph_core.messages import JobPayload, encode_arq_job, job_id
+from graph_core.messages import JobPayload, encode_arq_job, job_id, wake_token
 
 __all__ = ["ABORT_KEY", "JobWrite", "job_write"]
 
@@ -34,9 +34,10 @@ class JobWrite:
     score_ms: int
     expires_ms: int
     wake_key: str
+    wake_token: str
 
     def argv(self) -> list[str]:
-        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
+        """The write as apply.lua reads it: nine strings (numbers as decimal text)."""
         return [
             self.job_key,
             self.result_key,
@@ -46,6 +47,7 @@ class JobWrite:
             str(self.score_ms),
             str(self.expires_ms),
             self.wake_key,
+            self.wake_token,
         ]
 
 
@@ -72,4 +74,5 @@ def job_write(
         score_ms=now_ms,
         expires_ms=JOB_EXPIRES_MS,
         wake_key=keys.wake(action.queue),
+        wake_token=wake_token(jid, graph_id, graph_version),
     )

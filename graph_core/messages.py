@@ -43,6 +43,8 @@ __all__ = [
     "parse_inbox",
     "parse_job_id",
     "parse_job_payload",
+    "parse_wake_token",
+    "wake_token",
 ]
 
 ARQ_FUNCTION: Final = "relaygraph_run_node"
@@ -154,6 +156,23 @@ JOB_ID_PREFIX: Final = "rg:"
 def job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
     """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op."""
     return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{visit}:{attempt}"
+
+
+def wake_token(job: str, graph_id: str, graph_version: int) -> str:
+    """What the dispatcher pushes on a queue's wake-up list for a job: its id and its graph,
+    so a worker that has the graph cached plans the job's reads before claiming it.
+    Job ids never contain ``|`` (node ids cannot); graph ids may, so the id comes last."""
+    return f"{job}|{graph_version}|{graph_id}"
+
+
+def parse_wake_token(value: str) -> tuple[str, tuple[str, int] | None]:
+    """``(job id, (graph id, version) or None)`` of a wake-up token; a bare job id (an
+    older dispatcher's) has no graph."""
+    job, sep, rest = value.partition("|")
+    version, sep2, graph_id = rest.partition("|")
+    if not sep or not sep2 or not graph_id or not (version.isascii() and version.isdigit()):
+        return job, None
+    return job, (graph_id, int(version))
 
 
 def parse_job_id(value: str) -> tuple[str, str, int, int] | None:

@@ -58,11 +58,11 @@ from graph_core.messages import (
 )
 from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
-from worker.preload import GraphCache
+from worker.preload import GraphCache, plan_reads
 from worker.registry import HandlerRegistry, load_registry
-from worker.runner import DEFAULT_MAX_DELIVERIES, Preloaded, execute_node
+from worker.runner import DEFAULT_MAX_DELIVERIES, PipelineHook, Preloaded, execute_node
 from worker.settings import WorkerSettings
-from worker.waking import Claim, Finish, WakingWorker
+from worker.waking import Claim, ClaimPlan, ClaimPlanner, Finish, WakingWorker
 
 __all__ = [
     "ARQ_MAX_TRIES",
@@ -100,17 +100,48 @@ class _WorkerState:
     def lease_member(self, job: JobPayload) -> tuple[bytes, float | None]:
         """The attempt's lease (the ``LeaseExpired`` message the dispatcher acts on if it
         lapses) and its deadline (``timeout_s`` from now)."""
-        deadline = time.time() + job.timeout_s if job.timeout_s else None
-        member = encode_inbox(
-            LeaseExpired(
-                run_id=job.run_id,
-                node_id=job.node_id,
-                visit=job.visit,
-                attempt=job.attempt,
-                deadline=deadline,
-            )
+        return _lease_member(job.run_id, job.node_id, job.visit, job.attempt, job.timeout_s)
+
+
+def _lease_member(
+    run_id: str, node_id: str, visit: int, attempt: int, timeout_s: float | None
+) -> tuple[bytes, float | None]:
+    deadline = time.time() + timeout_s if timeout_s else None
+    member = encode_inbox(
+        LeaseExpired(
+            run_id=run_id, node_id=node_id, visit=visit, attempt=attempt, deadline=deadline
         )
-        return member, deadline
+    )
+    return member, deadline
+
+
+def _planner(
+    keys: Keys, registry: HandlerRegistry, graphs: GraphCache, heartbeat: Heartbeat
+) -> ClaimPlanner:
+    """Plans a claim for a job whose graph is cached: its lease and the reads its handler
+    will need (``plan_reads``), so the claim script does them and the handler starts after
+    one round trip."""
+
+    def plan(
+        job_id: str, parts: tuple[str, str, int, int], graph_ref: tuple[str, int]
+    ) -> ClaimPlan | None:
+        graph = graphs.get(*graph_ref)
+        run_id, node_id, visit, attempt = parts
+        if graph is None or not graph.has_node(node_id):
+            return None
+        node = graph.node(node_id)
+        member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s)
+        return ClaimPlan(
+            lease_key=keys.leases,
+            lease=member,
+            lease_expiry_ms=int(heartbeat.expiry(deadline) * 1000),
+            deadline=deadline,
+            timeout_s=node.timeout_s,
+            outputs_key=keys.run(run_id).outputs,
+            reads=plan_reads(graph, node, registry.spec(node.type)).nodes,
+        )
+
+    return plan
 
 
 async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
@@ -118,10 +149,10 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
     payload, hold the attempt's lease while the node runs, and return the report and the
     lease for the worker to write and drop with the job's clean-up.
 
-    The lease is written in the same round trip as the reads before the handler (so before
-    the handler can start), renewed by the heartbeat thread meanwhile, and removed with the
-    report. If the job ends any other way (a Redis error, the worker stopping) it is removed
-    here."""
+    The lease is written before the handler can start: by the claim when it was planned
+    (``ClaimPlan``), else in the round trip of reads before the handler. The heartbeat
+    thread renews it meanwhile; it is removed with the report, or here if the job ends any
+    other way (a Redis error, the worker stopping)."""
     state: _WorkerState = ctx[_STATE]
     job_id: str | None = ctx.get("job_id")
     claim: Claim | None = ctx.get("claim")
@@ -130,12 +161,29 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
     except MessageError as e:
         logger.error("dropping job %s: %s", job_id, e)
         return Finish()
-    member, deadline = state.lease_member(job)
     leases = state.keys.leases
     heartbeat = state.heartbeat
+    planned = claim.plan if claim is not None and claim.leased else None
+    before_start: PipelineHook | None = None
+    if planned is not None and planned.timeout_s == job.timeout_s:
+        member, deadline = planned.lease, planned.deadline
+    else:
+        member, deadline = state.lease_member(job)
+        expiry_ms = int(heartbeat.expiry(deadline) * 1000)
+        stale = planned.lease if planned is not None else None
+
+        def before_start(pipe: Any) -> None:
+            if stale is not None:  # planned with another timeout: replace that lease
+                pipe.zrem(leases, stale)
+            pipe.zadd(leases, {member: expiry_ms})
+
     heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
-    expiry_ms = int(heartbeat.expiry(deadline) * 1000)
-    preloaded = Preloaded(claim.run, claim.node) if claim is not None and claim.loaded else None
+    preloaded = None
+    if claim is not None and claim.loaded:
+        latest = None
+        if claim.plan is not None and claim.latest is not None:
+            latest = (claim.plan.reads, claim.latest)
+        preloaded = Preloaded(claim.run, claim.node, latest)
     try:
         done = await execute_node(
             state.redis,
@@ -147,7 +195,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
             worker_id=state.worker_id,
             delivery=int(ctx.get("job_try") or 1),
             preloaded=preloaded,
-            before_start=lambda pipe: pipe.zadd(leases, {member: expiry_ms}),
+            before_start=before_start,
         )
     except BaseException as e:
         heartbeat.release(member)
@@ -229,6 +277,7 @@ def build_workers(
         worker = WakingWorker(
             keys=keys,
             wake_key=keys.wake(name),
+            planner=_planner(keys, registry, graphs, heartbeat),
             fallback_s=settings.wake_fallback_s,
             functions=[
                 func(

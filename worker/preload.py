@@ -40,6 +40,7 @@ from worker.context import Snapshot
 from worker.registry import HandlerSpec
 
 __all__ = [
+    "LATEST_LUA",
     "LATEST_SCRIPT",
     "GraphCache",
     "Plan",
@@ -140,24 +141,29 @@ def _json_or_missing(raw: bytes | None) -> Any:
     return MISSING if raw is None else orjson.loads(raw)
 
 
-# The records of nodes ARGV and each one's latest output (``RunKeys.output_field`` of its
-# ``last_ok_visit``, which the record omits while it is 0): {record, output, record, ...}.
-LATEST_SCRIPT = """
-local out = {}
-for i, nid in ipairs(ARGV) do
-  local rec = redis.call('HGET', KEYS[1], nid)
-  local value = false
-  if rec then
-    local visit = cjson.decode(rec)['last_ok_visit']
-    if type(visit) == 'number' and visit >= 1 then
-      value = redis.call('HGET', KEYS[2], nid .. 'OUTPUT_FIELD_SEP' .. string.format('%d', visit))
+# ``latest(nodes_key, outputs_key, ids, first, out)`` appends to ``out`` the record of each
+# node ``ids[first..]`` and its latest output (``RunKeys.output_field`` of its
+# ``last_ok_visit``, which the record omits while it is 0): record, output, record, ...
+# Shared by LATEST_SCRIPT and the worker's claim script.
+LATEST_LUA = """
+local function latest(nodes_key, outputs_key, ids, first, out)
+  for i = first, #ids do
+    local nid = ids[i]
+    local rec = redis.call('HGET', nodes_key, nid)
+    local value = false
+    if rec then
+      local visit = cjson.decode(rec)['last_ok_visit']
+      if type(visit) == 'number' and visit >= 1 then
+        value = redis.call('HGET', outputs_key, nid .. 'SEP' .. string.format('%d', visit))
+      end
     end
+    out[#out + 1] = rec
+    out[#out + 1] = value
   end
-  out[2 * i - 1] = rec
-  out[2 * i] = value
+  return out
 end
-return out
-""".replace("OUTPUT_FIELD_SEP", OUTPUT_FIELD_SEP)
+""".replace("SEP", OUTPUT_FIELD_SEP)
+LATEST_SCRIPT = LATEST_LUA + "return latest(KEYS[1], KEYS[2], ARGV, 1, {})\n"
 LATEST_SHA = hashlib.sha1(LATEST_SCRIPT.encode()).hexdigest()  # the id Redis gives the script
 
 

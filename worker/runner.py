@@ -318,6 +318,8 @@ class Preloaded:
 
     run: bytes | None
     node: bytes | None
+    # the records and latest outputs (pairs, as LATEST_SCRIPT returns them) of these nodes
+    latest: tuple[list[str], list[Any]] | None = None
 
 
 PipelineHook = Callable[[Any], None]
@@ -455,6 +457,25 @@ def _fenced(run: RunRecord | None, records: dict[str, NodeRecord], payload: JobP
     return why is not None
 
 
+def _use_preloaded(
+    preloaded: Preloaded,
+    payload: JobPayload,
+    plan: Plan,
+    records: dict[str, NodeRecord],
+    outputs: dict[tuple[str, int], Any],
+) -> RunRecord | None:
+    """The run record if the job passes the fence on what its claim read (None: fenced
+    off); fills ``records`` and ``outputs`` with what the claim read for ``plan``."""
+    run = RunRecord.model_validate_json(preloaded.run) if preloaded.run is not None else None
+    if preloaded.node is not None:
+        records[payload.node_id] = NodeRecord.model_validate_json(preloaded.node)
+    if _fenced(run, records, payload) or run is None:
+        return None
+    if preloaded.latest is not None and preloaded.latest[0] == plan.nodes:
+        parse_latest_read(plan.nodes, preloaded.latest[1], records, outputs)
+    return run
+
+
 async def _load(
     redis: Any,
     keys: Keys,
@@ -476,19 +497,19 @@ async def _load(
     records: dict[str, NodeRecord] = {}
     outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None
+    read_latest = bool(plan.nodes)
     if preloaded is not None:
-        run = RunRecord.model_validate_json(preloaded.run) if preloaded.run is not None else None
-        if preloaded.node is not None:
-            records[payload.node_id] = NodeRecord.model_validate_json(preloaded.node)
-        if _fenced(run, records, payload):
+        run = _use_preloaded(preloaded, payload, plan, records, outputs)
+        if run is None:
             return None
+        read_latest = read_latest and not (preloaded.latest and preloaded.latest[0] == plan.nodes)
 
     def build() -> Any:
         pipe = redis.pipeline(transaction=False)
         if preloaded is None:
             pipe.hget(rk.meta, "run")
             pipe.hget(rk.nodes, payload.node_id)
-        if plan.nodes:
+        if read_latest:
             queue_latest_read(pipe, rk, plan.nodes)
         if graph is None:
             pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
@@ -502,7 +523,7 @@ async def _load(
         run = RunRecord.model_validate_json(raw_run) if raw_run is not None else None
         if raw_node is not None:
             records[payload.node_id] = NodeRecord.model_validate_json(raw_node)
-    if plan.nodes:
+    if read_latest:
         parse_latest_read(plan.nodes, replies.pop(0), records, outputs)
     raw_graph = replies.pop(0) if graph is None else None
     if run is None or (preloaded is None and _fenced(run, records, payload)):

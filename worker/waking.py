@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,15 +48,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
-from graph_core.messages import parse_job_id
+from graph_core.messages import parse_job_id, parse_wake_token
+from worker.preload import LATEST_LUA
 
-__all__ = ["Claim", "Finish", "WakingWorker"]
+__all__ = ["Claim", "ClaimPlan", "ClaimPlanner", "Finish", "WakingWorker"]
+
+_Wanted = tuple[str, tuple[str, int] | None]  # a job id, and its graph if the wake-up named it
 
 logger = logging.getLogger("relaygraph.worker")
 
 # Claim a job: only if nobody runs it, it is still queued and it is due; then read it, count
-# the try (arq's retry key), take it off the abort set and read the fence's records.
-_CLAIM = """
+# the try (arq's retry key), take it off the abort set, read the fence's records and, for a
+# job planned before the claim (``ClaimPlan``), write its lease and read what it will read.
+_CLAIM = (
+    LATEST_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
@@ -64,13 +71,18 @@ local job = redis.call('GET', KEYS[3])
 local tries = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], 88400)
 local aborted = redis.call('ZREM', KEYS[5], ARGV[1])
-local run, node = false, false
+local run, node, leased = false, false, 0
 if ARGV[4] ~= '' then
   run = redis.call('HGET', KEYS[6], 'run')
   node = redis.call('HGET', KEYS[7], ARGV[4])
 end
-return {score, job, tries, aborted, run, node}
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
+  leased = 1
+end
+return latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, tries, aborted, run, node, leased})
 """
+)
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
@@ -78,6 +90,25 @@ _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 
 class _Unrunnable(Exception):
     """A claimed job that cannot run (expired, aborted, unknown function, out of tries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPlan:
+    """What a claim does besides claiming, for a job whose graph the worker has cached (the
+    wake-up named it): write the attempt's lease, and read the records and latest outputs
+    of the nodes the job will read, so the handler can start right after the claim."""
+
+    lease_key: str
+    lease: bytes  # the LeaseExpired message
+    lease_expiry_ms: int
+    deadline: float | None  # epoch seconds: the lease is never renewed past it
+    timeout_s: float | None  # the node's, as the lease assumed it
+    outputs_key: str
+    reads: list[str]  # node ids
+
+
+# (job id, its parts, (graph id, version)) -> a plan, or None to claim plainly
+ClaimPlanner = Callable[[str, tuple[str, str, int, int], tuple[str, int]], ClaimPlan | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +123,9 @@ class Claim:
     run: bytes | None  # the run record, for a relaygraph job id (None: missing)
     node: bytes | None  # the job node's record
     loaded: bool  # False: not a relaygraph job id, run and node were not read
+    plan: ClaimPlan | None = None
+    leased: bool = False  # the claim wrote plan.lease
+    latest: list[Any] | None = None  # plan.reads' records and latest outputs, as pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +139,18 @@ class Finish:
 
 
 class WakingWorker(Worker):
-    def __init__(self, *args: Any, keys: Keys, wake_key: str, fallback_s: float, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        keys: Keys,
+        wake_key: str,
+        fallback_s: float,
+        planner: ClaimPlanner | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.keys = keys
+        self.planner = planner
         self.wake_key = wake_key
         self.fallback_s = fallback_s
         self.wakeups = 0
@@ -133,13 +176,13 @@ class WakingWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         failures = 0
-        woken: list[str] | None = None  # job ids from a wake-up; None: poll the queue
+        woken: list[_Wanted] | None = None  # from a wake-up; None: poll the queue
         while True:
             try:
                 if woken is None:
                     await self._poll_iteration()
                 else:
-                    await self.start_jobs([j.encode() for j in woken])
+                    await self._start(woken)
                     await self._housekeeping()
                 if self.burst and await self._burst_done():
                     return
@@ -188,21 +231,25 @@ class WakingWorker(Worker):
         await self.heart_beat()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim as many of ``job_ids`` as there are free slots, in one round trip, and
-        start the claimed ones; a failed claim frees its slot."""
+        """arq's entry point for polled ids: claim and start them (see ``_start``)."""
+        await self._start([(j.decode(), None) for j in job_ids])
+
+    async def _start(self, wanted: list[_Wanted]) -> None:
+        """Claim as many jobs as there are free slots, in one round trip, and start the
+        claimed ones; a failed claim frees its slot."""
         if not self.allow_pick_jobs:
             return
-        wanted = list(dict.fromkeys(j.decode() for j in job_ids if j.decode() not in self.tasks))
-        wanted = wanted[: max(0, self.max_jobs - self.job_counter)]
-        if not wanted:
+        unique = {job_id: graph for job_id, graph in wanted if job_id not in self.tasks}
+        todo = list(unique.items())[: max(0, self.max_jobs - self.job_counter)]
+        if not todo:
             return
-        for _ in wanted:  # reserve the slots first: a claim must never outrun them
+        for _ in todo:  # reserve the slots first: a claim must never outrun them
             await self.sem.acquire()
             self.job_counter += 1
         try:
-            claims = await self._claim_all(wanted)
+            claims = await self._claim_all(todo)
         except BaseException:
-            for _ in wanted:
+            for _ in todo:
                 self._release_sem_dec_counter_on_complete()
             raise
         for claim in claims:
@@ -213,42 +260,50 @@ class WakingWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[claim.job_id] = task
 
-    async def _claim_all(self, job_ids: list[str]) -> list[Claim | None]:
+    def _claim_call(
+        self, job_id: str, graph: tuple[str, int] | None, now: int
+    ) -> tuple[list[str], list[str], ClaimPlan | None]:
+        """The claim script's keys and arguments for one job, and its plan if any."""
+        keys = [
+            in_progress_key_prefix + job_id,
+            self.queue_name,
+            job_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            abort_jobs_ss,
+        ]
+        args = [job_id, str(now), str(int(self.in_progress_timeout_s * 1000))]
+        parts = parse_job_id(job_id)
+        try:
+            rk = self.keys.run(parts[0]) if parts is not None else None
+        except RelaygraphError:
+            rk = None
+        if parts is None or rk is None:
+            return [*keys, "", "", "", ""], [*args, "", "", ""], None
+        plan = self.planner(job_id, parts, graph) if self.planner and graph else None
+        if plan is None:
+            return [*keys, rk.meta, rk.nodes, "", ""], [*args, parts[1], "", ""], None
+        return (
+            [*keys, rk.meta, rk.nodes, plan.lease_key, plan.outputs_key],
+            [*args, parts[1], plan.lease.decode(), str(plan.lease_expiry_ms), *plan.reads],
+            plan,
+        )
+
+    async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
         now = timestamp_ms()
-        lease_ms = int(self.in_progress_timeout_s * 1000)
-        calls: list[tuple[list[str], list[str | int]]] = []
-        for job_id in job_ids:
-            keys = [
-                in_progress_key_prefix + job_id,
-                self.queue_name,
-                job_key_prefix + job_id,
-                retry_key_prefix + job_id,
-                abort_jobs_ss,
-            ]
-            parsed = parse_job_id(job_id)
-            if parsed is not None:
-                try:
-                    rk = self.keys.run(parsed[0])
-                except RelaygraphError:
-                    parsed = None
-                else:
-                    keys += [rk.meta, rk.nodes]
-            if parsed is None:
-                keys += ["", ""]
-            calls.append((keys, [job_id, now, lease_ms, parsed[1] if parsed else ""]))
-        replies = await self._evalsha_all(calls)
+        calls = [self._claim_call(job_id, graph, now) for job_id, graph in wanted]
+        replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
         return [
-            _claim(job_id, reply, loaded=bool(args[3]))
-            for job_id, reply, (_, args) in zip(job_ids, replies, calls, strict=True)
+            _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
+            for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int]]]) -> list[Any]:
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
         """Run the claim script once per call, pipelined; reload it if the server lost it
         (a restart or SCRIPT FLUSH) and run the calls that found no script again."""
         for attempt in (1, 2):
             pipe = self.pool.pipeline(transaction=False)
             for keys, args in calls:
-                pipe.evalsha(self._claim_sha, len(keys), *keys, *map(str, args))
+                pipe.evalsha(self._claim_sha, len(keys), *keys, *args)
             replies = list(await pipe.execute(raise_on_error=False))
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
                 self._claim_sha = await self.pool.script_load(_CLAIM)
@@ -290,7 +345,9 @@ class WakingWorker(Worker):
         except _Unrunnable as e:
             logger.warning("job %s: %s", job_id, e)
             self.jobs_failed += 1
-            await asyncio.shield(self._finish(job_id, done=True))
+            plan = claim.plan if claim.leased else None  # the claim wrote a lease: drop it
+            writes = Finish(lease_key=plan.lease_key, lease=plan.lease) if plan else None
+            await asyncio.shield(self._finish(job_id, done=True, writes=writes))
             return
         ctx = {
             **self.ctx,
@@ -377,12 +434,12 @@ class WakingWorker(Worker):
             return True
         return False
 
-    async def _wait_for_work(self) -> list[str] | None:
-        """Block until work arrives: the job ids of a wake-up, or None to poll the queue."""
+    async def _wait_for_work(self) -> list[_Wanted] | None:
+        """Block until work arrives: the jobs of a wake-up, or None to poll the queue."""
         free = self.max_jobs - self.job_counter
         if free <= 0:
-            # Full: taking wake-up ids now would steal them from an idle worker. Wait for
-            # one of our own jobs to finish (or the fallback), then poll.
+            # Full: taking wake-ups now would steal them from an idle worker. Wait for one
+            # of our own jobs to finish (or the fallback), then poll.
             self._slot_freed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), timeout=self.fallback_s)
@@ -393,10 +450,10 @@ class WakingWorker(Worker):
         if not tokens:
             return None
         self.wakeups += 1
-        ids = [t.decode() for t in tokens]
-        if not all(parse_job_id(i) for i in ids):
+        wanted = [parse_wake_token(t.decode()) for t in tokens]
+        if not all(parse_job_id(job_id) for job_id, _ in wanted):
             return None  # a token that is not a job id (an older dispatcher's): poll
-        return ids
+        return wanted
 
     async def _pop_wakeups(self, count: int) -> list[bytes]:
         pool: Any = self.pool  # redis-py 5 types async results as Awaitable[T] | T
@@ -419,10 +476,11 @@ class WakingWorker(Worker):
         self._slot_freed.set()
 
 
-def _claim(job_id: str, reply: Any, *, loaded: bool) -> Claim | None:
+def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> Claim | None:
     if not reply:
         return None
-    score, job, tries, aborted, run, node = (list(reply) + [None] * 6)[:6]
+    reply = list(reply)
+    score, job, tries, aborted, run, node, leased = (reply + [None] * 7)[:7]
     return Claim(
         job_id=job_id,
         score=int(float(score)),
@@ -432,4 +490,7 @@ def _claim(job_id: str, reply: Any, *, loaded: bool) -> Claim | None:
         run=run,
         node=node,
         loaded=loaded,
+        plan=plan,
+        leased=bool(leased),
+        latest=reply[7:] if plan is not None else None,
     )

@@ -21,7 +21,7 @@ from graph_core.events import (
     ScheduleTimer,
 )
 from graph_core.keys import Keys
-from graph_core.messages import decode_arq_job, dumps, job_id
+from graph_core.messages import decode_arq_job, dumps, job_id, wake_token
 from graph_core.state import JoinState, LoopRecord, NodeRecord, RunRecord, Transition
 from graph_core.status import NodeStatus, RunStatus
 
@@ -99,7 +99,7 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
     job = await redis.get(JOB_KEY_PREFIX + jid)
     assert decode_arq_job(job)["et"] == NOW_MS
     assert await redis.zscore(keys.queue("q"), jid) == NOW_MS
-    assert await redis.lrange(keys.wake("q"), 0, -1) == [jid.encode()]
+    assert await redis.lrange(keys.wake("q"), 0, -1) == [wake_token(jid, "g", BIG).encode()]
     assert 0 < await redis.pttl(JOB_KEY_PREFIX + jid) <= 86_400_000
     [(member, due)] = await redis.zrange(keys.timers, 0, -1, withscores=True)
     assert due == int(timer_due * 1000) and b'"timer":"retry"' in member

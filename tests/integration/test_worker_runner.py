@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from graph_core.events import NodeReported
 from graph_core.keys import Keys
-from graph_core.messages import encode_arq_job, job_id
+from graph_core.messages import encode_arq_job, job_id, wake_token
 from graph_core.model import Edge, Graph, Node
 from graph_core.status import RunStatus
 from tests.support.store_setup import (
@@ -705,6 +705,35 @@ async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
         await redis.rpush(KEYS.wake("default"), jid)  # what the dispatcher's script pushes
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
+
+
+async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_script(
+    redis: Any, redis_url: str
+) -> None:
+    """Once the worker has the graph, a wake-up that names it is claimed by one script
+    that also writes the lease and reads the predecessors: no other script before the
+    handler, which still sees its predecessor's output; the lease is gone after."""
+    graph = triage_graph(config={"text": "[{{triage.output.severity}}]"}, timeout_s=30)
+    await prepared(redis, graph, nodes={"audit": queued()})
+    registry = HandlerRegistry()
+    registry.register("agent", lambda ctx: "audited")
+    registry.register("notify", lambda ctx: ctx.config)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    wake = KEYS.wake("default")
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
+        await redis.rpush(wake, wake_token(first, graph.id, graph.version))  # warms the cache
+        await wait_for_reports(redis, KEYS, timeout=5)
+        await wait_for(lambda: _drained(redis), message="worker idle after the first job")
+        await redis.config_resetstat()
+        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
+        scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert scripts == 1  # the claim; without a plan, a second one reads the predecessors
+    assert reports[-1].node_id == "notify" and reports[-1].output == {"text": "[critical]"}
+    assert await redis.zcard(KEYS.leases) == 0
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(

@@ -1,4 +1,4 @@
-"""Message helpers of graph_core.messages that need no server: job ids."""
+"""Message helpers of graph_core.messages that need no server: job ids, wake-up tokens."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graph_core.messages import job_id, parse_job_id
+from graph_core.messages import job_id, parse_job_id, parse_wake_token, wake_token
 
 # --- job ids ------------------------------------------------------------------------------
 
@@ -47,3 +47,21 @@ def test_a_job_id_parses_back_into_its_parts(
 )
 def test_what_is_not_a_job_id_parses_as_none(value: str) -> None:
     assert parse_job_id(value) is None
+
+
+@given(
+    run_id=st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),
+    node_id=st.from_regex(r"[^.\s{}|]{1,20}", fullmatch=True),
+    graph_id=st.text(min_size=1, max_size=30),
+    version=st.integers(min_value=1, max_value=10**9),
+)
+def test_a_wake_token_carries_its_job_id_and_graph(
+    run_id: str, node_id: str, graph_id: str, version: int
+) -> None:
+    jid = job_id(run_id, node_id, 1, 2)
+    assert parse_wake_token(wake_token(jid, graph_id, version)) == (jid, (graph_id, version))
+
+
+@pytest.mark.parametrize("value", ["rg:r:n:1:1", "rg:r:n:1:1|", "rg:r:n:1:1|x|g", "rg:r:n:1:1|3|"])
+def test_a_wake_token_without_a_graph_is_just_a_job_id(value: str) -> None:
+    assert parse_wake_token(value) == (value.partition("|")[0], None)
