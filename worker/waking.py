@@ -227,7 +227,8 @@ class WakingWorker(Worker):
         for job_id, t in list(self.tasks.items()):
             if t.done():
                 del self.tasks[job_id]
-                t.result()  # an error in _run_claimed is a bug: surface it
+                if not t.cancelled():  # cancelled: the worker is stopping
+                    t.result()  # an error in _run_claimed is a bug: surface it
         await self.heart_beat()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
