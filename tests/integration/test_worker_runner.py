@@ -690,13 +690,19 @@ async def test_aborted_job_is_cancelled_and_not_reported(redis: Any, redis_url: 
 # --- wake-ups ---------------------------------------------------------------------------------
 
 
-async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
-    redis: Any, redis_url: str
-) -> None:
+async def _notify_ok(redis: Any) -> tuple[Graph, HandlerRegistry]:
+    """A run whose ``notify`` is queued, and a registry whose ``notify`` just succeeds."""
     graph = triage_graph()
     await prepared(redis, graph)
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: {"ok": True})
+    return graph, registry
+
+
+async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
+    redis: Any, redis_url: str
+) -> None:
+    graph, registry = await _notify_ok(redis)
     # The fallback poll is 30 s: only the wake-up can start the job within the deadline.
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
@@ -740,10 +746,7 @@ async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
     redis: Any, redis_url: str
 ) -> None:
     """An older dispatcher pushed "1": the worker cannot claim it, so it reads the queue."""
-    graph = triage_graph()
-    await prepared(redis, graph)
-    registry = HandlerRegistry()
-    registry.register("notify", lambda ctx: {"ok": True})
+    graph, registry = await _notify_ok(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
@@ -758,10 +761,7 @@ async def test_a_wake_up_for_a_job_that_is_gone_starts_nothing_and_the_worker_go
 ) -> None:
     """Stale wake-ups (the job ran already, or another worker claimed it) are claimed in
     vain; the next real one still starts its job."""
-    graph = triage_graph()
-    await prepared(redis, graph)
-    registry = HandlerRegistry()
-    registry.register("notify", lambda ctx: {"ok": True})
+    graph, registry = await _notify_ok(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
@@ -776,10 +776,7 @@ async def test_a_wake_up_for_a_job_that_is_gone_starts_nothing_and_the_worker_go
 async def test_a_lost_wake_up_only_delays_the_job_until_the_fallback_poll(
     redis: Any, redis_url: str
 ) -> None:
-    graph = triage_graph()
-    await prepared(redis, graph)
-    registry = HandlerRegistry()
-    registry.register("notify", lambda ctx: {"ok": True})
+    graph, registry = await _notify_ok(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=0.3)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
