@@ -235,19 +235,31 @@ class Graph(BaseModel):
 
     # --- lookup -------------------------------------------------------------------------
 
+    def cached(self) -> dict[str, Any]:
+        """The graph's derived data (``_index``, ``_topology``), read directly: pydantic's
+        private-attribute access costs microseconds per read, and the engine and the worker
+        look nodes up several times per event."""
+        private = self.__pydantic_private__
+        if private is None:  # pragma: no cover - pydantic always sets it for this model
+            private = self.__pydantic_private__ = {"_index": None, "_topology": None}
+        return private
+
+    def _node_index(self) -> dict[str, Node]:
+        private = self.cached()
+        index: dict[str, Node] | None = private["_index"]
+        if index is None:
+            index = private["_index"] = {n.id: n for n in self.nodes}
+        return index
+
     def node(self, node_id: str) -> Node:
         """The node with this id; ``KeyError`` naming it when absent."""
-        if self._index is None:
-            self._index = {n.id: n for n in self.nodes}
         try:
-            return self._index[node_id]
+            return self._node_index()[node_id]
         except KeyError:
             raise KeyError(f"graph {self.id!r} has no node {node_id!r}") from None
 
     def has_node(self, node_id: str) -> bool:
-        if self._index is None:
-            self._index = {n.id: n for n in self.nodes}
-        return node_id in self._index
+        return node_id in self._node_index()
 
     def retry_for(self, node: Node) -> RetryPolicy:
         return node.retry or self.retry or RetryPolicy()

@@ -49,11 +49,11 @@ class Topology:
 
 def topology(graph: Graph) -> Topology:
     """The graph's topology, computed on first use and cached on the graph object."""
-    cached = graph._topology
+    cache = graph.cached()
+    cached = cache["_topology"]
     if isinstance(cached, Topology):
         return cached
-    topo = _compute(graph)
-    graph._topology = topo
+    topo = cache["_topology"] = _compute(graph)
     return topo
 
 

@@ -58,7 +58,7 @@ from graph_core.messages import (
 )
 from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
-from worker.preload import GraphCache, plan_reads
+from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
 from worker.runner import DEFAULT_MAX_DELIVERIES, PipelineHook, Preloaded, execute_node
 from worker.settings import WorkerSettings
@@ -138,7 +138,7 @@ def _planner(
             deadline=deadline,
             timeout_s=node.timeout_s,
             outputs_key=keys.run(run_id).outputs,
-            reads=plan_reads(graph, node, registry.spec(node.type)).nodes,
+            reads=graphs.plan(graph, node, registry.spec(node.type)).nodes,
         )
 
     return plan

@@ -68,6 +68,19 @@ class GraphCache:
             raise ValueError("GraphCache maxsize must be >= 1")
         self.maxsize = maxsize
         self._graphs: OrderedDict[tuple[str, int], Graph] = OrderedDict()
+        self._plans: dict[tuple[str, int], dict[str, Plan]] = {}
+
+    def plan(self, graph: Graph, node: Node, spec: HandlerSpec | None) -> Plan:
+        """``plan_reads`` of a node, computed once per graph version (a graph, its config
+        templates and the worker's handlers do not change); treat it as read-only."""
+        key = (graph.id, graph.version)
+        if self._graphs.get(key) is not graph:  # not this cache's graph: nothing to keep
+            return plan_reads(graph, node, spec)
+        plans = self._plans.setdefault(key, {})
+        plan = plans.get(node.id)
+        if plan is None:
+            plan = plans[node.id] = plan_reads(graph, node, spec)
+        return plan
 
     def get(self, graph_id: str, version: int) -> Graph | None:
         graph = self._graphs.get((graph_id, version))
@@ -78,8 +91,10 @@ class GraphCache:
     def put(self, graph: Graph) -> Graph:
         self._graphs[(graph.id, graph.version)] = graph
         self._graphs.move_to_end((graph.id, graph.version))
+        self._plans.pop((graph.id, graph.version), None)  # a graph put again is planned again
         while len(self._graphs) > self.maxsize:
-            self._graphs.popitem(last=False)
+            evicted, _ = self._graphs.popitem(last=False)
+            self._plans.pop(evicted, None)
         return graph
 
     def __len__(self) -> int:

@@ -40,7 +40,6 @@ from worker.preload import (
     StoreLoader,
     load_snapshot,
     parse_latest_read,
-    plan_reads,
     queue_latest_read,
 )
 from worker.registry import HandlerRegistry, HandlerSpec
@@ -493,7 +492,7 @@ async def _load(
     node = graph.node(payload.node_id) if graph and graph.has_node(payload.node_id) else None
     plan = Plan()
     if graph is not None and node is not None:
-        plan = plan_reads(graph, node, registry.spec(node.type))
+        plan = graph_cache.plan(graph, node, registry.spec(node.type))
     records: dict[str, NodeRecord] = {}
     outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None
@@ -554,7 +553,7 @@ async def _execute(
     job = _Job(
         loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
     )
-    plan = loaded.plan if loaded.graph is not None else plan_reads(graph, node, spec)
+    plan = loaded.plan if loaded.graph is not None else graph_cache.plan(graph, node, spec)
     return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
 
 
