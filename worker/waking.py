@@ -12,7 +12,7 @@ trip, finishes it with its report in another, and rides out Redis restarts.
   it off arq's abort set, and read what the job's fence needs (the run record and the
   node's record), so the job starts after one round trip instead of five.
 * Finishing: the job function returns the writes that belong with its end (the report on
-  the inbox, the lease to drop), and they go in the same transaction as arq's clean-up.
+  the inbox, the lease to drop), and one script writes them with arq's clean-up.
 * Outages: a Redis error in a poll is logged and the loop waits and polls again; jobs
   already running carry on (their finish retries), and the dispatcher's leases cover any
   attempt lost meanwhile.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -83,6 +84,23 @@ end
 return latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, tries, aborted, run, node, leased})
 """
 )
+# A job's end, as arq's finish_job would write it, plus the job's own writes (its report on
+# the inbox, its lease's removal): ARGV[2] 'done' (the job is over: its keys go) or 'again'
+# (it stays queued for another delivery, ARGV[3] ms later if given).
+_FINISH = """
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[7], ARGV[5]) end
+if ARGV[2] == 'done' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+else
+  redis.call('DEL', KEYS[1])
+  if ARGV[3] ~= '' then redis.call('ZINCRBY', KEYS[5], ARGV[3], ARGV[1]) end
+end
+return 1
+"""
+_FINISH_SHA: Final = hashlib.sha1(_FINISH.encode()).hexdigest()  # the id Redis gives it
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
@@ -395,30 +413,34 @@ class WakingWorker(Worker):
         writes: Finish | None = None,
         requeue_ms: int | None = None,
     ) -> None:
-        """arq's ``finish_job`` plus the job's own writes, in one transaction. ``done``: the
+        """arq's ``finish_job`` plus the job's own writes, in one script. ``done``: the
         job is over (its keys go); otherwise it stays queued (``requeue_ms`` later) for
         another delivery. Connection errors are retried: every write here is idempotent,
         and a report written twice is ignored by the dispatcher."""
+        keys = [
+            in_progress_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            job_key_prefix + job_id,
+            abort_jobs_ss,
+            self.queue_name,
+            (writes.stream if writes else None) or "",
+            (writes.lease_key if writes else None) or "",
+        ]
+        args: list[str | bytes] = [
+            job_id,
+            "done" if done else "again",
+            str(requeue_ms) if requeue_ms and not done else "",
+            (writes.message if writes and writes.stream else None) or "",
+            (writes.lease if writes and writes.lease_key else None) or "",
+        ]
+        pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):
-            pipe = self.pool.pipeline(transaction=True)
-            if writes is not None and writes.stream and writes.message is not None:
-                pipe.xadd(writes.stream, {"m": writes.message})
-            if writes is not None and writes.lease_key and writes.lease is not None:
-                pipe.zrem(writes.lease_key, writes.lease)
-            if done:
-                pipe.delete(
-                    in_progress_key_prefix + job_id,
-                    retry_key_prefix + job_id,
-                    job_key_prefix + job_id,
-                )
-                pipe.zrem(abort_jobs_ss, job_id)
-                pipe.zrem(self.queue_name, job_id)
-            else:
-                pipe.delete(in_progress_key_prefix + job_id)
-                if requeue_ms:
-                    pipe.zincrby(self.queue_name, requeue_ms, job_id)
             try:
-                await pipe.execute()
+                try:
+                    await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
+                    await pool.script_load(_FINISH)
+                    await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
                 return
             except (RedisConnectionError, RedisTimeoutError):
                 if attempt == _FINISH_TRIES:

@@ -718,7 +718,7 @@ async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_sc
 ) -> None:
     """Once the worker has the graph, a wake-up that names it is claimed by one script
     that also writes the lease and reads the predecessors: no other script before the
-    handler, which still sees its predecessor's output; the lease is gone after."""
+    handler, which still sees its predecessor's output; the finish drops the lease."""
     graph = triage_graph(config={"text": "[{{triage.output.severity}}]"}, timeout_s=30)
     await prepared(redis, graph, nodes={"audit": queued()})
     registry = HandlerRegistry()
@@ -737,8 +737,34 @@ async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_sc
         await redis.rpush(wake, wake_token(second, graph.id, graph.version))
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
         scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
-    assert scripts == 1  # the claim; without a plan, a second one reads the predecessors
+    # the claim and the finish; without a plan, a third one reads the predecessors
+    assert scripts == 2
     assert reports[-1].node_id == "notify" and reports[-1].output == {"text": "[critical]"}
+    assert await redis.zcard(KEYS.leases) == 0
+
+
+async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_them(
+    redis: Any, redis_url: str
+) -> None:
+    """SCRIPT FLUSH (or a restart without persistence of scripts) between two jobs: the
+    claim and the finish scripts are loaded again and the second job completes."""
+    graph, registry = await _notify_ok(redis)
+    await prepared(redis, graph, nodes={"audit": queued()})
+    registry.register("agent", lambda ctx: "audited")
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    wake = KEYS.wake("default")
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
+        await redis.rpush(wake, wake_token(first, graph.id, graph.version))
+        await wait_for_reports(redis, KEYS, timeout=5)
+        await wait_for(lambda: _drained(redis), message="worker idle after the first job")
+        await redis.script_flush()
+        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
+        await wait_for(lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), message="job done")
+    assert [r.status for r in reports] == ["completed", "completed"]
     assert await redis.zcard(KEYS.leases) == 0
 
 
