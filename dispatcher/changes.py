@@ -3,6 +3,8 @@ frames one argument instead of 40-70 (see dispatcher/apply.lua for the layout)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import orjson
 
 from dispatcher.queue import ABORT_KEY, job_write
@@ -20,32 +22,66 @@ from graph_core.messages import dumps, encode_inbox, job_id
 from graph_core.state import RunRecord, Transition
 from graph_core.status import TERMINAL_RUN
 
-__all__ = ["pack_changes"]
+__all__ = ["StateWrites", "pack_changes", "state_writes"]
+
+
+@dataclass(frozen=True)
+class StateWrites:
+    """The records a change set writes, keyed as a ``RedisView`` keys them, as the exact
+    text stored: what the dispatcher's run cache takes over once the apply succeeded."""
+
+    run: str  # the run record
+    rev: int  # the revision the apply sets
+    nodes: dict[str, str]
+    joins: dict[tuple[str, int], str]  # '' deletes the field (no arrivals left)
+    loops: dict[int, str]
+    active_add: dict[str, int]
+    active_remove: list[str]
+
+
+def state_writes(t: Transition, run: RunRecord) -> StateWrites:
+    """The records ``t`` writes (``run``: its run record), serialized once."""
+    return StateWrites(
+        run=run.dump().decode(),
+        rev=run.rev,
+        nodes={nid: rec.dump().decode() for nid, rec in t.nodes.items()},
+        joins=t.joins,
+        loops={i: loop.model_dump_json() for i, loop in t.loops.items()},
+        active_add=t.active_add,
+        active_remove=sorted(t.active_remove),
+    )
 
 
 def pack_changes(
-    keys: Keys, t: Transition, run: RunRecord, now_ms: int, ack: str | None, retention_s: int
+    keys: Keys,
+    t: Transition,
+    run: RunRecord,
+    now_ms: int,
+    ack: str | None,
+    retention_s: int,
+    writes: StateWrites | None = None,
 ) -> bytes:
     """The change set as one JSON array for apply.lua: redis-py frames one argument
     instead of 40-70. Only strings and flat lists of strings: numbers go as strings
     (cjson would turn them into doubles), stored values as the exact JSON text they
-    are stored as."""
+    are stored as. ``writes``: ``state_writes(t, run)``, if the caller has it already."""
+    w = writes if writes is not None else state_writes(t, run)
     finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
     score = str(now_ms)
     nodes: list[str] = []
-    for nid, rec in t.nodes.items():
-        nodes += (nid, rec.dump().decode())
+    for nid, raw in w.nodes.items():
+        nodes += (nid, raw)
     outputs: list[str] = []
     for (n, v), o in t.outputs.items():
         outputs += (RunKeys.output_field(n, v), dumps(o).decode())
     joins: list[str] = []
-    for (n, i), signals in t.joins.items():
+    for (n, i), signals in w.joins.items():
         joins += (RunKeys.join_field(n, i), signals)
     loops: list[str] = []
-    for i, loop in t.loops.items():
-        loops += (str(i), loop.model_dump_json())
+    for i, raw in w.loops.items():
+        loops += (str(i), raw)
     active_add: list[str] = []
-    for nid, visit in t.active_add.items():
+    for nid, visit in w.active_add.items():
         active_add += (nid, str(visit))
     history = [
         dumps({"run_id": run.run_id, **h.model_dump(mode="json")}).decode() for h in t.history
@@ -57,8 +93,8 @@ def pack_changes(
     aborts: list[str] = []
     for a in t.actions:
         if isinstance(a, EnqueueNode):
-            w = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
-            jobs += w.argv()
+            job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
+            jobs += job.argv()
         elif isinstance(a, ScheduleTimer):
             member = encode_inbox(
                 TimerFired(
@@ -78,8 +114,8 @@ def pack_changes(
             aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt))
     return orjson.dumps(
         [
-            run.dump().decode(),
-            str(run.rev),
+            w.run,
+            str(w.rev),
             run.run_id,
             score,
             keys.events_channel,
@@ -93,7 +129,7 @@ def pack_changes(
             joins,
             loops,
             active_add,
-            sorted(t.active_remove),
+            w.active_remove,
             history,
             jobs,
             timers,

@@ -4,6 +4,10 @@ Messages of different runs are handled together (``handle_many``): their loads s
 round trip, and so do their applies. The transition function is pure, so a conflict (another
 dispatcher applied an event of the same run first) is handled by loading again and
 recomputing, one message at a time (``process``).
+
+A run whose state this dispatcher wrote last is usually in its run cache
+(dispatcher/runcache.py): its next event is computed from the cache and only applied, one
+round trip instead of two; a stale cache conflicts like any other dispatcher's write would.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dispatcher.changes import StateWrites
+from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import Prefetch, neighbourhood
-from dispatcher.store import GraphNotFound, NeedState, RedisView, RunStore, StoreError
+from dispatcher.runcache import DEFAULT_RUN_CACHE, RunCache
+from dispatcher.store import GraphNotFound, RunStore, StoreError
 from graph_core import clock
 from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
@@ -71,11 +78,14 @@ class _Batched:
     now: float
     tokens: list[str] = field(default_factory=list)  # replayed on every recomputation
     transition: Transition | None = None
+    writes: StateWrites | None = None
 
 
 class Processor:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, run_cache: int = DEFAULT_RUN_CACHE) -> None:
+        """``run_cache``: how many runs' states to keep for their next event (0: none)."""
         self.store = store
+        self.cache = RunCache(run_cache)
         self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
         # (graph id, version, submitted?, node id) -> what its events' transitions read
         self._prefetches: dict[tuple[str, int, bool, str | None], Prefetch] = {}
@@ -134,36 +144,51 @@ class Processor:
         second would conflict on the revision and be handled again, one by one.)"""
         results: list[Outcome | Exception | None] = [None] * len(messages)
         alone: _Alone = []
-        batch = await self._loaded(await self._batch_events(messages, results, alone), alone)
-        await self._compute_many(batch, results, alone)
-        await self._apply_many(batch, results, alone)
+        try:
+            batch = await self._loaded(await self._batch_events(messages, results, alone), alone)
+            await self._compute_many(batch, results, alone)
+            await self._apply_many(batch, results, alone)
+        except _REDIS_GONE:
+            self.cache.clear()  # the server may have restarted and lost our latest writes
+            raise
         if alone:
             settled = await asyncio.gather(*(self._alone(e, ack) for _, e, ack in alone))
             for (index, _, _), outcome in zip(alone, settled, strict=True):
                 results[index] = outcome
         for r in results:
             if isinstance(r, _REDIS_GONE):
+                self.cache.clear()
                 raise r
         return [r if r is not None else StoreError("entry left unhandled") for r in results]
 
     async def _loaded(
         self, events: list[tuple[int, Event, str | None, Graph]], alone: _Alone
     ) -> list[_Batched]:
-        """Load every event's run and neighbourhood in one round trip."""
-        if not events:
-            return []
+        """Load every event's run and neighbourhood in one round trip (those of runs in the
+        run cache: none)."""
+        batch = []
+        loading = []
+        for index, event, ack, graph in events:
+            prefetch = self._prefetch(graph, event)
+            cached = None
+            if not isinstance(event, RunSubmitted):
+                cached = self.cache.view(event.run_id, prefetch)
+            if cached is not None:
+                batch.append(_Batched(index, event, ack, graph, cached, clock.now()))
+            else:
+                loading.append((index, event, ack, graph, prefetch))
+        if not loading:
+            return batch
         try:
-            views = await self.store.load_many(
-                [(event.run_id, self._prefetch(graph, event)) for _, event, _, graph in events]
-            )
+            views = await self.store.load_many([(e.run_id, p) for _, e, _, _, p in loading])
         except _REDIS_GONE:
             raise
         except Exception:  # e.g. a key of the wrong type: find out whose, one by one
-            log.exception("batched load failed; handling %d entries one by one", len(events))
-            alone.extend((index, event, ack) for index, event, ack, _ in events)
-            return []
-        batch = []
-        for (index, event, ack, graph), view in zip(events, views, strict=True):
+            log.exception("batched load failed; handling %d entries one by one", len(loading))
+            alone.extend((index, event, ack) for index, event, ack, _, _ in loading)
+            return batch
+        for (index, event, ack, graph, _), view in zip(loading, views, strict=True):
+            self.cache.loaded(event.run_id, view)
             run = view.run_record
             if isinstance(event, RunSubmitted) or (
                 run is not None and run.status != RunStatus.PENDING
@@ -226,7 +251,11 @@ class Processor:
                     needs.append((b.event.run_id, b.view, _widen(b.graph, b.view, need)))
                     asking.append(b)
                 except Exception as e:
-                    results[b.index] = e
+                    self.cache.evict(b.event.run_id)
+                    if b.view.cached:  # perhaps only because the cache was stale
+                        alone.append((b.index, b.event, b.ack))
+                    else:
+                        results[b.index] = e
             if not needs:
                 return
             try:
@@ -235,7 +264,9 @@ class Processor:
                 raise
             except Exception:
                 log.exception("batched state load failed; handling the entries one by one")
-                alone.extend((b.index, b.event, b.ack) for b in asking)
+                for b in asking:
+                    self.cache.evict(b.event.run_id)
+                    alone.append((b.index, b.event, b.ack))
                 return
             pending = asking
         for b in pending:
@@ -256,28 +287,39 @@ class Processor:
             if t is None or results[b.index] is not None:
                 continue
             if t.ignored is not None:
-                results[b.index] = Outcome(b.event.run_id, False, t.ignored)
+                if view.cached:  # no revision check confirms an ignore: decide it on a load
+                    self.cache.evict(b.event.run_id)
+                    alone.append((b.index, b.event, b.ack))
+                else:
+                    results[b.index] = Outcome(b.event.run_id, False, t.ignored)
                 continue
             old = view.run_record.status.value if view.run_record is not None else None
             try:
-                calls.append(
-                    self.store.apply_call(t, view.rev, old, int(clock.now() * 1000), b.ack)
+                call, b.writes = self.store.prepare(
+                    t, view.rev, old, int(clock.now() * 1000), b.ack
                 )
             except Exception as e:
+                self.cache.evict(b.event.run_id)
                 results[b.index] = e
                 continue
+            calls.append(call)
             applying.append(b)
         if not calls:
             return
         for b, applied in zip(applying, await self.store.apply_many(calls), strict=True):
+            run_id = b.event.run_id
             if isinstance(applied, Exception):
+                self.cache.evict(run_id)
                 results[b.index] = applied
             elif applied:
+                if b.writes is not None:
+                    self.cache.applied(run_id, b.view, b.writes)
                 results[b.index] = Outcome(
-                    b.event.run_id, True, None, b.transition, acked=b.ack is not None
+                    run_id, True, None, b.transition, acked=b.ack is not None
                 )
             else:  # another dispatcher moved the run on: load again and recompute
-                log.debug("conflict applying %s to run %s", b.event.kind, b.event.run_id)
+                log.debug("conflict applying %s to run %s", b.event.kind, run_id)
+                self.cache.conflicted(run_id, b.view)
                 alone.append((b.index, b.event, b.ack))
 
     async def _alone(self, event: Event, ack: str | None) -> Outcome | Exception:
@@ -289,34 +331,66 @@ class Processor:
     async def process(self, event: Event, ack: str | None = None) -> Outcome:
         """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same
         atomic write as the change."""
+        try:
+            return await self._process(event, ack)
+        except _REDIS_GONE:
+            self.cache.clear()  # the server may have restarted and lost our latest writes
+            raise
+        except Exception:
+            self.cache.evict(event.run_id)
+            raise
+
+    async def _process(self, event: Event, ack: str | None) -> Outcome:
         run_id = event.run_id
         for _ in range(MAX_CONFLICTS):
             graph, view = await self._load(event)
             if graph is None:
                 return Outcome(run_id, False, f"unknown run {run_id!r}")
-            transition = await self._compute(graph, view, event)
+            try:
+                transition = await self._compute(graph, view, event)
+            except _REDIS_GONE:
+                raise
+            except Exception:
+                if not view.cached:
+                    raise
+                self.cache.evict(run_id)  # perhaps only because the cache was stale
+                continue
             if transition.ignored is not None:
+                if view.cached:  # no revision check confirms an ignore: decide it on a load
+                    self.cache.evict(run_id)
+                    continue
                 return Outcome(run_id, False, transition.ignored)
             old = view.run_record.status.value if view.run_record is not None else None
             now_ms = int(clock.now() * 1000)
-            if await self.store.apply(transition, view.rev, old, now_ms, ack=ack):
+            call, writes = self.store.prepare(transition, view.rev, old, now_ms, ack)
+            if await self.store.apply_prepared(call):
+                self.cache.applied(run_id, view, writes)
                 return Outcome(run_id, True, None, transition, acked=ack is not None)
             log.debug("conflict applying %s to run %s; recomputing", event.kind, run_id)
+            self.cache.conflicted(run_id, view)
         raise ConflictError(f"run {run_id!r}: gave up after {MAX_CONFLICTS} conflicting writes")
 
     async def _load(self, event: Event) -> tuple[Graph | None, RedisView]:
         if isinstance(event, RunSubmitted):
             graph = await self.store.graph(event.graph_id, event.graph_version)
             view = await self.store.load(event.run_id, self._prefetch(graph, event))
+            self.cache.loaded(event.run_id, view)
             self._remember(event.run_id, event.graph_id, event.graph_version)
             return graph, view
         known = self._graph_of.get(event.run_id)
         if known is not None:
-            # A run's graph never changes: load its record and the neighbourhood in one trip.
+            # A run's graph never changes: load its record and the neighbourhood in one trip
+            # (or none: the run cache has them).
             graph = await self.store.graph(*known)
-            view = await self.store.load(event.run_id, self._prefetch(graph, event))
+            prefetch = self._prefetch(graph, event)
+            cached = self.cache.view(event.run_id, prefetch)
+            if cached is not None:
+                return graph, cached
+            view = await self.store.load(event.run_id, prefetch)
+            self.cache.loaded(event.run_id, view)
             if view.run_record is not None and view.run_record.status != RunStatus.PENDING:
                 return graph, view
+        self.cache.evict(event.run_id)
         view = await self.store.load(event.run_id)
         run = view.run_record
         if run is None or run.status == RunStatus.PENDING:
@@ -379,4 +453,4 @@ def _widen(graph: Graph, view: RedisView, need: NeedState) -> NeedState:
     target, index = need.key
     topo = topology(graph)
     inputs = topo.join_groups[target][topo.group_of[index]]
-    return NeedState("joins", [(target, i) for i in inputs if (target, i) not in view.joins])
+    return NeedState("joins", [(target, i) for i in inputs if not view.knows_join((target, i))])

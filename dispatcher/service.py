@@ -91,7 +91,7 @@ class Dispatcher:
         self.settings = settings
         self.keys = settings.keys
         self.store = RunStore(redis, self.keys, retention_s=settings.retention_s)
-        self.processor = Processor(self.store)
+        self.processor = Processor(self.store, run_cache=settings.run_cache)
         self.consumer = settings.consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from dispatcher.runcache import DEFAULT_RUN_CACHE
 from dispatcher.store import DEFAULT_RETENTION_S
 from graph_core.settings import BaseSettings
 
@@ -18,3 +19,5 @@ class DispatcherSettings(BaseSettings):
     retention_s: int = Field(default=DEFAULT_RETENTION_S, ge=60)  # finished runs kept
     # a queued node with no job, no in-progress key and no lease for this long is re-run
     sweep_grace_s: float = Field(default=60.0, ge=1)
+    # runs whose state is kept for their next event (no load round trip); 0: none
+    run_cache: int = Field(default=DEFAULT_RUN_CACHE, ge=0, le=1_000_000)

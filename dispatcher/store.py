@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,14 +17,15 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from dispatcher.changes import pack_changes
+from dispatcher.changes import StateWrites, pack_changes, state_writes
+from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import NOTHING, Prefetch
 from graph_core.errors import GraphValidationError, RelaygraphError
 from graph_core.keys import Keys, RunKeys
 from graph_core.messages import dumps
 from graph_core.model import Graph
 from graph_core.paths import MISSING
-from graph_core.state import LoopRecord, NodeRecord, RunRecord, Transition
+from graph_core.state import NodeRecord, RunRecord, Transition
 
 __all__ = [
     "ApplyCall",
@@ -51,65 +51,6 @@ class GraphNotFound(StoreError):
         self.version = version
         v = f" version {version}" if version is not None else ""
         super().__init__(f"graph {graph_id!r}{v} is not registered")
-
-
-class NeedState(Exception):
-    """Raised by ``RedisView`` when the transition reads something not loaded yet."""
-
-    def __init__(self, kind: str, key: Any) -> None:
-        self.kind = kind
-        self.key = key
-
-
-@dataclass
-class RedisView:
-    """A ``StateView`` over records loaded from Redis. A read of something not loaded raises
-    ``NeedState``; the caller loads it and runs the (pure) transition again. Records are kept
-    as the JSON Redis returned and parsed on every read, so each computation gets objects of
-    its own to change (a recomputation never sees a previous attempt's edits)."""
-
-    run_raw: bytes | None
-    rev: int | None
-    nodes: dict[str, bytes | None] = field(default_factory=dict)
-    outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
-    joins: dict[tuple[str, int], str] = field(default_factory=dict)
-    loops: dict[int, bytes | None] = field(default_factory=dict)
-    active: dict[str, int] | None = None
-    run_record: RunRecord | None = None  # parsed once, for the caller's own reading
-
-    def __post_init__(self) -> None:
-        if self.run_raw is not None and self.run_record is None:
-            self.run_record = RunRecord.model_validate_json(self.run_raw)
-
-    def run(self) -> RunRecord | None:
-        return RunRecord.model_validate_json(self.run_raw) if self.run_raw is not None else None
-
-    def node(self, node_id: str) -> NodeRecord | None:
-        if node_id not in self.nodes:
-            raise NeedState("node", node_id)
-        raw = self.nodes[node_id]
-        return NodeRecord.model_validate_json(raw) if raw is not None else None
-
-    def output(self, node_id: str, visit: int) -> Any:
-        if (node_id, visit) not in self.outputs:
-            raise NeedState("output", (node_id, visit))
-        return self.outputs[(node_id, visit)]
-
-    def arrivals(self, node_id: str, edge_index: int) -> str:
-        if (node_id, edge_index) not in self.joins:
-            raise NeedState("join", (node_id, edge_index))
-        return self.joins[(node_id, edge_index)]
-
-    def loop(self, loop_id: int) -> LoopRecord | None:
-        if loop_id not in self.loops:
-            raise NeedState("loop", loop_id)
-        raw = self.loops[loop_id]
-        return LoopRecord.model_validate_json(raw) if raw is not None else None
-
-    def active_nodes(self) -> dict[str, int]:
-        if self.active is None:
-            raise NeedState("active", None)
-        return dict(self.active)
 
 
 class RunStore:
@@ -260,7 +201,11 @@ class RunStore:
         """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
         not exist yet). ``old_status`` is the status the run had. ``ack``: an inbox entry id
         acknowledged in the same script. False on conflict."""
-        keys, args = self.apply_call(t, expected_rev, old_status, now_ms, ack)
+        return await self.apply_prepared(self.apply_call(t, expected_rev, old_status, now_ms, ack))
+
+    async def apply_prepared(self, call: ApplyCall) -> bool:
+        """``apply`` of a call ``prepare`` (or ``apply_call``) made."""
+        keys, args = call
         return bool(await self._apply(keys=keys, args=args))
 
     async def apply_many(self, calls: Sequence[ApplyCall]) -> list[bool | Exception]:
@@ -298,6 +243,17 @@ class RunStore:
         ack: str | None,
     ) -> ApplyCall:
         """The keys and arguments of apply.lua for ``t`` (see ``apply``)."""
+        return self.prepare(t, expected_rev, old_status, now_ms, ack)[0]
+
+    def prepare(
+        self,
+        t: Transition,
+        expected_rev: int | None,
+        old_status: str | None,
+        now_ms: int,
+        ack: str | None,
+    ) -> tuple[ApplyCall, StateWrites]:
+        """``apply_call``, and the records the call writes, as the text it stores."""
         run = t.run
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")
@@ -310,10 +266,9 @@ class RunStore:
             self.keys.runs_by_status(run.status.value),
         ]
         rev = str(expected_rev) if expected_rev is not None else "-1"
-        return keys, [rev, self._pack(t, run, now_ms, ack)]
-
-    def _pack(self, t: Transition, run: RunRecord, now_ms: int, ack: str | None) -> bytes:
-        return pack_changes(self.keys, t, run, now_ms, ack, self.retention_s)
+        writes = state_writes(t, run)
+        changes = pack_changes(self.keys, t, run, now_ms, ack, self.retention_s, writes)
+        return (keys, [rev, changes]), writes
 
     # --- read models --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from dispatcher.prefetch import JOIN_GROUP_PREFETCH
 from dispatcher.processor import Outcome
 from dispatcher.queue import JOB_KEY_PREFIX
+from dispatcher.runcache import DEFAULT_RUN_CACHE
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import ApplyCall, RedisView
@@ -35,8 +36,9 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-async def _dispatcher(redis: aioredis.Redis) -> Dispatcher:
-    d = Dispatcher(redis, DispatcherSettings(consumer="batch-test"))
+async def _dispatcher(redis: aioredis.Redis, run_cache: int = DEFAULT_RUN_CACHE) -> Dispatcher:
+    """``run_cache=0``: every event loads its run (the tests of what a load holds)."""
+    d = Dispatcher(redis, DispatcherSettings(consumer="batch-test", run_cache=run_cache))
     await d.store.register_graph(busy_graph())
     await d._ensure_group()
     return d
@@ -146,7 +148,7 @@ async def test_a_batch_ends_where_one_by_one_ends(redis: aioredis.Redis) -> None
 async def test_one_load_and_one_apply_per_round(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = await _dispatcher(redis)
+    d = await _dispatcher(redis, run_cache=0)
     calls: dict[str, list[int]] = {"load": [], "apply": []}
     _spy(monkeypatch, d, "load_many", lambda wanted: calls["load"].append(len(wanted)))
     _spy(monkeypatch, d, "apply_many", lambda batch: calls["apply"].append(len(batch)))
@@ -163,7 +165,7 @@ async def test_one_load_and_one_apply_per_round(
 async def test_a_conflict_inside_a_batch_is_handled_again_alone(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = await _dispatcher(redis)
+    d = await _dispatcher(redis, run_cache=0)  # the cached way: tests/integration/test_run_cache.py
     other = Dispatcher(redis, DispatcherSettings(consumer="other"))
     await _push(redis, d, [_submit("c1", 1), _submit("c2", 1)])
     await d._handle_batch(await _read(redis, d))
@@ -307,7 +309,7 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, processor: Any, name: str) -> 
 async def test_loops_and_small_joins_come_with_the_load(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = await _dispatcher(redis)
+    d = await _dispatcher(redis, run_cache=0)
     asked: list[tuple[str, Any]] = []
     _spy(
         monkeypatch, d, "fill_many", lambda needs: asked.extend((n.kind, n.key) for *_, n in needs)
@@ -338,7 +340,7 @@ async def test_a_wide_join_loads_its_inputs_once_when_it_fires(
     g.add_edges(*[Edge("split", f"b{i}") for i in range(width)])
     g.add_edges(*[Edge(f"b{i}", "join") for i in range(width)])
     g.connect("join", "end")
-    d = await _dispatcher(redis)
+    d = await _dispatcher(redis, run_cache=0)
     await d.store.register_graph(g.validate_graph())
     asked: list[tuple[str, Any]] = []
     _spy(

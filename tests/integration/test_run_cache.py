@@ -1,0 +1,299 @@
+"""The dispatcher's run cache: the next event of a run this dispatcher wrote last is computed
+from the cache and only applied (one round trip instead of two). A cache that went stale
+(another dispatcher, a direct write, a run deleted) conflicts or is checked on a load, so the
+end state is the one a dispatcher without the cache reaches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+
+from dispatcher.queue import JOB_KEY_PREFIX
+from dispatcher.runcache import RunCache
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from graph_core import clock
+from graph_core.events import NodeReported
+from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
+from graph_core.model import Graph, Node
+from tests.support.graphs import busy_graph
+
+pytestmark = pytest.mark.integration
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+NOW = 1_750_000_000.25  # one fixed time: with and without the cache write the same bytes
+CHAIN = 6
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clock, "now", lambda: NOW)
+
+
+def chain_graph() -> Graph:
+    g = Graph(id="chain")
+    g.add_nodes(
+        Node("start", type="start"),
+        *[Node(f"n{i}", type="work") for i in range(CHAIN)],
+        Node("end", type="end"),
+    )
+    g.connect("start", *[f"n{i}" for i in range(CHAIN)], "end")
+    return g.validate_graph()
+
+
+async def _dispatcher(
+    redis: aioredis.Redis, consumer: str = "d1", run_cache: int = 2048
+) -> Dispatcher:
+    d = Dispatcher(redis, DispatcherSettings(consumer=consumer, run_cache=run_cache))
+    await d.store.register_graph(chain_graph())
+    await d.store.register_graph(busy_graph())
+    await d._ensure_group()
+    return d
+
+
+def _submit(graph_id: str, run_id: str, n: int = 5) -> bytes:
+    return encode_inbox(SubmitRequest(graph_id=graph_id, run_id=run_id, input={"n": n}))
+
+
+def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> bytes:
+    return encode_inbox(
+        NodeReported(
+            run_id=run_id,
+            node_id=node_id,
+            visit=visit,
+            attempt=attempt,
+            status="completed",
+            output={"node": node_id, "visit": visit},
+        )
+    )
+
+
+async def _push(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
+    for m in messages:
+        await redis.xadd(d.keys.inbox, {"m": m})
+
+
+async def _read(redis: aioredis.Redis, d: Dispatcher) -> list[Entry]:
+    reply = await redis.xreadgroup(
+        d.keys.inbox_group, d.consumer, {d.keys.inbox: ">"}, count=10_000
+    )
+    return [(eid, fields) for _, entries in reply or [] for eid, fields in entries]
+
+
+async def _handle(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
+    """Push ``messages`` and have ``d`` handle them, one entry at a time (light load)."""
+    await _push(redis, d, *messages)
+    for entry in await _read(redis, d):
+        await d._handle_batch([entry])
+
+
+async def _queued_reports(redis: aioredis.Redis, d: Dispatcher) -> list[bytes]:
+    """What workers would do: take every queued job, in queue order, and report it done."""
+    queue = d.keys.queue("default")
+    reports = []
+    for jid in await redis.zrange(queue, 0, -1):
+        job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
+        p = parse_job_payload(job["a"][0])
+        reports.append(_report(p.run_id, p.node_id, p.visit, p.attempt))
+    await redis.delete(queue)
+    return reports
+
+
+async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], batched: bool) -> None:
+    await _push(redis, d, *submits)
+    for _ in range(30):
+        entries = await _read(redis, d)
+        if not entries:
+            return
+        if batched:
+            await d._handle_batch(entries)
+        else:
+            for entry in entries:
+                await d._handle_batch([entry])
+        await _push(redis, d, *await _queued_reports(redis, d))
+    raise AssertionError("the runs did not settle")
+
+
+async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for run_id in run_ids:
+        rk = d.keys.run(run_id)
+        for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
+            state[f"{run_id}:{name}"] = await redis.hgetall(getattr(rk, name))
+        state[f"{run_id}:events"] = [f for _, f in await redis.xrange(rk.events)]
+    state["jobs"] = {k: await redis.get(k) for k in sorted(await redis.keys(JOB_KEY_PREFIX + "*"))}
+    state["pending"] = (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"]
+    state["dead"] = await redis.xlen(d.keys.deadletter)
+    return state
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
+async def test_runs_end_the_same_with_and_without_the_cache(
+    redis: aioredis.Redis, batched: bool
+) -> None:
+    runs = [("chain", "c1"), ("chain", "c2"), ("busy", "b1"), ("busy", "b2")]
+    submits = [_submit(g, r, 150 if r == "b2" else 5) for g, r in runs]
+    ids = [r for _, r in runs]
+    ends = []
+    for run_cache in (2048, 0):
+        await redis.flushall()
+        d = await _dispatcher(redis, run_cache=run_cache)
+        await _drive(redis, d, submits, batched)
+        ends.append(await _snapshot(redis, d, ids))
+        if run_cache:
+            assert d.processor.cache.hits > 0 and d.processor.cache.conflicts == 0
+            assert len(d.processor.cache) == 0  # every run finished: nothing left to cache
+        else:
+            assert d.processor.cache.hits == 0
+    cached, uncached = ends
+    assert cached == uncached
+    for run_id in ids:
+        run = orjson.loads(cached[f"{run_id}:meta"][b"run"])
+        assert run["status"] == "completed", run
+    assert cached["pending"] == 0 and cached["dead"] == 0
+
+
+@contextmanager
+def _counting_sends() -> Iterator[list[int]]:
+    """Count the requests written to any Redis connection (a pipeline is one write: one
+    round trip) while the block runs."""
+    sent = [0]
+    real = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        await real(self, command, check_health)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(AbstractConnection, "send_packed_command", counted)
+    try:
+        yield sent
+    finally:
+        mp.undo()
+
+
+async def _round_trips_per_report(redis: aioredis.Redis, run_cache: int) -> list[int]:
+    """Round trips ``_handle_batch`` makes for each report along a chain, one at a time."""
+    d = await _dispatcher(redis, run_cache=run_cache)
+    await _handle(redis, d, _submit("chain", "rt"))
+    trips = []
+    for i in range(CHAIN):
+        await _push(redis, d, _report("rt", f"n{i}"))
+        [entry] = await _read(redis, d)
+        with _counting_sends() as sent:
+            await d._handle_batch([entry])
+        trips.append(sent[0])
+    run = await d.store.get_run("rt")
+    assert run is not None and run.status.value == "completed"
+    return trips
+
+
+async def test_a_transition_under_light_load_takes_one_round_trip(redis: aioredis.Redis) -> None:
+    uncached = await _round_trips_per_report(redis, run_cache=0)
+    await redis.flushall()
+    cached = await _round_trips_per_report(redis, run_cache=2048)
+    # Without the cache: the load, then the apply; the last report also reads the live
+    # frontier to finish the run. With it: the apply alone (the cache knows the frontier).
+    assert uncached == [2] * (CHAIN - 1) + [3]
+    assert cached == [1] * CHAIN
+
+
+async def test_a_run_moved_by_a_direct_write_conflicts_and_is_reloaded(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis)
+    await _handle(redis, d, _submit("chain", "w"), _report("w", "n0"))
+    assert "w" in d.processor.cache
+    rk = d.keys.run("w")
+    # Someone else's write (as apply.lua makes them): the cached state is stale.
+    run = orjson.loads(await redis.hget(rk.meta, "run"))
+    run["rev"] += 1
+    rev = run["rev"]
+    await redis.hset(rk.meta, mapping={"run": orjson.dumps(run), "rev": rev})
+
+    await _handle(redis, d, _report("w", "n1"))
+
+    assert d.processor.cache.conflicts == 1
+    assert int(await redis.hget(rk.meta, "rev")) == rev + 1  # applied once, after a reload
+    nodes = await d.store.node_records("w")
+    assert nodes["n1"].status.value == "completed" and nodes["n2"].status.value == "queued"
+    history = await d.store.history("w")
+    assert [e["node_id"] for e in history if e["type"] == "node.completed"] == [
+        "start",
+        "n0",
+        "n1",
+    ]
+    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+
+
+async def test_a_run_moved_by_another_dispatcher_is_reloaded(redis: aioredis.Redis) -> None:
+    d1 = await _dispatcher(redis, consumer="d1")
+    d2 = await _dispatcher(redis, consumer="d2")
+    await _handle(redis, d1, _submit("chain", "m"), _report("m", "n0"))
+    await _handle(redis, d2, _report("m", "n1"))  # d1's cached state no longer is the run's
+    # By d1's stale state, n2 was never queued: its report would be ignored as stale. An
+    # ignore is never taken from the cache: d1 loads the run and applies the report.
+    await _handle(redis, d1, _report("m", "n2"), _report("m", "n3"))
+    for i in range(4, CHAIN):
+        await _handle(redis, d1, _report("m", f"n{i}"))
+
+    run = await d1.store.get_run("m")
+    assert run is not None and run.status.value == "completed"
+    history = await d1.store.history("m")
+    completed = [e["node_id"] for e in history if e["type"] == "node.completed"]
+    assert completed == ["start", *[f"n{i}" for i in range(CHAIN)], "end"]
+    assert (await redis.xpending(d1.keys.inbox, d1.keys.inbox_group))["pending"] == 0
+    assert "m" not in d1.processor.cache  # finished
+
+
+async def test_a_deleted_run_is_not_resurrected_by_its_cached_state(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis)
+    await _handle(redis, d, _submit("chain", "gone"), _report("gone", "n0"))
+    assert "gone" in d.processor.cache
+    rk = d.keys.run("gone")
+    await redis.delete(*rk.all())  # retention expired the run's keys, or it was pruned
+    await redis.delete(d.keys.queue("default"))
+
+    await _handle(redis, d, _report("gone", "n1"))
+
+    # apply.lua reads the missing revision as -1: the cached apply conflicts, the reload
+    # finds no run, and the report is ignored. Nothing of the run is written again.
+    assert d.processor.cache.conflicts == 1
+    assert "gone" not in d.processor.cache
+    assert await redis.exists(*rk.all()) == 0
+    assert await redis.zcard(d.keys.queue("default")) == 0
+    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+
+
+async def test_the_cache_keeps_at_most_its_size_most_recent_runs(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis, run_cache=3)
+    await _handle(redis, d, *[_submit("chain", f"s{i}") for i in range(8)])
+    assert [f"s{i}" in d.processor.cache for i in range(8)] == [False] * 5 + [True] * 3
+    await _handle(redis, d, _report("s0", "n0"))  # loaded again, cached as most recent
+    assert [f"s{i}" in d.processor.cache for i in (0, 5, 6, 7)] == [True, False, True, True]
+    assert len(d.processor.cache) == 3
+
+
+async def test_the_cache_keeps_at_most_its_records(redis: aioredis.Redis) -> None:
+    d = await _dispatcher(redis)
+    d.processor.cache = RunCache(size=100, max_records=20)
+    await _handle(redis, d, *[_submit("chain", f"r{i}") for i in range(8)])
+    cache = d.processor.cache
+    assert 0 < cache.records <= 20 and 0 < len(cache) < 8
+    assert "r7" in cache and "r0" not in cache
+
+
+async def test_without_the_cache_nothing_is_kept(redis: aioredis.Redis) -> None:
+    d = await _dispatcher(redis, run_cache=0)
+    await _handle(redis, d, _submit("chain", "z"), _report("z", "n0"))
+    assert len(d.processor.cache) == 0 and d.processor.cache.records == 0
