@@ -14,15 +14,25 @@ __all__ = ["DISPATCHER_STAGES", "WORKER_STAGES", "Stage", "summarize"]
 Stage = tuple[str, str, str]
 
 DISPATCHER_STAGES: Sequence[Stage] = (
-    ("handle one inbox entry (all of it)", "dispatcher/service.py", "_handle_entry"),
+    ("inbox loop (XREADGROUP + batches)", "dispatcher/service.py", "_inbox_loop"),
+    ("handle a batch (all of it)", "dispatcher/service.py", "_handle_batch"),
     ("parse the message", "graph_core/messages.py", "parse_inbox"),
-    ("processor: load + compute + apply", "dispatcher/processor.py", "process"),
-    ("load the run and prefetch nodes", "dispatcher/processor.py", "_load"),
+    ("processor: one round of entries", "dispatcher/processor.py", "handle_many"),
+    ("events and their graphs", "dispatcher/processor.py", "_batch_events"),
+    ("load the runs (or take them from the cache)", "dispatcher/processor.py", "_loaded"),
+    ("run cache: a cached run's view", "dispatcher/runcache.py", "view"),
+    ("pipelined load of runs + neighbourhoods", "dispatcher/store.py", "load_many"),
+    ("compute the transitions", "dispatcher/processor.py", "_compute_many"),
     ("transition: advance()", "graph_core/engine.py", "advance"),
-    ("load state advance() asked for", "dispatcher/store.py", "fill"),
-    ("apply: pack + apply.lua", "dispatcher/store.py", "apply"),
-    ("pack the transition", "dispatcher/store.py", "_pack"),
-    ("batching (XREADGROUP + gather)", "dispatcher/service.py", "_handle_batch"),
+    ("load state advance() asked for", "dispatcher/store.py", "fill_many"),
+    ("apply the transitions", "dispatcher/processor.py", "_apply_many"),
+    ("prepare an apply (serialize + pack)", "dispatcher/store.py", "prepare"),
+    ("serialize the written records", "dispatcher/changes.py", "state_writes"),
+    ("pack the change set", "dispatcher/changes.py", "pack_changes"),
+    ("pipelined apply.lua calls", "dispatcher/store.py", "apply_many"),
+    ("run cache: take over the writes", "dispatcher/runcache.py", "applied"),
+    ("one by one (conflicts, unknown runs)", "dispatcher/processor.py", "process"),
+    ("acknowledge and announce ignored", "dispatcher/service.py", "_acknowledge"),
     ("timers and leases loop", "dispatcher/service.py", "_timer_loop"),
 )
 
