@@ -156,25 +156,26 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
     state: _WorkerState = ctx[_STATE]
     job_id: str | None = ctx.get("job_id")
     claim: Claim | None = ctx.get("claim")
+    leases = state.keys.leases
+    planned = claim.plan if claim is not None and claim.leased else None
     try:
         job = parse_job_payload(payload)
     except MessageError as e:
         logger.error("dropping job %s: %s", job_id, e)
-        return Finish()
-    leases = state.keys.leases
+        return Finish(lease_key=leases, leases=(planned.lease,) if planned else ())
     heartbeat = state.heartbeat
-    planned = claim.plan if claim is not None and claim.leased else None
     before_start: PipelineHook | None = None
+    held: tuple[bytes, ...]
     if planned is not None and planned.timeout_s == job.timeout_s:
         member, deadline = planned.lease, planned.deadline
+        held = (member,)
     else:
         member, deadline = state.lease_member(job)
         expiry_ms = int(heartbeat.expiry(deadline) * 1000)
-        stale = planned.lease if planned is not None else None
+        # planned with another timeout (not expected: both come from the graph): replace it
+        held = (member, planned.lease) if planned is not None else (member,)
 
         def before_start(pipe: Any) -> None:
-            if stale is not None:  # planned with another timeout: replace that lease
-                pipe.zrem(leases, stale)
             pipe.zadd(leases, {member: expiry_ms})
 
     heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
@@ -200,7 +201,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
     except BaseException as e:
         heartbeat.release(member)
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-            await state.redis.zrem(leases, member)
+            await state.redis.zrem(leases, *held)
         if isinstance(e, RedisConnectionError | RedisTimeoutError):
             # Reading the run failed: run the job again shortly.
             logger.warning("job %s hit a Redis error, retrying: %s", job_id, e)
@@ -208,7 +209,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         raise
     heartbeat.release(member)
     message = done[1] if done is not None else None
-    return Finish(state.keys.inbox, message, leases, member)
+    return Finish(state.keys.inbox, message, leases, held)
 
 
 def _serialize(data: dict[str, Any]) -> bytes:

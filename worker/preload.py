@@ -167,7 +167,8 @@ local function latest(nodes_key, outputs_key, ids, first, out)
     local rec = redis.call('HGET', nodes_key, nid)
     local value = false
     if rec then
-      local visit = cjson.decode(rec)['last_ok_visit']
+      local ok, decoded = pcall(cjson.decode, rec)  -- corrupt: the worker reports it
+      local visit = ok and type(decoded) == 'table' and decoded['last_ok_visit']
       if type(visit) == 'number' and visit >= 1 then
         value = redis.call('HGET', outputs_key, nid .. 'SEP' .. string.format('%d', visit))
       end

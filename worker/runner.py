@@ -389,10 +389,12 @@ async def execute_node(
     except RelaygraphError as e:
         logger.error("dropping job for %r: %s", payload.run_id, e)
         return None
-    loaded = await _load(redis, keys, rk, registry, payload, graph_cache, preloaded, before_start)
-    if loaded is None:
-        return None
     try:
+        loaded = await _load(
+            redis, keys, rk, registry, payload, graph_cache, preloaded, before_start
+        )
+        if loaded is None:
+            return None
         outcome = await _execute(loaded, registry, graph_cache, delivery, max_deliveries)
     except (RedisConnectionError, RedisTimeoutError):
         raise  # the queue runs the job again

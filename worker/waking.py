@@ -66,30 +66,34 @@ _CLAIM = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+local time = redis.call('TIME')  -- the server's clock: the score's writer may not be ours
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if not score or tonumber(score) > now then return false end
+-- reads first: nothing below can fail once a write has been made
 local job = redis.call('GET', KEYS[3])
-local tries = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], 88400)
-local aborted = redis.call('ZREM', KEYS[5], ARGV[1])
-local run, node, leased = false, false, 0
+local run, node = false, false
 if ARGV[4] ~= '' then
   run = redis.call('HGET', KEYS[6], 'run')
   node = redis.call('HGET', KEYS[7], ARGV[4])
 end
+local out = latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, 0, 0, run, node, 0})
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+out[3] = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], 88400)
+out[4] = redis.call('ZREM', KEYS[5], ARGV[1])
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
-  leased = 1
+  out[7] = 1
 end
-return latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, tries, aborted, run, node, leased})
+return out
 """
 )
 # A job's end, as arq's finish_job would write it, plus the job's own writes (its report on
-# the inbox, its lease's removal): ARGV[2] 'done' (the job is over: its keys go) or 'again'
-# (it stays queued for another delivery, ARGV[3] ms later if given).
+# the inbox, its leases' removal, ARGV[5..]): ARGV[2] 'done' (the job is over: its keys go)
+# or 'again' (it stays queued for another delivery, ARGV[3] ms later if given).
 _FINISH = """
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('ZREM', KEYS[7], ARGV[5]) end
+for i = 5, #ARGV do redis.call('ZREM', KEYS[7], ARGV[i]) end
 if ARGV[2] == 'done' then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
@@ -152,8 +156,8 @@ class Finish:
 
     stream: str | None = None  # XADD {"m": message} to this stream
     message: bytes | None = None
-    lease_key: str | None = None  # ZREM lease from this zset
-    lease: bytes | None = None
+    lease_key: str | None = None  # ZREM leases from this zset
+    leases: tuple[bytes, ...] = ()
 
 
 class WakingWorker(Worker):
@@ -298,7 +302,12 @@ class WakingWorker(Worker):
             rk = None
         if parts is None or rk is None:
             return [*keys, "", "", "", ""], [*args, "", "", ""], None
-        plan = self.planner(job_id, parts, graph) if self.planner and graph else None
+        plan = None
+        if self.planner is not None and graph is not None:
+            try:
+                plan = self.planner(job_id, parts, graph)
+            except Exception:  # a planning bug must not stop the worker: claim plainly
+                logger.exception("planning the claim of job %s failed", job_id)
         if plan is None:
             return [*keys, rk.meta, rk.nodes, "", ""], [*args, parts[1], "", ""], None
         return (
@@ -330,9 +339,12 @@ class WakingWorker(Worker):
                 again = await self._evalsha_all([calls[i] for i in redo])
                 for i, reply in zip(redo, again, strict=True):
                     replies[i] = reply
-            for reply in replies:
-                if isinstance(reply, Exception):
+            for i, reply in enumerate(replies):
+                if isinstance(reply, RedisConnectionError | RedisTimeoutError):
                     raise reply
+                if isinstance(reply, Exception):  # the script wrote nothing: not claimed
+                    logger.error("claiming job %s failed: %s", calls[i][1][0], reply)
+                    replies[i] = None
             return replies
         raise AssertionError("unreachable")
 
@@ -357,50 +369,55 @@ class WakingWorker(Worker):
         return function, args, kwargs, enqueue_ms
 
     async def _run_claimed(self, claim: Claim) -> None:
-        """arq's ``run_job`` for a job already claimed and read, finishing in one write."""
+        """arq's ``run_job`` for a job already claimed and read, finishing in one write.
+
+        A lease the claim wrote is dropped on every path where the job function did not
+        return its own ``Finish`` (which names it)."""
         job_id = claim.job_id
+        plan = claim.plan if claim.leased else None
+        claimed = Finish(lease_key=plan.lease_key, leases=(plan.lease,)) if plan else None
         try:
             function, args, kwargs, enqueue_ms = self._job_call(claim)
-        except _Unrunnable as e:
+            ctx = {
+                **self.ctx,
+                "job_id": job_id,
+                "job_try": claim.tries,
+                "enqueue_time": ms_to_datetime(enqueue_ms),
+                "score": claim.score,
+                "claim": claim,
+            }
+            coroutine = function.coroutine(ctx, *args, **kwargs)
+        except Exception as e:  # expired, aborted, unknown, out of tries, or malformed
             logger.warning("job %s: %s", job_id, e)
             self.jobs_failed += 1
-            plan = claim.plan if claim.leased else None  # the claim wrote a lease: drop it
-            writes = Finish(lease_key=plan.lease_key, lease=plan.lease) if plan else None
-            await asyncio.shield(self._finish(job_id, done=True, writes=writes))
+            await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
             return
-        ctx = {
-            **self.ctx,
-            "job_id": job_id,
-            "job_try": claim.tries,
-            "enqueue_time": ms_to_datetime(enqueue_ms),
-            "score": claim.score,
-            "claim": claim,
-        }
-        self.job_tasks[job_id] = task = self.loop.create_task(
-            function.coroutine(ctx, *args, **kwargs)
-        )
+        self.job_tasks[job_id] = task = self.loop.create_task(coroutine)
         try:
             result = await task
         except Retry as e:
             self.jobs_retried += 1
             requeue = e.defer_score + (timestamp_ms() - claim.score) if e.defer_score else None
-            await asyncio.shield(self._finish(job_id, done=False, requeue_ms=requeue))
+            await asyncio.shield(
+                self._finish(job_id, done=False, writes=claimed, requeue_ms=requeue)
+            )
         except asyncio.CancelledError:
             if job_id in self.aborting_tasks:  # aborted: the job is over, nothing reported
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
-                await asyncio.shield(self._finish(job_id, done=True))
+                await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
             else:  # the worker is stopping: the job goes back on its queue
+                # Not re-raised (as arq's run_job does not): arq's close() gathers these
+                # tasks and must get past them to finish its own shutdown.
                 self.jobs_retried += 1
-                await asyncio.shield(self._finish(job_id, done=False))
-                raise
+                await asyncio.shield(self._finish(job_id, done=False, writes=claimed))
         except Exception:
             logger.exception("job %s failed", job_id)
             self.jobs_failed += 1
-            await asyncio.shield(self._finish(job_id, done=True))
+            await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
         else:
             self.jobs_complete += 1
-            writes = result if isinstance(result, Finish) else None
+            writes = result if isinstance(result, Finish) else claimed
             await asyncio.shield(self._finish(job_id, done=True, writes=writes))
         finally:
             self.job_tasks.pop(job_id, None)
@@ -431,7 +448,7 @@ class WakingWorker(Worker):
             "done" if done else "again",
             str(requeue_ms) if requeue_ms and not done else "",
             (writes.message if writes and writes.stream else None) or "",
-            (writes.lease if writes and writes.lease_key else None) or "",
+            *(writes.leases if writes and writes.lease_key else ()),
         ]
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):

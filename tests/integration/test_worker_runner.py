@@ -466,14 +466,22 @@ async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
     assert (report.error.type, report.error.retryable, calls) == ("WorkerLost", True, 0)
 
 
-async def test_corrupt_stored_data_is_reported_not_dropped(redis: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+@pytest.mark.parametrize("corrupt", ["output", "record"])
+async def test_corrupt_stored_data_is_reported_not_dropped(
+    redis: Any, warm: bool, corrupt: str
+) -> None:
     graph = triage_graph()
     await prepared(redis, graph)
-    await redis.hset(KEYS.run("run1").outputs, "triage#1", b"{not json")
+    rk = KEYS.run("run1")
+    if corrupt == "output":
+        await redis.hset(rk.outputs, "triage#1", b"{not json")
+    else:
+        await redis.hset(rk.nodes, "triage", b'{"status": "nonsense"}')
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: "never")
 
-    await run(redis, registry, graph)
+    await run(redis, registry, graph, warm=warm)
     report = await only_report(redis)
     assert report.error is not None
     assert (report.error.type, report.error.code) == ("WorkerError", "worker_error")
@@ -766,6 +774,92 @@ async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_the
         await wait_for(lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), message="job done")
     assert [r.status for r in reports] == ["completed", "completed"]
     assert await redis.zcard(KEYS.leases) == 0
+
+
+async def test_stopping_a_worker_puts_its_running_job_back_and_shuts_down_cleanly(
+    redis: Any, redis_url: str
+) -> None:
+    """A job still running when the grace period ends goes back on its queue (no report,
+    no lease left), and the worker still completes its shutdown: arq's health-check key
+    is deleted, which happens only after every job task has ended."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, started, _, events = blocking_registry()
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    health = KEYS.queue("default") + ":health-check"
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)
+        await wait_for(started.is_set, timeout=5, message="handler started")
+        assert await redis.exists(health)
+    assert events == ["cancelled"]
+    assert not await redis.exists(health)
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+    assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
+    assert await redis.zcard(KEYS.leases) == 0
+    assert await inbox_reports(redis, KEYS) == []
+
+
+async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
+    redis: Any, redis_url: str
+) -> None:
+    """The claim wrote the lease, then the job turned out to be aborted before its start:
+    the lease goes with the job, so the dispatcher never sees it lapse."""
+    graph, registry = await _notify_ok(redis)
+    await prepared(redis, graph, nodes={"audit": queued()})
+    registry.register("agent", lambda ctx: "audited")
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    wake = KEYS.wake("default")
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
+        await redis.rpush(wake, wake_token(first, graph.id, graph.version))  # warms the cache
+        await wait_for_reports(redis, KEYS, timeout=5)
+        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.zadd(ARQ_ABORT_KEY, {second: int(time.time() * 1000)})
+        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        await wait_for(
+            lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), timeout=5, message="job dropped"
+        )
+    assert [r.node_id for r in await inbox_reports(redis, KEYS)] == ["audit"]
+    assert await redis.zcard(KEYS.leases) == 0
+
+
+async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
+    redis: Any, redis_url: str
+) -> None:
+    """Two wake-ups popped together; one job's run has a nodes key of the wrong type, so
+    its claim script fails: that job is left untouched (not in progress, no try counted)
+    and the other job runs."""
+    graph, registry = await _notify_ok(redis)
+    bad = job_for(graph, "notify", run_id="broken")
+    bad_id = job_id(bad.run_id, "notify", 1, 1)
+    await redis.set(KEYS.run("broken").nodes, "not a hash")
+    await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_id, 86_400_000, encode_arq_job(bad, 0))
+    await redis.zadd(KEYS.queue("default"), {bad_id: 0})
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    async with serving(settings, registry):
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        good_id = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), bad_id, good_id)
+        [report] = await wait_for_reports(redis, KEYS, timeout=5)
+    assert report.run_id == "run1" and report.status == "completed"
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + bad_id, "arq:retry:" + bad_id)
+    assert await redis.zscore(KEYS.queue("default"), bad_id) == 0
+
+
+async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: str) -> None:
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("planner bug")
+
+    worker.planner = broken
+    keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1), 0)
+    assert plan is None
+    assert keys[5:] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
+    assert args[3:] == ["notify", "", ""]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
