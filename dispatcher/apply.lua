@@ -4,17 +4,21 @@
 -- KEYS: 1 meta, 2 nodes, 3 outputs, 4 joins, 5 loops, 6 active, 7 events, 8 waits, 9 timers,
 --       10 runs index (all), 11 old status index, 12 new status index
 -- ARGV: 1 expected revision ('-1': the run must not exist yet), 2 the change set: one JSON
---       array of strings and flat string lists (see dispatcher/store.py, _pack). Every number
---       in it is a string, so cjson's doubles never round a score or a revision.
-local cur = redis.call('HGET', KEYS[1], 'rev')
-if (cur or '-1') ~= ARGV[1] then
+--       array of strings and flat string lists (see dispatcher/changes.py, pack_changes).
+--       Every number in it is a string, so cjson's doubles never round a score or a
+--       revision. 3 expected stamp ('': the run has none).
+-- Race site: the stamp is random per write, so a state a dispatcher knew before Redis lost
+-- writes (restart, failover) never matches a state rewritten since at the same revision.
+local meta = redis.call('HMGET', KEYS[1], 'rev', 'stamp')
+local cur = meta[1]
+if (cur or '-1') ~= ARGV[1] or (meta[2] or '') ~= ARGV[3] then
   return 0
 end
 local c = cjson.decode(ARGV[2])
 local run_json, new_rev, run_id, score, channel = c[1], c[2], c[3], c[4], c[5]
 local retention, abort_key = tonumber(c[6]), c[7]
 local ack_stream, ack_group, ack_id = c[8], c[9], c[10]
-redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev)
+redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev, 'stamp', c[23])  -- a new stamp
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
 end

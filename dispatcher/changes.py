@@ -3,6 +3,7 @@ frames one argument instead of 40-70 (see dispatcher/apply.lua for the layout)."
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import orjson
@@ -22,7 +23,18 @@ from graph_core.messages import dumps, encode_inbox, job_id
 from graph_core.state import RunRecord, Transition
 from graph_core.status import TERMINAL_RUN
 
-__all__ = ["StateWrites", "pack_changes", "state_writes"]
+__all__ = ["StateWrites", "new_stamp", "pack_changes", "state_writes"]
+
+
+def new_stamp() -> str:
+    """A random stamp for a run's meta hash, written with every write of the run record.
+
+    The revision alone cannot tell two states apart after Redis lost writes (a restart with
+    ``appendfsync everysec``, a failover to a lagging replica): the run can be back at R-1
+    and be moved to R again by another dispatcher, with other content. An apply expects the
+    stamp the state it was computed from carried, so a state known from before the loss
+    conflicts instead of matching on the revision."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class StateWrites:
 
     run: str  # the run record
     rev: int  # the revision the apply sets
+    stamp: str  # the stamp the apply sets (``new_stamp``)
     nodes: dict[str, str]
     joins: dict[tuple[str, int], str]  # '' deletes the field (no arrivals left)
     loops: dict[int, str]
@@ -40,10 +53,11 @@ class StateWrites:
 
 
 def state_writes(t: Transition, run: RunRecord) -> StateWrites:
-    """The records ``t`` writes (``run``: its run record), serialized once."""
+    """The records ``t`` writes (``run``: its run record), serialized once, with a new stamp."""
     return StateWrites(
         run=run.dump().decode(),
         rev=run.rev,
+        stamp=new_stamp(),
         nodes={nid: rec.dump().decode() for nid, rec in t.nodes.items()},
         joins=t.joins,
         loops={i: loop.model_dump_json() for i, loop in t.loops.items()},
@@ -136,5 +150,6 @@ def pack_changes(
             waits,
             releases,
             aborts,
+            w.stamp,
         ]
     )

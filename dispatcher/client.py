@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from dispatcher.changes import new_stamp
 from dispatcher.connect import connect
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, WaitTimeout
 from dispatcher.store import DEFAULT_RETENTION_S, GraphNotFound, RunStore
@@ -51,7 +52,8 @@ POLL_INTERVAL_S = 1.0  # wait(): re-read the run this often even without events
 # Race site: concurrent submitters with one key; SET NX inside the script picks one run id,
 # and the losers get that id back without writing anything.
 # KEYS: 1 idempotency key, 2 run meta, 3 runs index, 4 pending index, 5 inbox
-# ARGV: 1 run id, 2 run record JSON, 3 score (ms), 4 inbox message, 5 "1" if keyed, 6 key TTL (s)
+# ARGV: 1 run id, 2 run record JSON, 3 score (ms), 4 inbox message, 5 "1" if keyed, 6 key TTL (s),
+#       7 the run's first stamp (see dispatcher/changes.py, new_stamp)
 _SUBMIT = """
 if ARGV[5] == '1' then
   local holder = redis.call('GET', KEYS[1])
@@ -59,7 +61,7 @@ if ARGV[5] == '1' then
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, ARGV[1]} end
 if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[6])) end
-redis.call('HSET', KEYS[2], 'run', ARGV[2], 'rev', 0)
+redis.call('HSET', KEYS[2], 'run', ARGV[2], 'rev', 0, 'stamp', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'm', ARGV[4])
@@ -220,6 +222,7 @@ class WorkflowClient:
                 message,
                 "1" if keyed else "0",
                 self.store.retention_s,
+                new_stamp(),
             ],
         )
         if int(outcome) == -1:

@@ -26,6 +26,8 @@ class NeedState(Exception):
 class RunState:
     """What one dispatcher knows of a run's records at revision ``rev``, as the exact text
     Redis holds (None: no such record; a join's '': no arrivals). Outputs are not kept.
+    The run cache moves a state on to the next revision in place, when an apply made over
+    it succeeded; a view built on it at the older revision stops reading it then.
 
     ``complete``: every node, join and loop record and the live frontier are here (a run
     this dispatcher created and has written since), so a record not held does not exist.
@@ -33,6 +35,7 @@ class RunState:
 
     run_raw: bytes
     rev: int
+    stamp: str  # the meta hash's stamp at ``rev`` (written by this dispatcher's apply)
     run_record: RunRecord  # parsed from run_raw, for the processor's own reading
     nodes: dict[str, bytes | None] = field(default_factory=dict)
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -64,8 +67,14 @@ class RedisView:
     its own to change (a recomputation never sees a previous attempt's edits).
 
     ``base``: the run cache's state of the run at this view's revision. A read looks at the
-    view's own records first, then at the base's; loads go into the view's own records only
-    (the cache takes them over when an apply built on them succeeds, see ``RunCache``)."""
+    view's own records first, then at the base's while the base is still at the view's
+    revision (the cache moves a state on in place when an apply over it succeeds: a view
+    loaded at the older revision meanwhile must not mix in the newer records); loads go into
+    the view's own records only (the cache takes them over when an apply built on them
+    succeeds, see ``RunCache``).
+
+    ``stamp``: the meta hash's stamp read with ``rev`` (None: it had none); the apply expects
+    it (see ``dispatcher.changes.new_stamp``)."""
 
     run_raw: bytes | None
     rev: int | None
@@ -75,6 +84,7 @@ class RedisView:
     loops: dict[int, bytes | None] = field(default_factory=dict)
     active: dict[str, int] | None = None
     run_record: RunRecord | None = None  # parsed once, for the caller's own reading
+    stamp: str | None = None
     base: RunState | None = None
     cached: bool = False  # made from the cache alone, with no load
 
@@ -85,8 +95,13 @@ class RedisView:
     def run(self) -> RunRecord | None:
         return RunRecord.model_validate_json(self.run_raw) if self.run_raw is not None else None
 
-    def node(self, node_id: str) -> NodeRecord | None:
+    def _base(self) -> RunState | None:
+        """``base``, if it is still at this view's revision."""
         base = self.base
+        return base if base is not None and base.rev == self.rev else None
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        base = self._base()
         if node_id in self.nodes:
             raw = self.nodes[node_id]
         elif base is not None and node_id in base.nodes:
@@ -106,7 +121,7 @@ class RedisView:
         key = (node_id, edge_index)
         if key in self.joins:
             return self.joins[key]
-        base = self.base
+        base = self._base()
         if base is not None and key in base.joins:
             return base.joins[key]
         if base is not None and base.complete:
@@ -115,11 +130,11 @@ class RedisView:
 
     def knows_join(self, key: tuple[str, int]) -> bool:
         """Whether ``arrivals`` of ``key`` can be read without a load."""
-        base = self.base
+        base = self._base()
         return key in self.joins or (base is not None and (base.complete or key in base.joins))
 
     def loop(self, loop_id: int) -> LoopRecord | None:
-        base = self.base
+        base = self._base()
         if loop_id in self.loops:
             raw = self.loops[loop_id]
         elif base is not None and loop_id in base.loops:
@@ -133,6 +148,7 @@ class RedisView:
     def active_nodes(self) -> dict[str, int]:
         if self.active is not None:
             return dict(self.active)
-        if self.base is not None and self.base.active is not None:
-            return dict(self.base.active)
+        base = self._base()
+        if base is not None and base.active is not None:
+            return dict(base.active)
         raise NeedState("active", None)

@@ -1,22 +1,20 @@
-"""Handling inbox messages: load the neighbourhood, run the transition, apply atomically.
-
-Messages of different runs are handled together (``handle_many``): their loads share one
-round trip, and so do their applies. The transition function is pure, so a conflict (another
-dispatcher applied an event of the same run first) is handled by loading again and
-recomputing, one message at a time (``process``).
+"""Handling inbox messages one by one: load the neighbourhood, run the transition, apply
+atomically. The transition function is pure, so a conflict (another dispatcher applied an
+event of the same run first) is handled by loading again and recomputing.
 
 A run whose state this dispatcher wrote last is usually in its run cache
 (dispatcher/runcache.py): its next event is computed from the cache and only applied, one
 round trip instead of two; a stale cache conflicts like any other dispatcher's write would.
+
+Messages of different runs are handled together by ``BatchHandler`` (dispatcher/batch.py),
+which shares this processor's cache and falls back to ``process`` for what it cannot settle.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,10 +38,10 @@ from graph_core.state import Transition
 from graph_core.status import RunStatus
 from graph_core.topology import topology
 
-__all__ = ["Outcome", "Processor"]
+__all__ = ["MAX_LOADS", "REDIS_GONE", "Outcome", "Processor", "TokenReplay", "widen"]
 
 log = logging.getLogger("relaygraph.dispatcher")
-_REDIS_GONE = (RedisConnectionError, RedisTimeoutError)  # not a message's fault: raised
+REDIS_GONE: Final = (RedisConnectionError, RedisTimeoutError)  # not a message's fault: raised
 MAX_CONFLICTS = 100
 MAX_LOADS = 10_000
 GRAPH_OF_RUN_CACHE = 100_000
@@ -61,24 +59,6 @@ class Outcome:
     reason: str | None = None  # why nothing changed
     transition: Transition | None = None
     acked: bool = False  # the inbox entry was acknowledged together with the change
-
-
-_Alone = list[tuple[int, Event, str | None]]  # (index, event, ack): handled by ``process``
-
-
-@dataclass(eq=False)
-class _Batched:
-    """One message of a ``handle_many`` call, loaded, on its way to its transition."""
-
-    index: int
-    event: Event
-    ack: str | None
-    graph: Graph
-    view: RedisView
-    now: float
-    tokens: list[str] = field(default_factory=list)  # replayed on every recomputation
-    transition: Transition | None = None
-    writes: StateWrites | None = None
 
 
 class Processor:
@@ -99,12 +79,12 @@ class Processor:
 
     async def _submit(self, req: SubmitRequest, entry_id: str | None) -> Outcome:
         version = req.graph_version or await self.store.latest_version(req.graph_id)
-        prepared = await self._submitted(req, entry_id, version)
+        prepared = await self.submitted(req, entry_id, version)
         if isinstance(prepared, Outcome):
             return prepared
         return await self.process(prepared, ack=entry_id)
 
-    async def _submitted(
+    async def submitted(
         self, req: SubmitRequest, entry_id: str | None, version: int | None
     ) -> RunSubmitted | Outcome:
         """The event a submission makes (``version``: the graph's, resolved), or the outcome
@@ -131,209 +111,12 @@ class Processor:
             idempotency_key=req.idempotency_key,
         )
 
-    async def handle_many(
-        self, messages: Sequence[tuple[Any, str | None]]
-    ) -> list[Outcome | Exception]:
-        """Handle inbox messages (each with its entry id) of different runs together: one
-        pipelined load, one pipelined apply, and one pipelined load per round of state the
-        transitions asked for. Returns, per message, its outcome or the error handling it
-        raised (the caller tells poison from failure). A lost connection raises.
-
-        Messages of one run must not share a call: the caller hands them over in order, one
-        per call, so each sees the state the one before left. (If two did share one, the
-        second would conflict on the revision and be handled again, one by one.)"""
-        results: list[Outcome | Exception | None] = [None] * len(messages)
-        alone: _Alone = []
-        try:
-            batch = await self._loaded(await self._batch_events(messages, results, alone), alone)
-            await self._compute_many(batch, results, alone)
-            await self._apply_many(batch, results, alone)
-        except _REDIS_GONE:
-            self.cache.clear()  # the server may have restarted and lost our latest writes
-            raise
-        if alone:
-            settled = await asyncio.gather(*(self._alone(e, ack) for _, e, ack in alone))
-            for (index, _, _), outcome in zip(alone, settled, strict=True):
-                results[index] = outcome
-        for r in results:
-            if isinstance(r, _REDIS_GONE):
-                self.cache.clear()
-                raise r
-        return [r if r is not None else StoreError("entry left unhandled") for r in results]
-
-    async def _loaded(
-        self, events: list[tuple[int, Event, str | None, Graph]], alone: _Alone
-    ) -> list[_Batched]:
-        """Load every event's run and neighbourhood in one round trip (those of runs in the
-        run cache: none)."""
-        batch = []
-        loading = []
-        for index, event, ack, graph in events:
-            prefetch = self._prefetch(graph, event)
-            cached = None
-            if not isinstance(event, RunSubmitted):
-                cached = self.cache.view(event.run_id, prefetch)
-            if cached is not None:
-                batch.append(_Batched(index, event, ack, graph, cached, clock.now()))
-            else:
-                loading.append((index, event, ack, graph, prefetch))
-        if not loading:
-            return batch
-        try:
-            views = await self.store.load_many([(e.run_id, p) for _, e, _, _, p in loading])
-        except _REDIS_GONE:
-            raise
-        except Exception:  # e.g. a key of the wrong type: find out whose, one by one
-            log.exception("batched load failed; handling %d entries one by one", len(loading))
-            alone.extend((index, event, ack) for index, event, ack, _, _ in loading)
-            return batch
-        for (index, event, ack, graph, _), view in zip(loading, views, strict=True):
-            self.cache.loaded(event.run_id, view)
-            run = view.run_record
-            if isinstance(event, RunSubmitted) or (
-                run is not None and run.status != RunStatus.PENDING
-            ):
-                batch.append(_Batched(index, event, ack, graph, view, clock.now()))
-            else:  # not created yet (or gone): the one-by-one path says so
-                alone.append((index, event, ack))
-        return batch
-
-    async def _batch_events(
-        self,
-        messages: Sequence[tuple[Any, str | None]],
-        results: list[Outcome | Exception | None],
-        alone: _Alone,
-    ) -> list[tuple[int, Event, str | None, Graph]]:
-        """The events of ``messages`` whose run's graph is known, with it."""
-        unversioned = [
-            m.graph_id for m, _ in messages if isinstance(m, SubmitRequest) and not m.graph_version
-        ]
-        latest = await self.store.latest_versions(unversioned) if unversioned else {}
-        events = []
-        for index, (message, ack) in enumerate(messages):
-            try:
-                event = message
-                if isinstance(message, SubmitRequest):
-                    version = message.graph_version or latest.get(message.graph_id)
-                    prepared = await self._submitted(message, ack, version)
-                    if isinstance(prepared, Outcome):
-                        results[index] = prepared
-                        continue
-                    event = prepared
-                    self._remember(event.run_id, event.graph_id, event.graph_version)
-                known = self._graph_of.get(event.run_id)
-                if known is None:
-                    alone.append((index, event, ack))
-                    continue
-                events.append((index, event, ack, await self.store.graph(*known)))
-            except _REDIS_GONE:
-                raise
-            except Exception as e:
-                results[index] = e
-        return events
-
-    async def _compute_many(
-        self,
-        batch: list[_Batched],
-        results: list[Outcome | Exception | None],
-        alone: _Alone,
-    ) -> None:
-        """Run every transition; load what they asked for in one round trip; again."""
-        pending = batch
-        for _ in range(MAX_LOADS):
-            needs: list[tuple[str, RedisView, NeedState]] = []
-            asking = []
-            for b in pending:
-                try:
-                    env = Env(b.now, _TokenReplay(b.tokens))
-                    b.transition = advance(b.graph, b.view, b.event, env)
-                except NeedState as need:
-                    needs.append((b.event.run_id, b.view, _widen(b.graph, b.view, need)))
-                    asking.append(b)
-                except Exception as e:
-                    self.cache.evict(b.event.run_id)
-                    if b.view.cached:  # perhaps only because the cache was stale
-                        alone.append((b.index, b.event, b.ack))
-                    else:
-                        results[b.index] = e
-            if not needs:
-                return
-            try:
-                await self.store.fill_many(needs)
-            except _REDIS_GONE:
-                raise
-            except Exception:
-                log.exception("batched state load failed; handling the entries one by one")
-                for b in asking:
-                    self.cache.evict(b.event.run_id)
-                    alone.append((b.index, b.event, b.ack))
-                return
-            pending = asking
-        for b in pending:
-            b.transition = None
-            results[b.index] = StoreError(
-                f"run {b.event.run_id!r}: transition needed over {MAX_LOADS} loads"
-            )
-
-    async def _apply_many(
-        self,
-        batch: list[_Batched],
-        results: list[Outcome | Exception | None],
-        alone: _Alone,
-    ) -> None:
-        calls, applying = [], []
-        for b in batch:
-            t, view = b.transition, b.view
-            if t is None or results[b.index] is not None:
-                continue
-            if t.ignored is not None:
-                if view.cached:  # no revision check confirms an ignore: decide it on a load
-                    self.cache.evict(b.event.run_id)
-                    alone.append((b.index, b.event, b.ack))
-                else:
-                    results[b.index] = Outcome(b.event.run_id, False, t.ignored)
-                continue
-            old = view.run_record.status.value if view.run_record is not None else None
-            try:
-                call, b.writes = self.store.prepare(
-                    t, view.rev, old, int(clock.now() * 1000), b.ack
-                )
-            except Exception as e:
-                self.cache.evict(b.event.run_id)
-                results[b.index] = e
-                continue
-            calls.append(call)
-            applying.append(b)
-        if not calls:
-            return
-        for b, applied in zip(applying, await self.store.apply_many(calls), strict=True):
-            run_id = b.event.run_id
-            if isinstance(applied, Exception):
-                self.cache.evict(run_id)
-                results[b.index] = applied
-            elif applied:
-                if b.writes is not None:
-                    self.cache.applied(run_id, b.view, b.writes)
-                results[b.index] = Outcome(
-                    run_id, True, None, b.transition, acked=b.ack is not None
-                )
-            else:  # another dispatcher moved the run on: load again and recompute
-                log.debug("conflict applying %s to run %s", b.event.kind, run_id)
-                self.cache.conflicted(run_id, b.view)
-                alone.append((b.index, b.event, b.ack))
-
-    async def _alone(self, event: Event, ack: str | None) -> Outcome | Exception:
-        try:
-            return await self.process(event, ack=ack)
-        except Exception as e:  # a lost connection too: handle_many raises it after gather
-            return e
-
     async def process(self, event: Event, ack: str | None = None) -> Outcome:
         """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same
         atomic write as the change."""
         try:
             return await self._process(event, ack)
-        except _REDIS_GONE:
+        except REDIS_GONE:
             self.cache.clear()  # the server may have restarted and lost our latest writes
             raise
         except Exception:
@@ -348,7 +131,7 @@ class Processor:
                 return Outcome(run_id, False, f"unknown run {run_id!r}")
             try:
                 transition = await self._compute(graph, view, event)
-            except _REDIS_GONE:
+            except REDIS_GONE:
                 raise
             except Exception:
                 if not view.cached:
@@ -362,9 +145,11 @@ class Processor:
                 return Outcome(run_id, False, transition.ignored)
             old = view.run_record.status.value if view.run_record is not None else None
             now_ms = int(clock.now() * 1000)
-            call, writes = self.store.prepare(transition, view.rev, old, now_ms, ack)
+            call, writes = self.store.prepare(
+                transition, view.rev, old, now_ms, ack, stamp=view.stamp
+            )
             if await self.store.apply_prepared(call):
-                self.cache.applied(run_id, view, writes)
+                self.cache_applied(run_id, view, writes)
                 return Outcome(run_id, True, None, transition, acked=ack is not None)
             log.debug("conflict applying %s to run %s; recomputing", event.kind, run_id)
             self.cache.conflicted(run_id, view)
@@ -373,16 +158,16 @@ class Processor:
     async def _load(self, event: Event) -> tuple[Graph | None, RedisView]:
         if isinstance(event, RunSubmitted):
             graph = await self.store.graph(event.graph_id, event.graph_version)
-            view = await self.store.load(event.run_id, self._prefetch(graph, event))
+            view = await self.store.load(event.run_id, self.prefetch(graph, event))
             self.cache.loaded(event.run_id, view)
-            self._remember(event.run_id, event.graph_id, event.graph_version)
+            self.remember(event.run_id, event.graph_id, event.graph_version)
             return graph, view
         known = self._graph_of.get(event.run_id)
         if known is not None:
             # A run's graph never changes: load its record and the neighbourhood in one trip
             # (or none: the run cache has them).
             graph = await self.store.graph(*known)
-            prefetch = self._prefetch(graph, event)
+            prefetch = self.prefetch(graph, event)
             cached = self.cache.view(event.run_id, prefetch)
             if cached is not None:
                 return graph, cached
@@ -399,11 +184,11 @@ class Processor:
             graph = await self.store.graph(run.graph_id, run.graph_version)
         except GraphNotFound as e:
             raise StoreError(f"run {event.run_id!r} refers to a missing graph: {e}") from e
-        self._remember(event.run_id, run.graph_id, run.graph_version)
-        await self.store.fill_nodes(event.run_id, view, self._prefetch(graph, event).nodes)
+        self.remember(event.run_id, run.graph_id, run.graph_version)
+        await self.store.fill_nodes(event.run_id, view, self.prefetch(graph, event).nodes)
         return graph, view
 
-    def _prefetch(self, graph: Graph, event: Event) -> Prefetch:
+    def prefetch(self, graph: Graph, event: Event) -> Prefetch:
         """``neighbourhood`` of the event's node, computed once per graph and node."""
         submitted = isinstance(event, RunSubmitted)
         node_id = None if submitted else getattr(event, "node_id", None)
@@ -415,7 +200,21 @@ class Processor:
             found = self._prefetches[key] = neighbourhood(graph, event)
         return found
 
-    def _remember(self, run_id: str, graph_id: str, version: int) -> None:
+    def graph_of(self, run_id: str) -> tuple[str, int] | None:
+        """The (id, version) of the run's graph, if this processor has seen the run."""
+        return self._graph_of.get(run_id)
+
+    def cache_applied(self, run_id: str, view: RedisView, writes: StateWrites) -> None:
+        """The run cache takes over an applied change; if it cannot, it forgets the run (the
+        change is stored and acknowledged either way: not the entry's failure)."""
+        try:
+            self.cache.applied(run_id, view, writes)
+        except Exception:
+            log.exception("run %s: the run cache could not take over an applied change", run_id)
+            self.cache.evict(run_id)
+
+    def remember(self, run_id: str, graph_id: str, version: int) -> None:
+        """Note the run's graph, so its next events need no load to find it."""
         if len(self._graph_of) >= GRAPH_OF_RUN_CACHE:
             self._graph_of.pop(next(iter(self._graph_of)))  # oldest first (insertion order)
         self._graph_of[run_id] = (graph_id, version)
@@ -425,13 +224,13 @@ class Processor:
         now = clock.now()
         for _ in range(MAX_LOADS):
             try:
-                return advance(graph, view, event, Env(now, _TokenReplay(tokens)))
+                return advance(graph, view, event, Env(now, TokenReplay(tokens)))
             except NeedState as need:
-                await self.store.fill(event.run_id, view, _widen(graph, view, need))
+                await self.store.fill(event.run_id, view, widen(graph, view, need))
         raise StoreError(f"run {event.run_id!r}: transition needed over {MAX_LOADS} loads")
 
 
-class _TokenReplay:
+class TokenReplay:
     """Hands out the same tokens, in order, on every recomputation of one transition."""
 
     def __init__(self, tokens: list[str]) -> None:
@@ -445,7 +244,7 @@ class _TokenReplay:
         return self._tokens[self._next - 1]
 
 
-def _widen(graph: Graph, view: RedisView, need: NeedState) -> NeedState:
+def widen(graph: Graph, view: RedisView, need: NeedState) -> NeedState:
     """A join arrival that was not prefetched is read when its join's generation completes,
     together with every other input of the group: load the group's missing ones at once."""
     if need.kind != "join":

@@ -1,12 +1,17 @@
 """The dispatcher's cache of recently touched runs' records, so the next event of a run whose
 state this dispatcher wrote last needs no load: only the apply.
 
-Safe when stale, by apply.lua's revision check: a state kept at revision R is only ever
-applied on with R expected; if anything else wrote the run since (another dispatcher, or a
-run whose keys expired or were deleted: the script reads a missing revision as -1), the
-apply conflicts, the entry is evicted and the event is handled again from a fresh load.
-Revisions only grow, so a record read after the run moved on can sit in a state of an older
-revision only until its next apply, which conflicts.
+Safe when stale, by apply.lua's revision and stamp check: a state kept at revision R with
+the stamp S its apply wrote is only ever applied on with R and S expected; if anything else
+wrote the run since (another dispatcher, or a run whose keys expired or were deleted: the
+script reads a missing revision as -1), the apply conflicts, the entry is evicted and the
+event is handled again from a fresh load. The stamp covers what the revision cannot: after
+Redis lost writes (a restart with ``appendfsync everysec``, a failover to a lagging replica)
+the run may be back at R-1 and moved to R again by another dispatcher, with other content
+and another stamp (a run with no stamp never matches a cached one). A load at R attaches
+the cached state only if its stamp is S too. Revisions only grow, so a record read after the
+run moved on can sit in a state of an older revision only until its next apply, which
+conflicts.
 
 A cached state changes only by what a successful apply wrote (``StateWrites``, the text
 stored), plus the records the applied transition's view loaded at the same revision. A
@@ -71,16 +76,21 @@ class RunCache:
         self._states.move_to_end(run_id)
         self.hits += 1
         return RedisView(
-            state.run_raw, state.rev, run_record=state.run_record, base=state, cached=True
+            state.run_raw,
+            state.rev,
+            run_record=state.run_record,
+            stamp=state.stamp,
+            base=state,
+            cached=True,
         )
 
     def loaded(self, run_id: str, view: RedisView) -> None:
         """``view`` was just loaded: build it on the cached state if that is of the same
-        revision (its records are then current too); drop a cached state of another."""
+        revision and stamp (its records are then current too); drop any other."""
         state = self._states.get(run_id)
         if state is None:
             return
-        fresh = view.rev == state.rev
+        fresh = view.rev == state.rev and view.stamp == state.stamp
         self._observe(stale=not fresh)
         if fresh:
             view.base = state
@@ -93,7 +103,9 @@ class RunCache:
         if self.size <= 0:
             return
         state = view.base
-        moved = state is not None and state is not self._states.get(run_id)
+        moved = state is not None and (
+            state is not self._states.get(run_id) or state.rev != view.rev
+        )
         if moved or (view.rev is not None and writes.rev != view.rev + 1):
             self.evict(run_id)  # another computation of this run replaced the state meanwhile
             return
@@ -110,12 +122,13 @@ class RunCache:
             created = view.rev is None or (
                 view.run_record is not None and view.run_record.status == RunStatus.PENDING
             )
-            state = RunState(b"", 0, record, active={} if created else None, complete=created)
+            state = RunState(b"", 0, "", record, active={} if created else None, complete=created)
             self._states[run_id] = state
             old_size = 0
         else:
             old_size = state.size()
         state.run_raw, state.rev, state.run_record = writes.run.encode(), writes.rev, record
+        state.stamp = writes.stamp
         state.nodes.update(view.nodes)  # loaded at the revision the apply was made on
         state.joins.update(view.joins)
         state.loops.update(view.loops)

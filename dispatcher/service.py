@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dispatcher.batch import BatchHandler
 from dispatcher.processor import Outcome, Processor
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
@@ -92,6 +93,7 @@ class Dispatcher:
         self.keys = settings.keys
         self.store = RunStore(redis, self.keys, retention_s=settings.retention_s)
         self.processor = Processor(self.store, run_cache=settings.run_cache)
+        self.batches = BatchHandler(self.processor)
         self.consumer = settings.consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
@@ -145,6 +147,10 @@ class Dispatcher:
                 await loop(stop)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                # The server may have restarted (or failed over) and lost our latest writes:
+                # a run cached at a revision it no longer has must be loaded again. (The
+                # stamps apply.lua checks catch what a silent reconnect hides from us.)
+                self.processor.cache.clear()
                 if time.monotonic() - started > 10:
                     failures = 0
                 delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
@@ -195,7 +201,7 @@ class Dispatcher:
         """Entries of one run are handled in inbox order, each seeing the state the one before
         left; entries of different runs together, in rounds: a round takes the next entry of
         every run in the batch, so its runs are loaded in one round trip and its transitions
-        applied in another (``Processor.handle_many``)."""
+        applied in another (``BatchHandler.handle_many``)."""
         runs: dict[str, deque[tuple[bytes, bytes, Any]]] = {}
         for entry_id, fields in entries:
             raw = fields.get(b"m", b"")
@@ -209,7 +215,7 @@ class Dispatcher:
         while runs:
             round_ = [queue.popleft() for queue in runs.values()]
             runs = {run: queue for run, queue in runs.items() if queue}
-            results = await self.processor.handle_many([(m, eid.decode()) for eid, _, m in round_])
+            results = await self.batches.handle_many([(m, eid.decode()) for eid, _, m in round_])
             settled: list[tuple[bytes, Any, Outcome]] = []
             for (entry_id, raw, message), result in zip(round_, results, strict=True):
                 if isinstance(result, RelaygraphError):

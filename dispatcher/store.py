@@ -1,7 +1,8 @@
 """The run store on Redis: loading what a transition needs, applying it atomically, graphs,
 and read models for clients (status, listings).
 
-Layout (all keys from ``graph_core.keys``): per run, ``meta`` (hash: run record JSON + rev),
+Layout (all keys from ``graph_core.keys``): per run, ``meta`` (hash: run record JSON, rev and
+the stamp of the write, see ``dispatcher.changes.new_stamp``),
 ``nodes``, ``outputs``, ``joins``, ``loops``, ``active``, ``waits`` (hashes) and ``events``
 (stream); globally the graphs hash, run indexes by status, timers, the inbox and the queues.
 """
@@ -121,7 +122,7 @@ class RunStore:
         pipe = self.redis.pipeline(transaction=False)
         for run_id, prefetch in wanted:
             rk = self.keys.run(run_id)
-            pipe.hmget(rk.meta, "run", "rev")
+            pipe.hmget(rk.meta, "run", "rev", "stamp")
             if prefetch.nodes:
                 pipe.hmget(rk.nodes, prefetch.nodes)
             if prefetch.joins:
@@ -131,8 +132,12 @@ class RunStore:
         replies = iter(await pipe.execute())
         views = []
         for _, prefetch in wanted:
-            run_raw, rev_raw = next(replies)
-            view = RedisView(run_raw=run_raw, rev=int(rev_raw) if rev_raw is not None else None)
+            run_raw, rev_raw, stamp = next(replies)
+            view = RedisView(
+                run_raw=run_raw,
+                rev=int(rev_raw) if rev_raw is not None else None,
+                stamp=stamp.decode() if stamp is not None else None,
+            )
             if prefetch.nodes:
                 view.nodes.update(zip(prefetch.nodes, next(replies), strict=True))
             if prefetch.joins:
@@ -197,11 +202,15 @@ class RunStore:
         old_status: str | None,
         now_ms: int,
         ack: str | None = None,
+        *,
+        stamp: str | None,
     ) -> bool:
         """Apply ``t`` atomically if the run is still at ``expected_rev`` (None: the run must
-        not exist yet). ``old_status`` is the status the run had. ``ack``: an inbox entry id
-        acknowledged in the same script. False on conflict."""
-        return await self.apply_prepared(self.apply_call(t, expected_rev, old_status, now_ms, ack))
+        not exist yet) with the ``stamp`` it was read with (None: it had none).
+        ``old_status`` is the status the run had. ``ack``: an inbox entry id acknowledged in
+        the same script. False on conflict."""
+        call = self.apply_call(t, expected_rev, old_status, now_ms, ack, stamp=stamp)
+        return await self.apply_prepared(call)
 
     async def apply_prepared(self, call: ApplyCall) -> bool:
         """``apply`` of a call ``prepare`` (or ``apply_call``) made."""
@@ -241,9 +250,11 @@ class RunStore:
         old_status: str | None,
         now_ms: int,
         ack: str | None,
+        *,
+        stamp: str | None,
     ) -> ApplyCall:
         """The keys and arguments of apply.lua for ``t`` (see ``apply``)."""
-        return self.prepare(t, expected_rev, old_status, now_ms, ack)[0]
+        return self.prepare(t, expected_rev, old_status, now_ms, ack, stamp=stamp)[0]
 
     def prepare(
         self,
@@ -252,8 +263,11 @@ class RunStore:
         old_status: str | None,
         now_ms: int,
         ack: str | None,
+        *,
+        stamp: str | None,
     ) -> tuple[ApplyCall, StateWrites]:
-        """``apply_call``, and the records the call writes, as the text it stores."""
+        """``apply_call``, and the records the call writes, as the text it stores (with the
+        new stamp the call sets)."""
         run = t.run
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")
@@ -268,7 +282,7 @@ class RunStore:
         rev = str(expected_rev) if expected_rev is not None else "-1"
         writes = state_writes(t, run)
         changes = pack_changes(self.keys, t, run, now_ms, ack, self.retention_s, writes)
-        return (keys, [rev, changes]), writes
+        return (keys, [rev, changes, stamp or ""]), writes
 
     # --- read models --------------------------------------------------------------------
 

@@ -258,6 +258,8 @@ async def test_submit_without_dispatcher_leaves_a_pending_run(
     assert all(n.status == NodeStatus.PENDING for n in view.nodes.values())
     assert [r.run_id for r in await client.list_runs("pending")] == [run_id]
     assert await redis.xlen(KEYS.inbox) == 1
+    pending_stamp = await redis.hget(KEYS.run(run_id).meta, "stamp")
+    assert pending_stamp is not None and len(pending_stamp) == 16  # what its first apply expects
     with pytest.raises(RunExists):
         await client.submit("echo", run_id="my-run-1")
 
@@ -265,6 +267,7 @@ async def test_submit_without_dispatcher_leaves_a_pending_run(
     view = await wait_for(
         lambda: _status_is(client, run_id, RunStatus.RUNNING), message="run started"
     )
+    assert await redis.hget(KEYS.run(run_id).meta, "stamp") not in (None, pending_stamp)
     assert await client.list_runs("pending") == []
     assert [r.run_id for r in await client.list_runs("running")] == [run_id]
 

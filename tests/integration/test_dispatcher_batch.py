@@ -4,6 +4,7 @@ state is the same; conflicts, poison and a lost connection behave as for a singl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from dispatcher import batch as batch_module
+from dispatcher import processor as processor_module
+from dispatcher.loaded import NeedState
 from dispatcher.prefetch import JOIN_GROUP_PREFETCH
 from dispatcher.processor import Outcome
 from dispatcher.queue import JOB_KEY_PREFIX
@@ -20,10 +24,12 @@ from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import ApplyCall, RedisView
 from graph_core import clock
+from graph_core.engine import advance
 from graph_core.events import NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Edge, Graph, Node
 from tests.support.graphs import busy_graph
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,12 +120,21 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, one_by_one: bool) -> None
     raise AssertionError("the runs did not settle")
 
 
+def _drop_stamp(meta: dict[bytes, bytes]) -> None:
+    """Take out the meta hash's stamp: random per write, so it differs between two ways of
+    reaching the same state. Every applied run has one."""
+    if meta:
+        stamp = meta.pop(b"stamp")
+        assert len(stamp) == 16 and int(stamp, 16) >= 0, stamp
+
+
 async def _snapshot(redis: aioredis.Redis, d: Dispatcher) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for i in range(6):
         rk = d.keys.run(f"r{i}")
         for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
             state[f"r{i}:{name}"] = await redis.hgetall(getattr(rk, name))
+        _drop_stamp(state[f"r{i}:meta"])
         state[f"r{i}:events"] = [f for _, f in await redis.xrange(rk.events)]
     jobs = sorted(await redis.keys(JOB_KEY_PREFIX + "*"))
     state["jobs"] = {k: await redis.get(k) for k in jobs}
@@ -359,3 +374,150 @@ async def test_a_wide_join_loads_its_inputs_once_when_it_fires(
     [(kind, keys)] = [(k, v) for k, v in asked if k in ("join", "joins")]
     assert kind == "joins" and len(keys) == width - 1  # all but the last arrival's own
     assert {i for _, i in keys} < set(range(first_input, first_input + width))
+
+
+def _asking_for_an_unknown_join(bad_run: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``advance`` that, for reports of ``bad_run``, asks for a join the graph does not have:
+    widening that request to the join's group fails (KeyError) before any load."""
+
+    def advance(graph: Graph, view: RedisView, event: Any, env: Any) -> Any:
+        if event.run_id == bad_run and event.kind == "reported":
+            raise NeedState("join", ("no-such-node", 99))
+        return real(graph, view, event, env)
+
+    return advance
+
+
+def _break_stage(monkeypatch: pytest.MonkeyPatch, d: Dispatcher, stage: str) -> None:
+    """Make one stage of the batch fail for run ``bad`` (or, ``round`` and ``apply``, for
+    everyone) with an error that is no Redis error. ``versions`` is broken by data (see the
+    test)."""
+    if stage == "prefetch":
+        real_prefetch = d.processor.prefetch
+
+        def prefetch(graph: Graph, event: Any) -> Any:
+            if event.run_id == "bad":
+                raise KeyError("a prefetch that fails")
+            return real_prefetch(graph, event)
+
+        monkeypatch.setattr(d.processor, "prefetch", prefetch)
+    elif stage == "widen":
+        for module in (batch_module, processor_module):
+            monkeypatch.setattr(module, "advance", _asking_for_an_unknown_join("bad", advance))
+    elif stage == "cache":
+        real_applied = d.processor.cache.applied
+
+        def applied(run_id: str, view: RedisView, writes: Any) -> None:
+            if run_id == "bad":
+                raise ValueError("a cache that fails")
+            real_applied(run_id, view, writes)
+
+        monkeypatch.setattr(d.processor.cache, "applied", applied)
+    elif stage == "round":  # a bug of the batched path itself, outside any one entry
+
+        async def compute_many(*args: Any) -> None:
+            raise RuntimeError("a batched path that fails")
+
+        monkeypatch.setattr(d.batches, "_compute_many", compute_many)
+    elif stage == "apply":
+
+        async def apply_many(calls: Sequence[ApplyCall]) -> list[bool | Exception]:
+            raise ValueError("a pipelined apply that fails")
+
+        monkeypatch.setattr(d.store, "apply_many", apply_many)
+
+
+@pytest.mark.parametrize(
+    ("stage", "bad_is_poison"),
+    [
+        ("versions", True),
+        ("prefetch", True),
+        ("widen", True),
+        ("cache", False),
+        ("apply", False),
+        ("round", False),
+    ],
+)
+async def test_an_entry_that_breaks_a_stage_of_the_batch_fails_alone(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, stage: str, bad_is_poison: bool
+) -> None:
+    d = await _dispatcher(redis)
+    runs = ["ok1", "bad", "ok2"]
+    if stage == "versions":  # a corrupt latest version of the bad submit's graph
+        other = busy_graph()
+        other.id = "other"
+        await d.store.register_graph(other.validate_graph())
+        await redis.hset(d.keys.graph_latest, "other", "garbage")
+        bad = encode_inbox(SubmitRequest(graph_id="other", run_id="bad"))
+        batch = [_submit("ok1", 1), bad, _submit("ok2", 1)]
+    else:
+        await _push(redis, d, [_submit(r, 1) for r in runs])
+        await d._handle_batch(await _read(redis, d))
+        batch = [_report(r, "split") for r in runs]
+    _break_stage(monkeypatch, d, stage)
+    await _push(redis, d, batch)
+    entries = await _read(redis, d)
+
+    await d._handle_batch(entries)  # raises nothing
+
+    for run_id in ("ok1", "ok2"):
+        if stage == "versions":
+            assert await d.store.get_run(run_id) is not None
+        else:
+            assert (await d.store.node_records(run_id))["split"].status.value == "completed"
+    pending = await redis.xpending_range(d.keys.inbox, d.keys.inbox_group, "-", "+", 100)
+    if bad_is_poison:  # counted towards the poison limit, like any failing entry
+        assert [p["message_id"] for p in pending] == [entries[1][0]]
+        assert await redis.hget(d.keys.inbox_attempts, entries[1][0]) == b"1"
+    else:  # the stage failed for no fault of the entry: it is applied all the same
+        assert pending == []
+        assert (await d.store.node_records("bad"))["split"].status.value == "completed"
+    assert await redis.xlen(d.keys.deadletter) == 0
+
+
+async def test_a_poison_entry_in_a_batch_is_dead_lettered_and_the_dispatcher_keeps_going(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = DispatcherSettings(consumer="poison", claim_idle_s=0.1, max_inbox_attempts=2)
+    d = Dispatcher(redis, settings)
+    await d.store.register_graph(busy_graph())
+    stop = asyncio.Event()
+    serving = asyncio.create_task(d.run(stop))
+    try:
+        runs = ["ok1", "bad", "ok2"]
+        await _push(redis, d, [_submit(r, 1) for r in runs])
+        await wait_for(lambda: _all_exist(d, runs), message="the runs to be submitted", timeout=10)
+        _break_stage(monkeypatch, d, "widen")
+        pipe = redis.pipeline(transaction=True)  # one XREADGROUP sees all three: one batch
+        for r in runs:
+            pipe.xadd(d.keys.inbox, {"m": _report(r, "split")})
+        await pipe.execute()
+
+        async def bad_failed() -> bool:
+            run = await d.store.get_run("bad")
+            return run is not None and run.status.value == "failed"
+
+        await wait_for(bad_failed, message="the poisoned run to fail", timeout=15)
+        for run_id in ("ok1", "ok2"):
+            assert (await d.store.node_records(run_id))["split"].status.value == "completed"
+        [(_, dead)] = await redis.xrange(d.keys.deadletter)
+        assert dead[b"reason"] == b"handling failed 2 times"
+        assert b'"run_id":"bad"' in dead[b"raw"]
+        run = await d.store.get_run("bad")
+        assert run is not None and run.error is not None and run.error.code == "poison"
+        assert not serving.done()  # the inbox loop survived the entry
+
+        await _push(redis, d, [_submit("after", 1)])
+        await wait_for(lambda: _all_exist(d, ["after"]), message="a later submit", timeout=10)
+        assert not serving.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, timeout=10)
+
+
+async def _all_exist(d: Dispatcher, run_ids: list[str]) -> bool:
+    for run_id in run_ids:
+        run = await d.store.get_run(run_id)
+        if run is None or run.status.value == "pending":
+            return False
+    return True

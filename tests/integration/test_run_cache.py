@@ -5,6 +5,7 @@ end state is the one a dispatcher without the cache reaches."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,13 +14,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher.queue import JOB_KEY_PREFIX
 from dispatcher.runcache import RunCache
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core import clock
-from graph_core.events import NodeReported
+from graph_core.events import CancelRequested, NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Graph, Node
 from tests.support.graphs import busy_graph
@@ -120,12 +122,21 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], bat
     raise AssertionError("the runs did not settle")
 
 
+def _drop_stamp(meta: dict[bytes, bytes]) -> None:
+    """Take out the meta hash's stamp: random per write, so it differs between two ways of
+    reaching the same state. Every applied run has one."""
+    if meta:
+        stamp = meta.pop(b"stamp")
+        assert len(stamp) == 16 and int(stamp, 16) >= 0, stamp
+
+
 async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for run_id in run_ids:
         rk = d.keys.run(run_id)
         for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
             state[f"{run_id}:{name}"] = await redis.hgetall(getattr(rk, name))
+        _drop_stamp(state[f"{run_id}:meta"])
         state[f"{run_id}:events"] = [f for _, f in await redis.xrange(rk.events)]
     state["jobs"] = {k: await redis.get(k) for k in sorted(await redis.keys(JOB_KEY_PREFIX + "*"))}
     state["pending"] = (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"]
@@ -296,4 +307,96 @@ async def test_the_cache_keeps_at_most_its_records(redis: aioredis.Redis) -> Non
 async def test_without_the_cache_nothing_is_kept(redis: aioredis.Redis) -> None:
     d = await _dispatcher(redis, run_cache=0)
     await _handle(redis, d, _submit("chain", "z"), _report("z", "n0"))
+    assert len(d.processor.cache) == 0 and d.processor.cache.records == 0
+
+
+async def _dump_run(redis: aioredis.Redis, d: Dispatcher, run_id: str) -> dict[str, bytes]:
+    """The run's keys as a snapshot (RDB, a replica) holds them."""
+    dumped = {}
+    for key in d.keys.run(run_id).all():
+        raw = await redis.dump(key)
+        if raw is not None:
+            dumped[key] = raw
+    return dumped
+
+
+async def _restore_run(
+    redis: aioredis.Redis, d: Dispatcher, run_id: str, dumped: dict[str, bytes]
+) -> None:
+    """Redis lost the writes made since ``dumped`` (a restart with appendfsync everysec, a
+    failover to a lagging replica): the run's keys are back as they were."""
+    await redis.delete(*d.keys.run(run_id).all())
+    for key, raw in dumped.items():
+        await redis.restore(key, 0, raw)
+
+
+async def test_a_run_rewritten_at_the_cached_revision_after_lost_writes_conflicts(
+    redis: aioredis.Redis,
+) -> None:
+    d1 = await _dispatcher(redis, consumer="d1")
+    d2 = await _dispatcher(redis, consumer="d2")
+    await _handle(redis, d1, _submit("chain", "lost"))
+    before = await _dump_run(redis, d1, "lost")  # at revision R-1
+    await _handle(redis, d1, _report("lost", "n0"))  # R: n0 completed, n1 queued; cached
+    rk = d1.keys.run("lost")
+    rev = int(await redis.hget(rk.meta, "rev"))
+    assert "lost" in d1.processor.cache
+    await _restore_run(redis, d1, "lost", before)  # Redis lost d1's write: back at R-1
+    # d2 moves the run from R-1 to R, with other content: it cancels it.
+    await _handle(redis, d2, encode_inbox(CancelRequested(run_id="lost", reason="lost write")))
+    assert int(await redis.hget(rk.meta, "rev")) == rev
+    await redis.delete(d1.keys.queue("default"))
+
+    # By d1's cached state (R, n1 queued) the report completes n1 and queues n2. Only the
+    # stamp tells the two states at R apart: the cached apply conflicts, the reload finds
+    # the run cancelled, and the report is ignored.
+    await _handle(redis, d1, _report("lost", "n1"))
+
+    assert d1.processor.cache.conflicts == 1
+    assert "lost" not in d1.processor.cache
+    run = await d1.store.get_run("lost")
+    assert run is not None and run.status.value == "cancelled" and run.rev == rev
+    nodes = await d1.store.node_records("lost")
+    assert nodes["n0"].status.value == "cancelled" and "n1" not in nodes  # never queued
+    assert await redis.zcard(d1.keys.queue("default")) == 0
+    history = await d1.store.history("lost")
+    assert [e["type"] for e in history][-1] == "run.cancelled"
+    assert (await redis.xpending(d1.keys.inbox, d1.keys.inbox_group))["pending"] == 0
+
+
+async def test_a_cached_state_never_matches_a_run_without_a_stamp(
+    redis: aioredis.Redis,
+) -> None:
+    d = await _dispatcher(redis)
+    await _handle(redis, d, _submit("chain", "bare"), _report("bare", "n0"))
+    rk = d.keys.run("bare")
+    rev = int(await redis.hget(rk.meta, "rev"))
+    # The same revision, written by something that sets no stamp (restored from a backup of
+    # an older version, say): a missing stamp is "cannot use the cache", never a match.
+    await redis.hdel(rk.meta, "stamp")
+
+    await _handle(redis, d, _report("bare", "n1"))
+
+    assert d.processor.cache.conflicts == 1
+    assert int(await redis.hget(rk.meta, "rev")) == rev + 1  # applied once, after a reload
+    assert len(await redis.hget(rk.meta, "stamp")) == 16
+    nodes = await d.store.node_records("bare")
+    assert nodes["n1"].status.value == "completed" and nodes["n2"].status.value == "queued"
+    assert "bare" in d.processor.cache  # cached again, with the stamp it wrote
+    await _handle(redis, d, _report("bare", "n2"))
+    assert d.processor.cache.conflicts == 1  # and used: no second conflict
+
+
+async def test_losing_redis_in_any_loop_clears_the_cache(redis: aioredis.Redis) -> None:
+    d = await _dispatcher(redis)
+    await _handle(redis, d, _submit("chain", "c"), _report("c", "n0"))
+    assert "c" in d.processor.cache
+    stop = asyncio.Event()
+
+    async def reclaim(stop: asyncio.Event) -> None:  # e.g. XAUTOCLAIM on a dead connection
+        stop.set()
+        raise RedisConnectionError("server went away")
+
+    await d._supervise("reclaim", reclaim, stop)
+
     assert len(d.processor.cache) == 0 and d.processor.cache.records == 0

@@ -77,11 +77,13 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
         ],
         history=[HistoryEvent(type="node.completed", at=1.25, node_id="n:1", data=NASTY)],
     )
-    assert await store.apply(t, None, None, NOW_MS, ack=None)
-    assert not await store.apply(t, None, None, NOW_MS, ack=None)  # the run exists now
+    assert await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)
+    assert not await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)  # it exists now
 
     meta = await redis.hgetall(rk.meta)
+    stamp = meta.pop(b"stamp")
     assert meta == {b"run": _run(BIG).dump(), b"rev": str(BIG).encode()}
+    assert len(stamp) == 16 and int(stamp, 16) >= 0  # random hex, new with every write
     assert await redis.hget(rk.nodes, "n:1") == node.dump()
     assert await redis.hget(rk.outputs, "n:1#7") == dumps(NASTY)
     assert orjson.loads(await redis.hget(rk.outputs, "n:1#7")) == NASTY
@@ -122,8 +124,11 @@ async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
         active_add={"a": 1, "b": 2},
         actions=[PauseForApproval(node_id="h", visit=1, token="t1")],
     )
-    assert await store.apply(first, None, None, NOW_MS)
-    assert not await store.apply(first, 0, "running", NOW_MS)  # stale revision: no change
+    assert await store.apply(first, None, None, NOW_MS, stamp=None)
+    stamp = (await redis.hget(rk.meta, "stamp")).decode()
+    assert not await store.apply(first, 0, "running", NOW_MS, stamp=stamp)  # stale revision
+    assert not await store.apply(first, 1, "running", NOW_MS, stamp=None)  # stale stamp
+    assert not await store.apply(first, 1, "running", NOW_MS, stamp="0" * 16)
     finish = Transition(
         run=_run(2, RunStatus.COMPLETED),
         joins={("j", 3): ""},  # an empty signal list deletes the field
@@ -134,9 +139,10 @@ async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
             FinishRun(status="completed"),
         ],
     )
-    assert await store.apply(finish, 1, "running", NOW_MS + 1, ack=entry)
+    assert await store.apply(finish, 1, "running", NOW_MS + 1, ack=entry, stamp=stamp)
 
     assert await redis.hget(rk.meta, "rev") == b"2"
+    assert await redis.hget(rk.meta, "stamp") not in (None, stamp.encode())
     assert await redis.hlen(rk.joins) == 0 and await redis.hlen(rk.active) == 0
     assert await redis.hlen(rk.waits) == 0
     assert await redis.zscore(ABORT_KEY, job_id("blob", "a", 1, 3)) == NOW_MS + 1
