@@ -35,7 +35,9 @@ def check_run_id(run_id: str) -> str:
 class RunKeys:
     """The keys of one run, computed once."""
 
-    meta: str  # hash: "run" -> RunRecord JSON, "rev" -> revision (int)
+    # hash: "run" -> RunRecord JSON, "rev" -> revision (int), "stamp" -> random hex, new with
+    # every write of the record (an apply expects the rev and stamp it read)
+    meta: str
     nodes: str  # hash: node id -> NodeRecord JSON
     outputs: str  # hash: output_field(node, visit) -> output JSON
     joins: str  # hash: join_field(node, edge) -> queued branch signals ("t"/"d")
