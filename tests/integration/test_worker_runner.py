@@ -38,6 +38,7 @@ from worker.preload import GraphCache
 from worker.registry import HandlerRegistry
 from worker.runner import run_node
 from worker.settings import WorkerSettings
+from worker.waking import WakingWorker
 
 pytestmark = pytest.mark.integration
 
@@ -847,6 +848,19 @@ async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batc
     assert report.run_id == "run1" and report.status == "completed"
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + bad_id, "arq:retry:" + bad_id)
     assert await redis.zscore(KEYS.queue("default"), bad_id) == 0
+
+
+async def test_a_worker_busy_on_wake_ups_still_reads_its_queue_every_fallback(
+    redis_url: str,
+) -> None:
+    """Wake-ups alone could keep a worker from ever reading its queue (a job whose wake-up
+    was trimmed, or a retry put back with a delay, has none): once ``fallback_s`` has passed
+    since its last read, the next wait is a read of the queue, whatever wake-ups wait."""
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=0.5)
+    [worker] = build_workers(settings, HandlerRegistry())
+    assert isinstance(worker, WakingWorker)
+    worker._last_poll = time.monotonic() - 0.6
+    assert await worker._wait_for_work() is None  # no wake-up popped: poll the queue now
 
 
 async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: str) -> None:
