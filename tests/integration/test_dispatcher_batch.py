@@ -29,11 +29,11 @@ from graph_core.events import NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Edge, Graph, Node
 from tests.support.graphs import busy_graph
+from tests.support.inbox import drop_stamp, push, read
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-Entry = tuple[bytes, dict[bytes, bytes]]
 NOW = 1_750_000_000.25  # one fixed time: the two ways of handling write the same bytes
 
 
@@ -68,18 +68,6 @@ def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> byte
     )
 
 
-async def _push(redis: aioredis.Redis, d: Dispatcher, messages: Sequence[bytes]) -> None:
-    for m in messages:
-        await redis.xadd(d.keys.inbox, {"m": m})
-
-
-async def _read(redis: aioredis.Redis, d: Dispatcher) -> list[Entry]:
-    reply = await redis.xreadgroup(
-        d.keys.inbox_group, d.consumer, {d.keys.inbox: ">"}, count=10_000
-    )
-    return [(eid, fields) for _, entries in reply or [] for eid, fields in entries]
-
-
 async def _work_off_queue(
     redis: aioredis.Redis, d: Dispatcher, reported: set[tuple[str, str]]
 ) -> list[bytes]:
@@ -106,9 +94,9 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, one_by_one: bool) -> None
         first.append(_submit(f"r{i}", 150 if i % 2 else 5))
         if (f"r{i}", "split") in early:
             first.append(_report(f"r{i}", "split"))
-    await _push(redis, d, first)
+    await push(redis, d, first)
     for _ in range(20):
-        entries = await _read(redis, d)
+        entries = await read(redis, d)
         if not entries:
             return
         if one_by_one:
@@ -116,16 +104,8 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, one_by_one: bool) -> None
                 await d._handle_batch([entry])
         else:
             await d._handle_batch(entries)
-        await _push(redis, d, await _work_off_queue(redis, d, early))
+        await push(redis, d, await _work_off_queue(redis, d, early))
     raise AssertionError("the runs did not settle")
-
-
-def _drop_stamp(meta: dict[bytes, bytes]) -> None:
-    """Take out the meta hash's stamp: random per write, so it differs between two ways of
-    reaching the same state. Every applied run has one."""
-    if meta:
-        stamp = meta.pop(b"stamp")
-        assert len(stamp) == 16 and int(stamp, 16) >= 0, stamp
 
 
 async def _snapshot(redis: aioredis.Redis, d: Dispatcher) -> dict[str, Any]:
@@ -134,7 +114,7 @@ async def _snapshot(redis: aioredis.Redis, d: Dispatcher) -> dict[str, Any]:
         rk = d.keys.run(f"r{i}")
         for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
             state[f"r{i}:{name}"] = await redis.hgetall(getattr(rk, name))
-        _drop_stamp(state[f"r{i}:meta"])
+        drop_stamp(state[f"r{i}:meta"])
         state[f"r{i}:events"] = [f for _, f in await redis.xrange(rk.events)]
     jobs = sorted(await redis.keys(JOB_KEY_PREFIX + "*"))
     state["jobs"] = {k: await redis.get(k) for k in jobs}
@@ -167,9 +147,9 @@ async def test_one_load_and_one_apply_per_round(
     calls: dict[str, list[int]] = {"load": [], "apply": []}
     _spy(monkeypatch, d, "load_many", lambda wanted: calls["load"].append(len(wanted)))
     _spy(monkeypatch, d, "apply_many", lambda batch: calls["apply"].append(len(batch)))
-    await _push(redis, d, [_submit(f"s{i}", 1) for i in range(10)])
-    await _push(redis, d, [_report("s0", "split"), _report("s1", "split")])
-    await d._handle_batch(await _read(redis, d))
+    await push(redis, d, [_submit(f"s{i}", 1) for i in range(10)])
+    await push(redis, d, [_report("s0", "split"), _report("s1", "split")])
+    await d._handle_batch(await read(redis, d))
     # Round 1: ten submits; round 2: the reports of s0 and s1, after their submits.
     assert calls == {"load": [10, 2], "apply": [10, 2]}
     assert d.processed == 12
@@ -182,8 +162,8 @@ async def test_a_conflict_inside_a_batch_is_handled_again_alone(
 ) -> None:
     d = await _dispatcher(redis, run_cache=0)  # the cached way: tests/integration/test_run_cache.py
     other = Dispatcher(redis, DispatcherSettings(consumer="other"))
-    await _push(redis, d, [_submit("c1", 1), _submit("c2", 1)])
-    await d._handle_batch(await _read(redis, d))
+    await push(redis, d, [_submit("c1", 1), _submit("c2", 1)])
+    await d._handle_batch(await read(redis, d))
     moved: list[str] = []
 
     async def move_c1(views: list[RedisView]) -> None:
@@ -204,8 +184,8 @@ async def test_a_conflict_inside_a_batch_is_handled_again_alone(
 
     _spy_after(monkeypatch, d, "load_many", move_c1)
     alone = _count_calls(monkeypatch, d.processor, "process")
-    await _push(redis, d, [_report("c1", "split"), _report("c2", "split")])
-    await d._handle_batch(await _read(redis, d))
+    await push(redis, d, [_report("c1", "split"), _report("c2", "split")])
+    await d._handle_batch(await read(redis, d))
 
     assert alone == ["c1"]  # only the run that moved went the one-by-one way
     history = await d.store.history("c1")
@@ -232,8 +212,8 @@ async def test_poison_in_the_middle_of_a_batch_is_dead_lettered_the_rest_applied
         _report("ghost", "split"),  # an unknown run: ignored, not poison
         _submit("p2", 1),
     ]
-    await _push(redis, d, messages)
-    entries = await _read(redis, d)
+    await push(redis, d, messages)
+    entries = await read(redis, d)
     await d._handle_batch(entries)
 
     dead = await redis.xrange(d.keys.deadletter)
@@ -259,9 +239,9 @@ async def test_a_lost_connection_propagates_and_leaves_the_batch_pending(
         raise RedisConnectionError("server went away")
 
     monkeypatch.setattr(d.store, "apply_many", gone)
-    await _push(redis, d, [_submit("l1", 1), _submit("l2", 1)])
+    await push(redis, d, [_submit("l1", 1), _submit("l2", 1)])
     with pytest.raises(RedisConnectionError):
-        await d._handle_batch(await _read(redis, d))
+        await d._handle_batch(await read(redis, d))
     assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 2
     assert await redis.exists(d.keys.inbox_attempts, d.keys.deadletter) == 0
 
@@ -270,11 +250,11 @@ async def test_a_flushed_script_cache_is_reloaded_within_the_batch(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis)
-    await _push(redis, d, [_submit("n1", 1)])
-    await d._handle_batch(await _read(redis, d))
+    await push(redis, d, [_submit("n1", 1)])
+    await d._handle_batch(await read(redis, d))
     await redis.script_flush()
-    await _push(redis, d, [_report("n1", "split"), _submit("n2", 1)])
-    await d._handle_batch(await _read(redis, d))
+    await push(redis, d, [_report("n1", "split"), _submit("n2", 1)])
+    await d._handle_batch(await read(redis, d))
     assert (await d.store.node_records("n1"))["split"].status.value == "completed"
     assert await d.store.get_run("n2") is not None
     assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
@@ -361,13 +341,13 @@ async def test_a_wide_join_loads_its_inputs_once_when_it_fires(
     _spy(
         monkeypatch, d, "fill_many", lambda needs: asked.extend((n.kind, n.key) for *_, n in needs)
     )
-    await _push(redis, d, [encode_inbox(SubmitRequest(graph_id="wide", run_id="w"))])
+    await push(redis, d, [encode_inbox(SubmitRequest(graph_id="wide", run_id="w"))])
     for _ in range(10):
-        await d._handle_batch(await _read(redis, d))
+        await d._handle_batch(await read(redis, d))
         reports = await _work_off_queue(redis, d, set())
         if not reports:
             break
-        await _push(redis, d, reports)
+        await push(redis, d, reports)
     run = await d.store.get_run("w")
     assert run is not None and run.status.value == "completed"
     first_input = width + 1  # edges: start->split, split->b*, then b*->join
@@ -451,12 +431,12 @@ async def test_an_entry_that_breaks_a_stage_of_the_batch_fails_alone(
         bad = encode_inbox(SubmitRequest(graph_id="other", run_id="bad"))
         batch = [_submit("ok1", 1), bad, _submit("ok2", 1)]
     else:
-        await _push(redis, d, [_submit(r, 1) for r in runs])
-        await d._handle_batch(await _read(redis, d))
+        await push(redis, d, [_submit(r, 1) for r in runs])
+        await d._handle_batch(await read(redis, d))
         batch = [_report(r, "split") for r in runs]
     _break_stage(monkeypatch, d, stage)
-    await _push(redis, d, batch)
-    entries = await _read(redis, d)
+    await push(redis, d, batch)
+    entries = await read(redis, d)
 
     await d._handle_batch(entries)  # raises nothing
 
@@ -485,7 +465,7 @@ async def test_a_poison_entry_in_a_batch_is_dead_lettered_and_the_dispatcher_kee
     serving = asyncio.create_task(d.run(stop))
     try:
         runs = ["ok1", "bad", "ok2"]
-        await _push(redis, d, [_submit(r, 1) for r in runs])
+        await push(redis, d, [_submit(r, 1) for r in runs])
         await wait_for(lambda: _all_exist(d, runs), message="the runs to be submitted", timeout=10)
         _break_stage(monkeypatch, d, "widen")
         pipe = redis.pipeline(transaction=True)  # one XREADGROUP sees all three: one batch
@@ -507,7 +487,7 @@ async def test_a_poison_entry_in_a_batch_is_dead_lettered_and_the_dispatcher_kee
         assert run is not None and run.error is not None and run.error.code == "poison"
         assert not serving.done()  # the inbox loop survived the entry
 
-        await _push(redis, d, [_submit("after", 1)])
+        await push(redis, d, [_submit("after", 1)])
         await wait_for(lambda: _all_exist(d, ["after"]), message="a later submit", timeout=10)
         assert not serving.done()
     finally:

@@ -25,10 +25,10 @@ from graph_core.events import CancelRequested, NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Graph, Node
 from tests.support.graphs import busy_graph
+from tests.support.inbox import drop_stamp, push, read
 
 pytestmark = pytest.mark.integration
 
-Entry = tuple[bytes, dict[bytes, bytes]]
 NOW = 1_750_000_000.25  # one fixed time: with and without the cache write the same bytes
 CHAIN = 6
 
@@ -76,22 +76,10 @@ def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> byte
     )
 
 
-async def _push(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
-    for m in messages:
-        await redis.xadd(d.keys.inbox, {"m": m})
-
-
-async def _read(redis: aioredis.Redis, d: Dispatcher) -> list[Entry]:
-    reply = await redis.xreadgroup(
-        d.keys.inbox_group, d.consumer, {d.keys.inbox: ">"}, count=10_000
-    )
-    return [(eid, fields) for _, entries in reply or [] for eid, fields in entries]
-
-
 async def _handle(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
     """Push ``messages`` and have ``d`` handle them, one entry at a time (light load)."""
-    await _push(redis, d, *messages)
-    for entry in await _read(redis, d):
+    await push(redis, d, messages)
+    for entry in await read(redis, d):
         await d._handle_batch([entry])
 
 
@@ -108,9 +96,9 @@ async def _queued_reports(redis: aioredis.Redis, d: Dispatcher) -> list[bytes]:
 
 
 async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], batched: bool) -> None:
-    await _push(redis, d, *submits)
+    await push(redis, d, submits)
     for _ in range(30):
-        entries = await _read(redis, d)
+        entries = await read(redis, d)
         if not entries:
             return
         if batched:
@@ -118,16 +106,8 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], bat
         else:
             for entry in entries:
                 await d._handle_batch([entry])
-        await _push(redis, d, *await _queued_reports(redis, d))
+        await push(redis, d, await _queued_reports(redis, d))
     raise AssertionError("the runs did not settle")
-
-
-def _drop_stamp(meta: dict[bytes, bytes]) -> None:
-    """Take out the meta hash's stamp: random per write, so it differs between two ways of
-    reaching the same state. Every applied run has one."""
-    if meta:
-        stamp = meta.pop(b"stamp")
-        assert len(stamp) == 16 and int(stamp, 16) >= 0, stamp
 
 
 async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) -> dict[str, Any]:
@@ -136,7 +116,7 @@ async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) ->
         rk = d.keys.run(run_id)
         for name in ("meta", "nodes", "outputs", "joins", "loops", "active", "waits"):
             state[f"{run_id}:{name}"] = await redis.hgetall(getattr(rk, name))
-        _drop_stamp(state[f"{run_id}:meta"])
+        drop_stamp(state[f"{run_id}:meta"])
         state[f"{run_id}:events"] = [f for _, f in await redis.xrange(rk.events)]
     state["jobs"] = {k: await redis.get(k) for k in sorted(await redis.keys(JOB_KEY_PREFIX + "*"))}
     state["pending"] = (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"]
@@ -195,8 +175,8 @@ async def _round_trips_per_report(redis: aioredis.Redis, run_cache: int) -> list
     await _handle(redis, d, _submit("chain", "rt"))
     trips = []
     for i in range(CHAIN):
-        await _push(redis, d, _report("rt", f"n{i}"))
-        [entry] = await _read(redis, d)
+        await push(redis, d, [_report("rt", f"n{i}")])
+        [entry] = await read(redis, d)
         with _counting_sends() as sent:
             await d._handle_batch([entry])
         trips.append(sent[0])

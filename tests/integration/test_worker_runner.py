@@ -699,6 +699,16 @@ async def test_aborted_job_is_cancelled_and_not_reported(redis: Any, redis_url: 
 # --- wake-ups ---------------------------------------------------------------------------------
 
 
+async def _first_job_warms_the_cache(redis: Any, graph: Graph) -> None:
+    """Run ``audit`` (queued by ``prepared(..., nodes={"audit": queued()})``) through the
+    serving worker, so that it has ``graph`` cached for the jobs after it."""
+    await wait_for(lambda: _worker_idle(redis), message="worker idle")
+    first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
+    await redis.rpush(KEYS.wake("default"), wake_token(first, graph.id, graph.version))
+    await wait_for_reports(redis, KEYS, timeout=5)
+    await wait_for(lambda: _drained(redis), message="worker idle after the first job")
+
+
 async def _notify_ok(redis: Any) -> tuple[Graph, HandlerRegistry]:
     """A run whose ``notify`` is queued, and a registry whose ``notify`` just succeeds."""
     graph = triage_graph()
@@ -736,11 +746,7 @@ async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_sc
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     wake = KEYS.wake("default")
     async with serving(settings, registry):
-        await wait_for(lambda: _worker_idle(redis), message="worker idle")
-        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
-        await redis.rpush(wake, wake_token(first, graph.id, graph.version))  # warms the cache
-        await wait_for_reports(redis, KEYS, timeout=5)
-        await wait_for(lambda: _drained(redis), message="worker idle after the first job")
+        await _first_job_warms_the_cache(redis, graph)
         await redis.config_resetstat()
         second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(wake, wake_token(second, graph.id, graph.version))
@@ -763,11 +769,7 @@ async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_the
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     wake = KEYS.wake("default")
     async with serving(settings, registry):
-        await wait_for(lambda: _worker_idle(redis), message="worker idle")
-        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
-        await redis.rpush(wake, wake_token(first, graph.id, graph.version))
-        await wait_for_reports(redis, KEYS, timeout=5)
-        await wait_for(lambda: _drained(redis), message="worker idle after the first job")
+        await _first_job_warms_the_cache(redis, graph)
         await redis.script_flush()
         second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(wake, wake_token(second, graph.id, graph.version))
@@ -813,10 +815,7 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     wake = KEYS.wake("default")
     async with serving(settings, registry):
-        await wait_for(lambda: _worker_idle(redis), message="worker idle")
-        first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
-        await redis.rpush(wake, wake_token(first, graph.id, graph.version))  # warms the cache
-        await wait_for_reports(redis, KEYS, timeout=5)
+        await _first_job_warms_the_cache(redis, graph)
         second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.zadd(ARQ_ABORT_KEY, {second: int(time.time() * 1000)})
         await redis.rpush(wake, wake_token(second, graph.id, graph.version))
