@@ -102,7 +102,12 @@ class BatchHandler:
             if isinstance(r, REDIS_GONE):
                 self.processor.cache.clear()
                 raise r
-        return [r if r is not None else StoreError("entry left unhandled") for r in results]
+        # None: a bug left the entry unhandled. Not a RelaygraphError (which would mean a
+        # poison entry, dead-lettered unapplied): the entry stays pending and is retried.
+        return [
+            r if r is not None else RuntimeError("batched handling left the entry unhandled")
+            for r in results
+        ]
 
     def _fall_back(self, alone: _Alone, index: int, event: Any, ack: str | None) -> None:
         """An unexpected error in a stage of the batch for this entry alone: the one-by-one

@@ -455,6 +455,28 @@ async def test_an_entry_that_breaks_a_stage_of_the_batch_fails_alone(
     assert await redis.xlen(d.keys.deadletter) == 0
 
 
+async def test_an_entry_a_bug_leaves_unhandled_stays_pending_and_is_not_dead_lettered(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batched stage that returns without settling its entries (a bug, not the entries'
+    fault): they are not dead-lettered unapplied but stay pending, to be handled again."""
+    d = await _dispatcher(redis)
+
+    async def forgets(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(d.batches, "_apply_many", forgets)
+    await push(redis, d, [_submit("r1", 1), _submit("r2", 1)])
+    entries = await read(redis, d)
+
+    await d._handle_batch(entries)
+
+    pending = await redis.xpending_range(d.keys.inbox, d.keys.inbox_group, "-", "+", 100)
+    assert sorted(p["message_id"] for p in pending) == sorted(e[0] for e in entries)
+    assert await redis.xlen(d.keys.deadletter) == 0
+    assert await d.store.get_run("r1") is None
+
+
 async def test_a_poison_entry_in_a_batch_is_dead_lettered_and_the_dispatcher_keeps_going(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
