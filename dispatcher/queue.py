@@ -31,20 +31,18 @@ class JobWrite:
     queue_key: str
     job_id: str
     job: bytes
-    score_ms: int
     expires_ms: int
     wake_key: str
     wake_token: str
 
     def argv(self) -> list[str]:
-        """The write as apply.lua reads it: nine strings (numbers as decimal text)."""
+        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
         return [
             self.job_key,
             self.result_key,
             self.queue_key,
             self.job_id,
             self.job.decode(),
-            str(self.score_ms),
             str(self.expires_ms),
             self.wake_key,
             self.wake_token,
@@ -71,7 +69,6 @@ def job_write(
         queue_key=keys.queue(action.queue),
         job_id=jid,
         job=encode_arq_job(payload, now_ms),
-        score_ms=now_ms,
         expires_ms=JOB_EXPIRES_MS,
         wake_key=keys.wake(action.queue),
         wake_token=wake_token(jid, graph_id, graph_version),

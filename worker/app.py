@@ -43,8 +43,7 @@ from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown
 from arq.worker import Retry, Worker, func
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import LeaseExpired
@@ -60,7 +59,13 @@ from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
-from worker.runner import DEFAULT_MAX_DELIVERIES, PipelineHook, Preloaded, execute_node
+from worker.runner import (
+    DEFAULT_MAX_DELIVERIES,
+    PipelineHook,
+    Preloaded,
+    execute_node,
+    redis_unavailable,
+)
 from worker.settings import WorkerSettings
 from worker.waking import Claim, ClaimPlan, ClaimPlanner, Finish, WakingWorker
 
@@ -200,10 +205,10 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         )
     except BaseException as e:
         heartbeat.release(member)
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+        with contextlib.suppress(RedisError):  # else the lease lapses
             await state.redis.zrem(leases, *held)
-        if isinstance(e, RedisConnectionError | RedisTimeoutError):
-            # Reading the run failed: run the job again shortly.
+        if redis_unavailable(e):
+            # Reading the run failed, not the job: run it again shortly.
             logger.warning("job %s hit a Redis error, retrying: %s", job_id, e)
             raise Retry(defer=1.0) from e
         raise

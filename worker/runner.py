@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError, TemplateError
@@ -57,6 +58,7 @@ __all__ = [
     "WorkerError",
     "WorkerLost",
     "execute_node",
+    "redis_unavailable",
     "run_node",
     "send_report",
 ]
@@ -64,6 +66,22 @@ __all__ = [
 logger = logging.getLogger("relaygraph.worker")
 
 DEFAULT_MAX_DELIVERIES: Final = 5  # a job started this often without finishing is failed
+# Replies of a server that cannot serve now (a long script, a failover, a restart), also as
+# a script passes them on ("... -READONLY You can't write ...").
+_UNAVAILABLE_REPLY: Final = re.compile(
+    r"(?:^|-)(?:BUSY|LOADING|MASTERDOWN|NOREPLICAS|READONLY|TRYAGAIN)\b"
+)
+
+
+def redis_unavailable(e: BaseException) -> bool:
+    """An error that says Redis cannot serve now, nothing about the job: unreachable, timed
+    out, restarting, failing over (a read-only replica), out of memory or busy. The job runs
+    again later instead of failing its node."""
+    if isinstance(e, RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError):
+        return True
+    return isinstance(e, ResponseError) and _UNAVAILABLE_REPLY.search(str(e)) is not None
+
+
 _MAX_ERROR_MESSAGE: Final = 2000  # characters of an exception message kept in a report
 _REPORT_TRIES: Final = 3
 _RUNNABLE = frozenset({NodeStatus.QUEUED, NodeStatus.RUNNING})
@@ -396,9 +414,9 @@ async def execute_node(
         if loaded is None:
             return None
         outcome = await _execute(loaded, registry, graph_cache, delivery, max_deliveries)
-    except (RedisConnectionError, RedisTimeoutError):
-        raise  # the queue runs the job again
     except Exception as e:
+        if redis_unavailable(e):
+            raise  # the queue runs the job again
         # A bug or corrupt stored data: report it, so the run does not wait forever.
         logger.exception("preparing node %r of run %s failed", payload.node_id, payload.run_id)
         outcome = _failed(WorkerError(payload.node_id, e), payload.node_id)

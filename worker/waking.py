@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,23 +67,30 @@ _CLAIM = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-local time = redis.call('TIME')  -- the server's clock: the score's writer may not be ours
+local time = redis.call('TIME')  -- the clock the score was written with (apply.lua)
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if not score or tonumber(score) > now then return false end
--- reads first: nothing below can fail once a write has been made
+-- Reads first, touching every key written below (a key of the wrong type fails here): once
+-- a write has been made, nothing can fail, so a failed claim has written nothing.
 local job = redis.call('GET', KEYS[3])
-local run, node = false, false
-if ARGV[4] ~= '' then
-  run = redis.call('HGET', KEYS[6], 'run')
-  node = redis.call('HGET', KEYS[7], ARGV[4])
+local tries = redis.call('GET', KEYS[4])
+if tries and not string.match(tries, '^%d+$') then
+  return redis.error_reply('ERR the try counter ' .. KEYS[4] .. ' is not a count')
 end
-local out = latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, 0, 0, run, node, 0})
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
+local run, node = false, false
+if ARGV[3] ~= '' then
+  run = redis.call('HGET', KEYS[6], 'run')
+  node = redis.call('HGET', KEYS[7], ARGV[3])
+end
+if ARGV[4] ~= '' then redis.call('ZSCORE', KEYS[8], ARGV[4]) end
+local out = latest(KEYS[7], KEYS[9], ARGV, 6, {score, job, 0, 0, run, node, 0})
+redis.call('PSETEX', KEYS[1], ARGV[2], '1')
 out[3] = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], 88400)
-out[4] = redis.call('ZREM', KEYS[5], ARGV[1])
-if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
+if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[5], ARGV[4])
   out[7] = 1
 end
 return out
@@ -108,6 +116,8 @@ _FINISH_SHA: Final = hashlib.sha1(_FINISH.encode()).hexdigest()  # the id Redis 
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
+_CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
+_HAND_BACK_WAIT_S: Final = 5.0  # how long a stop waits for a claim round trip it cut off
 
 
 class _Unrunnable(Exception):
@@ -182,6 +192,10 @@ class WakingWorker(Worker):
         self._blmpop = True  # BLMPOP (Redis 7+); BLPOP on older servers
         self._last_poll = 0.0
         self._last_abort_check = 0.0
+        # Claims made but not yet running, and claim round trips a stop interrupted: close()
+        # hands their jobs back to the queue instead of leaving them to their leases.
+        self._unstarted: dict[str, Claim] = {}
+        self._interrupted: list[asyncio.Future[list[Claim | None]]] = []
 
     async def main(self) -> None:
         if self._pool is None:
@@ -269,22 +283,26 @@ class WakingWorker(Worker):
         for _ in todo:  # reserve the slots first: a claim must never outrun them
             await self.sem.acquire()
             self.job_counter += 1
+        claiming = asyncio.ensure_future(self._claim_all(todo))
         try:
-            claims = await self._claim_all(todo)
-        except BaseException:
+            claims = await asyncio.shield(claiming)
+        except BaseException as e:
             for _ in todo:
                 self._release_sem_dec_counter_on_complete()
+            if isinstance(e, asyncio.CancelledError):  # stopping: the claims may be made
+                self._interrupted.append(claiming)
             raise
         for claim in claims:
             if claim is None:  # running elsewhere, finished, or deferred
                 self._release_sem_dec_counter_on_complete()
                 continue
+            self._unstarted[claim.job_id] = claim  # a task cancelled unstarted never runs
             task = self.loop.create_task(self._run_claimed(claim))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[claim.job_id] = task
 
     def _claim_call(
-        self, job_id: str, graph: tuple[str, int] | None, now: int
+        self, job_id: str, graph: tuple[str, int] | None
     ) -> tuple[list[str], list[str], ClaimPlan | None]:
         """The claim script's keys and arguments for one job, and its plan if any."""
         keys = [
@@ -294,7 +312,7 @@ class WakingWorker(Worker):
             retry_key_prefix + job_id,
             abort_jobs_ss,
         ]
-        args = [job_id, str(now), str(int(self.in_progress_timeout_s * 1000))]
+        args = [job_id, str(int(self.in_progress_timeout_s * 1000))]
         parts = parse_job_id(job_id)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
@@ -317,11 +335,10 @@ class WakingWorker(Worker):
         )
 
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
-        now = timestamp_ms()
-        calls = [self._claim_call(job_id, graph, now) for job_id, graph in wanted]
+        calls = [self._claim_call(job_id, graph) for job_id, graph in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
         return [
-            _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
+            _claim(job_id, reply, loaded=bool(args[2]), plan=plan)
             for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
 
@@ -339,12 +356,22 @@ class WakingWorker(Worker):
                 again = await self._evalsha_all([calls[i] for i in redo])
                 for i, reply in zip(redo, again, strict=True):
                     replies[i] = reply
+            failed: list[str] = []
             for i, reply in enumerate(replies):
                 if isinstance(reply, RedisConnectionError | RedisTimeoutError):
                     raise reply
                 if isinstance(reply, Exception):  # the script wrote nothing: not claimed
-                    logger.error("claiming job %s failed: %s", calls[i][1][0], reply)
+                    failed.append(calls[i][1][0])
+                    logger.error(
+                        "claiming job %s failed (tried again in %.0fs): %s",
+                        failed[-1],
+                        _CLAIM_FAILED_DEFER_MS / 1000,
+                        reply,
+                    )
                     replies[i] = None
+            if failed:  # out of the way of polls, which read the queue's oldest jobs first
+                later = timestamp_ms() + _CLAIM_FAILED_DEFER_MS
+                await self.pool.zadd(self.queue_name, dict.fromkeys(failed, later), xx=True)
             return replies
         raise AssertionError("unreachable")
 
@@ -374,8 +401,8 @@ class WakingWorker(Worker):
         A lease the claim wrote is dropped on every path where the job function did not
         return its own ``Finish`` (which names it)."""
         job_id = claim.job_id
-        plan = claim.plan if claim.leased else None
-        claimed = Finish(lease_key=plan.lease_key, leases=(plan.lease,)) if plan else None
+        self._unstarted.pop(job_id, None)
+        claimed = _claimed_lease(claim)
         try:
             function, args, kwargs, enqueue_ms = self._job_call(claim)
             ctx = {
@@ -390,7 +417,7 @@ class WakingWorker(Worker):
         except Exception as e:  # expired, aborted, unknown, out of tries, or malformed
             logger.warning("job %s: %s", job_id, e)
             self.jobs_failed += 1
-            await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
+            await self._settle(job_id, done=True, writes=claimed)
             return
         self.job_tasks[job_id] = task = self.loop.create_task(coroutine)
         try:
@@ -398,29 +425,86 @@ class WakingWorker(Worker):
         except Retry as e:
             self.jobs_retried += 1
             requeue = e.defer_score + (timestamp_ms() - claim.score) if e.defer_score else None
-            await asyncio.shield(
-                self._finish(job_id, done=False, writes=claimed, requeue_ms=requeue)
-            )
+            await self._settle(job_id, done=False, writes=claimed, requeue_ms=requeue)
         except asyncio.CancelledError:
             if job_id in self.aborting_tasks:  # aborted: the job is over, nothing reported
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
-                await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
+                await self._settle(job_id, done=True, writes=claimed)
             else:  # the worker is stopping: the job goes back on its queue
                 # Not re-raised (as arq's run_job does not): arq's close() gathers these
                 # tasks and must get past them to finish its own shutdown.
                 self.jobs_retried += 1
-                await asyncio.shield(self._finish(job_id, done=False, writes=claimed))
+                await self._settle(job_id, done=False, writes=claimed)
         except Exception:
             logger.exception("job %s failed", job_id)
             self.jobs_failed += 1
-            await asyncio.shield(self._finish(job_id, done=True, writes=claimed))
+            await self._settle(job_id, done=True, writes=claimed)
         else:
             self.jobs_complete += 1
             writes = result if isinstance(result, Finish) else claimed
-            await asyncio.shield(self._finish(job_id, done=True, writes=writes))
+            await self._settle(job_id, done=True, writes=writes)
         finally:
             self.job_tasks.pop(job_id, None)
+
+    async def _settle(
+        self,
+        job_id: str,
+        *,
+        done: bool,
+        writes: Finish | None = None,
+        requeue_ms: int | None = None,
+    ) -> None:
+        """``_finish``, carried to its end even if this task is cancelled meanwhile (a second
+        stop signal): a job left half-finished would wait for its lease to lapse. Bounded:
+        ``_finish`` gives up after ``_FINISH_TRIES``."""
+        finishing = asyncio.ensure_future(
+            self._finish(job_id, done=done, writes=writes, requeue_ms=requeue_ms)
+        )
+        while not finishing.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(finishing)
+        if not finishing.cancelled():  # cancelled: the loop itself is being torn down
+            finishing.result()
+
+    async def close(self) -> None:
+        """arq's ``close``, made to run to its end: cancel running jobs (they go back on
+        their queue), hand back claims that never started, delete the health check, run
+        ``on_shutdown`` (which stops the lease heartbeat) and close the pool."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        if self.main_task is not None and not self.main_task.done():
+            # Cancelled just now: let it end, so that a claim it cut off is known below.
+            await asyncio.wait([self.main_task], timeout=_HAND_BACK_WAIT_S)
+        outcomes = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                logger.error("a job task failed while stopping", exc_info=outcome)
+        await self._hand_back_unstarted()
+        with contextlib.suppress(RedisError):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+    async def _hand_back_unstarted(self) -> None:
+        """Put back on their queue the jobs claimed but never started: those of a claim
+        round trip a stop interrupted, and those whose task was cancelled before it ran."""
+        for claiming in self._interrupted:
+            await asyncio.wait([claiming], timeout=_HAND_BACK_WAIT_S)
+            if not claiming.done() or claiming.cancelled() or claiming.exception() is not None:
+                continue  # nothing is known to be claimed; any claim lapses with its lease
+            for claim in claiming.result():
+                if claim is not None:
+                    self._unstarted[claim.job_id] = claim
+        self._interrupted.clear()
+        for claim in list(self._unstarted.values()):
+            self.jobs_retried += 1
+            await self._settle(claim.job_id, done=False, writes=_claimed_lease(claim))
+        self._unstarted.clear()
 
     async def _finish(
         self,
@@ -514,6 +598,12 @@ class WakingWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
+
+
+def _claimed_lease(claim: Claim) -> Finish | None:
+    """The lease the claim wrote, as a job's end drops it; None if it wrote none."""
+    plan = claim.plan if claim.leased else None
+    return Finish(lease_key=plan.lease_key, leases=(plan.lease,)) if plan else None
 
 
 def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> Claim | None:

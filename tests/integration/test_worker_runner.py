@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from graph_core.events import NodeReported
 from graph_core.keys import Keys
@@ -448,6 +450,49 @@ async def test_missing_graph_fails_the_node(redis: Any) -> None:
     assert report.error is not None and report.error.type == "GraphNotFound"
 
 
+class _Unavailable:
+    """A client whose round trips fail with ``error``, as a busy or failing-over server's do."""
+
+    def __init__(self, redis: Any, error: Exception) -> None:
+        self.redis, self.error = redis, error
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self.redis.pipeline(*args, **kwargs)
+
+        async def execute(*_: Any, **__: Any) -> Any:
+            raise self.error
+
+        pipe.execute = execute
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ReadOnlyError("You can't write against a read only replica."),
+        ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"),
+        ResponseError("Error running script: @user_script:1: -READONLY You can't write"),
+    ],
+    ids=["readonly", "busy", "readonly-in-a-script"],
+)
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_a_server_that_cannot_serve_now_retries_the_job_instead_of_failing_it(
+    redis: Any, error: Exception, warm: bool
+) -> None:
+    """Reading the run fails because of the server (a failover, a long script), not the job:
+    the error is raised for the queue to run the job again, no failure is reported, and the
+    handler never runs."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, calls = _spy_registry()
+    with pytest.raises(type(error)):
+        await run(_Unavailable(redis, error), registry, graph, warm=warm)
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
 async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
     graph = triage_graph()
     await prepared(redis, graph)
@@ -804,6 +849,102 @@ async def test_stopping_a_worker_puts_its_running_job_back_and_shuts_down_cleanl
     assert await inbox_reports(redis, KEYS) == []
 
 
+async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_stop_short(
+    redis: Any, redis_url: str
+) -> None:
+    """close() cancels the running job, whose finish (putting it back on its queue) is under
+    way when a second signal cancels the job's task again: close() still waits for the
+    finish before it shuts down (the job is queued again, not left to its lease), and runs
+    to its end (health check deleted, on_shutdown run, pool closed)."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, started, _, events = blocking_registry()
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url, wake_fallback_s=30), registry)
+    assert isinstance(worker, WakingWorker)
+    finishing, go_on = asyncio.Event(), asyncio.Event()
+    finish = worker._finish
+
+    steps: list[str] = []
+
+    async def slow_finish(*args: Any, **kwargs: Any) -> None:
+        finishing.set()
+        await go_on.wait()
+        await finish(*args, **kwargs)
+        steps.append("finished")
+
+    async def on_shutdown(ctx: dict[str, Any], shutdown: Any = worker.on_shutdown) -> None:
+        steps.append("shutdown")
+        await shutdown(ctx)
+
+    worker._finish = slow_finish  # type: ignore[method-assign]
+    worker.on_shutdown = on_shutdown
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)
+        await wait_for(started.is_set, timeout=5, message="handler started")
+        closing = asyncio.create_task(worker.close())
+        await wait_for(finishing.is_set, timeout=5, message="finish under way")
+        worker.handle_sig(signal.SIGTERM)  # the second signal
+        ended, _ = await asyncio.wait([closing], timeout=0.3)
+        assert not ended, "close() did not wait for the job's finish"
+        go_on.set()
+        await asyncio.wait_for(closing, timeout=10)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert steps == ["finished", "shutdown"]
+    assert events == ["cancelled"]
+    assert worker._pool is None  # close() ran to its end
+    assert not await redis.exists(KEYS.queue("default") + ":health-check")
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+    assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
+
+
+async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
+    redis: Any, redis_url: str
+) -> None:
+    """The claim script has run (the job is in progress, its try counted) but its reply has
+    not reached the worker when the stop cancels the worker's loop: close() waits for the
+    reply and puts the job back on its queue, so the next worker runs it at once instead of
+    after arq's in-progress timeout."""
+    graph, registry = await _notify_ok(redis)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    [worker] = build_workers(settings, registry)
+    assert isinstance(worker, WakingWorker)
+    claimed, reply = asyncio.Event(), asyncio.Event()
+    claim_all = worker._claim_all
+
+    async def slow_reply(wanted: Any) -> Any:
+        claims = await claim_all(wanted)
+        claimed.set()
+        await reply.wait()
+        return claims
+
+    worker._claim_all = slow_reply  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)
+        await wait_for(claimed.is_set, timeout=5, message="claimed")
+        assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+        closing = asyncio.create_task(worker.close())
+        await wait_for(running.done, timeout=5, message="the worker's loop cancelled")
+        reply.set()
+        await asyncio.wait_for(closing, timeout=10)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+    assert await redis.zscore(KEYS.queue("default"), jid) is not None
+    assert await inbox_reports(redis, KEYS) == []
+    async with serving(settings, registry):  # its first read of the queue finds the job
+        [report] = await wait_for_reports(redis, KEYS, timeout=5)
+    assert report.status == "completed"
+
+
 async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
     redis: Any, redis_url: str
 ) -> None:
@@ -829,24 +970,32 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
     redis: Any, redis_url: str
 ) -> None:
-    """Two wake-ups popped together; one job's run has a nodes key of the wrong type, so
-    its claim script fails: that job is left untouched (not in progress, no try counted)
-    and the other job runs."""
+    """Three wake-ups popped together. One job's run has a nodes key of the wrong type (a
+    read fails); another's try counter is not a count (the key it would write): both claims
+    fail having written nothing (not in progress, no try counted), their jobs move a minute
+    back in the queue, out of the way of polls, which read the oldest jobs first; the third
+    job runs."""
     graph, registry = await _notify_ok(redis)
-    bad = job_for(graph, "notify", run_id="broken")
-    bad_id = job_id(bad.run_id, "notify", 1, 1)
+    bad_ids = []
+    for run_id in ("broken", "garbled"):
+        bad = job_for(graph, "notify", run_id=run_id)
+        bad_ids.append(job_id(bad.run_id, "notify", 1, 1))
+        await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_ids[-1], 86_400_000, encode_arq_job(bad, 0))
+        await redis.zadd(KEYS.queue("default"), {bad_ids[-1]: 0})
     await redis.set(KEYS.run("broken").nodes, "not a hash")
-    await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_id, 86_400_000, encode_arq_job(bad, 0))
-    await redis.zadd(KEYS.queue("default"), {bad_id: 0})
+    await redis.set("arq:retry:" + bad_ids[1], "garbage")
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         good_id = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), bad_id, good_id)
+        await redis.rpush(KEYS.wake("default"), *bad_ids, good_id)
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.run_id == "run1" and report.status == "completed"
-    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + bad_id, "arq:retry:" + bad_id)
-    assert await redis.zscore(KEYS.queue("default"), bad_id) == 0
+    for bad_id in bad_ids:
+        assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + bad_id)
+        assert await redis.zscore(KEYS.queue("default"), bad_id) > time.time() * 1000 + 50_000
+    assert not await redis.exists("arq:retry:" + bad_ids[0])
+    assert await redis.get("arq:retry:" + bad_ids[1]) == b"garbage"
 
 
 async def test_a_worker_busy_on_wake_ups_still_reads_its_queue_every_fallback(
@@ -869,10 +1018,10 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
         raise RuntimeError("planner bug")
 
     worker.planner = broken
-    keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1), 0)
+    keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
     assert plan is None
     assert keys[5:] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
-    assert args[3:] == ["notify", "", ""]
+    assert args[2:] == ["notify", "", ""]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
