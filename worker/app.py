@@ -83,6 +83,7 @@ logger = logging.getLogger("relaygraph.worker")
 ARQ_MAX_TRIES: Final = DEFAULT_MAX_DELIVERIES + 1
 _ARQ_JOB_TIMEOUT_S: Final = 30 * 86_400  # arq's own timeout, effectively off (see above)
 _STATE: Final = "relaygraph"  # key of the worker state in arq's ctx
+_RETRY_BACKOFF_MAX_S: Final = 30.0  # the longest wait before a job Redis failed runs again
 
 
 class WorkerConfigError(RelaygraphError):
@@ -205,12 +206,19 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         )
     except BaseException as e:
         heartbeat.release(member)
+        delivery = int(ctx.get("job_try") or 1)
+        if redis_unavailable(e) and delivery >= ARQ_MAX_TRIES:
+            # Redis failed the job's reads on the last delivery arq makes: the lease stays
+            # and lapses, and the dispatcher runs the attempt again (as for a lost worker).
+            logger.error("job %s: Redis unavailable on its last delivery: %s", job_id, e)
+            return Finish()
         with contextlib.suppress(RedisError):  # else the lease lapses
             await state.redis.zrem(leases, *held)
         if redis_unavailable(e):
-            # Reading the run failed, not the job: run it again shortly.
-            logger.warning("job %s hit a Redis error, retrying: %s", job_id, e)
-            raise Retry(defer=1.0) from e
+            # Reading the run failed, not the job: run it again, backing off (1, 2, 4... s).
+            defer = min(2.0 ** (delivery - 1), _RETRY_BACKOFF_MAX_S)
+            logger.warning("job %s hit a Redis error, retrying in %.0fs: %s", job_id, defer, e)
+            raise Retry(defer=defer) from e
         raise
     heartbeat.release(member)
     message = done[1] if done is not None else None

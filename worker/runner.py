@@ -67,9 +67,9 @@ logger = logging.getLogger("relaygraph.worker")
 
 DEFAULT_MAX_DELIVERIES: Final = 5  # a job started this often without finishing is failed
 # Replies of a server that cannot serve now (a long script, a failover, a restart), also as
-# a script passes them on ("... -READONLY You can't write ...").
+# a script passes them on (Redis 6: "... @user_script: 1: -READONLY You can't write ...").
 _UNAVAILABLE_REPLY: Final = re.compile(
-    r"(?:^|-)(?:BUSY|LOADING|MASTERDOWN|NOREPLICAS|READONLY|TRYAGAIN)\b"
+    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
 )
 
 

@@ -16,9 +16,11 @@ trip, finishes it with its report in another, and rides out Redis restarts.
 * Outages: a Redis error in a poll is logged and the loop waits and polls again; jobs
   already running carry on (their finish retries), and the dispatcher's leases cover any
   attempt lost meanwhile.
+* Stopping: ``close`` runs to its end however often it is called or cancelled, waits for
+  every job's finish, and hands back to the queue the jobs claimed but never started.
 
-arq's job layout, try counter, abort set, health check, signals and shutdown are arq's;
-only ``run_job`` is replaced (by ``_run_claimed``) and never called.
+arq's job layout, try counter, abort set, health check and signals are arq's; ``run_job`` is
+replaced (by ``_run_claimed``) and never called, and ``close`` is arq's made robust.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from graph_core.messages import parse_job_id, parse_wake_token
 from worker.preload import LATEST_LUA
+from worker.runner import redis_unavailable
 
 __all__ = ["Claim", "ClaimPlan", "ClaimPlanner", "Finish", "WakingWorker"]
 
@@ -74,7 +77,7 @@ if not score or tonumber(score) > now then return false end
 -- a write has been made, nothing can fail, so a failed claim has written nothing.
 local job = redis.call('GET', KEYS[3])
 local tries = redis.call('GET', KEYS[4])
-if tries and not string.match(tries, '^%d+$') then
+if tries and (#tries > 18 or not string.match(tries, '^%d+$')) then
   return redis.error_reply('ERR the try counter ' .. KEYS[4] .. ' is not a count')
 end
 local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
@@ -97,8 +100,9 @@ return out
 """
 )
 # A job's end, as arq's finish_job would write it, plus the job's own writes (its report on
-# the inbox, its leases' removal, ARGV[5..]): ARGV[2] 'done' (the job is over: its keys go)
-# or 'again' (it stays queued for another delivery, ARGV[3] ms later if given).
+# the inbox, its leases' removal, ARGV[5..]). ARGV[2]: 'done' (the job is over: its keys go),
+# 'again' (it stays queued for another delivery, ARGV[3] ms from now by the server's clock
+# if given), or 'unclaimed' (it never started: queued again, its try not counted).
 _FINISH = """
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
 for i = 5, #ARGV do redis.call('ZREM', KEYS[7], ARGV[i]) end
@@ -106,15 +110,30 @@ if ARGV[2] == 'done' then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('ZREM', KEYS[5], ARGV[1])
-else
-  redis.call('DEL', KEYS[1])
-  if ARGV[3] ~= '' then redis.call('ZINCRBY', KEYS[5], ARGV[3], ARGV[1]) end
+  return 1
 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] == 'unclaimed' then
+  local tries = tonumber(redis.call('GET', KEYS[2]) or '')
+  if tries and tries > 0 then redis.call('DECR', KEYS[2]) end
+elseif ARGV[3] ~= '' then
+  local t = redis.call('TIME')
+  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[5], 'XX', at, ARGV[1])
+end
+return 1
+"""
+# Move jobs (ARGV[2..]) still in the queue (KEYS[1]) to ARGV[1] ms from now, server clock.
+_DEFER = """
+local t = redis.call('TIME')
+local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', at, ARGV[i]) end
 return 1
 """
 _FINISH_SHA: Final = hashlib.sha1(_FINISH.encode()).hexdigest()  # the id Redis gives it
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
+_FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
 _HAND_BACK_WAIT_S: Final = 5.0  # how long a stop waits for a claim round trip it cut off
@@ -196,6 +215,7 @@ class WakingWorker(Worker):
         # hands their jobs back to the queue instead of leaving them to their leases.
         self._unstarted: dict[str, Claim] = {}
         self._interrupted: list[asyncio.Future[list[Claim | None]]] = []
+        self._closing: asyncio.Future[None] | None = None
 
     async def main(self) -> None:
         if self._pool is None:
@@ -290,6 +310,7 @@ class WakingWorker(Worker):
             for _ in todo:
                 self._release_sem_dec_counter_on_complete()
             if isinstance(e, asyncio.CancelledError):  # stopping: the claims may be made
+                claiming.add_done_callback(_retrieved)
                 self._interrupted.append(claiming)
             raise
         for claim in claims:
@@ -337,43 +358,73 @@ class WakingWorker(Worker):
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
         calls = [self._claim_call(job_id, graph) for job_id, graph in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
+        # A claim that failed reading the run (a corrupt record) is made again without those
+        # reads: the job then reads the run itself and reports what is wrong.
+        bare = [
+            i
+            for i, r in enumerate(replies)
+            if isinstance(r, Exception) and not redis_unavailable(r) and calls[i][1][2]
+        ]
+        if bare:
+            for i in bare:
+                keys, args, _ = calls[i]
+                calls[i] = ([*keys[:5], "", "", "", ""], [*args[:2], "", "", ""], None)
+            again = await self._evalsha_all([calls[i][:2] for i in bare])
+            for i, reply in zip(bare, again, strict=True):
+                replies[i] = reply
+        failed: list[str] = []
+        for i, reply in enumerate(replies):
+            if not isinstance(reply, Exception):
+                continue
+            replies[i] = None  # the script wrote nothing: not claimed
+            job_id = calls[i][1][0]
+            if redis_unavailable(reply):  # busy, read-only, out of memory: a later poll
+                logger.warning("claiming job %s: Redis cannot serve now: %s", job_id, reply)
+                continue
+            failed.append(job_id)
+            logger.error(
+                "claiming job %s failed (tried again in %.0fs): %s",
+                job_id,
+                _CLAIM_FAILED_DEFER_MS / 1000,
+                reply,
+            )
+        if failed:
+            await self._defer(failed)
         return [
             _claim(job_id, reply, loaded=bool(args[2]), plan=plan)
             for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
 
+    async def _defer(self, job_ids: list[str]) -> None:
+        """Move jobs whose claim failed out of the way of polls (which read the queue's oldest
+        jobs first), to be tried again later. Best effort: they stay queued either way."""
+        pool: Any = self.pool
+        try:
+            await pool.eval(_DEFER, 1, self.queue_name, _CLAIM_FAILED_DEFER_MS, *job_ids)
+        except RedisError as e:
+            logger.warning("could not move jobs %s back in their queue: %s", job_ids, e)
+
     async def _evalsha_all(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """Run the claim script once per call, pipelined; reload it if the server lost it
-        (a restart or SCRIPT FLUSH) and run the calls that found no script again."""
-        for attempt in (1, 2):
-            pipe = self.pool.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._claim_sha, len(keys), *keys, *args)
-            replies = list(await pipe.execute(raise_on_error=False))
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
-                self._claim_sha = await self.pool.script_load(_CLAIM)
-                redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                again = await self._evalsha_all([calls[i] for i in redo])
-                for i, reply in zip(redo, again, strict=True):
-                    replies[i] = reply
-            failed: list[str] = []
-            for i, reply in enumerate(replies):
-                if isinstance(reply, RedisConnectionError | RedisTimeoutError):
-                    raise reply
-                if isinstance(reply, Exception):  # the script wrote nothing: not claimed
-                    failed.append(calls[i][1][0])
-                    logger.error(
-                        "claiming job %s failed (tried again in %.0fs): %s",
-                        failed[-1],
-                        _CLAIM_FAILED_DEFER_MS / 1000,
-                        reply,
-                    )
-                    replies[i] = None
-            if failed:  # out of the way of polls, which read the queue's oldest jobs first
-                later = timestamp_ms() + _CLAIM_FAILED_DEFER_MS
-                await self.pool.zadd(self.queue_name, dict.fromkeys(failed, later), xx=True)
-            return replies
-        raise AssertionError("unreachable")
+        """Run the claim script once per call, pipelined: each call's reply, or the error it
+        got (one job's error spares the others). A lost connection raises. If the server
+        lost the script (a restart or SCRIPT FLUSH), it is loaded and those calls run again."""
+        replies = await self._pipelined(calls)
+        redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if redo:
+            self._claim_sha = await self.pool.script_load(_CLAIM)
+            again = await self._pipelined([calls[i] for i in redo])
+            for i, reply in zip(redo, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, RedisConnectionError | RedisTimeoutError):
+                raise reply
+        return replies
+
+    async def _pipelined(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        pipe = self.pool.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._claim_sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     def _job_call(self, claim: Claim) -> tuple[Function, tuple[Any, ...], dict[str, Any], int]:
         """The function and arguments of a claimed job; ``_Unrunnable`` if there are none."""
@@ -424,7 +475,7 @@ class WakingWorker(Worker):
             result = await task
         except Retry as e:
             self.jobs_retried += 1
-            requeue = e.defer_score + (timestamp_ms() - claim.score) if e.defer_score else None
+            requeue = e.defer_score or None
             await self._settle(job_id, done=False, writes=claimed, requeue_ms=requeue)
         except asyncio.CancelledError:
             if job_id in self.aborting_tasks:  # aborted: the job is over, nothing reported
@@ -452,6 +503,7 @@ class WakingWorker(Worker):
         job_id: str,
         *,
         done: bool,
+        unclaim: bool = False,
         writes: Finish | None = None,
         requeue_ms: int | None = None,
     ) -> None:
@@ -459,7 +511,7 @@ class WakingWorker(Worker):
         stop signal): a job left half-finished would wait for its lease to lapse. Bounded:
         ``_finish`` gives up after ``_FINISH_TRIES``."""
         finishing = asyncio.ensure_future(
-            self._finish(job_id, done=done, writes=writes, requeue_ms=requeue_ms)
+            self._finish(job_id, done=done, unclaim=unclaim, writes=writes, requeue_ms=requeue_ms)
         )
         while not finishing.done():
             with contextlib.suppress(asyncio.CancelledError):
@@ -468,31 +520,46 @@ class WakingWorker(Worker):
             finishing.result()
 
     async def close(self) -> None:
-        """arq's ``close``, made to run to its end: cancel running jobs (they go back on
-        their queue), hand back claims that never started, delete the health check, run
+        """arq's ``close``, made to run to its end once, however often it is called or
+        cancelled: stop the loop, cancel running jobs (they go back on their queue), wait for
+        their finishes, hand back claims that never started, delete the health check, run
         ``on_shutdown`` (which stops the lease heartbeat) and close the pool."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)
+        elif self.main_task is not None:  # closed directly, not by a signal
+            self.main_task.cancel()
         if not self._pool:
             return
-        if self.main_task is not None and not self.main_task.done():
-            # Cancelled just now: let it end, so that a claim it cut off is known below.
-            await asyncio.wait([self.main_task], timeout=_HAND_BACK_WAIT_S)
-        outcomes = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                logger.error("a job task failed while stopping", exc_info=outcome)
-        await self._hand_back_unstarted()
-        with contextlib.suppress(RedisError):
-            await self.pool.delete(self.health_check_key)
-        if self.on_shutdown:
-            await self.on_shutdown(self.ctx)
-        await self.pool.aclose(close_connection_pool=True)
-        self._pool = None
+        try:
+            if self.main_task is not None and not self.main_task.done():
+                # Cancelled just now: let it end, so that a claim it cut off is known below.
+                await asyncio.wait([self.main_task], timeout=_HAND_BACK_WAIT_S)
+            outcomes = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    logger.error("a job task failed while stopping", exc_info=outcome)
+            await self._hand_back_unstarted()
+        finally:
+            try:
+                with contextlib.suppress(RedisError, TimeoutError):
+                    await asyncio.wait_for(
+                        self.pool.delete(self.health_check_key), _FINISH_TIMEOUT_S
+                    )
+                if self.on_shutdown:
+                    await self.on_shutdown(self.ctx)
+            finally:
+                await self.pool.aclose(close_connection_pool=True)
+                self._pool = None
 
     async def _hand_back_unstarted(self) -> None:
         """Put back on their queue the jobs claimed but never started: those of a claim
-        round trip a stop interrupted, and those whose task was cancelled before it ran."""
+        round trip a stop interrupted, and those whose task was cancelled before it ran.
+        Their tries are not counted; a job that was aborted or has expired ends instead."""
         for claiming in self._interrupted:
             await asyncio.wait([claiming], timeout=_HAND_BACK_WAIT_S)
             if not claiming.done() or claiming.cancelled() or claiming.exception() is not None:
@@ -501,22 +568,32 @@ class WakingWorker(Worker):
                 if claim is not None:
                     self._unstarted[claim.job_id] = claim
         self._interrupted.clear()
-        for claim in list(self._unstarted.values()):
-            self.jobs_retried += 1
-            await self._settle(claim.job_id, done=False, writes=_claimed_lease(claim))
-        self._unstarted.clear()
+        unstarted, self._unstarted = self._unstarted, {}
+        for claim in unstarted.values():
+            over = claim.aborted or claim.job is None  # as _run_claimed would have ended it
+            try:
+                await self._settle(
+                    claim.job_id,
+                    done=over,
+                    unclaim=not over,
+                    writes=_claimed_lease(claim),
+                )
+            except Exception:  # the job is left to its lease
+                logger.exception("handing job %s back to its queue failed", claim.job_id)
 
     async def _finish(
         self,
         job_id: str,
         *,
         done: bool,
+        unclaim: bool = False,
         writes: Finish | None = None,
         requeue_ms: int | None = None,
     ) -> None:
         """arq's ``finish_job`` plus the job's own writes, in one script. ``done``: the
         job is over (its keys go); otherwise it stays queued (``requeue_ms`` later) for
-        another delivery. Connection errors are retried: every write here is idempotent,
+        another delivery, and ``unclaim`` (it never started) takes back the try its claim
+        counted. Connection errors and timeouts are retried: every write here is idempotent,
         and a report written twice is ignored by the dispatcher."""
         keys = [
             in_progress_key_prefix + job_id,
@@ -529,7 +606,7 @@ class WakingWorker(Worker):
         ]
         args: list[str | bytes] = [
             job_id,
-            "done" if done else "again",
+            "done" if done else "unclaimed" if unclaim else "again",
             str(requeue_ms) if requeue_ms and not done else "",
             (writes.message if writes and writes.stream else None) or "",
             *(writes.leases if writes and writes.lease_key else ()),
@@ -537,13 +614,14 @@ class WakingWorker(Worker):
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):
             try:
-                try:
-                    await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
-                except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
-                    await pool.script_load(_FINISH)
-                    await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                async with asyncio.timeout(_FINISH_TIMEOUT_S):
+                    try:
+                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                    except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
+                        await pool.script_load(_FINISH)
+                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
                 return
-            except (RedisConnectionError, RedisTimeoutError):
+            except (RedisConnectionError, RedisTimeoutError, TimeoutError):
                 if attempt == _FINISH_TRIES:
                     # The in-progress key and the lease lapse: the job runs again elsewhere.
                     logger.exception("finishing job %s failed", job_id)
@@ -598,6 +676,12 @@ class WakingWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's error as seen (it is handled, or logged, where the future is used)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _claimed_lease(claim: Claim) -> Finish | None:

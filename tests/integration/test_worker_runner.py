@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from graph_core.events import NodeReported
 from graph_core.keys import Keys
@@ -34,11 +35,12 @@ from tests.support.store_setup import (
     wait_for_reports,
 )
 from tests.support.waiting import wait_for
+from worker import app as worker_app
 from worker.app import build_workers, serve
 from worker.context import NodeContext, NodeResult, NonRetryableError, NotPreloaded
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry
-from worker.runner import run_node
+from worker.runner import redis_unavailable, run_node
 from worker.settings import WorkerSettings
 from worker.waking import WakingWorker
 
@@ -493,6 +495,82 @@ async def test_a_server_that_cannot_serve_now_retries_the_job_instead_of_failing
     assert calls == [] and await inbox_reports(redis, KEYS) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (RedisConnectionError("Connection refused"), True),
+        (ReadOnlyError("You can't write against a read only replica."), True),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (ResponseError("BUSY Redis is busy running a script."), True),
+        (ResponseError("MASTERDOWN Link with MASTER is down"), True),
+        (ResponseError("Error running script: @user_script: 1: -READONLY You can't"), True),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (ResponseError("BUSYGROUP Consumer Group name already exists"), False),
+        (ResponseError("ERR the job's own data mentions -READONLY"), False),
+        (ValueError("BUSY"), False),
+    ],
+)
+def test_which_errors_say_redis_cannot_serve_now(error: Exception, unavailable: bool) -> None:
+    assert redis_unavailable(error) is unavailable
+
+
+async def test_a_job_error_from_redis_still_fails_the_node(redis: Any) -> None:
+    """A reply about the data (a key of the wrong type), not about the server, is not
+    retried: the node fails with a report naming it."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, calls = _spy_registry()
+    wrongtype = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    await run(_Unavailable(redis, wrongtype), registry, graph)
+    report = await only_report(redis)
+    assert report.error is not None and report.error.type == "WorkerError"
+    assert "WRONGTYPE" in report.error.message and calls == []
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["retried", "last-delivery"])
+async def test_a_job_redis_cannot_serve_is_retried_and_its_last_delivery_keeps_the_lease(
+    redis: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, last: bool
+) -> None:
+    """The job's reads meet a read-only replica (a failover): the job is queued again a
+    second later, without its lease (the next delivery writes its own). On the last
+    delivery arq makes, the job ends without a report but keeps its lease, so that the
+    dispatcher sees it lapse and runs the attempt again: the run never waits forever."""
+    graph, registry = await _notify_ok(redis)
+    await prepared(redis, graph, nodes={"audit": queued()})
+    registry.register("agent", lambda ctx: "audited")
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    wake = KEYS.wake("default")
+    async with serving(settings, registry):
+        await _first_job_warms_the_cache(redis, graph)  # so the claim writes the lease
+
+        async def failover(*_: Any, **__: Any) -> None:
+            raise ReadOnlyError("You can't write against a read only replica.")
+
+        monkeypatch.setattr(worker_app, "execute_node", failover)
+        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        if last:
+            await redis.set("arq:retry:" + second, worker_app.ARQ_MAX_TRIES - 1)
+
+        async def delivered_and_ended() -> bool:
+            if last:  # the job is over: its keys are gone
+                return await _gone(redis, ARQ_JOB_KEY_PREFIX + second)
+            return await redis.get("arq:retry:" + second) == b"1" and await _gone(
+                redis, ARQ_IN_PROGRESS_PREFIX + second
+            )
+
+        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        await wait_for(delivered_and_ended, timeout=5, message="the delivery ended")
+        score = await redis.zscore(KEYS.queue("default"), second)
+        leases = await redis.zcard(KEYS.leases)
+    assert [r.node_id for r in await inbox_reports(redis, KEYS)] == ["audit"]
+    if last:
+        assert score is None and not await redis.exists(ARQ_JOB_KEY_PREFIX + second)
+        assert leases == 1
+    else:
+        assert score is not None and score > time.time() * 1000 + 500  # a second later
+        assert leases == 0
+
+
 async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
     graph = triage_graph()
     await prepared(redis, graph)
@@ -902,13 +980,15 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
     assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
 
 
+@pytest.mark.parametrize("aborted", [False, True], ids=["queued", "aborted"])
 async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
-    redis: Any, redis_url: str
+    redis: Any, redis_url: str, aborted: bool
 ) -> None:
     """The claim script has run (the job is in progress, its try counted) but its reply has
     not reached the worker when the stop cancels the worker's loop: close() waits for the
-    reply and puts the job back on its queue, so the next worker runs it at once instead of
-    after arq's in-progress timeout."""
+    reply and puts the job back on its queue with its try uncounted, so the next worker runs
+    it at once instead of after arq's in-progress timeout. A job aborted meanwhile (the
+    claim took it off the abort set) ends instead, as it would have had it started."""
     graph, registry = await _notify_ok(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     [worker] = build_workers(settings, registry)
@@ -927,9 +1007,12 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     try:
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        if aborted:
+            await redis.zadd(ARQ_ABORT_KEY, {jid: int(time.time() * 1000)})
         await redis.rpush(KEYS.wake("default"), jid)
         await wait_for(claimed.is_set, timeout=5, message="claimed")
         assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+        assert await redis.get("arq:retry:" + jid) == b"1"
         closing = asyncio.create_task(worker.close())
         await wait_for(running.done, timeout=5, message="the worker's loop cancelled")
         reply.set()
@@ -938,11 +1021,69 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
-    assert await redis.zscore(KEYS.queue("default"), jid) is not None
     assert await inbox_reports(redis, KEYS) == []
+    if aborted:
+        assert not await redis.exists(ARQ_JOB_KEY_PREFIX + jid, "arq:retry:" + jid)
+        assert await redis.zscore(KEYS.queue("default"), jid) is None
+        return
+    assert await redis.zscore(KEYS.queue("default"), jid) is not None
+    assert await redis.get("arq:retry:" + jid) == b"0"  # the try is not counted
     async with serving(settings, registry):  # its first read of the queue finds the job
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
+
+
+class _CancelsJobsUnstarted:
+    """The worker's event loop, except that a job's task is cancelled before it ever runs
+    (as a stop signal landing between its creation and its first step does)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro, **kwargs)
+        if getattr(coro, "__name__", "") == "_run_claimed":
+            task.cancel()
+        return task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+@pytest.mark.parametrize("finish_fails", [False, True], ids=["handed-back", "finish-fails"])
+async def test_a_job_whose_task_never_ran_is_handed_back_when_the_worker_stops(
+    redis: Any, redis_url: str, finish_fails: bool
+) -> None:
+    """A claimed job whose task was cancelled before its first step never ran any of its
+    own clean-up: close() puts it back on its queue. If that write fails, close() logs it
+    and still runs to its end (health check deleted, pool closed); the job is left to its
+    in-progress key's expiry."""
+    graph, registry = await _notify_ok(redis)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    [worker] = build_workers(settings, registry)
+    assert isinstance(worker, WakingWorker)
+    worker.loop = _CancelsJobsUnstarted(worker.loop)  # type: ignore[assignment]
+    if finish_fails:
+
+        async def broken(*_: Any, **__: Any) -> None:
+            raise ResponseError("ERR the finish failed")
+
+        worker._finish = broken  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        await redis.rpush(KEYS.wake("default"), jid)
+        await wait_for(lambda: worker._unstarted, timeout=5, message="claimed, never started")
+        assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+        await asyncio.wait_for(worker.close(), timeout=10)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert worker._pool is None
+    assert not await redis.exists(KEYS.queue("default") + ":health-check")
+    assert await redis.zscore(KEYS.queue("default"), jid) is not None
+    assert bool(await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)) is finish_fails
 
 
 async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
@@ -970,11 +1111,15 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
     redis: Any, redis_url: str
 ) -> None:
-    """Three wake-ups popped together. One job's run has a nodes key of the wrong type (a
-    read fails); another's try counter is not a count (the key it would write): both claims
-    fail having written nothing (not in progress, no try counted), their jobs move a minute
-    back in the queue, out of the way of polls, which read the oldest jobs first; the third
-    job runs."""
+    """Three wake-ups popped together.
+
+    * One job's run has a nodes key of the wrong type: the claim's reads fail, so the job is
+      claimed again without them and reads the run itself, which fails the node with a
+      report naming the error (the run does not wait forever).
+    * Another job's try counter is not a count: its claim fails having written nothing (not
+      in progress, no try counted) and the job moves a minute later in the queue, out of
+      the way of polls, which read the oldest jobs first.
+    * The third job runs."""
     graph, registry = await _notify_ok(redis)
     bad_ids = []
     for run_id in ("broken", "garbled"):
@@ -989,13 +1134,15 @@ async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batc
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         good_id = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(KEYS.wake("default"), *bad_ids, good_id)
-        [report] = await wait_for_reports(redis, KEYS, timeout=5)
-    assert report.run_id == "run1" and report.status == "completed"
-    for bad_id in bad_ids:
-        assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + bad_id)
-        assert await redis.zscore(KEYS.queue("default"), bad_id) > time.time() * 1000 + 50_000
-    assert not await redis.exists("arq:retry:" + bad_ids[0])
-    assert await redis.get("arq:retry:" + bad_ids[1]) == b"garbage"
+        reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
+    by_run = {r.run_id: r for r in reports}
+    assert by_run["run1"].status == "completed"
+    error = by_run["broken"].error
+    assert error is not None and error.type == "WorkerError" and "WRONGTYPE" in error.message
+    garbled = bad_ids[1]
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + garbled)
+    assert await redis.zscore(KEYS.queue("default"), garbled) > time.time() * 1000 + 50_000
+    assert await redis.get("arq:retry:" + garbled) == b"garbage"
 
 
 async def test_a_worker_busy_on_wake_ups_still_reads_its_queue_every_fallback(
