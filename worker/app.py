@@ -208,10 +208,11 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         heartbeat.release(member)
         delivery = int(ctx.get("job_try") or 1)
         if redis_unavailable(e) and delivery >= ARQ_MAX_TRIES:
-            # Redis failed the job's reads on the last delivery arq makes: the lease stays
-            # and lapses, and the dispatcher runs the attempt again (as for a lost worker).
+            # Redis failed the job's reads on the last delivery arq makes: the job ends with
+            # its lease lapsed (written if the reads' pipeline never wrote it), so that the
+            # dispatcher runs the attempt again, as for a lost worker.
             logger.error("job %s: Redis unavailable on its last delivery: %s", job_id, e)
-            return Finish()
+            return Finish(lease_key=leases, lapse=held)
         with contextlib.suppress(RedisError):  # else the lease lapses
             await state.redis.zrem(leases, *held)
         if redis_unavailable(e):

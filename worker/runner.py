@@ -66,10 +66,11 @@ __all__ = [
 logger = logging.getLogger("relaygraph.worker")
 
 DEFAULT_MAX_DELIVERIES: Final = 5  # a job started this often without finishing is failed
-# Replies of a server that cannot serve now (a long script, a failover, a restart), also as
-# a script passes them on (Redis 6: "... @user_script: 1: -READONLY You can't write ...").
+# Replies of a server that cannot serve now (a long script, a failover, a restart, a failed
+# background save that stops writes), also as a script passes them on (Redis 6:
+# "... @user_script: 1: -READONLY You can't write ...").
 _UNAVAILABLE_REPLY: Final = re.compile(
-    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
+    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|MISCONF|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
 )
 
 

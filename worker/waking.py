@@ -29,9 +29,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -82,30 +83,35 @@ if tries and (#tries > 18 or not string.match(tries, '^%d+$')) then
 end
 local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
 local run, node = false, false
-if ARGV[3] ~= '' then
+if ARGV[4] ~= '' then
   run = redis.call('HGET', KEYS[6], 'run')
-  node = redis.call('HGET', KEYS[7], ARGV[3])
+  node = redis.call('HGET', KEYS[7], ARGV[4])
 end
-if ARGV[4] ~= '' then redis.call('ZSCORE', KEYS[8], ARGV[4]) end
-local out = latest(KEYS[7], KEYS[9], ARGV, 6, {score, job, 0, 0, run, node, 0})
-redis.call('PSETEX', KEYS[1], ARGV[2], '1')
+if ARGV[5] ~= '' then redis.call('ZSCORE', KEYS[8], ARGV[5]) end
+local out = latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, 0, 0, run, node, 0})
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[3])  -- arq checks it exists; we, whose it is
 out[3] = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], 88400)
 if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[8], ARGV[5], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
   out[7] = 1
 end
 return out
 """
 )
-# A job's end, as arq's finish_job would write it, plus the job's own writes (its report on
-# the inbox, its leases' removal, ARGV[5..]). ARGV[2]: 'done' (the job is over: its keys go),
-# 'again' (it stays queued for another delivery, ARGV[3] ms from now by the server's clock
-# if given), or 'unclaimed' (it never started: queued again, its try not counted).
+# A job's end, as arq's finish_job would write it, plus the job's own writes: its report on
+# the inbox (ARGV[4]), the removal of its leases (ARGV[6] of them, from ARGV[7]) and leases
+# to lapse now (the rest). ARGV[2]: 'done' (the job is over: its keys go), 'again' (it
+# stays queued for another delivery, ARGV[3] ms from now by the server's clock if given),
+# or 'unclaimed' (it never started: queued again, its try not counted), which does nothing
+# unless this worker's claim (ARGV[5]) still holds the job.
 _FINISH = """
+if ARGV[2] == 'unclaimed' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
-for i = 5, #ARGV do redis.call('ZREM', KEYS[7], ARGV[i]) end
+local removed = 6 + tonumber(ARGV[6])
+for i = 7, removed do redis.call('ZREM', KEYS[7], ARGV[i]) end
+for i = removed + 1, #ARGV do redis.call('ZADD', KEYS[7], 0, ARGV[i]) end
 if ARGV[2] == 'done' then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
@@ -187,6 +193,7 @@ class Finish:
     message: bytes | None = None
     lease_key: str | None = None  # ZREM leases from this zset
     leases: tuple[bytes, ...] = ()
+    lapse: tuple[bytes, ...] = ()  # leases (in lease_key) to make lapse now
 
 
 class WakingWorker(Worker):
@@ -216,6 +223,7 @@ class WakingWorker(Worker):
         self._unstarted: dict[str, Claim] = {}
         self._interrupted: list[asyncio.Future[list[Claim | None]]] = []
         self._closing: asyncio.Future[None] | None = None
+        self._claim_token = secrets.token_hex(8)  # the in-progress keys of this worker's claims
 
     async def main(self) -> None:
         if self._pool is None:
@@ -333,7 +341,7 @@ class WakingWorker(Worker):
             retry_key_prefix + job_id,
             abort_jobs_ss,
         ]
-        args = [job_id, str(int(self.in_progress_timeout_s * 1000))]
+        args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
         parts = parse_job_id(job_id)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
@@ -358,18 +366,26 @@ class WakingWorker(Worker):
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
         calls = [self._claim_call(job_id, graph) for job_id, graph in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
-        # A claim that failed reading the run (a corrupt record) is made again without those
-        # reads: the job then reads the run itself and reports what is wrong.
+        # A claim that failed reading the run (a corrupt record, say) is made again without
+        # those reads: the job then reads the run itself and reports what is wrong.
         bare = [
             i
             for i, r in enumerate(replies)
-            if isinstance(r, Exception) and not redis_unavailable(r) and calls[i][1][2]
+            if isinstance(r, Exception) and not redis_unavailable(r) and calls[i][1][3]
         ]
         if bare:
             for i in bare:
                 keys, args, _ = calls[i]
-                calls[i] = ([*keys[:5], "", "", "", ""], [*args[:2], "", "", ""], None)
-            again = await self._evalsha_all([calls[i][:2] for i in bare])
+                logger.warning(
+                    "claiming job %s failed (%s); claiming it plainly", args[0], replies[i]
+                )
+                calls[i] = ([*keys[:5], "", "", "", ""], [*args[:3], "", "", ""], None)
+            try:
+                again = await self._evalsha_all([calls[i][:2] for i in bare])
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                # The first round's claims stand: start them; these wait for a later poll.
+                logger.warning("claiming jobs plainly failed: %s", e)
+                again = [None] * len(bare)
             for i, reply in zip(bare, again, strict=True):
                 replies[i] = reply
         failed: list[str] = []
@@ -391,7 +407,7 @@ class WakingWorker(Worker):
         if failed:
             await self._defer(failed)
         return [
-            _claim(job_id, reply, loaded=bool(args[2]), plan=plan)
+            _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
             for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
 
@@ -468,7 +484,7 @@ class WakingWorker(Worker):
         except Exception as e:  # expired, aborted, unknown, out of tries, or malformed
             logger.warning("job %s: %s", job_id, e)
             self.jobs_failed += 1
-            await self._settle(job_id, done=True, writes=claimed)
+            await self._settle(self._finish(job_id, done=True, writes=claimed))
             return
         self.job_tasks[job_id] = task = self.loop.create_task(coroutine)
         try:
@@ -476,43 +492,33 @@ class WakingWorker(Worker):
         except Retry as e:
             self.jobs_retried += 1
             requeue = e.defer_score or None
-            await self._settle(job_id, done=False, writes=claimed, requeue_ms=requeue)
+            await self._settle(self._finish(job_id, done=False, writes=claimed, requeue_ms=requeue))
         except asyncio.CancelledError:
             if job_id in self.aborting_tasks:  # aborted: the job is over, nothing reported
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
-                await self._settle(job_id, done=True, writes=claimed)
+                await self._settle(self._finish(job_id, done=True, writes=claimed))
             else:  # the worker is stopping: the job goes back on its queue
                 # Not re-raised (as arq's run_job does not): arq's close() gathers these
                 # tasks and must get past them to finish its own shutdown.
                 self.jobs_retried += 1
-                await self._settle(job_id, done=False, writes=claimed)
+                await self._settle(self._finish(job_id, done=False, writes=claimed))
         except Exception:
             logger.exception("job %s failed", job_id)
             self.jobs_failed += 1
-            await self._settle(job_id, done=True, writes=claimed)
+            await self._settle(self._finish(job_id, done=True, writes=claimed))
         else:
             self.jobs_complete += 1
             writes = result if isinstance(result, Finish) else claimed
-            await self._settle(job_id, done=True, writes=writes)
+            await self._settle(self._finish(job_id, done=True, writes=writes))
         finally:
             self.job_tasks.pop(job_id, None)
 
-    async def _settle(
-        self,
-        job_id: str,
-        *,
-        done: bool,
-        unclaim: bool = False,
-        writes: Finish | None = None,
-        requeue_ms: int | None = None,
-    ) -> None:
-        """``_finish``, carried to its end even if this task is cancelled meanwhile (a second
-        stop signal): a job left half-finished would wait for its lease to lapse. Bounded:
-        ``_finish`` gives up after ``_FINISH_TRIES``."""
-        finishing = asyncio.ensure_future(
-            self._finish(job_id, done=done, unclaim=unclaim, writes=writes, requeue_ms=requeue_ms)
-        )
+    async def _settle(self, finish: Coroutine[Any, Any, None]) -> None:
+        """Carry ``finish`` (a ``_finish``) to its end even if this task is cancelled
+        meanwhile (a second stop signal): a job left half-finished would wait for its lease
+        to lapse. Bounded: ``_finish`` gives up after ``_FINISH_TRIES``."""
+        finishing = asyncio.ensure_future(finish)
         while not finishing.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(finishing)
@@ -529,21 +535,21 @@ class WakingWorker(Worker):
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)
-        elif self.main_task is not None:  # closed directly, not by a signal
-            self.main_task.cancel()
+        if not self._handle_signals or (self.main_task is not None and not self.main_task.done()):
+            self.handle_sig(signal.SIGUSR1)  # stop the loop and cancel the running jobs
         if not self._pool:
             return
         try:
             if self.main_task is not None and not self.main_task.done():
                 # Cancelled just now: let it end, so that a claim it cut off is known below.
                 await asyncio.wait([self.main_task], timeout=_HAND_BACK_WAIT_S)
+            # First, while their claims (which nothing renews) still hold: every job task
+            # is cancelled by now, so one that has not started never will.
+            await self._hand_back_unstarted()
             outcomes = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     logger.error("a job task failed while stopping", exc_info=outcome)
-            await self._hand_back_unstarted()
         finally:
             try:
                 with contextlib.suppress(RedisError, TimeoutError):
@@ -559,7 +565,8 @@ class WakingWorker(Worker):
     async def _hand_back_unstarted(self) -> None:
         """Put back on their queue the jobs claimed but never started: those of a claim
         round trip a stop interrupted, and those whose task was cancelled before it ran.
-        Their tries are not counted; a job that was aborted or has expired ends instead."""
+        Their tries are not counted. A job that could not have run (aborted, expired, out of
+        tries...) ends instead, as it would have had it started."""
         for claiming in self._interrupted:
             await asyncio.wait([claiming], timeout=_HAND_BACK_WAIT_S)
             if not claiming.done() or claiming.cancelled() or claiming.exception() is not None:
@@ -568,18 +575,29 @@ class WakingWorker(Worker):
                 if claim is not None:
                     self._unstarted[claim.job_id] = claim
         self._interrupted.clear()
-        unstarted, self._unstarted = self._unstarted, {}
-        for claim in unstarted.values():
-            over = claim.aborted or claim.job is None  # as _run_claimed would have ended it
-            try:
-                await self._settle(
-                    claim.job_id,
-                    done=over,
-                    unclaim=not over,
-                    writes=_claimed_lease(claim),
-                )
-            except Exception:  # the job is left to its lease
-                logger.exception("handing job %s back to its queue failed", claim.job_id)
+        unstarted = {
+            job_id: claim
+            for job_id, claim in self._unstarted.items()
+            if (task := self.tasks.get(job_id)) is None or task.done() or task.cancelling()
+        }  # a task neither done nor cancelled still runs, and ends its job itself
+        for job_id in unstarted:
+            del self._unstarted[job_id]
+        outcomes = await asyncio.gather(
+            *(self._hand_back(claim) for claim in unstarted.values()), return_exceptions=True
+        )
+        for claim, outcome in zip(unstarted.values(), outcomes, strict=True):
+            if isinstance(outcome, Exception):  # the job is left to its in-progress key
+                logger.error("handing job %s back failed", claim.job_id, exc_info=outcome)
+
+    async def _hand_back(self, claim: Claim) -> None:
+        lease = _claimed_lease(claim)
+        try:
+            self._job_call(claim)
+        except _Unrunnable:
+            end = self._finish(claim.job_id, done=True, writes=lease)
+        else:
+            end = self._finish(claim.job_id, done=False, unclaim=True, writes=lease)
+        await self._settle(end)
 
     async def _finish(
         self,
@@ -604,12 +622,16 @@ class WakingWorker(Worker):
             (writes.stream if writes else None) or "",
             (writes.lease_key if writes else None) or "",
         ]
+        leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [
             job_id,
             "done" if done else "unclaimed" if unclaim else "again",
             str(requeue_ms) if requeue_ms and not done else "",
             (writes.message if writes and writes.stream else None) or "",
-            *(writes.leases if writes and writes.lease_key else ()),
+            self._claim_token if unclaim else "",
+            str(len(leases)),
+            *leases,
+            *(writes.lapse if writes and writes.lease_key else ()),
         ]
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):

@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from graph_core.events import NodeReported
+from graph_core.events import LeaseExpired, NodeReported
 from graph_core.keys import Keys
-from graph_core.messages import encode_arq_job, job_id, wake_token
+from graph_core.messages import encode_arq_job, job_id, parse_inbox, wake_token
 from graph_core.model import Edge, Graph, Node
 from graph_core.status import RunStatus
 from tests.support.store_setup import (
@@ -528,47 +528,50 @@ async def test_a_job_error_from_redis_still_fails_the_node(redis: Any) -> None:
 
 
 @pytest.mark.parametrize("last", [False, True], ids=["retried", "last-delivery"])
-async def test_a_job_redis_cannot_serve_is_retried_and_its_last_delivery_keeps_the_lease(
+async def test_a_job_redis_cannot_serve_is_retried_and_its_last_delivery_leaves_a_lapsed_lease(
     redis: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, last: bool
 ) -> None:
-    """The job's reads meet a read-only replica (a failover): the job is queued again a
-    second later, without its lease (the next delivery writes its own). On the last
-    delivery arq makes, the job ends without a report but keeps its lease, so that the
-    dispatcher sees it lapse and runs the attempt again: the run never waits forever."""
+    """The job's reads meet a read-only replica (a failover), so the lease those reads'
+    pipeline carries is never written: the job is queued again a second later by the
+    server's clock. On the last delivery arq makes (a retry has no wake-up: a poll finds
+    it), the job ends without a report but with its attempt's lease written as lapsed, so
+    that the dispatcher runs the attempt again: the run never waits forever."""
     graph, registry = await _notify_ok(redis)
-    await prepared(redis, graph, nodes={"audit": queued()})
-    registry.register("agent", lambda ctx: "audited")
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    wake = KEYS.wake("default")
-    async with serving(settings, registry):
-        await _first_job_warms_the_cache(redis, graph)  # so the claim writes the lease
+    execute_node = worker_app.execute_node
 
-        async def failover(*_: Any, **__: Any) -> None:
-            raise ReadOnlyError("You can't write against a read only replica.")
+    async def on_a_replica(redis: Any, *args: Any, **kwargs: Any) -> Any:
+        replica = _Unavailable(redis, ReadOnlyError("You can't write against a read only replica."))
+        return await execute_node(replica, *args, **kwargs)
 
-        monkeypatch.setattr(worker_app, "execute_node", failover)
-        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        if last:
-            await redis.set("arq:retry:" + second, worker_app.ARQ_MAX_TRIES - 1)
-
-        async def delivered_and_ended() -> bool:
-            if last:  # the job is over: its keys are gone
-                return await _gone(redis, ARQ_JOB_KEY_PREFIX + second)
-            return await redis.get("arq:retry:" + second) == b"1" and await _gone(
-                redis, ARQ_IN_PROGRESS_PREFIX + second
-            )
-
-        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
-        await wait_for(delivered_and_ended, timeout=5, message="the delivery ended")
-        score = await redis.zscore(KEYS.queue("default"), second)
-        leases = await redis.zcard(KEYS.leases)
-    assert [r.node_id for r in await inbox_reports(redis, KEYS)] == ["audit"]
+    monkeypatch.setattr(worker_app, "execute_node", on_a_replica)
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
     if last:
-        assert score is None and not await redis.exists(ARQ_JOB_KEY_PREFIX + second)
-        assert leases == 1
-    else:
-        assert score is not None and score > time.time() * 1000 + 500  # a second later
-        assert leases == 0
+        await redis.set("arq:retry:" + jid, worker_app.ARQ_MAX_TRIES - 1)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+
+    async def delivered_and_ended() -> bool:
+        if last:  # the job is over: its keys are gone
+            return await _gone(redis, ARQ_JOB_KEY_PREFIX + jid)
+        return await redis.get("arq:retry:" + jid) == b"1" and await _gone(
+            redis, ARQ_IN_PROGRESS_PREFIX + jid
+        )
+
+    server_s, server_us = await redis.time()
+    started_ms = server_s * 1000 + server_us // 1000
+    async with serving(settings, registry):  # its first read of the queue finds the job
+        await wait_for(delivered_and_ended, timeout=5, message="the delivery ended")
+    score = await redis.zscore(KEYS.queue("default"), jid)
+    leases = await redis.zrange(KEYS.leases, 0, -1, withscores=True)
+    assert await inbox_reports(redis, KEYS) == []
+    if not last:
+        assert score is not None and score >= started_ms + 1000  # a second later
+        assert leases == []
+        return
+    assert score is None
+    [(member, expiry)] = leases
+    lease = parse_inbox(member, 1 << 20)
+    assert isinstance(lease, LeaseExpired) and expiry == 0
+    assert (lease.run_id, lease.node_id, lease.visit, lease.attempt) == ("run1", "notify", 1, 1)
 
 
 async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
@@ -832,6 +835,22 @@ async def _first_job_warms_the_cache(redis: Any, graph: Graph) -> None:
     await wait_for(lambda: _drained(redis), message="worker idle after the first job")
 
 
+async def _wake_for_notify(redis: Any, graph: Graph) -> str:
+    """Queue ``notify`` and wake the worker for it, naming its graph (so that a worker with
+    the graph cached plans the claim); the job's id."""
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+    await redis.rpush(KEYS.wake("default"), wake_token(jid, graph.id, graph.version))
+    return jid
+
+
+async def _audit_then_notify(redis: Any) -> tuple[Graph, HandlerRegistry]:
+    """``_notify_ok`` with ``audit`` queued too, for ``_first_job_warms_the_cache``."""
+    graph, registry = await _notify_ok(redis)
+    await prepared(redis, graph, nodes={"audit": queued()})
+    registry.register("agent", lambda ctx: "audited")
+    return graph, registry
+
+
 async def _notify_ok(redis: Any) -> tuple[Graph, HandlerRegistry]:
     """A run whose ``notify`` is queued, and a registry whose ``notify`` just succeeds."""
     graph = triage_graph()
@@ -867,12 +886,10 @@ async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_sc
     registry.register("agent", lambda ctx: "audited")
     registry.register("notify", lambda ctx: ctx.config)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    wake = KEYS.wake("default")
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         await redis.config_resetstat()
-        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        await _wake_for_notify(redis, graph)
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
         scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
     # the claim and the finish; without a plan, a third one reads the predecessors
@@ -886,16 +903,12 @@ async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_the
 ) -> None:
     """SCRIPT FLUSH (or a restart without persistence of scripts) between two jobs: the
     claim and the finish scripts are loaded again and the second job completes."""
-    graph, registry = await _notify_ok(redis)
-    await prepared(redis, graph, nodes={"audit": queued()})
-    registry.register("agent", lambda ctx: "audited")
+    graph, registry = await _audit_then_notify(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    wake = KEYS.wake("default")
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         await redis.script_flush()
-        second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        second = await _wake_for_notify(redis, graph)
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
         await wait_for(lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), message="job done")
     assert [r.status for r in reports] == ["completed", "completed"]
@@ -980,17 +993,19 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
     assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
 
 
-@pytest.mark.parametrize("aborted", [False, True], ids=["queued", "aborted"])
+@pytest.mark.parametrize("case", ["queued", "aborted", "taken-over"])
 async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
-    redis: Any, redis_url: str, aborted: bool
+    redis: Any, redis_url: str, case: str
 ) -> None:
     """The claim script has run (the job is in progress, its try counted) but its reply has
     not reached the worker when the stop cancels the worker's loop: close() waits for the
     reply and puts the job back on its queue with its try uncounted, so the next worker runs
     it at once instead of after arq's in-progress timeout. A job aborted meanwhile (the
-    claim took it off the abort set) ends instead, as it would have had it started."""
+    claim took it off the abort set) ends instead, as it would have had it started. A job
+    whose claim lapsed and was taken over by another worker meanwhile is left alone."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    # job_lease_s: the claim's in-progress key must outlast the test's slowest step
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30, job_lease_s=60)
     [worker] = build_workers(settings, registry)
     assert isinstance(worker, WakingWorker)
     claimed, reply = asyncio.Event(), asyncio.Event()
@@ -1007,7 +1022,7 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     try:
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        if aborted:
+        if case == "aborted":
             await redis.zadd(ARQ_ABORT_KEY, {jid: int(time.time() * 1000)})
         await redis.rpush(KEYS.wake("default"), jid)
         await wait_for(claimed.is_set, timeout=5, message="claimed")
@@ -1015,14 +1030,21 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
         assert await redis.get("arq:retry:" + jid) == b"1"
         closing = asyncio.create_task(worker.close())
         await wait_for(running.done, timeout=5, message="the worker's loop cancelled")
+        if case == "taken-over":
+            await redis.set(ARQ_IN_PROGRESS_PREFIX + jid, "another worker's claim")
+            await redis.incr("arq:retry:" + jid)
         reply.set()
         await asyncio.wait_for(closing, timeout=10)
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
     assert await inbox_reports(redis, KEYS) == []
-    if aborted:
+    if case == "taken-over":
+        assert await redis.get(ARQ_IN_PROGRESS_PREFIX + jid) == b"another worker's claim"
+        assert await redis.get("arq:retry:" + jid) == b"2"
+        return
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+    if case == "aborted":
         assert not await redis.exists(ARQ_JOB_KEY_PREFIX + jid, "arq:retry:" + jid)
         assert await redis.zscore(KEYS.queue("default"), jid) is None
         return
@@ -1059,7 +1081,7 @@ async def test_a_job_whose_task_never_ran_is_handed_back_when_the_worker_stops(
     and still runs to its end (health check deleted, pool closed); the job is left to its
     in-progress key's expiry."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30, job_lease_s=60)
     [worker] = build_workers(settings, registry)
     assert isinstance(worker, WakingWorker)
     worker.loop = _CancelsJobsUnstarted(worker.loop)  # type: ignore[assignment]
@@ -1091,16 +1113,13 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
 ) -> None:
     """The claim wrote the lease, then the job turned out to be aborted before its start:
     the lease goes with the job, so the dispatcher never sees it lapse."""
-    graph, registry = await _notify_ok(redis)
-    await prepared(redis, graph, nodes={"audit": queued()})
-    registry.register("agent", lambda ctx: "audited")
+    graph, registry = await _audit_then_notify(redis)
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    wake = KEYS.wake("default")
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.zadd(ARQ_ABORT_KEY, {second: int(time.time() * 1000)})
-        await redis.rpush(wake, wake_token(second, graph.id, graph.version))
+        await redis.rpush(KEYS.wake("default"), wake_token(second, graph.id, graph.version))
         await wait_for(
             lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), timeout=5, message="job dropped"
         )
@@ -1121,17 +1140,18 @@ async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batc
       the way of polls, which read the oldest jobs first.
     * The third job runs."""
     graph, registry = await _notify_ok(redis)
-    bad_ids = []
-    for run_id in ("broken", "garbled"):
-        bad = job_for(graph, "notify", run_id=run_id)
-        bad_ids.append(job_id(bad.run_id, "notify", 1, 1))
-        await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_ids[-1], 86_400_000, encode_arq_job(bad, 0))
-        await redis.zadd(KEYS.queue("default"), {bad_ids[-1]: 0})
-    await redis.set(KEYS.run("broken").nodes, "not a hash")
-    await redis.set("arq:retry:" + bad_ids[1], "garbage")
     settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
+        bad_ids = []  # queued once the worker waits for wake-ups: its first poll is done
+        for run_id in ("broken", "garbled"):
+            bad = job_for(graph, "notify", run_id=run_id)
+            bad_ids.append(job_id(bad.run_id, "notify", 1, 1))
+            job = encode_arq_job(bad, 0)
+            await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_ids[-1], 86_400_000, job)
+            await redis.zadd(KEYS.queue("default"), {bad_ids[-1]: 0})
+        await redis.set(KEYS.run("broken").nodes, "not a hash")
+        await redis.set("arq:retry:" + bad_ids[1], "garbage")
         good_id = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(KEYS.wake("default"), *bad_ids, good_id)
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
@@ -1168,7 +1188,7 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
     assert plan is None
     assert keys[5:] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
-    assert args[2:] == ["notify", "", ""]
+    assert args[3:] == ["notify", "", ""]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
