@@ -29,7 +29,7 @@ from graph_core.events import NodeReported
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Edge, Graph, Node
 from tests.support.graphs import busy_graph
-from tests.support.inbox import drop_stamp, push, read
+from tests.support.inbox import completed_report, drop_stamp, push, read
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -54,20 +54,6 @@ def _submit(run_id: str, n: int) -> bytes:
     return encode_inbox(SubmitRequest(graph_id="busy", run_id=run_id, input={"n": n}))
 
 
-def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> bytes:
-    output = {"node": node_id, "visit": visit}
-    return encode_inbox(
-        NodeReported(
-            run_id=run_id,
-            node_id=node_id,
-            visit=visit,
-            attempt=attempt,
-            status="completed",
-            output=output,
-        )
-    )
-
-
 async def _work_off_queue(
     redis: aioredis.Redis, d: Dispatcher, reported: set[tuple[str, str]]
 ) -> list[bytes]:
@@ -79,7 +65,7 @@ async def _work_off_queue(
         job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
         p = parse_job_payload(job["a"][0])
         if (p.run_id, p.node_id) not in reported:
-            reports.append(_report(p.run_id, p.node_id, p.visit, p.attempt))
+            reports.append(completed_report(p.run_id, p.node_id, p.visit, p.attempt))
     await redis.delete(queue)
     return reports
 
@@ -93,7 +79,7 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, one_by_one: bool) -> None
     for i in range(6):
         first.append(_submit(f"r{i}", 150 if i % 2 else 5))
         if (f"r{i}", "split") in early:
-            first.append(_report(f"r{i}", "split"))
+            first.append(completed_report(f"r{i}", "split"))
     await push(redis, d, first)
     for _ in range(20):
         entries = await read(redis, d)
@@ -148,7 +134,7 @@ async def test_one_load_and_one_apply_per_round(
     _spy(monkeypatch, d, "load_many", lambda wanted: calls["load"].append(len(wanted)))
     _spy(monkeypatch, d, "apply_many", lambda batch: calls["apply"].append(len(batch)))
     await push(redis, d, [_submit(f"s{i}", 1) for i in range(10)])
-    await push(redis, d, [_report("s0", "split"), _report("s1", "split")])
+    await push(redis, d, [completed_report("s0", "split"), completed_report("s1", "split")])
     await d._handle_batch(await read(redis, d))
     # Round 1: ten submits; round 2: the reports of s0 and s1, after their submits.
     assert calls == {"load": [10, 2], "apply": [10, 2]}
@@ -184,7 +170,7 @@ async def test_a_conflict_inside_a_batch_is_handled_again_alone(
 
     _spy_after(monkeypatch, d, "load_many", move_c1)
     alone = _count_calls(monkeypatch, d.processor, "process")
-    await push(redis, d, [_report("c1", "split"), _report("c2", "split")])
+    await push(redis, d, [completed_report("c1", "split"), completed_report("c2", "split")])
     await d._handle_batch(await read(redis, d))
 
     assert alone == ["c1"]  # only the run that moved went the one-by-one way
@@ -207,9 +193,9 @@ async def test_poison_in_the_middle_of_a_batch_is_dead_lettered_the_rest_applied
         b"not json",
         b'{"kind":"submit","graph_id":"busy","run_id":"bad id!"}',
         b'{"kind":"submit","graph_id":"no-such-graph","run_id":"p9"}',
-        _report("wrongtype", "split"),
-        _report("p1", "split"),
-        _report("ghost", "split"),  # an unknown run: ignored, not poison
+        completed_report("wrongtype", "split"),
+        completed_report("p1", "split"),
+        completed_report("ghost", "split"),  # an unknown run: ignored, not poison
         _submit("p2", 1),
     ]
     await push(redis, d, messages)
@@ -253,7 +239,7 @@ async def test_a_flushed_script_cache_is_reloaded_within_the_batch(
     await push(redis, d, [_submit("n1", 1)])
     await d._handle_batch(await read(redis, d))
     await redis.script_flush()
-    await push(redis, d, [_report("n1", "split"), _submit("n2", 1)])
+    await push(redis, d, [completed_report("n1", "split"), _submit("n2", 1)])
     await d._handle_batch(await read(redis, d))
     assert (await d.store.node_records("n1"))["split"].status.value == "completed"
     assert await d.store.get_run("n2") is not None
@@ -433,7 +419,7 @@ async def test_an_entry_that_breaks_a_stage_of_the_batch_fails_alone(
     else:
         await push(redis, d, [_submit(r, 1) for r in runs])
         await d._handle_batch(await read(redis, d))
-        batch = [_report(r, "split") for r in runs]
+        batch = [completed_report(r, "split") for r in runs]
     _break_stage(monkeypatch, d, stage)
     await push(redis, d, batch)
     entries = await read(redis, d)
@@ -492,7 +478,7 @@ async def test_a_poison_entry_in_a_batch_is_dead_lettered_and_the_dispatcher_kee
         _break_stage(monkeypatch, d, "widen")
         pipe = redis.pipeline(transaction=True)  # one XREADGROUP sees all three: one batch
         for r in runs:
-            pipe.xadd(d.keys.inbox, {"m": _report(r, "split")})
+            pipe.xadd(d.keys.inbox, {"m": completed_report(r, "split")})
         await pipe.execute()
 
         async def bad_failed() -> bool:

@@ -21,11 +21,11 @@ from dispatcher.runcache import RunCache
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core import clock
-from graph_core.events import CancelRequested, NodeReported
+from graph_core.events import CancelRequested
 from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
 from graph_core.model import Graph, Node
 from tests.support.graphs import busy_graph
-from tests.support.inbox import drop_stamp, push, read
+from tests.support.inbox import completed_report, drop_stamp, push, read
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +63,6 @@ def _submit(graph_id: str, run_id: str, n: int = 5) -> bytes:
     return encode_inbox(SubmitRequest(graph_id=graph_id, run_id=run_id, input={"n": n}))
 
 
-def _report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> bytes:
-    return encode_inbox(
-        NodeReported(
-            run_id=run_id,
-            node_id=node_id,
-            visit=visit,
-            attempt=attempt,
-            status="completed",
-            output={"node": node_id, "visit": visit},
-        )
-    )
-
-
 async def _handle(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
     """Push ``messages`` and have ``d`` handle them, one entry at a time (light load)."""
     await push(redis, d, messages)
@@ -90,7 +77,7 @@ async def _queued_reports(redis: aioredis.Redis, d: Dispatcher) -> list[bytes]:
     for jid in await redis.zrange(queue, 0, -1):
         job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
         p = parse_job_payload(job["a"][0])
-        reports.append(_report(p.run_id, p.node_id, p.visit, p.attempt))
+        reports.append(completed_report(p.run_id, p.node_id, p.visit, p.attempt))
     await redis.delete(queue)
     return reports
 
@@ -175,7 +162,7 @@ async def _round_trips_per_report(redis: aioredis.Redis, run_cache: int) -> list
     await _handle(redis, d, _submit("chain", "rt"))
     trips = []
     for i in range(CHAIN):
-        await push(redis, d, [_report("rt", f"n{i}")])
+        await push(redis, d, [completed_report("rt", f"n{i}")])
         [entry] = await read(redis, d)
         with _counting_sends() as sent:
             await d._handle_batch([entry])
@@ -199,7 +186,7 @@ async def test_a_run_moved_by_a_direct_write_conflicts_and_is_reloaded(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis)
-    await _handle(redis, d, _submit("chain", "w"), _report("w", "n0"))
+    await _handle(redis, d, _submit("chain", "w"), completed_report("w", "n0"))
     assert "w" in d.processor.cache
     rk = d.keys.run("w")
     # Someone else's write (as apply.lua makes them): the cached state is stale.
@@ -208,7 +195,7 @@ async def test_a_run_moved_by_a_direct_write_conflicts_and_is_reloaded(
     rev = run["rev"]
     await redis.hset(rk.meta, mapping={"run": orjson.dumps(run), "rev": rev})
 
-    await _handle(redis, d, _report("w", "n1"))
+    await _handle(redis, d, completed_report("w", "n1"))
 
     assert d.processor.cache.conflicts == 1
     assert int(await redis.hget(rk.meta, "rev")) == rev + 1  # applied once, after a reload
@@ -226,13 +213,15 @@ async def test_a_run_moved_by_a_direct_write_conflicts_and_is_reloaded(
 async def test_a_run_moved_by_another_dispatcher_is_reloaded(redis: aioredis.Redis) -> None:
     d1 = await _dispatcher(redis, consumer="d1")
     d2 = await _dispatcher(redis, consumer="d2")
-    await _handle(redis, d1, _submit("chain", "m"), _report("m", "n0"))
-    await _handle(redis, d2, _report("m", "n1"))  # d1's cached state no longer is the run's
+    await _handle(redis, d1, _submit("chain", "m"), completed_report("m", "n0"))
+    await _handle(
+        redis, d2, completed_report("m", "n1")
+    )  # d1's cached state no longer is the run's
     # By d1's stale state, n2 was never queued: its report would be ignored as stale. An
     # ignore is never taken from the cache: d1 loads the run and applies the report.
-    await _handle(redis, d1, _report("m", "n2"), _report("m", "n3"))
+    await _handle(redis, d1, completed_report("m", "n2"), completed_report("m", "n3"))
     for i in range(4, CHAIN):
-        await _handle(redis, d1, _report("m", f"n{i}"))
+        await _handle(redis, d1, completed_report("m", f"n{i}"))
 
     run = await d1.store.get_run("m")
     assert run is not None and run.status.value == "completed"
@@ -247,13 +236,13 @@ async def test_a_deleted_run_is_not_resurrected_by_its_cached_state(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis)
-    await _handle(redis, d, _submit("chain", "gone"), _report("gone", "n0"))
+    await _handle(redis, d, _submit("chain", "gone"), completed_report("gone", "n0"))
     assert "gone" in d.processor.cache
     rk = d.keys.run("gone")
     await redis.delete(*rk.all())  # retention expired the run's keys, or it was pruned
     await redis.delete(d.keys.queue("default"))
 
-    await _handle(redis, d, _report("gone", "n1"))
+    await _handle(redis, d, completed_report("gone", "n1"))
 
     # apply.lua reads the missing revision as -1: the cached apply conflicts, the reload
     # finds no run, and the report is ignored. Nothing of the run is written again.
@@ -270,7 +259,7 @@ async def test_the_cache_keeps_at_most_its_size_most_recent_runs(
     d = await _dispatcher(redis, run_cache=3)
     await _handle(redis, d, *[_submit("chain", f"s{i}") for i in range(8)])
     assert [f"s{i}" in d.processor.cache for i in range(8)] == [False] * 5 + [True] * 3
-    await _handle(redis, d, _report("s0", "n0"))  # loaded again, cached as most recent
+    await _handle(redis, d, completed_report("s0", "n0"))  # loaded again, cached as most recent
     assert [f"s{i}" in d.processor.cache for i in (0, 5, 6, 7)] == [True, False, True, True]
     assert len(d.processor.cache) == 3
 
@@ -286,7 +275,7 @@ async def test_the_cache_keeps_at_most_its_records(redis: aioredis.Redis) -> Non
 
 async def test_without_the_cache_nothing_is_kept(redis: aioredis.Redis) -> None:
     d = await _dispatcher(redis, run_cache=0)
-    await _handle(redis, d, _submit("chain", "z"), _report("z", "n0"))
+    await _handle(redis, d, _submit("chain", "z"), completed_report("z", "n0"))
     assert len(d.processor.cache) == 0 and d.processor.cache.records == 0
 
 
@@ -317,7 +306,7 @@ async def test_a_run_rewritten_at_the_cached_revision_after_lost_writes_conflict
     d2 = await _dispatcher(redis, consumer="d2")
     await _handle(redis, d1, _submit("chain", "lost"))
     before = await _dump_run(redis, d1, "lost")  # at revision R-1
-    await _handle(redis, d1, _report("lost", "n0"))  # R: n0 completed, n1 queued; cached
+    await _handle(redis, d1, completed_report("lost", "n0"))  # R: n0 completed, n1 queued; cached
     rk = d1.keys.run("lost")
     rev = int(await redis.hget(rk.meta, "rev"))
     assert "lost" in d1.processor.cache
@@ -330,7 +319,7 @@ async def test_a_run_rewritten_at_the_cached_revision_after_lost_writes_conflict
     # By d1's cached state (R, n1 queued) the report completes n1 and queues n2. Only the
     # stamp tells the two states at R apart: the cached apply conflicts, the reload finds
     # the run cancelled, and the report is ignored.
-    await _handle(redis, d1, _report("lost", "n1"))
+    await _handle(redis, d1, completed_report("lost", "n1"))
 
     assert d1.processor.cache.conflicts == 1
     assert "lost" not in d1.processor.cache
@@ -348,14 +337,14 @@ async def test_a_cached_state_never_matches_a_run_without_a_stamp(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis)
-    await _handle(redis, d, _submit("chain", "bare"), _report("bare", "n0"))
+    await _handle(redis, d, _submit("chain", "bare"), completed_report("bare", "n0"))
     rk = d.keys.run("bare")
     rev = int(await redis.hget(rk.meta, "rev"))
     # The same revision, written by something that sets no stamp (restored from a backup of
     # an older version, say): a missing stamp is "cannot use the cache", never a match.
     await redis.hdel(rk.meta, "stamp")
 
-    await _handle(redis, d, _report("bare", "n1"))
+    await _handle(redis, d, completed_report("bare", "n1"))
 
     assert d.processor.cache.conflicts == 1
     assert int(await redis.hget(rk.meta, "rev")) == rev + 1  # applied once, after a reload
@@ -363,13 +352,13 @@ async def test_a_cached_state_never_matches_a_run_without_a_stamp(
     nodes = await d.store.node_records("bare")
     assert nodes["n1"].status.value == "completed" and nodes["n2"].status.value == "queued"
     assert "bare" in d.processor.cache  # cached again, with the stamp it wrote
-    await _handle(redis, d, _report("bare", "n2"))
+    await _handle(redis, d, completed_report("bare", "n2"))
     assert d.processor.cache.conflicts == 1  # and used: no second conflict
 
 
 async def test_losing_redis_in_any_loop_clears_the_cache(redis: aioredis.Redis) -> None:
     d = await _dispatcher(redis)
-    await _handle(redis, d, _submit("chain", "c"), _report("c", "n0"))
+    await _handle(redis, d, _submit("chain", "c"), completed_report("c", "n0"))
     assert "c" in d.processor.cache
     stop = asyncio.Event()
 

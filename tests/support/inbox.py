@@ -6,7 +6,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from graph_core.events import NodeReported
+from graph_core.messages import encode_inbox
+
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def completed_report(run_id: str, node_id: str, visit: int = 1, attempt: int = 1) -> bytes:
+    """The inbox message of a worker reporting ``node_id`` completed, its output naming it."""
+    return encode_inbox(
+        NodeReported(
+            run_id=run_id,
+            node_id=node_id,
+            visit=visit,
+            attempt=attempt,
+            status="completed",
+            output={"node": node_id, "visit": visit},
+        )
+    )
 
 
 async def push(redis: Any, dispatcher: Any, messages: Iterable[bytes]) -> None:
