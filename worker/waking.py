@@ -63,17 +63,23 @@ _Wanted = tuple[str, tuple[str, int] | None]  # a job id, and its graph if the w
 
 logger = logging.getLogger("relaygraph.worker")
 
+# The server's clock in ms: the clock of every queue score (apply.lua writes them with it).
+_SERVER_MS_LUA = """
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
 # Claim a job: only if nobody runs it, it is still queued and it is due; then read it, count
 # the try (arq's retry key), take it off the abort set, read the fence's records and, for a
 # job planned before the claim (``ClaimPlan``), write its lease and read what it will read.
 _CLAIM = (
     LATEST_LUA
+    + _SERVER_MS_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-local time = redis.call('TIME')  -- the clock the score was written with (apply.lua)
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-if not score or tonumber(score) > now then return false end
+if not score or tonumber(score) > server_ms() then return false end
 -- Reads first, touching every key written below (a key of the wrong type fails here): once
 -- a write has been made, nothing can fail, so a failed claim has written nothing.
 local job = redis.call('GET', KEYS[3])
@@ -106,7 +112,9 @@ return out
 # stays queued for another delivery, ARGV[3] ms from now by the server's clock if given),
 # or 'unclaimed' (it never started: queued again, its try not counted), which does nothing
 # unless this worker's claim (ARGV[5]) still holds the job.
-_FINISH = """
+_FINISH = (
+    _SERVER_MS_LUA
+    + """
 if ARGV[2] == 'unclaimed' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
 local removed = 6 + tonumber(ARGV[6])
@@ -123,19 +131,20 @@ if ARGV[2] == 'unclaimed' then
   local tries = tonumber(redis.call('GET', KEYS[2]) or '')
   if tries and tries > 0 then redis.call('DECR', KEYS[2]) end
 elseif ARGV[3] ~= '' then
-  local t = redis.call('TIME')
-  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
-  redis.call('ZADD', KEYS[5], 'XX', at, ARGV[1])
+  redis.call('ZADD', KEYS[5], 'XX', server_ms() + tonumber(ARGV[3]), ARGV[1])
 end
 return 1
 """
+)
 # Move jobs (ARGV[2..]) still in the queue (KEYS[1]) to ARGV[1] ms from now, server clock.
-_DEFER = """
-local t = redis.call('TIME')
-local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+_DEFER = (
+    _SERVER_MS_LUA
+    + """
+local at = server_ms() + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', at, ARGV[i]) end
 return 1
 """
+)
 _FINISH_SHA: Final = hashlib.sha1(_FINISH.encode()).hexdigest()  # the id Redis gives it
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3

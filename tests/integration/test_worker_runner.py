@@ -969,8 +969,7 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
 
     worker._finish = slow_finish  # type: ignore[method-assign]
     worker.on_shutdown = on_shutdown
-    running = asyncio.create_task(worker.async_run())
-    try:
+    async with _running(worker):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(KEYS.wake("default"), jid)
@@ -982,9 +981,6 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
         assert not ended, "close() did not wait for the job's finish"
         go_on.set()
         await asyncio.wait_for(closing, timeout=10)
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
     assert steps == ["finished", "shutdown"]
     assert events == ["cancelled"]
     assert worker._pool is None  # close() ran to its end
@@ -1018,8 +1014,7 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
         return claims
 
     worker._claim_all = slow_reply  # type: ignore[method-assign]
-    running = asyncio.create_task(worker.async_run())
-    try:
+    async with _running(worker) as running:
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         if case == "aborted":
@@ -1035,9 +1030,6 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
             await redis.incr("arq:retry:" + jid)
         reply.set()
         await asyncio.wait_for(closing, timeout=10)
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
     assert await inbox_reports(redis, KEYS) == []
     if case == "taken-over":
         assert await redis.get(ARQ_IN_PROGRESS_PREFIX + jid) == b"another worker's claim"
@@ -1053,6 +1045,18 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     async with serving(settings, registry):  # its first read of the queue finds the job
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
+
+
+@contextlib.asynccontextmanager
+async def _running(worker: WakingWorker) -> AsyncIterator[asyncio.Task[None]]:
+    """The worker's loop, run for the block (by ``async_run``, as a test drives it) and
+    cancelled after it."""
+    running = asyncio.create_task(worker.async_run())
+    try:
+        yield running
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
 
 class _CancelsJobsUnstarted:
@@ -1091,17 +1095,13 @@ async def test_a_job_whose_task_never_ran_is_handed_back_when_the_worker_stops(
             raise ResponseError("ERR the finish failed")
 
         worker._finish = broken  # type: ignore[method-assign]
-    running = asyncio.create_task(worker.async_run())
-    try:
+    async with _running(worker):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         await redis.rpush(KEYS.wake("default"), jid)
         await wait_for(lambda: worker._unstarted, timeout=5, message="claimed, never started")
         assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
         await asyncio.wait_for(worker.close(), timeout=10)
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
     assert worker._pool is None
     assert not await redis.exists(KEYS.queue("default") + ":health-check")
     assert await redis.zscore(KEYS.queue("default"), jid) is not None
