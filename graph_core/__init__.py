@@ -33,7 +33,7 @@ from graph_core.sources import DictSource
 from graph_core.state import NodeRecord, RunRecord, StateView, Transition
 from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
 from graph_core.templates import render
-from graph_core.validation import PROBLEM_CODES, validate_graph
+from graph_core.validation import PROBLEM_CODES, validate, validate_graph
 
 __all__ = [
     "PROBLEM_CODES",
@@ -76,5 +76,6 @@ __all__ = [
     "run_local",
     "to_dot",
     "to_mermaid",
+    "validate",
     "validate_graph",
 ]

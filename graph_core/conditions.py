@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 
 from graph_core.errors import ConditionError, PathError
 from graph_core.paths import MISSING, DataSource, parse_path, resolve
@@ -43,33 +44,62 @@ class Condition(BaseModel):
 
     @model_validator(mode="after")
     def _check_shape(self) -> Condition:
+        # Errors carry a problem code and the field they are about (``at``), which graph
+        # validation uses for its report; ``from_dict`` only shows the message.
         if self.type == "field":
             if self.path is None or self.op is None:
-                raise ValueError("a 'field' condition needs 'path' and 'op'")
+                missing = [f for f in ("path", "op") if getattr(self, f) is None]
+                raise _invalid(
+                    "missing_field",
+                    missing[0],
+                    f"a 'field' condition needs 'path' and 'op'; {_names(missing)} missing",
+                )
             try:
                 parse_path(self.path)
             except PathError as e:
-                raise ValueError(str(e)) from e
+                raise _invalid("bad_path", "path", str(e)) from e
             if self.conditions:
-                raise ValueError("a 'field' condition takes no 'conditions'")
+                raise _invalid(
+                    "bad_condition",
+                    "conditions",
+                    f"a 'field' condition takes no 'conditions' (got {len(self.conditions)})",
+                )
             if self.value_path is not None:
                 try:
                     parse_path(self.value_path)
                 except PathError as e:
-                    raise ValueError(f"value_path: {e}") from e
+                    raise _invalid("bad_path", "value_path", f"value_path: {e}") from e
             if (
                 self.op in ("in", "not_in")
                 and self.value_path is None
                 and not isinstance(self.value, list | str)
             ):
-                raise ValueError(f"op {self.op!r} needs a list (or string) 'value'")
+                raise _invalid(
+                    "bad_condition",
+                    "value",
+                    f"op {self.op!r} needs a list (or string) 'value', got {self.value!r}",
+                )
         else:
             if self.path is not None or self.op is not None or self.value_path is not None:
-                raise ValueError(f"a {self.type!r} condition takes no 'path'/'op'/'value_path'")
+                extra = [f for f in ("path", "op", "value_path") if getattr(self, f) is not None]
+                raise _invalid(
+                    "bad_condition",
+                    extra[0],
+                    f"a {self.type!r} condition takes no 'path'/'op'/'value_path' "
+                    f"(found {_names(extra)}); only 'field' conditions have them",
+                )
             if self.type == "not" and len(self.conditions) != 1:
-                raise ValueError("a 'not' condition takes exactly one condition")
+                raise _invalid(
+                    "bad_condition",
+                    "conditions",
+                    f"a 'not' condition takes exactly one condition, got {len(self.conditions)}",
+                )
             if self.type == "otherwise" and self.conditions:
-                raise ValueError("an 'otherwise' condition takes no 'conditions'")
+                raise _invalid(
+                    "bad_condition",
+                    "conditions",
+                    f"an 'otherwise' condition takes no 'conditions' (got {len(self.conditions)})",
+                )
         return self
 
     # --- builders -------------------------------------------------------------------
@@ -167,6 +197,15 @@ class Condition(BaseModel):
             yield self.value_path
         for c in self.conditions:
             yield from c.paths()
+
+
+def _invalid(code: str, at: str, message: str) -> PydanticCustomError:
+    """A validation error with a problem ``code``, about the condition's field ``at``."""
+    return PydanticCustomError(code, message, {"at": at})
+
+
+def _names(fields: list[str]) -> str:
+    return " and ".join(repr(f) for f in fields) + (" are" if len(fields) > 1 else " is")
 
 
 class PathRef:

@@ -21,25 +21,39 @@ class RelaygraphError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a graph. ``where`` names the node, edge or field."""
+    """One thing wrong with a graph, as data.
+
+    ``code`` is a stable snake_case name (``graph_core.validation.PROBLEM_CODES`` lists them),
+    ``path`` says where (``nodes[3].retry.max_attempts``, ``edges[2].condition.op``, or
+    ``graph`` / a top-level field for whole-graph problems) and ``message`` says, in plain
+    words, what was found and what is allowed.
+    """
 
     code: str
-    where: str
+    path: str
     message: str
 
+    @property
+    def where(self) -> str:
+        """The old name of ``path``, kept so that older callers keep working."""
+        return self.path
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "path": self.path, "message": self.message}
+
     def __str__(self) -> str:
-        return f"{self.where}: {self.message} [{self.code}]"
+        return f"{self.path}: {self.message} [{self.code}]"
 
 
 class GraphValidationError(RelaygraphError):
-    """A graph is malformed. Carries *every* problem found, not just the first."""
+    """A graph is malformed. ``problems`` lists *every* problem found, not just the first."""
 
     def __init__(self, problems: list[Problem], graph_id: str | None = None) -> None:
         self.problems = list(problems)
         self.graph_id = graph_id
         head = f"graph {graph_id!r} is invalid" if graph_id else "graph is invalid"
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{head} ({len(self.problems)} problem(s)):\n{lines}")
+        lines = "".join(f"\n  {p}" for p in self.problems)
+        super().__init__(f"{head} ({len(self.problems)} problem(s)):{lines}")
 
     @property
     def codes(self) -> list[str]:

@@ -2,13 +2,16 @@
 
 Graphs are plain JSON data (a superset of roomkit-graph 0.4's ``Graph.to_dict()``). The models
 are pydantic v2; ``Graph.from_dict`` turns every structural and semantic problem into one
-``GraphValidationError`` listing them all.
+``GraphValidationError`` listing them all: when the one-pass pydantic parse fails, the graph is
+parsed again node by node and edge by edge (``graph_core.parsing``) and pydantic's errors are put in
+plain words, each naming its path, the value found and what is allowed.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -20,12 +23,14 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from graph_core.conditions import Condition
 from graph_core.errors import GraphValidationError, Problem
 
 __all__ = [
     "CONTROL_TYPES",
+    "JOIN_RULE",
     "Edge",
     "Graph",
     "JoinSpec",
@@ -40,6 +45,7 @@ CONTROL_TYPES = frozenset({"start", "end", "parallel", "human"})
 
 _NODE_ID = re.compile(r"^[^.\s{}|]+$")
 JoinSpec = Literal["all", "any"] | int
+JOIN_RULE = "join must be 'all', 'any' or a whole number >= 1"
 
 
 class RetryPolicy(BaseModel):
@@ -104,9 +110,10 @@ class Node(BaseModel):
     @classmethod
     def _check_id(cls, v: str) -> str:
         if not _NODE_ID.match(v) or v == "input":
-            raise ValueError(
-                f"node id {v!r} must be non-empty, must not be 'input' and must not contain "
-                "dots, spaces, braces or '|'"
+            raise PydanticCustomError(
+                "bad_node_id",
+                f"node id {v!r} is not allowed: an id must be non-empty, must not be 'input' "
+                "and must not contain dots, spaces, braces or '|'",
             )
         return v
 
@@ -114,14 +121,16 @@ class Node(BaseModel):
     @classmethod
     def _check_type(cls, v: str) -> str:
         if not v or not v.strip():
-            raise ValueError("node type must be a non-empty string")
+            raise PydanticCustomError(
+                "bad_value", f"type must be a non-empty string such as 'agent', got {v!r}"
+            )
         return v
 
     @field_validator("join")
     @classmethod
     def _check_join(cls, v: JoinSpec) -> JoinSpec:
         if isinstance(v, int) and v < 1:
-            raise ValueError("a numeric join must be >= 1")
+            raise PydanticCustomError("bad_join", f"{JOIN_RULE}, got {v!r}")
         return v
 
     @property
@@ -288,17 +297,31 @@ class Graph(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Any, *, validate: bool = True) -> Graph:
-        """Load a graph dict; raise ``GraphValidationError`` listing every problem."""
+        """Load a graph dict; raise ``GraphValidationError`` listing every problem.
+
+        The problems are the ones ``graph_core.validation.validate`` returns: parse problems
+        (each node and edge is checked on its own) and, with ``validate``, semantic ones too.
+        """
         if not isinstance(data, dict):
-            raise GraphValidationError(
-                [Problem("not_an_object", "graph", f"expected a JSON object, got {_kind(data)}")]
-            )
+            if not isinstance(data, Mapping):
+                message = f"a graph must be an object, got {_kind(data)}"
+                raise GraphValidationError([Problem("not_an_object", "graph", message)])
+            data = dict(data)
         try:
+            # The fast path: loading a valid graph (worker and dispatcher caches do it often)
+            # costs one pydantic pass; only a graph that fails it is parsed item by item.
             graph = cls.model_validate(data)
         except ValidationError as e:
-            raise GraphValidationError(
-                _problems_from_pydantic(e, data), graph_id=_str_or_none(data.get("id"))
-            ) from e
+            from graph_core.parsing import parse_graph, translate_errors
+
+            report = parse_graph(data)
+            # (Item by item finds what the whole pass did; the fallback is only a safety net.)
+            problems = report.problems or translate_errors(e.errors(), Graph, "", "")
+            if validate and report.graph is not None:
+                from graph_core.validation import validate_report
+
+                problems = problems + validate_report(report)
+            raise GraphValidationError(problems, graph_id=_str_or_none(data.get("id"))) from e
         if validate:
             from graph_core.validation import validate_graph
 
@@ -309,6 +332,7 @@ class Graph(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str | bytes, *, validate: bool = True) -> Graph:
+        """Load a graph from JSON text; raise ``GraphValidationError`` listing every problem."""
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -335,37 +359,3 @@ def _kind(v: Any) -> str:
 
 def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) else None
-
-
-def _where(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
-    """Turn a pydantic location into a readable one naming the node or edge."""
-    parts: list[str] = []
-    i = 0
-    while i < len(loc):
-        key = loc[i]
-        if key in ("nodes", "edges") and i + 1 < len(loc) and isinstance(loc[i + 1], int):
-            idx = loc[i + 1]
-            items = data.get(key)
-            item = items[idx] if isinstance(items, list) and idx < len(items) else None
-            if key == "nodes" and isinstance(item, dict) and isinstance(item.get("id"), str):
-                parts.append(f"node {item['id']!r}")
-            elif key == "edges" and isinstance(item, dict):
-                parts.append(f"edge[{idx}] {item.get('source')!s}->{item.get('target')!s}")
-            else:
-                parts.append(f"{key}[{idx}]")
-            i += 2
-            continue
-        parts.append(str(key))
-        i += 1
-    return ".".join(parts) if parts else "graph"
-
-
-def _problems_from_pydantic(e: ValidationError, data: dict[str, Any]) -> list[Problem]:
-    problems = []
-    for err in e.errors():
-        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}" if loc else msg
-        problems.append(Problem(err["type"], _where(loc, data), msg))
-    return problems

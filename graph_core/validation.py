@@ -1,9 +1,10 @@
-"""Semantic validation of a parsed graph: every problem at once, each with a stable code.
+"""Graph validation: every problem at once, each a ``Problem`` with a stable code and a path.
 
-``validate_graph`` runs after pydantic has checked the shape of each node and edge. It looks at
-the graph as a whole (ids, edges, reachability, joins, loops, parallel children, conditions) and
-returns a list of ``Problem``; an empty list means the graph is valid. It never raises, whatever
-the graph: duplicate ids and dangling edges are reported, not tripped over.
+``validate`` is the front door: give it a ``Graph``, a graph dict or JSON text and it returns
+every problem (``[]`` when the graph is valid) without raising. Parse problems come from
+``graph_core.model`` (each node and edge is parsed on its own); the semantic checks here look
+at the graph as a whole (ids, edges, reachability, joins, loops, parallel children,
+conditions) and run on whatever parsed, so one malformed node does not hide the rest.
 
 Differences from roomkit-graph 0.4's ``Graph.validate()`` (which checks only start/end, edge
 references and reachability):
@@ -19,21 +20,26 @@ references and reachability):
 from __future__ import annotations
 
 import difflib
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from graph_core.conditions import Condition
-from graph_core.errors import PathError, Problem
+from graph_core.errors import GraphValidationError, PathError, Problem
 from graph_core.model import Edge, Graph, Node
+from graph_core.parsing import ParseReport
 from graph_core.paths import parse_path
 from graph_core.topology import Topology, topology
 
-__all__ = ["PROBLEM_CODES", "validate_graph"]
+__all__ = ["PROBLEM_CODES", "validate", "validate_graph", "validate_report"]
 
-#: Every code ``validate_graph`` can report (stable: tools and tests match on them).
+#: Every code ``validate`` can report (stable: tools and tests match on them).
 # fmt: off
 PROBLEM_CODES: frozenset[str] = frozenset({
+    # parsing: the JSON, and the fields of the graph, its nodes, edges and conditions
+    "bad_json", "not_an_object", "missing_field", "unknown_field", "bad_type", "bad_value",
+    "bad_node_id", "unknown_op", "unknown_condition_type", "bad_condition",
+    # the graph as a whole
     "duplicate_node", "dangling_edge", "missing_start", "multiple_starts", "missing_end",
     "no_end_reachable", "edge_into_start", "edge_out_of_end", "unreachable_node",
     "start_has_parent", "end_has_parent", "end_fan_out",
@@ -45,13 +51,43 @@ PROBLEM_CODES: frozenset[str] = frozenset({
 # fmt: on
 
 
+def validate(source: Graph | Mapping[str, Any] | str | bytes) -> list[Problem]:
+    """Every problem with a graph, parse and semantic alike; ``[]`` when it is valid.
+
+    ``source`` is a ``Graph``, a graph dict, or JSON text. Never raises for a bad graph: the
+    problems are the same list ``Graph.from_dict`` / ``from_json`` raise in
+    ``GraphValidationError``.
+    """
+    if isinstance(source, Graph):
+        return validate_graph(source)
+    try:
+        if isinstance(source, str | bytes):
+            Graph.from_json(source)
+        else:
+            Graph.from_dict(source)
+    except GraphValidationError as e:
+        return e.problems
+    return []
+
+
 def validate_graph(graph: Graph) -> list[Problem]:
-    """Every problem with ``graph``, in a stable order; ``[]`` when it is valid.
+    """Every semantic problem with a parsed ``graph``, in a stable order; ``[]`` when valid.
 
     Never raises: a malformed graph (duplicate ids, dangling edges, bad parents) is what this
     function exists to describe.
     """
-    ctx = _Context.build(graph)
+    return _run(_Context.build(graph))
+
+
+def validate_report(report: ParseReport) -> list[Problem]:
+    """The semantic problems of what parsed in ``report`` (``graph_core.parsing.parse_graph``),
+    leaving out those that only follow from a parse problem already reported."""
+    if report.graph is None:
+        return []
+    return _run(_Context.build(report.graph, report))
+
+
+def _run(ctx: _Context) -> list[Problem]:
     problems: list[Problem] = []
     for check in _CHECKS:
         problems.extend(check(ctx))
@@ -66,18 +102,52 @@ class _Context:
     graph: Graph
     topo: Topology
     by_id: dict[str, Node]  # first node with each id
+    pos_of: dict[str, int]  # that node's index in the input's nodes
     start: str | None  # the start node's id when there is exactly one
+    # Input positions and what failed to parse (nothing, for a graph that parsed whole).
+    parsed: ParseReport
+    # The readable ends (None: unknown) of edges that may be missing from the graph: the
+    # dropped ones and, when nodes were dropped, those whose other end is one of them.
+    loose: tuple[tuple[str | None, str | None], ...]
 
     @classmethod
-    def build(cls, graph: Graph) -> _Context:
+    def build(cls, graph: Graph, report: ParseReport | None = None) -> _Context:
+        if report is None:
+            everything = tuple(range(len(graph.nodes))), tuple(range(len(graph.edges)))
+            report = ParseReport([], graph, *everything)
         by_id: dict[str, Node] = {}
-        for n in graph.nodes:
-            by_id.setdefault(n.id, n)
+        pos_of: dict[str, int] = {}
+        for pos, n in zip(report.node_pos, graph.nodes, strict=True):
+            if n.id not in by_id:
+                by_id[n.id] = n
+                pos_of[n.id] = pos
         starts = {n.id for n in graph.nodes if n.type == "start"}
         start = next(iter(starts)) if len(starts) == 1 else None
         # topology() only follows edges whose ends both exist and tolerates duplicate ids
         # (they share one adjacency list), so it is safe on any graph that reaches here.
-        return cls(graph, topology(graph), by_id, start)
+        loose = report.lost_edges
+        if report.lost_nodes:  # an edge to a node whose id did not parse dangles
+            loose += tuple(
+                (e.source if e.source in by_id else None, e.target if e.target in by_id else None)
+                for e in graph.edges
+                if e.source not in by_id or e.target not in by_id
+            )
+        return cls(graph, topology(graph), by_id, pos_of, start, report, loose)
+
+    def nodes(self) -> Iterator[tuple[int, Node]]:
+        """``(input index, node)`` for every node, in definition order."""
+        return zip(self.parsed.node_pos, self.graph.nodes, strict=True)
+
+    def edges(self) -> Iterator[tuple[int, Edge]]:
+        """``(input index, edge)`` for every edge, in definition order."""
+        return zip(self.parsed.edge_pos, self.graph.edges, strict=True)
+
+    def node_path(self, node_id: str, field: str | None = None) -> str:
+        return f"nodes[{self.pos_of[node_id]}]" + (f".{field}" if field else "")
+
+    def edge_name(self, index: int, edge: Edge) -> str:
+        """``edges[3] a->b`` for the topology's edge ``index``."""
+        return f"edges[{self.parsed.edge_pos[index]}] {edge.label}"
 
     def children(self, node_id: str) -> list[str]:
         """Distinct ids of the nodes whose ``parent`` is ``node_id``, in definition order."""
@@ -87,13 +157,25 @@ class _Context:
         node = self.by_id.get(node_id)
         return node is not None and node.parent is not None
 
+    def is_broken(self, node_id: str, field: str) -> bool:
+        """Whether ``node_id``'s ``field`` failed to parse (its value is a stand-in)."""
+        return field in self.parsed.broken.get(node_id, ())
 
-def _node(node_id: str, field: str | None = None) -> str:
-    return f"node {node_id!r}" + (f".{field}" if field else "")
+    # What the loose edges could have been: checks that a missing edge could make fail skip
+    # the nodes it might touch instead of reporting a problem that is not there.
 
+    def inputs_unknown(self, node_id: str) -> bool:
+        """Some dropped edge may lead into ``node_id``."""
+        return any(t is None or t == node_id for _, t in self.loose)
 
-def _edge(index: int, edge: Edge) -> str:
-    return f"edge[{index}] {edge.label}"
+    def outputs_unknown(self, node_id: str) -> bool:
+        """Some dropped edge may leave ``node_id``."""
+        return any(s is None or s == node_id for s, _ in self.loose)
+
+    def children_unknown(self) -> bool:
+        """A dropped node, or one whose parent did not parse, may be some node's child."""
+        broken = self.parsed.broken.values()
+        return self.parsed.lost_nodes > 0 or any("parent" in b for b in broken)
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -101,86 +183,116 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _quoted(ids: Iterable[str]) -> str:
-    return ", ".join(repr(i) for i in ids)
+def _a(word: str) -> str:
+    return "an" if word[:1].lower() in tuple("aeiou") else "a"
+
+
+def _quoted(ids: Iterable[str], limit: int = 8) -> str:
+    shown = list(ids)
+    text = ", ".join(repr(i) for i in shown[:limit])
+    return text + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
+
+
+def _no_such_node(name: str, ctx: _Context) -> str:
+    """The end of a message about a missing node: a suggestion, or the ids there are."""
+    if not ctx.by_id:
+        return " (the graph has no nodes)"
+    return _suggest(name, ctx.by_id) or f" (nodes: {_quoted(ctx.by_id)})"
 
 
 # --- nodes and edges -------------------------------------------------------------------------
 
 
 def _check_ids(ctx: _Context) -> Iterator[Problem]:
-    counts = Counter(n.id for n in ctx.graph.nodes)
-    for node_id, count in counts.items():
-        if count > 1:
+    for pos, n in ctx.nodes():
+        first = ctx.pos_of[n.id]
+        if pos != first:
             yield Problem(
                 "duplicate_node",
-                _node(node_id),
-                f"{count} nodes share the id {node_id!r}; node ids must be unique",
+                f"nodes[{pos}].id",
+                f"node id {n.id!r} is already used by nodes[{first}]; node ids must be unique",
             )
 
 
 def _check_edge_ends(ctx: _Context) -> Iterator[Problem]:
-    for i, e in enumerate(ctx.graph.edges):
-        missing = [x for x in (e.source, e.target) if x not in ctx.by_id]
-        if missing:
-            hints = "; ".join(
-                f"no node {m!r}{_suggest(m, ctx.by_id)}" for m in dict.fromkeys(missing)
-            )
-            yield Problem("dangling_edge", _edge(i, e), f"edge refers to a missing node: {hints}")
+    for i, e in ctx.edges():
+        where = f"edges[{i}]"
+        for end, node_id in (("source", e.source), ("target", e.target)):
+            if node_id not in ctx.by_id:
+                yield Problem(
+                    "dangling_edge",
+                    f"{where}.{end}",
+                    f"edge {e.label}: {end} {node_id!r} is not a node{_no_such_node(node_id, ctx)}",
+                )
         src, tgt = ctx.by_id.get(e.source), ctx.by_id.get(e.target)
         if tgt is not None and tgt.type == "start":
             yield Problem(
                 "edge_into_start",
-                _edge(i, e),
-                f"start node {e.target!r} cannot have incoming edges",
+                f"{where}.target",
+                f"edge {e.label}: target {e.target!r} is the start node, which cannot have "
+                "incoming edges",
             )
         if src is not None and src.type == "end":
             yield Problem(
-                "edge_out_of_end", _edge(i, e), f"end node {e.source!r} cannot have outgoing edges"
+                "edge_out_of_end",
+                f"{where}.source",
+                f"edge {e.label}: source {e.source!r} is an end node, which cannot have "
+                "outgoing edges",
             )
-        children = [x for x in dict.fromkeys((e.source, e.target)) if ctx.is_child(x)]
-        for c in children:
-            parent = ctx.by_id[c].parent
+        for end, node_id in (("source", e.source), ("target", e.target)):
+            if not ctx.is_child(node_id) or (end == "target" and node_id == e.source):
+                continue  # a self-loop on a child is one problem, not two
             yield Problem(
                 "child_has_edges",
-                _edge(i, e),
-                f"node {c!r} is a child of {parent!r}: children run inside their parent "
-                "and cannot have edges (connect the parent instead)",
+                f"{where}.{end}",
+                f"edge {e.label}: node {node_id!r} is a child of "
+                f"{ctx.by_id[node_id].parent!r}: children run inside their parent and cannot "
+                "have edges (connect the parent instead)",
             )
 
 
 def _check_start_end(ctx: _Context) -> Iterator[Problem]:
-    starts = list(dict.fromkeys(n.id for n in ctx.graph.nodes if n.type == "start"))
-    if not starts:
-        yield Problem("missing_start", "graph", "the graph has no node of type 'start'")
-    for extra in starts[1:]:
+    unknown = ctx.parsed.lost_types  # a node that did not parse may have been the start or end
+    starts = [(pos, n.id) for pos, n in ctx.nodes() if n.type == "start"]
+    if not starts and unknown.isdisjoint({"start", "*"}):
         yield Problem(
-            "multiple_starts",
-            _node(extra),
-            f"the graph already has start node {starts[0]!r}; exactly one start is allowed",
+            "missing_start", "graph", "no node has type 'start'; a graph needs exactly one"
         )
-    if not any(n.type == "end" for n in ctx.graph.nodes):
-        yield Problem("missing_end", "graph", "the graph has no node of type 'end'")
-    for n in ctx.graph.nodes:
-        if n.type == "start" and n.parent is not None:
+    seen = {starts[0][1]} if starts else set()
+    for pos, node_id in starts[1:]:
+        if node_id not in seen:  # (a duplicate id is reported as such)
+            seen.add(node_id)
             yield Problem(
-                "start_has_parent", _node(n.id, "parent"), "a start node cannot be a child"
+                "multiple_starts",
+                f"nodes[{pos}].type",
+                f"node {node_id!r} is a second start node (the first is {starts[0][1]!r}); "
+                "a graph has exactly one",
             )
-        if n.type == "end" and n.parent is not None:
-            yield Problem("end_has_parent", _node(n.id, "parent"), "an end node cannot be a child")
+    if not any(n.type == "end" for n in ctx.graph.nodes) and unknown.isdisjoint({"end", "*"}):
+        yield Problem("missing_end", "graph", "no node has type 'end'; a graph needs at least one")
+    for pos, n in ctx.nodes():
+        if n.type in ("start", "end") and n.parent is not None:
+            yield Problem(
+                f"{n.type}_has_parent",
+                f"nodes[{pos}].parent",
+                f"{n.type} node {n.id!r} has parent {n.parent!r}, but a {n.type} node cannot "
+                "be a child",
+            )
         if n.type == "end" and n.fan_out:
             yield Problem(
-                "end_fan_out", _node(n.id, "fan_out"), "an end node has no edges to fan out to"
+                "end_fan_out",
+                f"nodes[{pos}].fan_out",
+                f"end node {n.id!r} has fan_out true, but an end node has no edges to fan out to",
             )
 
 
 # --- reachability ----------------------------------------------------------------------------
 
 
-def _reachable(ctx: _Context, start: str) -> set[str]:
-    """Nodes reachable from ``start`` along edges; a parent's children come with it."""
-    seen = {start}
-    todo = [start]
+def _reachable(ctx: _Context, starts: Iterable[str]) -> set[str]:
+    """Nodes reachable from ``starts`` along edges; a parent's children come with it."""
+    seen = set(starts)
+    todo = list(seen)
     while todo:
         nid = todo.pop()
         nexts = [r.edge.target for r in ctx.topo.out_edges.get(nid, ())] + ctx.children(nid)
@@ -194,21 +306,26 @@ def _reachable(ctx: _Context, start: str) -> set[str]:
 def _check_reachability(ctx: _Context) -> Iterator[Problem]:
     if ctx.start is None:
         return  # missing_start / multiple_starts already say why nothing can be reached
-    seen = _reachable(ctx, ctx.start)
+    if any(t is None for _, t in ctx.loose):
+        return  # an edge whose target did not parse may be the way to any node
+    # A dropped edge into a node may have been the way to it: count such nodes as reached.
+    seen = _reachable(ctx, [ctx.start, *(t for _, t in ctx.loose if t in ctx.by_id)])
     for node_id, node in ctx.by_id.items():
         # A child is reachable exactly when its parent is: report the parent (or bad_parent).
-        if node_id not in seen and node.parent is None:
+        if node_id not in seen and node.parent is None and not ctx.is_broken(node_id, "parent"):
             yield Problem(
                 "unreachable_node",
-                _node(node_id),
-                f"no path leads from start {ctx.start!r} to this node",
+                ctx.node_path(node_id),
+                f"node {node_id!r} cannot be reached: no path leads to it from start node "
+                f"{ctx.start!r}",
             )
     ends = [n for n in ctx.by_id.values() if n.type == "end"]
     if ends and not any(n.id in seen and n.parent is None for n in ends):
         yield Problem(
             "no_end_reachable",
-            _node(ctx.start),
-            f"no end node ({_quoted(n.id for n in ends)}) can be reached from this start node",
+            ctx.node_path(ctx.start),
+            f"no end node ({_quoted(n.id for n in ends)}) can be reached from start node "
+            f"{ctx.start!r}",
         )
 
 
@@ -216,105 +333,126 @@ def _check_reachability(ctx: _Context) -> Iterator[Problem]:
 
 
 def _check_parents(ctx: _Context) -> Iterator[Problem]:
-    for n in ctx.graph.nodes:
+    for pos, n in ctx.nodes():
         if n.parent is None:
             continue
+        where = f"nodes[{pos}].parent"
         parent = ctx.by_id.get(n.parent)
         if n.parent == n.id:
-            yield Problem("bad_parent", _node(n.id, "parent"), "a node cannot be its own parent")
+            yield Problem(
+                "bad_parent",
+                where,
+                f"node {n.id!r} is its own parent; a parent must be another, 'parallel' node",
+            )
         elif parent is None:
             yield Problem(
                 "bad_parent",
-                _node(n.id, "parent"),
-                f"parent {n.parent!r} is not a node{_suggest(n.parent, ctx.by_id)}",
+                where,
+                f"node {n.id!r}: parent {n.parent!r} is not a node{_no_such_node(n.parent, ctx)}",
             )
-        elif parent.type != "parallel":
+        elif parent.type != "parallel" and not ctx.is_broken(parent.id, "type"):
             yield Problem(
                 "bad_parent",
-                _node(n.id, "parent"),
-                f"parent {n.parent!r} is a {parent.type!r} node; only 'parallel' nodes have "
-                "children",
+                where,
+                f"node {n.id!r}: parent {n.parent!r} is {_a(parent.type)} {parent.type!r} "
+                "node; only 'parallel' nodes have children",
             )
         if n.type == "parallel" and parent is not None and parent.type == "parallel":
             yield Problem(
                 "nested_parallel",
-                _node(n.id),
-                f"parallel node inside parallel {n.parent!r}: nested parallel nodes are not "
-                "supported",
+                where,
+                f"parallel node {n.id!r} is inside parallel {n.parent!r}: nested parallel "
+                "nodes are not supported",
             )
 
 
 def _check_parallel_nodes(ctx: _Context) -> Iterator[Problem]:
-    for n in ctx.graph.nodes:
+    # A node that did not parse may be one of a parallel node's children: then its number
+    # of children is unknown, and only the join's own value can be checked.
+    unknown = ctx.children_unknown()
+    for pos, n in ctx.nodes():
         if n.type != "parallel":
             continue
         children = ctx.children(n.id)
-        if not children:
+        if not children and not unknown:
             yield Problem(
                 "empty_parallel",
-                _node(n.id),
-                f'parallel node has no children (set "parent": {n.id!r} on the nodes it runs)',
+                f"nodes[{pos}]",
+                f'parallel node {n.id!r} has no children (set "parent": {n.id!r} on the '
+                "nodes it runs)",
             )
-        yield from _check_children_join(n, len(children))
+        yield from _check_children_join(n, pos, None if unknown else len(children))
 
 
-def _check_children_join(node: Node, n_children: int) -> Iterator[Problem]:
+def _check_children_join(node: Node, pos: int, n_children: int | None) -> Iterator[Problem]:
     join = node.config.get("join", "all")
-    where = _node(node.id, "config.join")
-    if isinstance(join, bool) or not (join in ("all", "any") or isinstance(join, int)):
+    where = f"nodes[{pos}].config.join"
+    if (
+        isinstance(join, bool)
+        or not (join in ("all", "any") or isinstance(join, int))
+        or (isinstance(join, int) and join < 1)
+    ):
         yield Problem(
-            "bad_join", where, f'join must be "all", "any" or a number >= 1, got {join!r}'
+            "bad_join",
+            where,
+            f"parallel node {node.id!r}: config.join must be 'all', 'any' or a whole number "
+            f">= 1, got {join!r}",
         )
-    elif isinstance(join, int) and join < 1:
-        yield Problem("bad_join", where, f"a numeric join must be >= 1, got {join}")
-    elif isinstance(join, int) and 0 < n_children < join:
+    elif isinstance(join, int) and n_children and n_children < join:
         yield Problem(
             "unsatisfiable_join",
             where,
-            f"join waits for {join} children but the node has only {n_children}",
+            f"parallel node {node.id!r}: config.join waits for {join} children but the node "
+            f"has only {n_children}",
         )
 
 
 # --- routing ---------------------------------------------------------------------------------
 
 
-def _contains_otherwise(cond: Condition) -> bool:
-    return any(c.is_otherwise or _contains_otherwise(c) for c in cond.conditions)
+def _walk(cond: Condition, path: str) -> Iterator[tuple[str, Condition]]:
+    """``(path, condition)`` for ``cond`` and every condition nested in it."""
+    yield path, cond
+    for k, sub in enumerate(cond.conditions):
+        yield from _walk(sub, f"{path}.conditions[{k}]")
 
 
 def _check_conditions(ctx: _Context) -> Iterator[Problem]:
-    for i, e in enumerate(ctx.graph.edges):
+    for i, e in ctx.edges():
         if e.condition is None:
             continue
-        if _contains_otherwise(e.condition):
-            yield Problem(
-                "nested_otherwise",
-                _edge(i, e),
-                "'otherwise' only makes sense as an edge's whole condition, not inside all/any/not",
-            )
-        for path in dict.fromkeys(e.condition.paths()):
-            yield from _check_path(ctx, path, _edge(i, e))
+        for where, c in _walk(e.condition, f"edges[{i}].condition"):
+            if c.is_otherwise and c is not e.condition:
+                yield Problem(
+                    "nested_otherwise",
+                    where,
+                    f"edge {e.label}: 'otherwise' is only allowed as an edge's whole condition, "
+                    "not inside all/any/not",
+                )
+            for name, path in (("path", c.path), ("value_path", c.value_path)):
+                if path is not None:
+                    yield from _check_path(ctx, path, f"{where}.{name}", e)
 
 
-def _check_path(ctx: _Context, path: str, where: str) -> Iterator[Problem]:
+def _check_path(ctx: _Context, path: str, where: str, edge: Edge) -> Iterator[Problem]:
     try:
         parsed = parse_path(path)
     except PathError as err:  # the model parses paths, but a graph can be built around it
-        yield Problem("bad_path", where, str(err))
+        yield Problem("bad_path", where, f"edge {edge.label}: {err}")
         return
     node_id = parsed.node_id
     if node_id is not None and node_id not in ctx.by_id:
         yield Problem(
             "unknown_path_node",
             where,
-            f"condition reads {path!r} but there is no node {node_id!r}"
-            f"{_suggest(node_id, ctx.by_id)}",
+            f"edge {edge.label}: condition reads {path!r} but there is no node {node_id!r}"
+            f"{_no_such_node(node_id, ctx)}",
         )
 
 
 def _check_routing(ctx: _Context) -> Iterator[Problem]:
     for node_id, node in ctx.by_id.items():
-        if node.fan_out:
+        if node.fan_out or ctx.is_broken(node_id, "fan_out"):
             continue  # every matching edge fires: several catch-alls all fire, none is dead
         refs = ctx.topo.out_edges.get(node_id, [])
         plain = [r for r in refs if r.edge.condition is None]
@@ -324,25 +462,27 @@ def _check_routing(ctx: _Context) -> Iterator[Problem]:
         for r in plain[1:]:
             yield Problem(
                 "ambiguous_unconditional",
-                _edge(r.index, r.edge),
-                f"node {node_id!r} already has an unconditional edge "
-                f"({_edge(plain[0].index, plain[0].edge)}); without fan_out only one can fire "
-                "(add conditions, or set fan_out to fire them all)",
+                f"edges[{ctx.parsed.edge_pos[r.index]}]",
+                f"edge {r.edge.label}: node {node_id!r} already has an unconditional edge "
+                f"({ctx.edge_name(plain[0].index, plain[0].edge)}); without fan_out only one "
+                "can fire (add conditions, or set fan_out to fire them all)",
             )
         if len(otherwise) > 1:
             yield Problem(
                 "multiple_otherwise",
-                _node(node_id),
-                f"{len(otherwise)} 'otherwise' edges "
-                f"({', '.join(_edge(r.index, r.edge) for r in otherwise)}); only one can fire",
+                ctx.node_path(node_id),
+                f"node {node_id!r} has {len(otherwise)} 'otherwise' edges "
+                f"({', '.join(ctx.edge_name(r.index, r.edge) for r in otherwise)}); only one "
+                "can fire",
             )
         if plain and otherwise:
             yield Problem(
                 "ambiguous_default",
-                _node(node_id),
-                f"both an unconditional edge ({_edge(plain[0].index, plain[0].edge)}) and an "
-                f"'otherwise' edge ({_edge(otherwise[0].index, otherwise[0].edge)}) are "
-                "catch-alls; only one can fire",
+                ctx.node_path(node_id),
+                f"node {node_id!r} has both an unconditional edge "
+                f"({ctx.edge_name(plain[0].index, plain[0].edge)}) and an 'otherwise' edge "
+                f"({ctx.edge_name(otherwise[0].index, otherwise[0].edge)}); both are "
+                "catch-alls and only one can fire",
             )
 
 
@@ -353,13 +493,15 @@ def _check_joins(ctx: _Context) -> Iterator[Problem]:
     for node_id, node in ctx.by_id.items():
         if not isinstance(node.join, int) or node.type == "start" or node.parent is not None:
             continue  # a start has no inputs to join and a child has no edges
+        if ctx.inputs_unknown(node_id):
+            continue  # an edge that did not parse may be one of its inputs
         inputs = len(ctx.topo.join_inputs.get(node_id, ()))
         if node.join > inputs:
             yield Problem(
                 "unsatisfiable_join",
-                _node(node_id, "join"),
-                f"join waits for {node.join} incoming branches but the node has only {inputs} "
-                "(edges that close a loop do not count)",
+                ctx.node_path(node_id, "join"),
+                f"node {node_id!r}: join waits for {node.join} incoming branches but the node "
+                f"has only {inputs} (edges that close a loop do not count)",
             )
 
 
@@ -374,9 +516,11 @@ def _check_loops(ctx: _Context) -> Iterator[Problem]:
             continue
         if any(ctx.by_id[m].max_visits is not None for m in ids):
             continue  # the run fails cleanly once a node's visits run out
+        if any(ctx.outputs_unknown(m) or ctx.is_broken(m, "max_visits") for m in ids):
+            continue  # the way out, or the limit, may be what did not parse
         yield Problem(
             "infinite_loop",
-            _node(ids[0]),
+            ctx.node_path(ids[0]),
             f"loop through {_quoted(ids)} has no edge leaving it and no max_visits: "
             "once entered it never ends (add an exit edge or set max_visits)",
         )
@@ -387,18 +531,20 @@ def _check_waits(ctx: _Context) -> Iterator[Problem]:
         wait = node.wait
         if wait is None:
             continue
+        where = ctx.node_path(node_id, "wait.escalate_to")
         target = wait.escalate_to
         if wait.on_timeout == "escalate" and target is None:
             yield Problem(
                 "bad_escalation",
-                _node(node_id, "wait.escalate_to"),
-                "on_timeout is 'escalate' but escalate_to names no node",
+                where,
+                f"node {node_id!r}: on_timeout is 'escalate' but escalate_to names no node",
             )
         elif target is not None and target not in ctx.by_id:
             yield Problem(
                 "bad_escalation",
-                _node(node_id, "wait.escalate_to"),
-                f"escalate_to {target!r} is not a node{_suggest(target, ctx.by_id)}",
+                where,
+                f"node {node_id!r}: escalate_to {target!r} is not a node"
+                f"{_no_such_node(target, ctx)}",
             )
 
 

@@ -399,37 +399,37 @@ def test_roomkit_node_type_strings_are_free_form() -> None:
         ([BUG_TRIAGE], "not_an_object", "graph"),
         (None, "not_an_object", "graph"),
         ("bug-triage", "not_an_object", "graph"),
-        ({"nodes": []}, "missing", "id"),
-        ({"id": ""}, "string_too_short", "id"),
-        ({"id": "g", "nodes": "start,end"}, "list_type", "nodes"),
-        ({"id": "g", "edges": {"a": "b"}}, "list_type", "edges"),
-        ({"id": "g", "nodes": [{"id": "a"}]}, "missing", "node 'a'.type"),
-        ({"id": "g", "nodes": [{"type": "agent"}]}, "missing", "nodes[0].id"),
-        ({"id": "g", "nodes": [42]}, "model_type", "nodes[0]"),
-        ({"id": "g", "nodes": [{"id": "a.b", "type": "x"}]}, "value_error", "node 'a.b'.id"),
-        ({"id": "g", "nodes": [{"id": "input", "type": "x"}]}, "value_error", "node 'input'.id"),
-        ({"id": "g", "nodes": [{"id": "a", "type": " "}]}, "value_error", "node 'a'.type"),
+        ({"nodes": []}, "missing_field", "id"),
+        ({"id": ""}, "bad_value", "id"),
+        ({"id": "g", "nodes": "start,end"}, "bad_type", "nodes"),
+        ({"id": "g", "edges": {"a": "b"}}, "bad_type", "edges"),
+        ({"id": "g", "nodes": [{"id": "a"}]}, "missing_field", "nodes[0].type"),
+        ({"id": "g", "nodes": [{"type": "agent"}]}, "missing_field", "nodes[0].id"),
+        ({"id": "g", "nodes": [42]}, "bad_type", "nodes[0]"),
+        ({"id": "g", "nodes": [{"id": "a.b", "type": "x"}]}, "bad_node_id", "nodes[0].id"),
+        ({"id": "g", "nodes": [{"id": "input", "type": "x"}]}, "bad_node_id", "nodes[0].id"),
+        ({"id": "g", "nodes": [{"id": "a", "type": " "}]}, "bad_value", "nodes[0].type"),
         (
             {"id": "g", "nodes": [{"id": "a", "type": "x", "colour": "red"}]},
-            "extra_forbidden",
-            "node 'a'.colour",
+            "unknown_field",
+            "nodes[0].colour",
         ),
         (
             {"id": "g", "nodes": [{"id": "a", "type": "x", "join": 0}]},
-            "value_error",
-            "node 'a'.join",
+            "bad_join",
+            "nodes[0].join",
         ),
         (
             {"id": "g", "nodes": [{"id": "a", "type": "x", "retry": {"max_attempts": 0}}]},
-            "greater_than_equal",
-            "node 'a'.retry.max_attempts",
+            "bad_value",
+            "nodes[0].retry.max_attempts",
         ),
         (
             {"id": "g", "nodes": [{"id": "a", "type": "x", "timeout_s": -1}]},
-            "greater_than",
-            "node 'a'.timeout_s",
+            "bad_value",
+            "nodes[0].timeout_s",
         ),
-        ({"id": "g", "edges": [{"source": "a"}]}, "missing", "edge[0] a->None.target"),
+        ({"id": "g", "edges": [{"source": "a"}]}, "missing_field", "edges[0].target"),
         (
             {
                 "id": "g",
@@ -446,8 +446,8 @@ def test_roomkit_node_type_strings_are_free_form() -> None:
                     }
                 ],
             },
-            "literal_error",
-            "edge[0] a->b.condition.op",
+            "unknown_op",
+            "edges[0].condition.op",
         ),
         (
             {
@@ -460,12 +460,12 @@ def test_roomkit_node_type_strings_are_free_form() -> None:
                     }
                 ],
             },
-            "value_error",
-            "edge[0] a->b.condition",
+            "bad_path",
+            "edges[0].condition.path",
         ),
-        ({"id": "g", "colour": "red"}, "extra_forbidden", "colour"),
-        ({"id": "g", "version": 0}, "greater_than_equal", "version"),
-        ({"id": "g", "trigger": "webhook"}, "model_type", "trigger"),
+        ({"id": "g", "colour": "red"}, "unknown_field", "colour"),
+        ({"id": "g", "version": 0}, "bad_value", "version"),
+        ({"id": "g", "trigger": "webhook"}, "bad_type", "trigger"),
     ],
 )
 def test_malformed_input_names_the_problem(data: Any, code: str, where: str) -> None:
@@ -498,20 +498,42 @@ def test_every_problem_is_listed_at_once() -> None:
         Graph.from_dict(data, validate=False)
     err = info.value
     assert err.graph_id == "g"
-    wheres = [p.where for p in err.problems]
-    assert wheres == [
-        "node 'a.b'.id",
-        "node 'c'.type",
-        "node 'd'.size",
-        "edge[0] c->d.condition.op",
+    paths = [p.path for p in err.problems]
+    assert paths == [
+        "nodes[0].id",
+        "nodes[1].type",
+        "nodes[2].size",
+        "edges[0].condition.op",
         "colour",
     ]
+    assert [p.where for p in err.problems] == paths  # the old name still works
     message = str(err)
     assert message.startswith("graph 'g' is invalid (5 problem(s)):")
     assert "unknown field 'colour'" in message
     assert "unknown field 'size'" in message
     assert "must not contain dots" in message
     assert "Value error" not in message
+
+
+def test_parse_problems_do_not_hide_semantic_ones() -> None:
+    data = copy.deepcopy(BUG_TRIAGE)
+    data["nodes"][1]["retry"]["backoff"] = "linear"
+    data["edges"][3]["target"] = "ned"
+    with pytest.raises(GraphValidationError) as info:
+        Graph.from_dict(data, validate=False)
+    assert [(p.code, p.path) for p in info.value.problems] == [
+        ("bad_value", "nodes[1].retry.backoff")
+    ]
+    if not VALIDATE:
+        return
+    with pytest.raises(GraphValidationError) as info:
+        Graph.from_dict(data)
+    assert [(p.code, p.path) for p in info.value.problems] == [
+        ("bad_value", "nodes[1].retry.backoff"),
+        ("dangling_edge", "edges[3].target"),
+    ]
+    assert "'linear'" in info.value.problems[0].message
+    assert "did you mean 'end'" in info.value.problems[1].message
 
 
 def test_bad_json_is_a_validation_error() -> None:

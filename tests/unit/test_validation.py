@@ -204,14 +204,15 @@ def test_duplicate_node() -> None:
         [START, node("a"), node("a", "agent"), END], [edge("start", "a"), edge("a", "end")]
     )
     assert codes(problems) == {"duplicate_node"}
-    assert the(problems, "duplicate_node").where == "node 'a'"
+    assert the(problems, "duplicate_node").path == "nodes[2].id"
 
 
 def test_dangling_edge_names_the_edge_and_suggests() -> None:
     nodes = [START, node("triage"), END]
     problems = check(nodes, [edge("start", "triage"), edge("tirage", "end"), edge("triage", "end")])
     p = the(problems, "dangling_edge")
-    assert p.where == "edge[1] tirage->end"
+    assert p.path == "edges[1].source"
+    assert "'tirage'" in p.message
     assert "did you mean 'triage'" in p.message
     assert codes(problems) == {"dangling_edge"}
 
@@ -219,13 +220,13 @@ def test_dangling_edge_names_the_edge_and_suggests() -> None:
 def test_missing_start() -> None:
     problems = check([node("a"), END], [edge("a", "end")])
     assert codes(problems) == {"missing_start"}
-    assert the(problems, "missing_start").where == "graph"
+    assert the(problems, "missing_start").path == "graph"
 
 
 def test_multiple_starts_names_the_extra_start() -> None:
     problems = check([START, node("s2", "start"), END], [edge("start", "end"), edge("s2", "end")])
     assert codes(problems) == {"multiple_starts"}
-    assert the(problems, "multiple_starts").where == "node 's2'"
+    assert the(problems, "multiple_starts").path == "nodes[1].type"
 
 
 def test_missing_end() -> None:
@@ -235,7 +236,7 @@ def test_missing_end() -> None:
 
 def test_no_end_reachable() -> None:
     problems = check([START, node("a"), node("b"), END], [edge("start", "a"), edge("b", "end")])
-    assert the(problems, "no_end_reachable").where == "node 'start'"
+    assert the(problems, "no_end_reachable").path == "nodes[0]"
     assert codes(problems) == {"no_end_reachable", "unreachable_node"}
 
 
@@ -249,14 +250,14 @@ def test_edge_into_start() -> None:
         ],
     )
     assert codes(problems) == {"edge_into_start"}
-    assert the(problems, "edge_into_start").where == "edge[1] a->start"
+    assert the(problems, "edge_into_start").path == "edges[1].target"
 
 
 def test_edge_out_of_end() -> None:
     problems = check(
         [START, node("a"), END], [edge("start", "a"), edge("a", "end"), edge("end", "a")]
     )
-    assert the(problems, "edge_out_of_end").where == "edge[2] end->a"
+    assert the(problems, "edge_out_of_end").path == "edges[2].source"
     assert "edge_out_of_end" in codes(problems)
 
 
@@ -265,7 +266,7 @@ def test_unreachable_node() -> None:
         [START, node("a"), node("orphan"), END], [edge("start", "a"), edge("a", "end")]
     )
     assert codes(problems) == {"unreachable_node"}
-    assert the(problems, "unreachable_node").where == "node 'orphan'"
+    assert the(problems, "unreachable_node").path == "nodes[2]"
 
 
 def test_children_are_reachable_through_their_parent() -> None:
@@ -277,7 +278,7 @@ def test_child_has_edges() -> None:
     problems = check(nodes, [edge("start", "p"), edge("p", "end"), edge("c1", "end")])
     assert codes(problems) == {"child_has_edges"}
     p = the(problems, "child_has_edges")
-    assert p.where == "edge[2] c1->end"
+    assert p.path == "edges[2].source"
     assert "'c1'" in p.message
 
 
@@ -290,14 +291,15 @@ def test_bad_parent(parent: str, why: str) -> None:
     problems = check(nodes, [edge("start", "a"), edge("a", "end")])
     assert codes(problems) == {"bad_parent"}
     p = the(problems, "bad_parent")
-    assert p.where == "node 'c'.parent"
+    assert p.path == "nodes[2].parent"
     assert why in p.message
+    assert repr(parent) in p.message
 
 
 def test_empty_parallel() -> None:
     problems = check([START, node("p", "parallel"), END], [edge("start", "p"), edge("p", "end")])
     assert codes(problems) == {"empty_parallel"}
-    assert the(problems, "empty_parallel").where == "node 'p'"
+    assert the(problems, "empty_parallel").path == "nodes[1]"
 
 
 def test_nested_parallel() -> None:
@@ -310,25 +312,25 @@ def test_nested_parallel() -> None:
     ]
     problems = check(nodes, [edge("start", "p"), edge("p", "end")])
     assert codes(problems) == {"nested_parallel"}
-    assert the(problems, "nested_parallel").where == "node 'inner'"
+    assert the(problems, "nested_parallel").path == "nodes[2].parent"
 
 
 def test_start_must_not_have_a_parent() -> None:
     nodes = [node("start", "start", parent="p"), node("p", "parallel"), node("c", parent="p"), END]
     problems = check(nodes, [edge("start", "end")])
-    assert the(problems, "start_has_parent").where == "node 'start'.parent"
+    assert the(problems, "start_has_parent").path == "nodes[0].parent"
 
 
 def test_end_must_not_have_a_parent() -> None:
     nodes = [START, node("p", "parallel"), node("end", "end", parent="p")]
     problems = check(nodes, [edge("start", "p")])
-    assert the(problems, "end_has_parent").where == "node 'end'.parent"
+    assert the(problems, "end_has_parent").path == "nodes[2].parent"
 
 
 def test_end_must_not_fan_out() -> None:
     problems = check([START, node("end", "end", fan_out=True)], [edge("start", "end")])
     assert codes(problems) == {"end_fan_out"}
-    assert the(problems, "end_fan_out").where == "node 'end'.fan_out"
+    assert the(problems, "end_fan_out").path == "nodes[1].fan_out"
 
 
 def test_human_nodes_need_no_config() -> None:
@@ -349,7 +351,7 @@ def test_unknown_path_node() -> None:
     problems = check(nodes, edges)
     assert codes(problems) == {"unknown_path_node"}
     p = the(problems, "unknown_path_node")
-    assert p.where == "edge[1] triage->x"
+    assert p.path == "edges[1].condition.path"
     assert "'tirage'" in p.message
     assert "did you mean 'triage'" in p.message
 
@@ -363,7 +365,10 @@ def test_unknown_path_node_inside_composites() -> None:
         [START, node("a"), END],
         [edge("start", "a"), edge("a", "end", cond), edge("a", "end", OTHERWISE)],
     )
-    assert the(problems, "unknown_path_node").where == "edge[1] a->end"
+    assert (
+        the(problems, "unknown_path_node").path
+        == "edges[1].condition.conditions[0].conditions[0].path"
+    )
 
 
 def test_bad_path_in_a_condition_built_around_the_model() -> None:
@@ -371,7 +376,7 @@ def test_bad_path_in_a_condition_built_around_the_model() -> None:
     graph = load([START, node("a"), END], [edge("start", "a"), edge("a", "end")])
     graph.edges[1] = graph.edges[1].model_copy(update={"condition": bad})
     problems = validate_graph(graph)
-    assert the(problems, "bad_path").where == "edge[1] a->end"
+    assert the(problems, "bad_path").path == "edges[1].condition.path"
 
 
 def test_nested_otherwise() -> None:
@@ -381,7 +386,7 @@ def test_nested_otherwise() -> None:
         [edge("start", "a"), edge("a", "b", cond), edge("a", "end"), edge("b", "end")],
     )
     assert codes(problems) == {"nested_otherwise"}
-    assert the(problems, "nested_otherwise").where == "edge[1] a->b"
+    assert the(problems, "nested_otherwise").path == "edges[1].condition.conditions[0]"
 
 
 def test_multiple_otherwise() -> None:
@@ -396,9 +401,9 @@ def test_multiple_otherwise() -> None:
     problems = check(nodes, edges)
     assert codes(problems) == {"multiple_otherwise"}
     p = the(problems, "multiple_otherwise")
-    assert p.where == "node 'a'"
-    assert "edge[1] a->b" in p.message
-    assert "edge[2] a->c" in p.message
+    assert p.path == "nodes[1]"
+    assert "edges[1] a->b" in p.message
+    assert "edges[2] a->c" in p.message
 
 
 def test_otherwise_on_a_fan_out_node_is_fine() -> None:
@@ -420,8 +425,8 @@ def test_ambiguous_unconditional_names_the_dead_edge() -> None:
     problems = check(nodes, edges)
     assert codes(problems) == {"ambiguous_unconditional"}
     p = the(problems, "ambiguous_unconditional")
-    assert p.where == "edge[2] a->c"
-    assert "edge[1] a->b" in p.message
+    assert p.path == "edges[2]"
+    assert "edges[1] a->b" in p.message
 
 
 def test_several_unconditional_edges_are_fine_with_fan_out() -> None:
@@ -455,7 +460,7 @@ def test_ambiguous_default() -> None:
     edges = [edge("start", "a"), edge("a", "b"), edge("a", "end", OTHERWISE), edge("b", "end")]
     problems = check(nodes, edges)
     assert codes(problems) == {"ambiguous_default"}
-    assert the(problems, "ambiguous_default").where == "node 'a'"
+    assert the(problems, "ambiguous_default").path == "nodes[1]"
 
 
 # --- joins, loops, waits -------------------------------------------------------------------------
@@ -467,7 +472,7 @@ def test_unsatisfiable_join() -> None:
     problems = check(nodes, edges)
     assert codes(problems) == {"unsatisfiable_join"}
     p = the(problems, "unsatisfiable_join")
-    assert p.where == "node 'j'.join"
+    assert p.path == "nodes[3].join"
     assert "only 2" in p.message
 
 
@@ -481,7 +486,7 @@ def test_join_inputs_do_not_count_back_edges() -> None:
     ]
     problems = check(nodes, edges)
     assert codes(problems) == {"unsatisfiable_join"}
-    assert the(problems, "unsatisfiable_join").where == "node 'a'.join"
+    assert the(problems, "unsatisfiable_join").path == "nodes[1].join"
 
 
 def test_unsatisfiable_children_join() -> None:
@@ -494,7 +499,7 @@ def test_unsatisfiable_children_join() -> None:
     ]
     problems = check(nodes, [edge("start", "p"), edge("p", "end")])
     assert codes(problems) == {"unsatisfiable_join"}
-    assert the(problems, "unsatisfiable_join").where == "node 'p'.config.join"
+    assert the(problems, "unsatisfiable_join").path == "nodes[1].config.join"
 
 
 @pytest.mark.parametrize("join", ["most", 0, -1, True, 1.5, None, [2]])
@@ -502,7 +507,8 @@ def test_bad_children_join(join: Any) -> None:
     nodes = [START, node("p", "parallel", config={"join": join}), node("c", parent="p"), END]
     problems = check(nodes, [edge("start", "p"), edge("p", "end")])
     assert codes(problems) == {"bad_join"}
-    assert the(problems, "bad_join").where == "node 'p'.config.join"
+    assert the(problems, "bad_join").path == "nodes[1].config.join"
+    assert repr(join) in the(problems, "bad_join").message
 
 
 @pytest.mark.parametrize("join", ["all", "any", 1, 2])
@@ -529,7 +535,7 @@ def test_infinite_loop() -> None:
     problems = check(nodes, edges)
     assert codes(problems) == {"infinite_loop"}
     p = the(problems, "infinite_loop")
-    assert p.where == "node 'b'"
+    assert p.path == "nodes[2]"
     assert "'b', 'c'" in p.message
 
 
@@ -538,7 +544,7 @@ def test_self_loop_without_exit_is_infinite() -> None:
     edges = [edge("start", "a"), edge("a", "spin"), edge("a", "end"), edge("spin", "spin")]
     problems = check(nodes, edges)
     assert codes(problems) == {"infinite_loop"}
-    assert the(problems, "infinite_loop").where == "node 'spin'"
+    assert the(problems, "infinite_loop").path == "nodes[2]"
 
 
 def test_loop_without_exit_but_with_max_visits_is_fine() -> None:
@@ -567,7 +573,7 @@ def test_bad_escalation(wait: Json, why: str) -> None:
     problems = [p for p in check(nodes, edges) if p.code != "unreachable_node"]
     assert codes(problems) == {"bad_escalation"}
     p = the(problems, "bad_escalation")
-    assert p.where == "node 'ok'.wait.escalate_to"
+    assert p.path == "nodes[1].wait.escalate_to"
     assert why in p.message
 
 
@@ -632,6 +638,10 @@ def test_many_problems_are_reported_together() -> None:
 
 def test_every_reported_code_is_documented() -> None:
     assert {"duplicate_node", "infinite_loop", "unsatisfiable_join"} <= PROBLEM_CODES
+    parse_codes = {"bad_json", "not_an_object", "missing_field", "unknown_field", "bad_type"}
+    parse_codes |= {"bad_value", "bad_node_id", "unknown_op", "unknown_condition_type"}
+    assert parse_codes | {"bad_condition", "bad_path", "bad_join"} <= PROBLEM_CODES
+    assert all(code.isidentifier() and code == code.lower() for code in PROBLEM_CODES)
 
 
 # --- fuzzing -------------------------------------------------------------------------------------
