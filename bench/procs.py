@@ -21,9 +21,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dispatcher.embedded import EmbeddedServer
-from dispatcher.procs import WorkerPool
 from graph_core.keys import Keys
+from relaygraph.embedded import EmbeddedServer
+from relaygraph.procs import WorkerPool
 
 __all__ = [
     "ROOT",
@@ -237,7 +237,7 @@ async def start_dispatcher(
 ) -> Proc:
     """``relaygraph dispatcher`` as a process; returns once it reads the inbox. With
     ``profile``, it runs under ``bench.profiled`` and writes its profile there on exit."""
-    argv = _profiled([sys.executable, "-m", "dispatcher.cli"], profile)
+    argv = _profiled([sys.executable, "-m", "relaygraph.cli"], profile)
     proc = stack.add(
         _spawn(
             "dispatcher",

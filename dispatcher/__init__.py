@@ -1,4 +1,6 @@
-"""relaygraph's control plane: the run store, the dispatcher service, the client and the CLI.
+"""relaygraph's control plane: the run store, the dispatcher service and the client.
+
+Users import these from ``relaygraph``; ``from dispatcher import WorkflowClient`` keeps working.
 
 Public names are imported lazily, so ``import dispatcher`` (and the CLI's start-up) stays light.
 """
@@ -10,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.client import WorkflowClient
-    from dispatcher.embedded import EmbeddedServer
     from dispatcher.service import Dispatcher
     from dispatcher.settings import DispatcherSettings
     from dispatcher.store import RunStore
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Dispatcher",
     "DispatcherSettings",
-    "EmbeddedServer",
     "RunStore",
     "RunSummary",
     "RunView",
@@ -31,7 +31,6 @@ __all__ = [
 _WHERE = {
     "Dispatcher": "dispatcher.service",
     "DispatcherSettings": "dispatcher.settings",
-    "EmbeddedServer": "dispatcher.embedded",
     "RunStore": "dispatcher.store",
     "RunSummary": "dispatcher.views",
     "RunView": "dispatcher.views",

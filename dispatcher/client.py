@@ -27,6 +27,7 @@ from dispatcher.views import RunSummary, RunView, load_run_view, load_summaries
 from graph_core import clock
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
 from graph_core.events import ApprovalReceived, CancelRequested
+from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
 from graph_core.messages import DEFAULT_MAX_MESSAGE_BYTES, SubmitRequest, dumps, encode_inbox
 from graph_core.model import Graph
@@ -159,6 +160,14 @@ class WorkflowClient:
         """Validate and store a graph; return its version. Re-registering the same content
         is a no-op; other content under an existing version is an error."""
         return await self.store.register_graph(load_graph(graph))
+
+    async def get_graph(self, graph_id: str, version: int | None = None) -> Graph:
+        """A registered graph: ``version``, or the latest. ``GraphNotFound`` if there is none."""
+        if version is None:
+            version = await self.store.latest_version(graph_id)
+            if version is None:
+                raise GraphNotFound(graph_id, None)
+        return await self.store.graph(graph_id, version)
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -356,6 +365,17 @@ class WorkflowClient:
     async def history(self, run_id: str) -> list[dict[str, Any]]:
         """Every history event of the run, oldest first."""
         return await self.store.history(check_run_id(run_id))
+
+    async def history_steps(self, run_id: str) -> list[HistoryStep]:
+        """The run's history as a table (``relaygraph history``): one ``HistoryStep`` per
+        event with the output keys it changed and the attempt's duration
+        (``graph_core.history``). ``RunNotFound`` if the run does not exist."""
+        run = await self.store.get_run(check_run_id(run_id))
+        if run is None:
+            raise RunNotFound(run_id)
+        events = await self.store.history(run_id)
+        outputs = await self.store.outputs_at(run_id, output_visits(events))
+        return history_steps(events, outputs, run.input)
 
     def subscribe(self, run_id: str | None = None) -> EventStream:
         """An ``EventStream`` of live events (of ``run_id`` only, when given)."""

@@ -306,6 +306,16 @@ class RunStore:
         raws = await self.redis.hmget(self.keys.run(run_id).outputs, fields)
         return {n: orjson.loads(r) for n, r in zip(wanted, raws, strict=True) if r is not None}
 
+    async def outputs_at(
+        self, run_id: str, visits: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], Any]:
+        """The stored outputs of these (node, visit) pairs; pairs with none are left out."""
+        if not visits:
+            return {}
+        fields = [RunKeys.output_field(n, v) for n, v in visits]
+        raws = await self.redis.hmget(self.keys.run(run_id).outputs, fields)
+        return {p: orjson.loads(r) for p, r in zip(visits, raws, strict=True) if r is not None}
+
     async def history(self, run_id: str, count: int | None = None) -> list[dict[str, Any]]:
         entries = await self.redis.xrange(self.keys.run(run_id).events, count=count)
         return [orjson.loads(fields[b"e"]) for _, fields in entries]

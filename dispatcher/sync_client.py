@@ -15,6 +15,7 @@ from typing import Any, Self, TypeVar
 from dispatcher.client import GraphSource, WorkflowClient
 from dispatcher.store import DEFAULT_RETENTION_S
 from dispatcher.views import RunSummary, RunView
+from graph_core.history import HistoryStep
 from graph_core.keys import DEFAULT_PREFIX
 from graph_core.messages import DEFAULT_MAX_MESSAGE_BYTES
 from graph_core.status import RunStatus
@@ -153,6 +154,9 @@ class SyncWorkflowClient:
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         return self._call(self.client.history(run_id))
+
+    def history_steps(self, run_id: str) -> list[HistoryStep]:
+        return self._call(self.client.history_steps(run_id))
 
     def events(self, run_id: str | None = None, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
         """Live events (of ``run_id`` only, when given) until the caller stops iterating."""

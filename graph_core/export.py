@@ -170,8 +170,11 @@ def _colours(status: str) -> tuple[str, str, str]:
 # --- Mermaid ---------------------------------------------------------------------------------
 
 
-def to_mermaid(graph: Graph, statuses: Mapping[str, str] | None = None) -> str:
-    """The graph as a Mermaid ``flowchart TD``; ``statuses`` (node id -> status) colour nodes."""
+def to_mermaid(
+    graph: Graph, statuses: Mapping[str, str] | None = None, *, legend: bool = False
+) -> str:
+    """The graph as a Mermaid ``flowchart TD``; ``statuses`` (node id -> status) colour nodes
+    (one ``classDef`` per status). ``legend`` adds a box naming each status's colour."""
     lay = _Layout(graph, statuses)
     lines = ["flowchart TD"]
     placed: set[str] = set()
@@ -182,9 +185,22 @@ def to_mermaid(graph: Graph, statuses: Mapping[str, str] | None = None) -> str:
             lines.extend(_mermaid_node(lay, nid, placed, depth=1, leaf=True))
     for x in lay.dangling:
         lines.append(f'    {lay.ids(x)}["{_mm(x)} (missing)"]:::rg_missing')
+    if legend and lay.status:
+        lines.append('    subgraph rg_legend["legend"]')
+        lines.append("        direction LR")
+        for status in _legend_statuses(lay):
+            lines.append(f'        lg_{_status_class(status)}["{_mm(status)}"]')
+        lines.append("    end")
     lines.extend(_mermaid_edges(lay))
-    lines.extend(_mermaid_classes(lay))
+    lines.extend(_mermaid_classes(lay, legend=legend))
     return "\n".join(lines) + "\n"
+
+
+def _legend_statuses(lay: _Layout) -> list[str]:
+    """The statuses present, known ones in the palette's order, then the others by name."""
+    present = set(lay.status.values())
+    known = [s for s in _PALETTE if s in present]
+    return known + sorted(present - set(known))
 
 
 def _mermaid_node(
@@ -223,12 +239,15 @@ def _mermaid_edges(lay: _Layout) -> Iterator[str]:
         yield f"    {lay.ids(e.source)} {mid} {lay.ids(e.target)}"
 
 
-def _mermaid_classes(lay: _Layout) -> Iterator[str]:
+def _mermaid_classes(lay: _Layout, *, legend: bool = False) -> Iterator[str]:
     if lay.dangling:
         yield "    classDef rg_missing fill:#fff,stroke:#c62828,stroke-dasharray:4 3,color:#c62828"
     by_class: dict[str, tuple[str, list[str]]] = {}
     for nid, status in lay.status.items():
         by_class.setdefault(_status_class(status), (status, []))[1].append(lay.ids(nid))
+    if legend:
+        for cls, (_, sids) in by_class.items():
+            sids.append(f"lg_{cls}")
     for cls, (status, sids) in by_class.items():
         fill, stroke, text = _colours(status)
         yield f"    classDef {cls} fill:{fill},stroke:{stroke},color:{text}"
@@ -253,8 +272,9 @@ def _mm(text: str) -> str:
 # --- Graphviz DOT ----------------------------------------------------------------------------
 
 
-def to_dot(graph: Graph, statuses: Mapping[str, str] | None = None) -> str:
-    """The graph as a Graphviz ``digraph``; ``statuses`` (node id -> status) fill nodes."""
+def to_dot(graph: Graph, statuses: Mapping[str, str] | None = None, *, legend: bool = False) -> str:
+    """The graph as a Graphviz ``digraph``; ``statuses`` (node id -> status) fill nodes
+    (``fillcolor``). ``legend`` adds a cluster naming each status's colour."""
     lay = _Layout(graph, statuses)
     lines = [
         f"digraph {_dq(graph.id)} {{",
@@ -281,6 +301,16 @@ def to_dot(graph: Graph, statuses: Mapping[str, str] | None = None) -> str:
             attrs.append("style=dashed, constraint=false")
         tail = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"    {lay.ids(e.source)} -> {lay.ids(e.target)}{tail};")
+    if legend and lay.status:
+        lines.append("    subgraph cluster_rg_legend {")
+        lines.append('        label="legend"; style="dashed"; rank=sink;')
+        for status in _legend_statuses(lay):
+            fill, stroke, text = _colours(status)
+            lines.append(
+                f'        lg_{_status_class(status)} [label={_dq(status)}, style="filled", '
+                f'fillcolor="{fill}", color="{stroke}", fontcolor="{text}"];'
+            )
+        lines.append("    }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -4,8 +4,8 @@ Exit status: 0 success (a run completed), 1 a run failed or was cancelled, or so
 wrong at run time (Redis unreachable, unknown run), 2 a usage, settings or validation error.
 Settings come from flags first, then ``RELAYGRAPH_*`` environment variables.
 
-Commands: ``run`` (``dispatcher.cli_run``); ``up``, ``dispatcher`` and ``worker``
-(``dispatcher.cli_serve``); ``validate``, ``export``, ``register``, ``submit``, ``status``,
+Commands: ``run`` (``relaygraph.cli_run``); ``up``, ``dispatcher`` and ``worker``
+(``relaygraph.cli_serve``); ``validate``, ``export``, ``register``, ``submit``, ``status``,
 ``runs``, ``approve`` and ``cancel`` (here).
 """
 
@@ -22,8 +22,15 @@ from typing import Any, Literal
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispatcher import cli_run, cli_serve
-from dispatcher.cli_common import (
+from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_graph
+from dispatcher.errors import RunNotFound
+from dispatcher.store import GraphNotFound
+from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.model import Graph
+from graph_core.settings import SettingsError
+from graph_core.status import RunStatus
+from relaygraph import __version__, cli_run, cli_serve
+from relaygraph.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -35,12 +42,13 @@ from dispatcher.cli_common import (
     require_url,
     settings_from,
 )
-from dispatcher.cli_output import format_problems, format_runs, format_status, pretty
-from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_graph
-from dispatcher.store import GraphNotFound
-from graph_core.errors import GraphValidationError, RelaygraphError
-from graph_core.settings import SettingsError
-from graph_core.status import RunStatus
+from relaygraph.cli_output import (
+    format_history,
+    format_problems,
+    format_runs,
+    format_status,
+    pretty,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relaygraph",
         description="Run workflow graphs on Redis: dispatcher, workers, runs and approvals.",
     )
+    parser.add_argument("--version", action="version", version=f"relaygraph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     redis_opts = argparse.ArgumentParser(add_help=False)
@@ -99,19 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_run.add_run_parser(sub, [redis_opts, json_opt])
     cli_serve.add_process_commands(sub, redis_opts)
-    _add_file_commands(sub, json_opt)
+    _add_file_commands(sub, redis_opts, json_opt)
     _add_client_commands(sub, redis_opts, json_opt)
     return parser
 
 
-def _add_file_commands(sub: Any, json_opt: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("validate", parents=[json_opt], help="check graph files")
+def _add_file_commands(
+    sub: Any, redis_opts: argparse.ArgumentParser, json_opt: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "validate",
+        parents=[json_opt],
+        help="check graph files: one line per problem, exit 2 if any",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("export", help="draw a graph as Mermaid or Graphviz DOT")
-    p.add_argument("file", metavar="FILE")
+    p = sub.add_parser(
+        "export",
+        parents=[redis_opts],
+        help="draw a graph as Mermaid or Graphviz DOT, coloured by a run's node statuses",
+    )
+    p.add_argument(
+        "graph", metavar="GRAPH", help="a graph file, or a registered graph's id (needs Redis)"
+    )
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="colour each node by its status in this run, with a legend (needs Redis)",
+    )
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p.set_defaults(func=cmd_export)
 
@@ -140,6 +166,13 @@ def _add_client_commands(
     p.add_argument("--status", choices=[s.value for s in RunStatus])
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("history", parents=[redis_opts, json_opt], help="a run's steps as a table")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument(
+        "--all", action="store_true", help="also show bookkeeping events (node.enqueued)"
+    )
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("approve", parents=[redis_opts], help="approve or reject a waiting node")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -197,10 +230,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 {
                     "file": r["file"],
                     "ok": r["ok"],
-                    "problems": [
-                        {"code": p.code, "where": p.where, "message": p.message}
-                        for p in r.get("problems", [])
-                    ],
+                    "problems": [p.to_dict() for p in r.get("problems", [])],
                 }
                 for r in results
             ]
@@ -210,18 +240,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if r["ok"]:
                 g = r["graph"]
                 print(f"{r['file']}: OK ({g.id} v{g.version}, {len(g.nodes)} nodes)")
-            else:
-                print(f"{r['file']}: {len(r['problems'])} problem(s)")
-                for line in format_problems(r["error"]):
-                    print(line)
+            else:  # one line per problem, each naming the file: easy to grep and to jump to
+                for p in r["problems"]:
+                    print(f"{r['file']}: {p.path}: {p.message} [{p.code}]")
+        bad = sum(len(r["problems"]) for r in results if not r["ok"])
+        if bad:
+            files = sum(1 for r in results if not r["ok"])
+            print(f"{bad} problem(s) in {files} file(s)", file=sys.stderr)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_USAGE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from graph_core.export import to_dot, to_mermaid
 
-    graph = load_graph(args.file)
-    text = to_mermaid(graph) if args.format == "mermaid" else to_dot(graph)
+    local = _looks_like_file(args.graph)
+    graph = load_graph(args.graph) if local else None
+    statuses: dict[str, str] | None = None
+    if args.run is not None or graph is None:
+
+        async def go(client: WorkflowClient) -> int:
+            nonlocal graph, statuses
+            version = None
+            if args.run is not None:
+                view = await client.get_run(args.run)
+                if view is None:
+                    raise RunNotFound(args.run)
+                want = graph.id if graph is not None else args.graph
+                if view.graph_id != want:
+                    raise UsageError(
+                        f"run {args.run!r} is a run of graph {view.graph_id!r}, not {want!r}"
+                    )
+                version = view.graph_version
+                statuses = {nid: n.status.value for nid, n in view.nodes.items()}
+            if graph is None:  # a registered graph: the run's pinned version, or the latest
+                graph = await client.get_graph(args.graph, version)
+            return EXIT_OK
+
+        _with_client(args, go)
+    if not isinstance(graph, Graph):  # pragma: no cover - go() either set it or raised
+        raise UsageError(f"graph {args.graph!r} could not be loaded")
+    if statuses is not None:  # nodes the run never reached are pending
+        statuses = {n.id: "pending" for n in graph.nodes} | statuses
+    render = to_mermaid if args.format == "mermaid" else to_dot
+    text = render(graph, statuses, legend=statuses is not None)
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
     else:
@@ -300,6 +361,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
             _print_json([r.model_dump(mode="json") for r in runs])
         else:
             print(format_runs(runs))
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        steps = await client.history_steps(args.run_id)
+        if args.json:
+            _print_json([s.model_dump(mode="json") for s in steps])
+        else:
+            print(format_history(steps, events="all" if args.all else "nodes"))
         return EXIT_OK
 
     return _with_client(args, go)

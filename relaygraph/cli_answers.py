@@ -9,10 +9,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dispatcher.cli_common import UsageError, parse_json_object
-from dispatcher.cli_output import compact
 from graph_core.errors import RelaygraphError
 from graph_core.model import Graph
+from relaygraph.cli_common import UsageError, parse_json_object
+from relaygraph.cli_output import compact
 
 __all__ = ["AnswerAction", "Answers", "Decision", "NoAnswer", "Verdict", "ask", "parse_answers"]
 

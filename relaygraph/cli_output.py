@@ -9,12 +9,14 @@ import orjson
 
 from dispatcher.views import RunSummary, RunView
 from graph_core.errors import GraphValidationError
+from graph_core.history import HistoryStep
 from graph_core.status import NodeStatus
 
 __all__ = [
     "Progress",
     "Symbols",
     "compact",
+    "format_history",
     "format_problems",
     "format_runs",
     "format_status",
@@ -60,7 +62,7 @@ def _duration(start: float | None, end: float | None) -> str:
 
 
 def format_problems(e: GraphValidationError) -> list[str]:
-    return [f"  - {p}" for p in e.problems]
+    return [f"  {p}" for p in e.problems]
 
 
 def format_status(view: RunView) -> str:
@@ -99,6 +101,35 @@ def format_status(view: RunView) -> str:
         )
     lines.append(f"  history   {view.history_length} events")
     return "\n".join(lines)
+
+
+def format_history(steps: list[HistoryStep], *, events: str = "nodes") -> str:
+    """The history table: step, node, visit, event, keys changed, duration (and detail).
+
+    ``events="nodes"`` leaves out the bookkeeping rows (``node.enqueued``), ``"all"`` keeps
+    every event; step numbers are the history's own either way.
+    """
+    shown = [s for s in steps if events == "all" or s.event != "node.enqueued"]
+    rows = [("STEP", "NODE", "VISIT", "EVENT", "KEYS CHANGED", "DURATION", "DETAIL")]
+    for s in shown:
+        rows.append(
+            (
+                str(s.step),
+                s.node_id or "-",
+                str(s.visit) if s.visit is not None else "-",
+                s.event,
+                ", ".join(s.keys_changed) or "-",
+                f"{s.duration_s:.3f}s" if s.duration_s is not None else "-",
+                compact(s.detail, 80) if s.detail else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    return "\n".join(
+        (
+            "  ".join(c.ljust(w) for c, w in zip(row[:6], widths, strict=True)) + "  " + row[6]
+        ).rstrip()
+        for row in rows
+    )
 
 
 def format_runs(runs: list[RunSummary]) -> str:

@@ -20,8 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.cli_answers import AnswerAction, Answers, NoAnswer, ask, parse_answers
-from dispatcher.cli_common import (
+from dispatcher.client import WorkflowClient, load_graph
+from dispatcher.settings import DispatcherSettings
+from dispatcher.subscription import EventStream
+from dispatcher.views import RunView
+from graph_core import clock
+from graph_core.errors import RelaygraphError
+from graph_core.model import CONTROL_TYPES, Graph
+from relaygraph.cli_answers import AnswerAction, Answers, NoAnswer, ask, parse_answers
+from relaygraph.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
     UsageError,
@@ -30,22 +37,15 @@ from dispatcher.cli_common import (
     redact_url,
     settings_from,
 )
-from dispatcher.cli_output import Progress, compact, pretty
-from dispatcher.cli_serve import (
+from relaygraph.cli_output import Progress, compact, pretty
+from relaygraph.cli_serve import (
     WORKER_START_TIMEOUT_S,
     dispatcher_task,
     redis_connection,
     worker_pool,
 )
-from dispatcher.client import WorkflowClient, load_graph
-from dispatcher.embedded import EmbeddedServer
-from dispatcher.procs import WorkerInfo, WorkerPool, WorkerStartError
-from dispatcher.settings import DispatcherSettings
-from dispatcher.subscription import EventStream
-from dispatcher.views import RunView
-from graph_core import clock
-from graph_core.errors import RelaygraphError
-from graph_core.model import CONTROL_TYPES, Graph
+from relaygraph.embedded import EmbeddedServer
+from relaygraph.procs import WorkerInfo, WorkerPool, WorkerStartError
 
 __all__ = ["add_run_parser", "cmd_run"]
 

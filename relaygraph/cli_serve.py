@@ -15,7 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from dispatcher.cli_common import (
+from dispatcher.connect import connect
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from relaygraph.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -25,10 +28,7 @@ from dispatcher.cli_common import (
     settings_from,
     setup_logging,
 )
-from dispatcher.connect import connect
-from dispatcher.procs import WorkerPool, WorkerStartError
-from dispatcher.service import Dispatcher
-from dispatcher.settings import DispatcherSettings
+from relaygraph.procs import WorkerPool, WorkerStartError
 
 __all__ = [
     "add_process_commands",

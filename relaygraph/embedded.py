@@ -34,8 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from dispatcher.lifeline import parent_death_hook
 from graph_core.errors import RelaygraphError
+from relaygraph.lifeline import parent_death_hook
 
 __all__ = [
     "REDIS_BIN_ENV",

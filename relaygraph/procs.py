@@ -22,9 +22,9 @@ from typing import IO, Any
 
 import orjson
 
-from dispatcher.lifeline import parent_death_hook
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
+from relaygraph.lifeline import parent_death_hook
 
 __all__ = ["WorkerInfo", "WorkerPool", "WorkerStartError"]
 

@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.embedded import EmbeddedServer
+from relaygraph.embedded import EmbeddedServer
 from tests.support.servers import ExternalServer, ServerFactory
 
 TEST_REDIS_URL_ENV = "RELAYGRAPH_TEST_REDIS_URL"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from worker import HandlerRegistry, NodeContext, NonRetryableError
+from relaygraph import HandlerRegistry, NodeContext, NonRetryableError
 
 registry = HandlerRegistry()
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from dispatcher.lifeline import parent_death_hook
+from relaygraph.lifeline import parent_death_hook
 from tests.support.waiting import wait_for, wait_until_sync
 
 __all__ = ["ROOT", "Fleet", "Proc", "ProcessDied"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.embedded import EmbeddedServer
+from relaygraph.embedded import EmbeddedServer
 from tests.faults.conftest import Deployment, failed, new_prefix
 from tests.faults.graphs import CHAIN_NODES, chain_graph, expected_output
 from tests.faults.observe import REDIS_DOWN

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher import embedded
-from dispatcher.embedded import EmbeddedServer, EmbeddedServerError
+from relaygraph import embedded
+from relaygraph.embedded import EmbeddedServer, EmbeddedServerError
 from tests.support.servers import ServerFactory
 from tests.support.waiting import wait_until_sync
 
@@ -232,7 +232,7 @@ def test_another_server_on_the_given_port_is_not_mistaken_for_ours(
 
 _ORPHAN_SCRIPT = """
 import sys
-from dispatcher.embedded import EmbeddedServer
+from relaygraph.embedded import EmbeddedServer
 server = EmbeddedServer(data_dir=sys.argv[1]).start()  # a dir pytest cleans up
 print(server.pid, flush=True)
 sys.stdin.read()  # block until the test kills us

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dispatcher.embedded import AppendFsync, EmbeddedServer
+from relaygraph.embedded import AppendFsync, EmbeddedServer
 
 __all__ = ["ExternalServer", "ServerFactory"]
 

@@ -4,6 +4,7 @@ settings before touching Redis."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dispatcher.cli import main
-from dispatcher.cli_answers import Answers, parse_answers
-from dispatcher.cli_common import redact_url
-from dispatcher.cli_serve import worker_argv
 from dispatcher.client import load_graph
+from relaygraph.cli import main
+from relaygraph.cli_answers import Answers, parse_answers
+from relaygraph.cli_common import redact_url
+from relaygraph.cli_serve import worker_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*/graph.json"))
@@ -76,9 +77,46 @@ def test_validate_reports_every_problem_and_exits_2(
     code, out, _ = run_cli(capsys, "validate", TRIAGE, str(bad))
     assert code == 2
     assert f"{TRIAGE}: OK" in out
-    assert f"{bad}: " in out and "problem(s)" in out
-    assert "nowhere" in out  # the dangling edge target is named
-    assert "end" in out  # and the missing end node
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"{bad}: ")]
+    assert len(lines) >= 2  # one line per problem, each naming the file
+    assert all(re.search(r"\[[a-z_]+\]$", ln) for ln in lines)  # ... and ending in its code
+    assert any("nowhere" in ln for ln in lines)  # the dangling edge target is named
+    assert any("[missing_end]" in ln for ln in lines)  # and the missing end node
+
+
+def test_validate_names_each_problem_with_its_path_value_and_what_is_allowed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The new user's graph: an unknown condition operator *and* a parallel child whose
+    parent is not a parallel node. Both are reported, one line each, in plain words."""
+    path = tmp_path / "two.json"
+    graph = {
+        "id": "two",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "triage", "type": "agent"},
+            {"id": "child", "type": "agent", "parent": "triage"},
+            {"id": "end", "type": "end"},
+        ],
+        "edges": [
+            {"source": "start", "target": "triage"},
+            {
+                "source": "triage",
+                "target": "end",
+                "condition": {"type": "field", "path": "triage.output.x", "op": "frobnicate"},
+            },
+        ],
+    }
+    path.write_bytes(orjson.dumps(graph))
+    code, out, err = run_cli(capsys, "validate", str(path))
+    assert code == 2
+    lines = out.splitlines()
+    op = next(ln for ln in lines if f"{path}: edges[1].condition.op: " in ln)
+    assert "'frobnicate'" in op and "known operators: eq, neq" in op and op.endswith("[unknown_op]")
+    parent = next(ln for ln in lines if f"{path}: nodes[2].parent: " in ln)
+    assert "'triage'" in parent and "parallel" in parent and parent.endswith("[bad_parent]")
+    assert "Input should be" not in out + err
+    assert "problem(s) in 1 file(s)" in err
 
 
 def test_validate_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -88,7 +126,7 @@ def test_validate_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     results = orjson.loads(out)
     assert [r["ok"] for r in results] == [True, False]
     assert results[0]["problems"] == []
-    assert all({"code", "where", "message"} <= set(p) for p in results[1]["problems"])
+    assert all({"code", "path", "message"} == set(p) for p in results[1]["problems"])
 
 
 def test_validate_missing_file_and_bad_json(
@@ -98,7 +136,7 @@ def test_validate_missing_file_and_bad_json(
     broken.write_text("{not json")
     code, out, _ = run_cli(capsys, "validate", str(tmp_path / "missing.json"), str(broken))
     assert code == 2
-    assert "missing.json: 1 problem(s)" in out and "[unreadable]" in out
+    assert re.search(r"missing\.json: .*\[unreadable\]", out)
     assert "[bad_json]" in out
 
 

@@ -44,6 +44,7 @@ DESIGNED_SUBCOMMANDS = frozenset(
         "submit",
         "status",
         "runs",
+        "history",
         "approve",
         "cancel",
         "export",
@@ -94,7 +95,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _cli_parser() -> argparse.ArgumentParser | None:
     if not (ROOT / "dispatcher" / "cli.py").exists():
         return None
-    from dispatcher.cli import build_parser
+    from relaygraph.cli import build_parser
 
     return build_parser()
 
@@ -258,7 +259,7 @@ def test_the_cli_has_every_designed_subcommand() -> None:
 
 def test_the_relaygraph_script_is_the_cli() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["relaygraph"] == "dispatcher.cli:main"
+    assert project["scripts"]["relaygraph"] == "relaygraph.cli:main"
 
 
 # --- Dockerfile ---------------------------------------------------------------------------
@@ -291,6 +292,20 @@ def test_dockerfile_copies_only_paths_that_exist() -> None:
         parts = [p for p in rest.split() if not p.startswith("--")]
         for source in parts[:-1]:
             assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+
+
+def test_dockerfile_copies_every_package_the_wheel_needs() -> None:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    copied = {
+        p.rstrip("/")
+        for op, rest in _dockerfile_instructions()
+        if op == "COPY" and "--from=" not in rest
+        for p in rest.split()[:-1]
+        if not p.startswith("--")
+    }
+    assert set(packages) <= copied, f"COPY missing for {set(packages) - copied}"
 
 
 # --- docker compose -----------------------------------------------------------------------

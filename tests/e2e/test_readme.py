@@ -1,0 +1,124 @@
+"""README's code blocks, run as a user would: its graph and its handlers module written to a
+fresh directory, ``relaygraph run`` on them, and its Python client block against a real
+deployment (``relaygraph up`` on a server of its own). They use only ``relaygraph`` imports
+(tests/unit/test_public_api.py checks that)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env, read_until
+from tests.support.servers import ServerFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
+README_URL = "redis://localhost:6379/0"
+
+
+def _block(lang: str, marker: str) -> str:
+    found = [body for kind, body in BLOCKS if kind == lang and marker in body]
+    assert len(found) == 1, f"README has {len(found)} {lang} blocks containing {marker!r}"
+    return found[0]
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """README's graph.json and myapp/handlers.py, exactly as printed."""
+    graph = _block("json", '"id": "bug-triage"')
+    orjson.loads(graph)  # the block is the whole file
+    (tmp_path / "graph.json").write_text(graph)
+    handlers = _block("python", "# myapp/handlers.py")
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "handlers.py").write_text(handlers)
+    return tmp_path
+
+
+def _env(app: Path) -> dict[str, str]:
+    return {**cli_env(), "PYTHONPATH": str(app)}
+
+
+def test_the_readme_run_command(app_dir: Path) -> None:
+    line = next(
+        ln
+        for ln in _block("sh", "relaygraph run graph.json").splitlines()
+        if ln.startswith("relaygraph run graph.json")
+    )
+    argv = [RELAYGRAPH, *line.split()[1:6], '{"title": "checkout is down"}', "--json"]
+    proc = subprocess.run(
+        argv,
+        cwd=app_dir,
+        env=_env(app_dir),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    view = orjson.loads(proc.stdout)
+    assert view["status"] == "completed"
+    assert view["nodes"]["escalate"]["output"] == {"sent": "checkout is down"}
+    assert view["nodes"]["assign"]["status"] == "skipped"
+
+
+@pytest.fixture
+def deployment(app_dir: Path, server_factory: ServerFactory) -> Iterator[str]:
+    """``relaygraph up`` with README's handlers on a server of its own; yields its URL."""
+    server = server_factory()
+    proc = subprocess.Popen(
+        [RELAYGRAPH, "up", "--redis", server.url, "--handlers", "myapp.handlers"],
+        cwd=app_dir,
+        env=_env(app_dir),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        read_until(proc, "relaygraph up:")
+        yield server.url
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_the_readme_client_block(app_dir: Path, deployment: str) -> None:
+    source = _block("python", "WorkflowClient.from_url")
+    assert README_URL in source
+    code = compile(
+        source.replace(README_URL, deployment),
+        "README.md",
+        "exec",
+        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+    )
+    namespace: dict[str, Any] = {}
+    cwd = os.getcwd()
+    os.chdir(app_dir)  # the block registers "graph.json" from the current directory
+    try:
+        result = eval(code, namespace)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    finally:
+        os.chdir(cwd)
+    view = namespace["view"]
+    assert view.status == "completed"
+    assert view.nodes["triage"].output == {"severity": "critical", "summary": "checkout is down"}
+    assert view.nodes["escalate"].output == {"sent": "checkout is down"}
+    assert namespace["run_id"] == view.run_id
