@@ -72,7 +72,8 @@ class Processor:
 
     async def handle(self, message: Any, entry_id: str | None = None) -> Outcome:
         """Handle one inbox message. ``entry_id`` (the stream entry's id) names the run of a
-        submission that carries no run id, so a redelivered entry creates the same run."""
+        submission that carries no run id, so a redelivered entry creates the same run (and
+        a raw submitter knows the id from XADD's reply: docs/protocol.md documents it)."""
         if isinstance(message, SubmitRequest):
             return await self._submit(message, entry_id)
         return await self.process(message, ack=entry_id)

@@ -31,8 +31,14 @@ from dispatcher.store import RunStore
 from dispatcher.sweeper import sweep
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
-from graph_core.events import FailRequested
-from graph_core.messages import dumps, parse_approval, parse_inbox
+from graph_core.events import FailRequested, ignored_event
+from graph_core.messages import (
+    INBOX_FIELD,
+    dumps,
+    inbox_entry_raw,
+    parse_approval,
+    parse_inbox_entry,
+)
 from graph_core.status import TERMINAL_RUN
 
 __all__ = ["Dispatcher"]
@@ -42,6 +48,8 @@ log = logging.getLogger("relaygraph.dispatcher")
 TIMER_POLL_S = 0.25
 HOUSEKEEPING_S = 60.0  # longest wait before looking at timers and leases again
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+INBOX_FIELD_B = INBOX_FIELD.encode()
+APPROVAL_SEEN_TTL_S = 600  # an identical publish within this many seconds is a duplicate
 
 # Move due timers into the inbox atomically, so a timer is never lost or doubled by a crash.
 _MOVE_TIMERS = """
@@ -204,12 +212,12 @@ class Dispatcher:
         applied in another (``BatchHandler.handle_many``)."""
         runs: dict[str, deque[tuple[bytes, bytes, Any]]] = {}
         for entry_id, fields in entries:
-            raw = fields.get(b"m", b"")
             try:
-                message = parse_inbox(raw, self.settings.max_message_bytes)
+                message = parse_inbox_entry(fields, self.settings.max_message_bytes)
             except MessageError as e:
-                await self._dead_letter("inbox", raw, str(e), entry_id)
+                await self._dead_letter("inbox", inbox_entry_raw(fields), str(e), entry_id)
                 continue
+            raw = fields[INBOX_FIELD_B]
             run = getattr(message, "run_id", None) or entry_id.decode()  # a submit's run id
             runs.setdefault(run, deque()).append((entry_id, raw, message))
         while runs:
@@ -251,17 +259,8 @@ class Dispatcher:
     def _ignored_event(self, message: Any, outcome: Outcome) -> bytes:
         kind = getattr(message, "kind", "?")
         log.info("ignored %s for run %s: %s", kind, outcome.run_id, outcome.reason)
-        event = {
-            "type": "event.ignored",
-            "run_id": outcome.run_id,
-            "at": clock.now(),
-            "data": {
-                "kind": kind,
-                "reason": outcome.reason,
-                "node_id": getattr(message, "node_id", None),
-            },
-        }
-        return dumps(event)
+        node_id = getattr(message, "node_id", None)
+        return dumps(ignored_event(outcome.run_id, clock.now(), kind, outcome.reason, node_id))
 
     async def _count_failure(self, entry_id: bytes, raw: bytes, message: Any) -> None:
         attempts_key = self.keys.inbox_attempts
@@ -335,16 +334,20 @@ class Dispatcher:
                 await pubsub.aclose()
 
     async def _approval_published(self, raw: bytes) -> None:
+        seen = self.keys.approval_seen(hashlib.sha256(raw).hexdigest())
         try:
             approval = parse_approval(raw, self.settings.max_message_bytes)
         except MessageError as e:
-            await self._dead_letter("approvals", raw, str(e), None)
+            # Race site: every dispatcher hears the publish; the seen key (SET NX) lets one of
+            # them dead-letter it. Losing a dead letter to a crash here is harmless.
+            if await self.redis.set(seen, b"1", nx=True, ex=APPROVAL_SEEN_TTL_S):
+                await self._dead_letter("approvals", raw, str(e), None)
             return
         # Every dispatcher hears a publish; one script call marks it seen and puts one copy in
         # the durable inbox, atomically (a crash between the two would lose the approval).
-        seen = self.keys.approval_seen(hashlib.sha256(raw).hexdigest())
         await self._forward_approval(
-            keys=[seen, self.keys.inbox], args=[approval.model_dump_json().encode(), 600]
+            keys=[seen, self.keys.inbox],
+            args=[approval.model_dump_json().encode(), APPROVAL_SEEN_TTL_S],
         )
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:

@@ -2,15 +2,22 @@
 
 Events are also the dispatcher's inbox messages: pydantic models, versioned (``v``),
 serialized with orjson. Actions are instructions the runtime performs idempotently.
+
+History events (``HistoryEvent``, plus the ``event.ignored`` notices of ``ignored_event``)
+are what outside services read on the events channel and in a run's history stream. Each
+carries ``v`` = ``EVENT_VERSION``, the major version of that schema: it changes only with an
+incompatible change (a key removed or renamed, a type or meaning changed), never for new
+event types or new keys (docs/protocol.md, "Events").
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "EVENT_VERSION",
     "Action",
     "ApprovalReceived",
     "CancelNode",
@@ -29,9 +36,14 @@ __all__ = [
     "ScheduleTimer",
     "TimerFired",
     "TimerKind",
+    "ignored_event",
 ]
 
 TimerKind = Literal["retry", "wait_timeout", "run_timeout"]
+
+# The major version of the event schema (history events and ``event.ignored``). Bump it
+# only for an incompatible change: consumers skip events whose ``v`` they do not know.
+EVENT_VERSION: Final = 1
 
 
 class _Msg(BaseModel):
@@ -200,14 +212,29 @@ Action = EnqueueNode | ScheduleTimer | PauseForApproval | ReleaseWait | CancelNo
 
 
 class HistoryEvent(BaseModel):
-    """One entry of a run's history stream (also published on the events channel)."""
+    """One entry of a run's history stream (also published on the events channel, with the
+    run's ``run_id`` in front: dispatcher/changes.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = 1
+    v: Literal[1] = EVENT_VERSION
     type: str  # e.g. node.completed, run.failed
     at: float
     node_id: str | None = None
     visit: int | None = None
     attempt: int | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+def ignored_event(
+    run_id: str | None, at: float, kind: str, reason: str | None, node_id: str | None
+) -> dict[str, Any]:
+    """The ``event.ignored`` notice a dispatcher publishes (never stored in a history) when
+    a well-formed message changed nothing: which ``kind`` of message, and why."""
+    return {
+        "v": EVENT_VERSION,
+        "type": "event.ignored",
+        "run_id": run_id,
+        "at": at,
+        "data": {"kind": kind, "reason": reason, "node_id": node_id},
+    }

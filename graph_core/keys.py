@@ -90,10 +90,12 @@ class Keys:
         self.graphs = f"{p}:graphs"  # hash: graph_field(id, version) -> graph JSON
         self.graph_latest = f"{p}:graphs:latest"  # hash: graph id -> latest version
         self.runs_all = f"{p}:runs"  # zset: run id -> created (ms)
-        self.workers = f"{p}:workers"  # hash: worker id -> heartbeat JSON
+        # hash: worker process ("host:pid") -> its registration JSON, while it runs
+        self.workers = f"{p}:workers"
 
     def approval_seen(self, digest: str) -> str:
-        """Marks a published approval as already forwarded to the inbox."""
+        """Marks a published approval as already forwarded to the inbox (or, malformed,
+        dead-lettered), so that of all the dispatchers that heard it only one does."""
         return f"{self.approvals_channel}:seen:{digest}"
 
     def graph_field(self, graph_id: str, version: int) -> str:
@@ -103,6 +105,8 @@ class Keys:
         return f"{self.prefix}:runs:{status}"
 
     def idempotency(self, key: str) -> str:
+        """String: the id of the run that holds submission key ``key`` (the key verbatim),
+        claimed with SET NX and expiring a retention period after the claim."""
         return f"{self.prefix}:idem:{key}"
 
     def queue(self, name: str) -> str:

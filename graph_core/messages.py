@@ -1,9 +1,10 @@
 """Wire formats shared by the dispatcher, the workers and outside services (pure code).
 
-* **Inbox** (Redis stream ``<prefix>:inbox``): one field ``m`` holding a JSON object whose
-  ``kind`` is ``submit``, ``reported``, ``approval``, ``cancel`` or ``timer``. A non-Python
-  service submits a run with ``XADD relaygraph:inbox * m '{"kind":"submit","graph_id":"g",
-  "input":{...}}'`` (see docs/protocol.md).
+* **Inbox** (Redis stream ``<prefix>:inbox``): each entry has exactly one field, ``m``,
+  holding a JSON object whose ``kind`` is ``submit``, ``approval`` or ``cancel`` (sent by
+  anyone), or ``reported``, ``timer``, ``lease_expired`` or ``fail`` (relaygraph's own). A
+  non-Python service submits a run with ``XADD relaygraph:inbox * m '{"kind":"submit",
+  "graph_id":"g","input":{...}}'`` (see docs/protocol.md).
 * **Approvals** (pub/sub channel ``<prefix>:approvals``): a JSON ``ApprovalReceived`` without
   ``kind`` needed: ``{"run_id","node_id","decision","data","actor","token"}``.
 * **Jobs** (arq queues): arq's job envelope, serialized with orjson (never pickle), whose one
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -30,6 +32,7 @@ from graph_core.events import (
 __all__ = [
     "ARQ_FUNCTION",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "INBOX_FIELD",
     "JOB_ID_PREFIX",
     "InboxMessage",
     "JobPayload",
@@ -38,9 +41,11 @@ __all__ = [
     "dumps",
     "encode_arq_job",
     "encode_inbox",
+    "inbox_entry_raw",
     "job_id",
     "parse_approval",
     "parse_inbox",
+    "parse_inbox_entry",
     "parse_job_id",
     "parse_job_payload",
     "parse_wake_token",
@@ -49,6 +54,9 @@ __all__ = [
 
 ARQ_FUNCTION: Final = "relaygraph_run_node"
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576  # 1 MiB per message (outputs, inputs)
+INBOX_FIELD: Final = "m"  # the one field of an inbox stream entry: the message
+_INBOX_FIELD_B: Final = INBOX_FIELD.encode()
+_NAMED_FIELDS = 5  # how many of an entry's field names a reason lists
 
 
 class SubmitRequest(BaseModel):
@@ -130,6 +138,46 @@ def parse_inbox(raw: bytes | str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) ->
         return _INBOX.validate_python(data)
     except ValidationError as e:
         raise MessageError("inbox", _explain(e)) from e
+
+
+def parse_inbox_entry(
+    fields: Mapping[bytes, bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Any:
+    """Parse one inbox stream entry (its field -> value map): exactly one field ``m``
+    holding one message. Raise ``MessageError`` saying what is wrong, naming the fields of
+    an entry that is not shaped like that (a typo in the field name must not read as a
+    message that is "not JSON")."""
+    raw = fields.get(_INBOX_FIELD_B)
+    if raw is None or len(fields) != 1:
+        others = [name for name in fields if name != _INBOX_FIELD_B]
+        listed = ", ".join(repr(_field_name(n)) for n in others[:_NAMED_FIELDS])
+        if len(others) > _NAMED_FIELDS:
+            listed += f" and {len(others) - _NAMED_FIELDS} more"
+        if raw is None:
+            found = f"its fields: {listed}" if others else "it has no fields"
+            reason = f"the entry has no field {INBOX_FIELD!r} ({found})"
+        else:
+            reason = (
+                f"the entry has fields other than {INBOX_FIELD!r} ({listed}); an inbox "
+                f"entry has exactly one field, {INBOX_FIELD!r}"
+            )
+        raise MessageError("inbox", reason)
+    if not raw:
+        raise MessageError("inbox", f"field {INBOX_FIELD!r} is empty")
+    return parse_inbox(raw, max_bytes)
+
+
+def inbox_entry_raw(fields: Mapping[bytes, bytes]) -> bytes:
+    """What a dead letter of this entry keeps as ``raw``: its message, or, for an entry
+    that is not exactly one field ``m``, all its fields as one JSON object."""
+    raw = fields.get(_INBOX_FIELD_B)
+    if raw is not None and len(fields) == 1:
+        return raw
+    return dumps({_field_name(k): v.decode("utf-8", "replace") for k, v in fields.items()})
+
+
+def _field_name(name: bytes) -> str:
+    return name.decode("utf-8", "replace")[:64]
 
 
 def encode_inbox(message: BaseModel) -> bytes:

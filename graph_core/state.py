@@ -43,7 +43,11 @@ class JoinState(BaseModel):
 
 
 class NodeRecord(BaseModel):
-    """The state of one node in one run. Small: never grows with the run."""
+    """The state of one node in one run. Small: never grows with the run.
+
+    Stored as JSON in the run's ``nodes`` hash with default-valued fields left out (it is
+    written with most transitions: smaller is faster). Outside services read it raw:
+    docs/protocol.md lists every field, and tests/docs checks that list against this one."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +83,10 @@ class NodeRecord(BaseModel):
 
 
 class RunRecord(BaseModel):
+    """The state of one run, stored as JSON in field ``run`` of the run's meta hash with
+    every field present. Outside services read it raw: docs/protocol.md lists every field,
+    and tests/docs checks that list against this one."""
+
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
