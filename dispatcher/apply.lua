@@ -2,7 +2,7 @@
 -- It runs only if the run's revision is still the one the transition was computed from, so
 -- two dispatchers handling events of the same run can never both apply (optimistic lock).
 -- KEYS: 1 meta, 2 nodes, 3 outputs, 4 joins, 5 loops, 6 active, 7 events, 8 waits, 9 timers,
---       10 runs index (all), 11 old status index, 12 new status index
+--       10 runs index (all), 11 old status index, 12 new status index, 13 the graph's runs
 -- ARGV: 1 expected revision ('-1': the run must not exist yet), 2 the change set: one JSON
 --       array of strings and flat string lists (see dispatcher/changes.py, pack_changes).
 --       Every number in it is a string, so cjson's doubles never round a score or a
@@ -21,6 +21,7 @@ local ack_stream, ack_group, ack_id = c[8], c[9], c[10]
 redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev, 'stamp', c[23])  -- a new stamp
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
+  redis.call('ZADD', KEYS[13], score, run_id)
 end
 if KEYS[11] ~= KEYS[12] then
   redis.call('ZREM', KEYS[11], run_id)

@@ -52,7 +52,7 @@ POLL_INTERVAL_S = 1.0  # wait(): re-read the run this often even without events
 # Submit atomically: claim the idempotency key, write the pending run, index it, enqueue it.
 # Race site: concurrent submitters with one key; SET NX inside the script picks one run id,
 # and the losers get that id back without writing anything.
-# KEYS: 1 idempotency key, 2 run meta, 3 runs index, 4 pending index, 5 inbox
+# KEYS: 1 idempotency key, 2 run meta, 3 runs index, 4 pending index, 5 inbox, 6 graph's runs
 # ARGV: 1 run id, 2 run record JSON, 3 score (ms), 4 inbox message, 5 "1" if keyed, 6 key TTL (s),
 #       7 the run's first stamp (see dispatcher/changes.py, new_stamp)
 _SUBMIT = """
@@ -65,6 +65,7 @@ if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[6
 redis.call('HSET', KEYS[2], 'run', ARGV[2], 'rev', 0, 'stamp', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'm', ARGV[4])
 return {1, ARGV[1]}
 """
@@ -223,6 +224,7 @@ class WorkflowClient:
                 self.keys.runs_all,
                 self.keys.runs_by_status(RunStatus.PENDING.value),
                 self.keys.inbox,
+                self.keys.runs_by_graph(graph_id),
             ],
             args=[
                 run_id,
@@ -348,9 +350,10 @@ class WorkflowClient:
         await self.redis.xadd(self.keys.inbox, {"m": self._message("cancel", request)})
 
     async def list_runs(
-        self, status: RunStatus | str | None = None, limit: int = 100
+        self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None
     ) -> list[RunSummary]:
-        """The newest runs first, optionally only those with ``status``."""
+        """The newest runs first, optionally only those with ``status`` (newest to enter it
+        first) and of one graph (``graph_id``, every version)."""
         if status is not None:
             try:
                 status = RunStatus(status)
@@ -359,7 +362,7 @@ class WorkflowClient:
                 raise InputError("status", f"unknown status {status!r} (known: {known})") from None
         if limit < 1:
             raise InputError("limit", "must be at least 1")
-        ids = await self.store.list_runs(status.value if status else None, limit)
+        ids = await self.store.list_runs(status.value if status else None, limit, graph_id)
         return await load_summaries(self.store, ids)
 
     async def history(self, run_id: str) -> list[dict[str, Any]]:

@@ -390,8 +390,13 @@ class Dispatcher:
             return 0
 
     async def _prune_all_runs(self, cutoff_ms: int) -> None:
-        # The all-runs index is scored by creation; an old entry is dropped once its meta is gone.
-        old = await self.redis.zrangebyscore(self.keys.runs_all, "-inf", cutoff_ms, 0, 500)
-        for run_id in old:
-            if not await self.redis.exists(self.keys.run(run_id.decode()).meta):
-                await self.redis.zrem(self.keys.runs_all, run_id)
+        # The all-runs and per-graph indexes are scored by creation; an old entry is dropped
+        # once its meta is gone.
+        indexes = [self.keys.runs_all]
+        graph_ids = await self.redis.hkeys(self.keys.graph_latest)
+        indexes += [self.keys.runs_by_graph(g.decode()) for g in graph_ids]
+        for index in indexes:
+            old = await self.redis.zrangebyscore(index, "-inf", cutoff_ms, 0, 500)
+            for run_id in old:
+                if not await self.redis.exists(self.keys.run(run_id.decode()).meta):
+                    await self.redis.zrem(index, run_id)

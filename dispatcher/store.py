@@ -278,6 +278,7 @@ class RunStore:
             self.keys.runs_all,
             self.keys.runs_by_status(old_status or run.status.value),
             self.keys.runs_by_status(run.status.value),
+            self.keys.runs_by_graph(run.graph_id),
         ]
         rev = str(expected_rev) if expected_rev is not None else "-1"
         writes = state_writes(t, run)
@@ -320,8 +321,23 @@ class RunStore:
         entries = await self.redis.xrange(self.keys.run(run_id).events, count=count)
         return [orjson.loads(fields[b"e"]) for _, fields in entries]
 
-    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[str]:
-        key = self.keys.runs_by_status(status) if status else self.keys.runs_all
+    async def list_runs(
+        self, status: str | None = None, limit: int = 100, graph_id: str | None = None
+    ) -> list[str]:
+        """Run ids, newest first: by creation, or by the time they entered ``status``."""
+        if status and graph_id:
+            # The runs of one graph in one status: intersect the two indexes, keeping the
+            # status index's scores (a read-only command: no temporary key).
+            pairs = await self.redis.zinter(
+                {self.keys.runs_by_status(status): 1, self.keys.runs_by_graph(graph_id): 0},
+                withscores=True,
+            )
+            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
+            return [i.decode() for i, _ in pairs[:limit]]
+        if graph_id:
+            key = self.keys.runs_by_graph(graph_id)
+        else:
+            key = self.keys.runs_by_status(status) if status else self.keys.runs_all
         ids = await self.redis.zrevrange(key, 0, limit - 1)
         return [i.decode() for i in ids]
 

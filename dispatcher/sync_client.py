@@ -148,9 +148,9 @@ class SyncWorkflowClient:
         self._call(self.client.cancel(run_id, reason, actor))
 
     def list_runs(
-        self, status: RunStatus | str | None = None, limit: int = 100
+        self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None
     ) -> list[RunSummary]:
-        return self._call(self.client.list_runs(status, limit))
+        return self._call(self.client.list_runs(status, limit, graph_id))
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         return self._call(self.client.history(run_id))

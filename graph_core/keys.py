@@ -104,6 +104,10 @@ class Keys:
     def runs_by_status(self, status: str) -> str:
         return f"{self.prefix}:runs:{status}"
 
+    def runs_by_graph(self, graph_id: str) -> str:
+        """Zset: the runs of one graph (all versions), run id -> created (ms)."""
+        return f"{self.prefix}:graph-runs:{graph_id}"
+
     def idempotency(self, key: str) -> str:
         """String: the id of the run that holds submission key ``key`` (the key verbatim),
         claimed with SET NX and expiring a retention period after the claim."""

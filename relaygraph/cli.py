@@ -164,6 +164,7 @@ def _add_client_commands(
 
     p = sub.add_parser("runs", parents=[redis_opts, json_opt], help="list runs, newest first")
     p.add_argument("--status", choices=[s.value for s in RunStatus])
+    p.add_argument("--graph", metavar="GRAPH_ID", help="only the runs of this graph")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
     p.set_defaults(func=cmd_runs)
 
@@ -356,7 +357,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
 
     async def go(client: WorkflowClient) -> int:
-        runs = await client.list_runs(args.status, args.limit)
+        runs = await client.list_runs(args.status, args.limit, args.graph)
         if args.json:
             _print_json([r.model_dump(mode="json") for r in runs])
         else:

@@ -196,6 +196,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         keys.graph_latest,
         keys.runs_all,
         keys.runs_by_status("<status>"),
+        keys.runs_by_graph("<graph_id>"),
         keys.idempotency("<idempotency_key>"),
         keys.workers,
         keys.queue("<queue>"),
@@ -217,6 +218,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         "idempotency",
         "queue",
         "run",
+        "runs_by_graph",
         "runs_by_status",
         "wake",
     }

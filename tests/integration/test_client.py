@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -338,6 +339,28 @@ async def test_list_runs_newest_first_with_filters(client: WorkflowClient) -> No
     assert runs[0].error is not None and runs[0].graph_id == "failing"
     with pytest.raises(InputError, match="unknown status 'done'"):
         await client.list_runs("done")
+
+
+@pytest.mark.usefixtures("engine")
+async def test_list_runs_of_one_graph_client_and_raw_submissions(
+    client: WorkflowClient, redis: aioredis.Redis
+) -> None:
+    echoes = [await client.submit("echo", {"text": str(i)}) for i in range(2)]
+    failed = await client.submit("failing")
+    # A raw submission (the dispatcher's apply script writes its indexes) counts as well.
+    raw = orjson.dumps({"kind": "submit", "graph_id": "echo", "run_id": "raw-echo-1"})
+    await redis.xadd(client.keys.inbox, {"m": raw})
+    for run_id in [*echoes, failed, "raw-echo-1"]:
+        await client.wait(run_id, timeout=10)
+
+    of_echo = [r.run_id for r in await client.list_runs(graph_id="echo")]
+    assert set(of_echo) == {*echoes, "raw-echo-1"} and of_echo[0] == "raw-echo-1"
+    assert all(r.graph_id == "echo" for r in await client.list_runs(graph_id="echo"))
+    assert [r.run_id for r in await client.list_runs(graph_id="failing")] == [failed]
+    assert [r.run_id for r in await client.list_runs("failed", graph_id="echo")] == []
+    both = [r.run_id for r in await client.list_runs("completed", graph_id="echo", limit=2)]
+    assert len(both) == 2 and both[0] == "raw-echo-1"  # newest to complete first
+    assert await client.list_runs(graph_id="no-such-graph") == []
 
 
 async def test_cancel_a_running_run(
