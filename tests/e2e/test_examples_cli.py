@@ -5,6 +5,7 @@ server-backed commands against ``relaygraph up``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import selectors
@@ -86,6 +87,31 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 60) ->
                 line = proc.stdout.readline()
                 seen += line
     return seen
+
+
+@contextlib.contextmanager
+def relaygraph_up(
+    argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``relaygraph up ARGV`` until the block ends (then SIGTERM, which must exit 0); yields
+    its start-up banner."""
+    proc = subprocess.Popen(
+        [RELAYGRAPH, "up", *argv],
+        cwd=cwd,
+        env=cli_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield read_until(proc, "relaygraph up:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 # --- the examples -------------------------------------------------------------------------
@@ -271,25 +297,11 @@ def test_ctrl_c_cleans_up_workers_and_server() -> None:
 def up(redis_url: str) -> Iterator[list[str]]:
     """``relaygraph up`` with the approval handlers; yields the --redis/--prefix flags."""
     flags = ["--redis", redis_url, "--prefix", f"e2e-{secrets.token_hex(4)}"]
-    proc = subprocess.Popen(
-        [RELAYGRAPH, "up", *flags, "--handlers", "examples.approval.handlers", "--workers", "1"],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        banner = read_until(proc, "relaygraph up:")
+    with relaygraph_up(
+        [*flags, "--handlers", "examples.approval.handlers", "--workers", "1"]
+    ) as banner:
         assert "types" in banner and "writer" in banner
         yield flags
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def status(flags: list[str], run_id: str) -> dict[str, Any]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import signal
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env, read_until, relaygraph
+from tests.e2e.test_examples_cli import relaygraph, relaygraph_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,28 +23,12 @@ GRAPH = "tests/e2e/history_graph.json"
 def finished_run(redis_url: str) -> Iterator[tuple[list[str], str]]:
     """A deployment with the history handlers and one failed run on it: (flags, run id)."""
     flags = ["--redis", redis_url, "--prefix", f"hist-{secrets.token_hex(4)}"]
-    proc = subprocess.Popen(
-        [RELAYGRAPH, "up", *flags, "--handlers", "tests.e2e.history_handlers", "--workers", "1"],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        read_until(proc, "relaygraph up:")
+    with relaygraph_up([*flags, "--handlers", "tests.e2e.history_handlers", "--workers", "1"]):
         submitted = relaygraph("submit", GRAPH, "--wait", "--timeout", "60", "--json", *flags)
         assert submitted.returncode == 1, submitted.stderr  # the run failed
         view = orjson.loads(submitted.stdout)
         assert view["status"] == "failed" and view["error"]["node_id"] == "explode"
         yield flags, view["run_id"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def history_json(flags: list[str], run_id: str, *more: str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ import ast
 import asyncio
 import os
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env, read_until
+from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env, relaygraph_up
 from tests.support.servers import ServerFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,24 +78,9 @@ def test_the_readme_run_command(app_dir: Path) -> None:
 def deployment(app_dir: Path, server_factory: ServerFactory) -> Iterator[str]:
     """``relaygraph up`` with README's handlers on a server of its own; yields its URL."""
     server = server_factory()
-    proc = subprocess.Popen(
-        [RELAYGRAPH, "up", "--redis", server.url, "--handlers", "myapp.handlers"],
-        cwd=app_dir,
-        env=_env(app_dir),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        read_until(proc, "relaygraph up:")
+    argv = ["--redis", server.url, "--handlers", "myapp.handlers"]
+    with relaygraph_up(argv, cwd=app_dir, env=_env(app_dir)):
         yield server.url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def test_the_readme_client_block(app_dir: Path, deployment: str) -> None:
