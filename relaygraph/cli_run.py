@@ -102,17 +102,49 @@ def add_run_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop = _StopSignal()
     try:
-        return _cmd_run(args)
+        return _cmd_run(args, stop)
     except _Exit as e:
         print(f"relaygraph: error: {e}", file=sys.stderr)
         return e.code
-    except asyncio.CancelledError:  # SIGTERM
-        print("relaygraph: stopped", file=sys.stderr)
-        return 143
+    except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C or SIGTERM
+        signum = stop.signum or signal.SIGINT
+        print(
+            "relaygraph: " + ("interrupted" if signum == signal.SIGINT else "stopped"),
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+class _StopSignal:
+    """Ctrl-C and SIGTERM for ``run``: the first one arms the exit watchdog at once and
+    cancels the run's task. The watchdog is armed in the signal handler itself, not where
+    the cancellation lands, because a clean-up step on the way there (closing the event
+    subscription, say) can hang, and a cancellation can be swallowed by a library; the
+    follow loop also checks ``signum`` each second for the latter (seen under CI load)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self, task: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._received, signum, task)
+
+    def _received(self, signum: int, task: asyncio.Task[Any]) -> None:
+        if self.signum is None:
+            self.signum = signum
+            _arm_exit_watchdog(code=128 + signum)
+        task.cancel()
+
+    def check(self) -> None:
+        """Raise CancelledError if a stop signal came but its cancellation was lost."""
+        if self.signum is not None:
+            raise asyncio.CancelledError
+
+
+def _cmd_run(args: argparse.Namespace, stop: _StopSignal) -> int:
     graph = load_graph(args.graph)  # invalid graph: exit 2 with every problem
     payload = parse_json(args.input, "--input")
     answers = Answers(parse_answers(args.answers, graph), interactive=sys.stdin.isatty())
@@ -121,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     settings = settings_from(args, DispatcherSettings)
-    return asyncio.run(_run(args, settings, graph, payload, answers))
+    return asyncio.run(_run(args, settings, graph, payload, answers, stop))
 
 
 async def _run(
@@ -130,11 +162,12 @@ async def _run(
     graph: Graph,
     payload: Any,
     answers: Answers,
+    stop: _StopSignal,
 ) -> int:
     say = Progress(sys.stdout, _quiet_nodes(graph), enabled=not args.json)
     task = asyncio.current_task()
-    if task is not None:  # SIGTERM: clean up as for Ctrl-C
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if task is not None:
+        stop.install(task)
     async with contextlib.AsyncExitStack() as stack:
         where = "Redis at " + redact_url(settings.redis_url or "")
         if settings.redis_url is None:
@@ -166,27 +199,22 @@ async def _run(
         )
         await client.register_graph(graph)
         run_id = clock.new_run_id()
-        try:
-            async with client.subscribe(run_id) as stream:  # before submitting: miss nothing
-                await client.submit(graph.id, payload, version=graph.version, run_id=run_id)
-                say.line(f"run {run_id} started")
-                view = await _follow(
-                    client, run_id, stream, say, answers, _Health(pool, dispatcher), args.timeout
-                )
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            _arm_exit_watchdog()  # Ctrl-C / SIGTERM: the clean-up below must not hang
-            raise
+        async with client.subscribe(run_id) as stream:  # before submitting: miss nothing
+            await client.submit(graph.id, payload, version=graph.version, run_id=run_id)
+            say.line(f"run {run_id} started")
+            health = _Health(pool, dispatcher, stop)
+            view = await _follow(client, run_id, stream, say, answers, health, args.timeout)
         _report(args, say, view)  # before the clean-up, which takes a moment
     return exit_code_for(view.status)
 
 
-def _arm_exit_watchdog(after_s: float = CLEANUP_DEADLINE_S) -> None:
-    """Exit with 130 if stopping takes longer than ``after_s``: a stuck clean-up step must
-    never keep a Ctrl-C'd command alive. Children die with us (parent-death signal)."""
+def _arm_exit_watchdog(code: int, after_s: float = CLEANUP_DEADLINE_S) -> None:
+    """Exit with ``code`` if stopping takes longer than ``after_s``: a stuck clean-up step
+    must never keep a Ctrl-C'd command alive. Children die with us (parent-death signal)."""
 
     def give_up() -> None:
         print(f"relaygraph: clean-up took over {after_s:g}s; exiting", file=sys.stderr)
-        os._exit(130)
+        os._exit(code)
 
     timer = threading.Timer(after_s, give_up)
     timer.daemon = True
@@ -227,12 +255,15 @@ def _check_handlers(graph: Graph, workers: list[WorkerInfo], handlers: str) -> N
 
 @dataclass
 class _Health:
-    """What must stay up while a run is followed: the workers and the dispatcher task."""
+    """What must stay up while a run is followed: the workers and the dispatcher task (and
+    no stop signal has come)."""
 
     pool: WorkerPool
     dispatcher: asyncio.Task[None]
+    stop: _StopSignal
 
     def check(self) -> None:
+        self.stop.check()
         if self.dispatcher.done():
             error = None if self.dispatcher.cancelled() else self.dispatcher.exception()
             raise _Exit(EXIT_FAILED, f"the dispatcher stopped: {error!r}")

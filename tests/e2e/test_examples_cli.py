@@ -260,7 +260,8 @@ def test_timeout_cancels_the_run() -> None:
     assert processes_with(BLOCKING_WORKERS) == []
 
 
-def test_ctrl_c_cleans_up_workers_and_server() -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_cleans_up_workers_and_server(signum: int, code: int) -> None:
     proc = subprocess.Popen(
         [
             RELAYGRAPH,
@@ -280,8 +281,8 @@ def test_ctrl_c_cleans_up_workers_and_server() -> None:
         read_until(proc, "started")
         workers = processes_with(BLOCKING_WORKERS)
         assert len(workers) == 2
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
     finally:
         if proc.poll() is None:
             proc.kill()
