@@ -291,15 +291,20 @@ class BatchHandler:
                 p.cache.evict(run_id)
                 results[b.index] = applied
             elif applied:
-                results[b.index] = Outcome(
-                    run_id, True, None, b.transition, acked=b.ack is not None
-                )
-                if b.writes is not None:
-                    p.cache_applied(run_id, b.view, b.writes)
+                results[b.index] = self._applied(b)
             else:  # another dispatcher moved the run on: load again and recompute
                 log.debug("conflict applying %s to run %s", b.event.kind, run_id)
                 p.cache.conflicted(run_id, b.view)
                 alone.append((b.index, b.event, b.ack))
+
+    def _applied(self, b: _Batched) -> Outcome:
+        """The outcome of an entry whose transition was applied: counted, its writes cached."""
+        p = self.processor
+        if b.transition is not None:
+            p.metrics.applied(b.graph, b.transition)
+        if b.writes is not None:
+            p.cache_applied(b.event.run_id, b.view, b.writes)
+        return Outcome(b.event.run_id, True, None, b.transition, acked=b.ack is not None)
 
     async def _alone(self, message: Any, ack: str | None) -> Outcome | Exception:
         try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.sentinel import Sentinel as SyncSentinel
 
-from graph_core.redis_url import parse_redis_url
+from graph_core.redis_url import RedisTarget, parse_redis_url
 
-__all__ = ["connect"]
+__all__ = ["connect", "connect_sync"]
 
 
 def connect(url: str, **options: Any) -> Redis:
@@ -18,11 +20,30 @@ def connect(url: str, **options: Any) -> Redis:
     if not target.is_sentinel:
         client: Redis = Redis.from_url(url, **options)
         return client
-    common: dict[str, Any] = {"username": target.username, "password": target.password}
-    if target.ssl:
-        common.update(ssl=True, **target.ssl)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs={"password": target.password}, **common
+        list(target.sentinels), sentinel_kwargs={"password": target.password}, **_common(target)
     )
     master: Redis = sentinel.master_for(target.master or "mymaster", db=target.db, **options)
     return master
+
+
+def connect_sync(url: str, **options: Any) -> redis.Redis:
+    """``connect`` for blocking code (a metrics scrape runs in a thread of its own)."""
+    target = parse_redis_url(url)
+    if not target.is_sentinel:
+        client: redis.Redis = redis.Redis.from_url(url, **options)
+        return client
+    sentinel = SyncSentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs={"password": target.password}, **_common(target)
+    )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        target.master or "mymaster", db=target.db, **options
+    )
+    return master
+
+
+def _common(target: RedisTarget) -> dict[str, Any]:
+    common: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.ssl:
+        common.update(ssl=True, **target.ssl)
+    return common

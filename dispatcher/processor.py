@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.changes import StateWrites
 from dispatcher.loaded import NeedState, RedisView
+from dispatcher.metrics import NO_METRICS, Recorder
 from dispatcher.prefetch import Prefetch, neighbourhood
 from dispatcher.runcache import DEFAULT_RUN_CACHE, RunCache
 from dispatcher.store import GraphNotFound, RunStore, StoreError
@@ -32,6 +33,7 @@ from graph_core.events import (
     RunSubmitted,
 )
 from graph_core.keys import check_run_id
+from graph_core.logfmt import log_context
 from graph_core.messages import SubmitRequest
 from graph_core.model import Graph
 from graph_core.state import Transition
@@ -62,9 +64,13 @@ class Outcome:
 
 
 class Processor:
-    def __init__(self, store: RunStore, run_cache: int = DEFAULT_RUN_CACHE) -> None:
-        """``run_cache``: how many runs' states to keep for their next event (0: none)."""
+    def __init__(
+        self, store: RunStore, run_cache: int = DEFAULT_RUN_CACHE, metrics: Recorder = NO_METRICS
+    ) -> None:
+        """``run_cache``: how many runs' states to keep for their next event (0: none);
+        ``metrics``: counts every applied transition (``BatchHandler``'s too)."""
         self.store = store
+        self.metrics = metrics
         self.cache = RunCache(run_cache)
         self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
         # (graph id, version, submitted?, node id) -> what its events' transitions read
@@ -116,13 +122,23 @@ class Processor:
         """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same
         atomic write as the change."""
         try:
-            return await self._process(event, ack)
+            with self._log_ids(event):
+                return await self._process(event, ack)
         except REDIS_GONE:
             self.cache.clear()  # the server may have restarted and lost our latest writes
             raise
         except Exception:
             self.cache.evict(event.run_id)
             raise
+
+    def _log_ids(self, event: Event) -> log_context:
+        """Log lines while handling ``event`` carry its run's, node's and graph's ids."""
+        known = self._graph_of.get(event.run_id)
+        return log_context(
+            run_id=event.run_id,
+            node_id=getattr(event, "node_id", None),
+            graph_id=known[0] if known is not None else getattr(event, "graph_id", None),
+        )
 
     async def _process(self, event: Event, ack: str | None) -> Outcome:
         run_id = event.run_id
@@ -150,6 +166,7 @@ class Processor:
                 transition, view.rev, old, now_ms, ack, stamp=view.stamp
             )
             if await self.store.apply_prepared(call):
+                self.metrics.applied(graph, transition)
                 self.cache_applied(run_id, view, writes)
                 return Outcome(run_id, True, None, transition, acked=ack is not None)
             log.debug("conflict applying %s to run %s; recomputing", event.kind, run_id)

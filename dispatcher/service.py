@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
+from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
@@ -32,6 +33,7 @@ from dispatcher.sweeper import sweep
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested, ignored_event
+from graph_core.logfmt import log_context
 from graph_core.messages import (
     INBOX_FIELD,
     dumps,
@@ -94,13 +96,21 @@ return redis.call('XTRIM', KEYS[1], 'MINID', floor)
 
 
 class Dispatcher:
-    def __init__(self, redis: Redis, settings: DispatcherSettings) -> None:
+    def __init__(
+        self, redis: Redis, settings: DispatcherSettings, metrics: DispatcherMetrics | None = None
+    ) -> None:
+        """``metrics``: where to count (default: counters of its own if ``metrics_port`` is
+        set, served on it while ``run`` runs; else nothing is counted)."""
         # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
         self.redis: Any = redis
         self.settings = settings
         self.keys = settings.keys
+        if metrics is None and settings.metrics_port is not None:
+            metrics = DispatcherMetrics()
+        self.metrics = metrics
+        self.recorder: Recorder = metrics if metrics is not None else NO_METRICS
         self.store = RunStore(redis, self.keys, retention_s=settings.retention_s)
-        self.processor = Processor(self.store, run_cache=settings.run_cache)
+        self.processor = Processor(self.store, run_cache=settings.run_cache, metrics=self.recorder)
         self.batches = BatchHandler(self.processor)
         self.consumer = settings.consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -117,6 +127,10 @@ class Dispatcher:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
         await self._ensure_group()
+        with serving(self.metrics, self.settings):
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         loops = {
             "inbox": self._inbox_loop,
             "timers": self._timer_loop,
@@ -228,14 +242,16 @@ class Dispatcher:
             for (entry_id, raw, message), result in zip(round_, results, strict=True):
                 if isinstance(result, RelaygraphError):
                     # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
-                    await self._dead_letter("inbox", raw, str(result), entry_id)
+                    with _log_ids(message):
+                        await self._dead_letter("inbox", raw, str(result), entry_id)
                 elif isinstance(result, Exception):
-                    log.error(
-                        "error handling inbox entry %s; it stays pending for retry",
-                        entry_id,
-                        exc_info=result,
-                    )
-                    await self._count_failure(entry_id, raw, message)
+                    with _log_ids(message):
+                        log.error(
+                            "error handling inbox entry %s; it stays pending for retry",
+                            entry_id,
+                            exc_info=result,
+                        )
+                        await self._count_failure(entry_id, raw, message)
                 else:
                     self.processed += 1
                     if not result.acked or not result.applied:
@@ -258,8 +274,10 @@ class Dispatcher:
 
     def _ignored_event(self, message: Any, outcome: Outcome) -> bytes:
         kind = getattr(message, "kind", "?")
-        log.info("ignored %s for run %s: %s", kind, outcome.run_id, outcome.reason)
         node_id = getattr(message, "node_id", None)
+        self.recorder.ignored(kind)
+        ids = {"run_id": outcome.run_id, "node_id": node_id}
+        log.info("ignored %s for run %s: %s", kind, outcome.run_id, outcome.reason, extra=ids)
         return dumps(ignored_event(outcome.run_id, clock.now(), kind, outcome.reason, node_id))
 
     async def _count_failure(self, entry_id: bytes, raw: bytes, message: Any) -> None:
@@ -297,6 +315,7 @@ class Dispatcher:
             maxlen=10_000,
             approximate=True,
         )
+        self.recorder.dead_lettered(source)
         if entry_id is not None:
             await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
 
@@ -400,3 +419,10 @@ class Dispatcher:
             for run_id in old:
                 if not await self.redis.exists(self.keys.run(run_id.decode()).meta):
                     await self.redis.zrem(index, run_id)
+
+
+def _log_ids(message: Any) -> log_context:
+    """Log lines about this message carry its run's and node's ids."""
+    return log_context(
+        run_id=getattr(message, "run_id", None), node_id=getattr(message, "node_id", None)
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -32,6 +32,9 @@ class BaseSettings(BaseModel):
     redis_url: str | None = None  # None: `relaygraph run` starts an embedded server
     prefix: str = DEFAULT_PREFIX
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    # Prometheus exposition on this port (every address); None: no metrics are collected
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536)
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (graph_core.logfmt)
 
     @field_validator("redis_url")
     @classmethod
@@ -103,6 +106,8 @@ _KNOWN_ELSEWHERE = frozenset(
         "redis_url",
         "prefix",
         "max_message_bytes",
+        "metrics_port",
+        "log_format",
         "queues",
         "concurrency",
         "handlers",
@@ -112,6 +117,7 @@ _KNOWN_ELSEWHERE = frozenset(
         "claim_idle_s",
         "workers",
         "batch",
+        "run_cache",
         "max_inbox_attempts",
         "sweep_grace_s",
         "test_redis_bin",

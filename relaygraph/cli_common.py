@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from graph_core.errors import RelaygraphError
+from graph_core.logfmt import LogFormat, stderr_handler
 from graph_core.settings import BaseSettings, SettingsError, load_settings
 from graph_core.status import RunStatus
 
@@ -92,8 +93,9 @@ def exit_code_for(status: RunStatus) -> int:
     return EXIT_OK if status == RunStatus.COMPLETED else EXIT_FAILED
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Log to stderr at ``level``, as text or one JSON object per line (graph_core.logfmt)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise UsageError(f"--log-level: unknown level {level!r}")
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=numeric, handlers=[stderr_handler(log_format)])

@@ -46,25 +46,54 @@ MAX_RESTARTS = 5  # per worker slot and minute, before `up` gives up
 
 
 def add_process_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("dispatcher", parents=[redis_opts], help="run a dispatcher until stopped")
+    ops = argparse.ArgumentParser(add_help=False)  # what every long-running process takes
+    ops.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics on port N (RELAYGRAPH_METRICS_PORT; default: none)",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (RELAYGRAPH_LOG_FORMAT; default text)",
+    )
+
+    p = sub.add_parser(
+        "dispatcher", parents=[redis_opts, ops], help="run a dispatcher until stopped"
+    )
     p.add_argument("--consumer", help="consumer name in the inbox group (default host-pid-rand)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_dispatcher)
 
-    p = sub.add_parser("worker", parents=[redis_opts], help="run a worker (python -m worker)")
+    p = sub.add_parser("worker", parents=[redis_opts, ops], help="run a worker (python -m worker)")
     p.add_argument("--handlers", metavar="MODULE[:ATTR]", help="module with a HandlerRegistry")
     p.add_argument("--queue", action="append", metavar="Q", help="queue to serve (repeatable)")
     p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once per queue")
+    p.add_argument("--log-level", help="logging level (default INFO)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
-        "up", parents=[redis_opts], help="run a dispatcher and N workers until stopped"
+        "up",
+        parents=[redis_opts, ops],
+        help="run a dispatcher and N workers until stopped",
+        epilog="With --metrics-port P the dispatcher serves metrics on port P and worker i "
+        "(1, 2, ...) on port P+i.",
     )
     p.add_argument("--handlers", required=True, metavar="MODULE[:ATTR]")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="worker processes (2)")
     p.add_argument("--queue", action="append", metavar="Q", help="queue to serve (repeatable)")
     p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once per queue")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_up)
+
+
+def _ops_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The observability flags as settings (None: not given, the environment decides)."""
+    return {
+        "metrics_port": getattr(args, "metrics_port", None),
+        "log_format": getattr(args, "log_format", None),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -111,6 +140,8 @@ async def worker_pool(
     """Worker processes; with ``capture`` their output goes to files (shown on failure).
     ``grace_s``: how long a stopping worker lets running jobs finish (None: its default)."""
     tmp = tempfile.TemporaryDirectory(prefix="relaygraph-workers-") if capture else None
+    # The dispatcher in this process serves metrics on metrics_port; the workers the next ones.
+    base = settings.metrics_port + 1 if settings.metrics_port is not None else None
     pool = WorkerPool(
         redis_url=settings.redis_url or "",
         prefix=settings.prefix,
@@ -119,6 +150,9 @@ async def worker_pool(
         concurrency=args.concurrency,
         grace_s=grace_s,
         log_dir=Path(tmp.name) if tmp is not None else None,
+        metrics_port=base,
+        log_format=settings.log_format,
+        log_level=getattr(args, "log_level", None),
     )
     try:
         pool.start(args.workers)
@@ -130,9 +164,11 @@ async def worker_pool(
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
-    settings = settings_from(args, DispatcherSettings, consumer=args.consumer)
+    settings = settings_from(
+        args, DispatcherSettings, consumer=args.consumer, **_ops_settings(args)
+    )
     url = require_url(settings, "dispatcher")
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, settings.log_format)
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -163,6 +199,13 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--queue", queue]
     if args.concurrency is not None:
         argv += ["--concurrency", str(args.concurrency)]
+    for flag, value in (
+        ("--metrics-port", getattr(args, "metrics_port", None)),
+        ("--log-format", getattr(args, "log_format", None)),
+        ("--log-level", getattr(args, "log_level", None)),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
     return argv
 
 
@@ -180,9 +223,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    settings = settings_from(args, DispatcherSettings)
+    settings = settings_from(args, DispatcherSettings, **_ops_settings(args))
     require_url(settings, "up")
-    setup_logging("INFO")
+    if settings.metrics_port is not None and settings.metrics_port + args.workers > 65535:
+        raise UsageError(
+            f"--metrics-port {settings.metrics_port} leaves no port for {args.workers} "
+            "worker(s): they serve on the ports after it"
+        )
+    setup_logging(args.log_level, settings.log_format)
     return asyncio.run(_up(args, settings))
 
 
@@ -206,7 +254,8 @@ async def _up(args: argparse.Namespace, settings: DispatcherSettings) -> int:
         print(
             f"relaygraph up: dispatcher + {len(workers)} worker(s) on "
             f"{redact_url(settings.redis_url or '')} (queues {', '.join(queues)}; "
-            f"types {', '.join(types)}); stop with Ctrl-C or SIGTERM",
+            f"types {', '.join(types)}{_metrics_ports(settings, args.workers)}); "
+            "stop with Ctrl-C or SIGTERM",
             flush=True,
         )
         restarts: list[float] = []
@@ -229,3 +278,10 @@ async def _up(args: argparse.Namespace, settings: DispatcherSettings) -> int:
                 pool.respawn(proc)
         print("relaygraph up: stopping", flush=True)
     return EXIT_OK
+
+
+def _metrics_ports(settings: DispatcherSettings, workers: int) -> str:
+    port = settings.metrics_port
+    if port is None:
+        return ""
+    return f"; metrics: dispatcher on port {port}, workers on {port + 1}-{port + workers}"

@@ -57,6 +57,11 @@ class WorkerPool:
     worker's output goes to its own file there (shown when it fails); otherwise it is
     inherited. The current directory is put on the children's ``PYTHONPATH`` so handler
     modules of the project the CLI runs in import.
+
+    With ``metrics_port`` the worker in slot ``i`` (0, 1, ...) serves its metrics on port
+    ``metrics_port + i``, and a respawned worker takes over the slot (and port) of the one it
+    replaces; ``RELAYGRAPH_METRICS_PORT`` is never passed on, so that workers never try to
+    listen on the port of the process that started them.
     """
 
     def __init__(
@@ -69,6 +74,9 @@ class WorkerPool:
         concurrency: int | None = None,
         grace_s: float | None = None,
         log_dir: Path | None = None,
+        metrics_port: int | None = None,
+        log_format: str | None = None,
+        log_level: str | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
@@ -77,7 +85,11 @@ class WorkerPool:
         self.concurrency = concurrency
         self.grace_s = grace_s
         self.log_dir = log_dir
+        self.metrics_port = metrics_port
+        self.log_format = log_format
+        self.log_level = log_level
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._slots: dict[int, int] = {}  # pid -> the worker's slot (its metrics port)
         self._logs: dict[int, Path] = {}
         self._started = 0
 
@@ -89,12 +101,23 @@ class WorkerPool:
             cmd += ["--concurrency", str(self.concurrency)]
         if self.grace_s is not None:
             cmd += ["--grace", str(self.grace_s)]
+        if self.log_format is not None:
+            cmd += ["--log-format", self.log_format]
+        if self.log_level is not None:
+            cmd += ["--log-level", self.log_level]
         return cmd
+
+    def slot_arguments(self, slot: int) -> list[str]:
+        """The flags of the worker in ``slot``: its metrics port."""
+        if self.metrics_port is None:
+            return []
+        return ["--metrics-port", str(self.metrics_port + slot)]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["RELAYGRAPH_REDIS_URL"] = self.redis_url
         env["RELAYGRAPH_PREFIX"] = self.prefix
+        env.pop("RELAYGRAPH_METRICS_PORT", None)  # each worker gets its own (slot_arguments)
         path = [os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
         return env
@@ -103,7 +126,11 @@ class WorkerPool:
         for _ in range(n):
             self.spawn()
 
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def spawn(self, slot: int | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker in ``slot`` (default: the lowest no running worker holds)."""
+        if slot is None:
+            held = {self._slots.get(p.pid) for p in self.procs}
+            slot = next(i for i in range(len(self.procs) + 1) if i not in held)
         self._started += 1
         out: IO[bytes] | None = None
         log_path = None
@@ -112,7 +139,7 @@ class WorkerPool:
             out = log_path.open("wb")
         try:
             proc = subprocess.Popen(
-                self.command(),
+                self.command() + self.slot_arguments(slot),
                 env=self.environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -124,13 +151,14 @@ class WorkerPool:
                 out.close()
         if log_path is not None:
             self._logs[proc.pid] = log_path
+        self._slots[proc.pid] = slot
         self.procs.append(proc)
         return proc
 
     def respawn(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        """Replace an exited worker with a new process."""
+        """Replace an exited worker with a new process (in its slot)."""
         self.procs.remove(proc)
-        return self.spawn()
+        return self.spawn(self._slots.pop(proc.pid, None))
 
     def exited(self) -> list[subprocess.Popen[bytes]]:
         """Workers that are no longer running."""

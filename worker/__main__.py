@@ -1,11 +1,12 @@
 """``python -m worker``: one worker process serving one or more queues.
 
     python -m worker --redis redis://localhost:6379/0 --handlers myapp.handlers \\
-        [--queue default --queue gpu] [--concurrency 10] [--prefix relaygraph] [--grace 10]
+        [--queue default --queue gpu] [--concurrency 10] [--prefix relaygraph] [--grace 10] \\
+        [--metrics-port 9101] [--log-format text|json] [--log-level INFO]
 
 Settings come from the flags, then ``RELAYGRAPH_*`` variables. Exit status 2 for bad
-settings or a handlers module that does not load, 1 when the worker fails while running,
-0 after a graceful stop (SIGTERM or SIGINT).
+settings, a handlers module that does not load or a metrics port that cannot be listened
+on, 1 when the worker fails while running, 0 after a graceful stop (SIGTERM or SIGINT).
 
 While it runs, the process is listed in the ``<prefix>:workers`` hash (field ``host:pid``,
 value ``{"queues", "types", "pid", "host", "started_at"}``), so ``relaygraph run`` can check
@@ -29,6 +30,7 @@ from redis.exceptions import RedisError
 
 from graph_core import clock
 from graph_core.errors import RelaygraphError
+from graph_core.logfmt import stderr_handler
 from graph_core.messages import dumps
 from graph_core.settings import SettingsError, load_settings
 from worker.registry import HandlerRegistry, RegistryLoadError, load_registry
@@ -52,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let running jobs finish for up to S seconds (default 10)",
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (RELAYGRAPH_LOG_FORMAT; default text)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics on port N (RELAYGRAPH_METRICS_PORT; default: none)",
+    )
     return p
 
 
@@ -68,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "handlers": args.handlers,
         "queues": args.queue,
         "concurrency": args.concurrency,
+        "metrics_port": args.metrics_port,
+        "log_format": args.log_format,
     }
     try:
         settings = load_settings(WorkerSettings, flags)
@@ -83,17 +98,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(level, int):
         return _fail(f"--log-level: unknown level {args.log_level!r}")
     from worker.app import WorkerConfigError, redis_settings_from_url  # loads arq: not for --help
+    from worker.metrics import MetricsPortError
 
     try:
         registry = load_registry(settings.handlers)
         redis_settings_from_url(settings.redis_url)  # a bad URL is a settings error
     except (RegistryLoadError, WorkerConfigError) as e:
         return _fail(str(e))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, handlers=[stderr_handler(settings.log_format)])
     try:
         asyncio.run(_serve(settings, registry, args.grace))
     except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before serving began
         return EXIT_OK
+    except MetricsPortError as e:
+        return _fail(str(e))
     except (OSError, RedisError, RelaygraphError) as e:
         return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
     return EXIT_OK

@@ -57,6 +57,7 @@ from graph_core.messages import (
 )
 from graph_core.redis_url import RedisUrlError, parse_redis_url
 from worker.heartbeat import Heartbeat, sync_client
+from worker.metrics import MetricsServer, WorkerMetrics
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry, load_registry
 from worker.runner import (
@@ -102,6 +103,7 @@ class _WorkerState:
     settings: WorkerSettings
     worker_id: str
     heartbeat: Heartbeat
+    metrics: WorkerMetrics | None = None
 
     def lease_member(self, job: JobPayload) -> tuple[bytes, float | None]:
         """The attempt's lease (the ``LeaseExpired`` message the dispatcher acts on if it
@@ -203,6 +205,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
             delivery=int(ctx.get("job_try") or 1),
             preloaded=preloaded,
             before_start=before_start,
+            metrics=state.metrics,
         )
     except BaseException as e:
         heartbeat.release(member)
@@ -268,8 +271,10 @@ def build_workers(
     *,
     burst: bool = False,
     handle_signals: bool = False,
+    metrics: WorkerMetrics | None = None,
 ) -> list[Worker]:
     """One arq ``Worker`` per queue in ``settings.queues``; call inside a running loop.
+    ``metrics``: where their jobs are counted (None: nowhere).
 
     ``handle_signals`` should stay False when several workers share a loop (each would
     replace the others' handlers); ``serve`` handles SIGTERM/SIGINT for all of them.
@@ -306,7 +311,9 @@ def build_workers(
             queue_name=keys.queue(name),
             redis_settings=redis_settings,
             burst=burst,
-            on_startup=_startup(keys, registry, graphs, settings, _worker_id(name), heartbeat),
+            on_startup=_startup(
+                keys, registry, graphs, settings, _worker_id(name), heartbeat, metrics
+            ),
             on_shutdown=_shutdown_hook(heartbeat),
             handle_signals=handle_signals,
             max_jobs=settings.concurrency,
@@ -331,12 +338,13 @@ def _startup(
     settings: WorkerSettings,
     worker_id: str,
     heartbeat: Heartbeat,
+    metrics: WorkerMetrics | None,
 ) -> StartupShutdown:
     async def on_startup(ctx: dict[str, Any]) -> None:
         # arq's own pool (ctx["redis"]) serves the store too: one connection setup, same
         # URL handling (TLS, sentinel) for jobs and state.
         ctx[_STATE] = _WorkerState(
-            ctx["redis"], keys, registry, graphs, settings, worker_id, heartbeat
+            ctx["redis"], keys, registry, graphs, settings, worker_id, heartbeat, metrics
         )
         logger.info(
             "worker %s serving %s with handlers for %s",
@@ -360,6 +368,7 @@ async def serve(
     registry: HandlerRegistry | None = None,
     *,
     grace_s: float = 10.0,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Run a worker per queue until cancelled, SIGTERM or SIGINT, then stop gracefully:
     stop taking jobs, give running ones ``grace_s`` to finish, cancel the rest (arq puts them
@@ -368,10 +377,26 @@ async def serve(
     ``registry`` defaults to ``load_registry(settings.handlers)``, or the built-ins alone.
     If a worker fails (e.g. Redis unreachable at start), the others stop and its error is
     raised.
+
+    Jobs are counted into ``metrics``; with ``settings.metrics_port`` (and counters of their
+    own unless ``metrics`` is given) they are served on that port meanwhile. A port that
+    cannot be listened on raises ``MetricsPortError`` before any job is taken.
     """
     if registry is None:
         registry = load_registry(settings.handlers) if settings.handlers else HandlerRegistry()
-    workers = build_workers(settings, registry)
+    server = None
+    if settings.metrics_port is not None:
+        metrics = metrics if metrics is not None else WorkerMetrics()
+        server = MetricsServer(metrics.registry, settings.metrics_port)
+        logger.info("serving metrics on port %d", settings.metrics_port)
+    try:
+        await _serve_workers(build_workers(settings, registry, metrics=metrics), grace_s)
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def _serve_workers(workers: list[Worker], grace_s: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = _install_signals(loop, stop)

@@ -9,6 +9,7 @@ replayed job harmless.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import re
@@ -27,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from graph_core.errors import RelaygraphError, TemplateError
 from graph_core.events import ErrorInfo, NodeReported
 from graph_core.keys import Keys, RunKeys
+from graph_core.logfmt import log_context
 from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.settings import BaseSettings
@@ -34,6 +36,7 @@ from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus
 from graph_core.templates import render
 from worker.context import NodeContext, NodeResult, NonRetryableError
+from worker.metrics import WorkerMetrics
 from worker.preload import (
     LATEST_SCRIPT,
     GraphCache,
@@ -173,6 +176,7 @@ class _Outcome:
     status: Status
     output: Any = None
     error: ErrorInfo | None = None
+    handler_s: float | None = None  # how long the handler ran (None: it did not run)
 
 
 def _describe(error: BaseException) -> str:
@@ -354,6 +358,7 @@ async def run_node(
     worker_id: str | None = None,
     delivery: int = 1,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    metrics: WorkerMetrics | None = None,
 ) -> NodeReported | None:
     """Run one job and report it on the inbox stream; return the report, or None when the
     job was fenced off (its run is over, or the node moved on) and nothing was reported.
@@ -372,6 +377,7 @@ async def run_node(
         worker_id=worker_id,
         delivery=delivery,
         max_deliveries=max_deliveries,
+        metrics=metrics,
     )
     if done is None:
         return None
@@ -393,6 +399,7 @@ async def execute_node(
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     preloaded: Preloaded | None = None,
     before_start: PipelineHook | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> tuple[NodeReported, bytes] | None:
     """``run_node`` without sending: the report and its encoded inbox message, for the
     caller to write (the worker writes it with the job's clean-up, in one round trip).
@@ -400,8 +407,67 @@ async def execute_node(
     ``preloaded`` skips reading the fence's records; ``before_start`` adds commands (the
     lease) to the pipeline of reads that precedes the handler, so they cost no round trip
     of their own. It is called only for a job that passed the fence when ``preloaded`` is
-    given, and for every job that reaches the reads otherwise.
+    given, and for every job that reaches the reads otherwise. ``metrics`` counts the
+    attempt once its report is built.
+
+    Log lines meanwhile (the handler's own included) carry the job's ids (``log_context``).
     """
+    with log_context(
+        run_id=payload.run_id,
+        node_id=payload.node_id,
+        graph_id=payload.graph_id,
+        visit=payload.visit,
+        attempt=payload.attempt,
+    ):
+        done = await _execute_node(
+            redis,
+            keys,
+            registry,
+            payload,
+            graph_cache,
+            settings,
+            worker_id,
+            delivery,
+            max_deliveries,
+            preloaded,
+            before_start,
+        )
+        if done is not None and metrics is not None:
+            _count(metrics, graph_cache, payload, *done)
+        return None if done is None else done[:2]
+
+
+def _count(
+    metrics: WorkerMetrics,
+    graph_cache: GraphCache,
+    payload: JobPayload,
+    report: NodeReported,
+    data: bytes,
+    handler_s: float | None,
+) -> None:
+    graph = graph_cache.get(payload.graph_id, payload.graph_version)
+    if graph is not None and graph.has_node(payload.node_id):
+        node = graph.node(payload.node_id)
+        node_type, queue = node.type, node.queue or DEFAULT_QUEUE
+    else:  # the graph or node is missing: the report says so
+        node_type, queue = "", ""
+    metrics.attempt(node_type, queue, report.status, handler_s)
+
+
+async def _execute_node(
+    redis: Redis,
+    keys: Keys,
+    registry: HandlerRegistry,
+    payload: JobPayload,
+    graph_cache: GraphCache,
+    settings: BaseSettings,
+    worker_id: str | None,
+    delivery: int,
+    max_deliveries: int,
+    preloaded: Preloaded | None,
+    before_start: PipelineHook | None,
+) -> tuple[NodeReported, bytes, float | None] | None:
+    """``execute_node``, with the time the handler ran (None: it did not run)."""
     started = time.monotonic()
     try:
         rk = keys.run(payload.run_id)
@@ -435,7 +501,7 @@ async def execute_node(
         time.monotonic() - started,
         f" ({report.error})" if report.error else "",
     )
-    return report, data
+    return report, data, outcome.handler_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,7 +692,9 @@ async def _prepare_and_run(
         graph_id=job.graph.id,
         graph_version=job.graph.version,
     )
-    return await _run_handler(spec, ctx, payload.timeout_s)
+    started = time.perf_counter()
+    outcome = await _run_handler(spec, ctx, payload.timeout_s)
+    return dataclasses.replace(outcome, handler_s=time.perf_counter() - started)
 
 
 def _report(
