@@ -309,8 +309,10 @@ class WorkflowClient:
         actor: str | None = None,
         token: str | None = None,
         durable: bool = True,
+        comment: str | None = None,
     ) -> None:
-        """Send an approval decision. Without ``token`` the node's current wait token is
+        """Send an approval decision (``comment``: the decider's words, kept in the node's
+        output and the history). Without ``token`` the node's current wait token is
         used (``NodeNotWaiting`` if it has none). ``durable`` sends it through the inbox
         stream (kept until a dispatcher reads it); otherwise it is published on the
         approvals channel, which only dispatchers listening right now receive.
@@ -333,6 +335,7 @@ class WorkflowClient:
             data=_json_value("approval data", data or {}),
             actor=actor,
             token=token,
+            comment=comment,
         )
         message = self._message("approval data", approval)
         if durable:

@@ -46,6 +46,9 @@ class StoreError(RelaygraphError):
     pass
 
 
+MAX_VERSIONS_LISTED = 1000  # graph_versions looks at this many versions below the latest
+
+
 class GraphNotFound(StoreError):
     def __init__(self, graph_id: str, version: int | None) -> None:
         self.graph_id = graph_id
@@ -340,6 +343,60 @@ class RunStore:
             key = self.keys.runs_by_status(status) if status else self.keys.runs_all
         ids = await self.redis.zrevrange(key, 0, limit - 1)
         return [i.decode() for i in ids]
+
+    async def page_runs(
+        self,
+        status: str | None,
+        graph_id: str | None,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[tuple[str, int]]:
+        """A page of ``list_runs`` with each run's index score (ms): the runs after
+        ``before`` (the last (score, run id) of the previous page) in the index's newest-first
+        order. Runs created meanwhile sort before ``before``, so pages stay stable."""
+        if status and graph_id:
+            pairs = await self.redis.zinter(
+                {self.keys.runs_by_status(status): 1, self.keys.runs_by_graph(graph_id): 0},
+                withscores=True,
+            )
+        else:
+            if graph_id:
+                key = self.keys.runs_by_graph(graph_id)
+            else:
+                key = self.keys.runs_by_status(status) if status else self.keys.runs_all
+            if before is None:
+                pairs = await self.redis.zrevrange(key, 0, limit - 1, withscores=True)
+            else:
+                # Members with the cursor's score come in reverse lexical order: fetch them
+                # all with the page, then drop the ones at or before the cursor.
+                ties = await self.redis.zcount(key, before[0], before[0])
+                pairs = await self.redis.zrevrangebyscore(
+                    key, before[0], "-inf", start=0, num=limit + ties, withscores=True
+                )
+        page = sorted(((m.decode(), int(sc)) for m, sc in pairs), key=_newest, reverse=True)
+        if before is not None:
+            page = [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])]
+        return page[:limit]
+
+    async def graph_ids(self) -> dict[str, int]:
+        """Every registered graph's id and latest version."""
+        raw = await self.redis.hgetall(self.keys.graph_latest)
+        return {k.decode(): int(v) for k, v in sorted(raw.items())}
+
+    async def graph_versions(self, graph_id: str) -> list[int]:
+        """The registered versions of ``graph_id`` (the newest ``MAX_VERSIONS_LISTED`` of
+        them), oldest first."""
+        latest = await self.latest_version(graph_id)
+        if latest is None:
+            return []
+        versions = range(max(1, latest - MAX_VERSIONS_LISTED + 1), latest + 1)
+        fields = [self.keys.graph_field(graph_id, v) for v in versions]
+        found = await self.redis.hmget(self.keys.graphs, fields)
+        return [v for v, raw in zip(versions, found, strict=True) if raw is not None]
+
+
+def _newest(pair: tuple[str, int]) -> tuple[int, str]:
+    return pair[1], pair[0]
 
 
 def _set_joins(view: RedisView, keys: Sequence[tuple[str, int]], raws: list[bytes | None]) -> None:

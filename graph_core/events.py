@@ -103,6 +103,7 @@ class ApprovalReceived(_Msg):
     data: dict[str, Any] = Field(default_factory=dict)
     actor: str | None = None
     token: str | None = None
+    comment: str | None = Field(default=None, max_length=4096)  # the decider's words
 
 
 class TimerFired(_Msg):

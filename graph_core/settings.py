@@ -95,7 +95,8 @@ def load_settings(
 
 
 def _coerce_env(value: str) -> Any:
-    if "," in value and not value.startswith(("redis", "unix")):
+    # A comma list, unless the value is a URL or JSON (RELAYGRAPH_API_KEYS holds a document).
+    if "," in value and not value.lstrip().startswith(("redis", "unix", "{", "[")):
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
 
@@ -127,5 +128,11 @@ _KNOWN_ELSEWHERE = frozenset(
         "heartbeat_s",
         "job_lease_s",
         "wake_fallback_s",
+        "api_keys",
+        "api_keys_file",
+        "api_insecure",
+        "api_cors_origins",
+        "api_max_body_bytes",
+        "api_redis_timeout_s",
     }
 )

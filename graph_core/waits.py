@@ -170,11 +170,16 @@ class Waits(MachineBase):
             return f"approval for {ev.node_id!r} carries no token"
         if not hmac.compare_digest(ev.token.encode(), rec.wait.token.encode()):
             return f"approval for {ev.node_id!r} carries the wrong token"
-        self._resolve(ev.node_id, ev.decision, ev.data, ev.actor)
+        self._resolve(ev.node_id, ev.decision, ev.data, ev.actor, ev.comment)
         return None
 
     def _resolve(
-        self, node_id: str, decision: str, data: dict[str, Any], actor: str | None
+        self,
+        node_id: str,
+        decision: str,
+        data: dict[str, Any],
+        actor: str | None,
+        comment: str | None = None,
     ) -> None:
         rec = self.tx.node(node_id)
         rec.wait = None
@@ -183,8 +188,12 @@ class Waits(MachineBase):
         kind = {"approve": "node.approved", "reject": "node.rejected"}.get(
             decision, "node.resolved"
         )
-        self.tx.emit(kind, node_id, visit=rec.visits, decision=decision, actor=actor)
-        self._complete(node_id, rec.visits, {"decision": decision, "data": data, "actor": actor})
+        output: dict[str, Any] = {"decision": decision, "data": data, "actor": actor}
+        said: dict[str, Any] = {"decision": decision, "actor": actor}
+        if comment is not None:  # only when given: outputs and events stay as they were
+            output["comment"] = said["comment"] = comment
+        self.tx.emit(kind, node_id, visit=rec.visits, **said)
+        self._complete(node_id, rec.visits, output)
 
     def _timer(self, ev: TimerFired) -> str | None:
         if ev.timer == "run_timeout":

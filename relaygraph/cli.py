@@ -5,8 +5,8 @@ wrong at run time (Redis unreachable, unknown run), 2 a usage, settings or valid
 Settings come from flags first, then ``RELAYGRAPH_*`` environment variables.
 
 Commands: ``run`` (``relaygraph.cli_run``); ``up``, ``dispatcher`` and ``worker``
-(``relaygraph.cli_serve``); ``validate``, ``export``, ``register``, ``submit``, ``status``,
-``runs``, ``approve`` and ``cancel`` (here).
+(``relaygraph.cli_serve``); ``api`` and ``api-key`` (``relaygraph.cli_api``); ``validate``,
+``export``, ``register``, ``submit``, ``status``, ``runs``, ``approve`` and ``cancel`` (here).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from graph_core.errors import GraphValidationError, RelaygraphError
 from graph_core.model import Graph
 from graph_core.settings import SettingsError
 from graph_core.status import RunStatus
-from relaygraph import __version__, cli_run, cli_serve
+from relaygraph import __version__, cli_api, cli_run, cli_serve
 from relaygraph.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_run.add_run_parser(sub, [redis_opts, json_opt])
     cli_serve.add_process_commands(sub, redis_opts)
+    cli_api.add_api_commands(sub, redis_opts)
     _add_file_commands(sub, redis_opts, json_opt)
     _add_client_commands(sub, redis_opts, json_opt)
     return parser

@@ -94,11 +94,18 @@ def test_pyproject_metadata() -> None:
     assert not any(c.startswith("License ::") for c in project["classifiers"])  # SPDX only
     assert project["scripts"]["relaygraph"] == "relaygraph.cli:main"
     packages = doc["tool"]["setuptools"]["packages"]
-    assert set(packages) == {"relaygraph", *ENGINE}
-    for package in packages:
+    top = {"relaygraph", *ENGINE}
+    # every package folder goes into the wheel (setuptools takes only the listed ones)
+    folders = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for name in top
+        for init in (ROOT / name).rglob("__init__.py")
+    }
+    assert set(packages) == folders
+    for package in top:
         assert (ROOT / package / "py.typed").exists(), package
         assert "py.typed" in doc["tool"]["setuptools"]["package-data"][package]
-    assert set(doc["tool"]["mypy"]["packages"]) == set(packages)
+    assert set(doc["tool"]["mypy"]["packages"]) == top
 
 
 def _user_facing_python() -> list[tuple[str, str]]:

@@ -1,0 +1,195 @@
+"""``create_app``: the HTTP API as an ASGI application (FastAPI).
+
+The app keeps nothing of its own between requests: runs, graphs, waits and events live in
+Redis, so several API processes behind a load balancer serve the same deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dispatcher.client import WorkflowClient
+from dispatcher.connect import connect, connect_sync
+from dispatcher.fleet import FleetCollector
+from graph_core.errors import RelaygraphError
+from relaygraph import __version__
+from relaygraph.api import graphs, ops, runs
+from relaygraph.api.auth import ApiKeys
+from relaygraph.api.deps import ApiContext
+from relaygraph.api.events import EventHub
+from relaygraph.api.metrics import ApiMetrics
+from relaygraph.api.problems import install_handlers, problem_response
+from relaygraph.api.settings import ApiSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("relaygraph.api")
+
+DESCRIPTION = """\
+Register graphs, start and follow runs, approve and reject waiting nodes.
+
+Authenticate with an API key: `Authorization: Bearer <key>` (or `X-API-Key: <key>`).
+Roles: **viewer** reads; **submitter** also registers graphs, starts and cancels runs;
+**approver** also approves and rejects; **admin** may do everything. Errors are
+`application/problem+json` (RFC 9457) with a stable `type`.
+"""
+
+
+def create_app(settings: ApiSettings, keys: ApiKeys | None = None, redis: Any = None) -> FastAPI:
+    """The API for ``settings`` (its Redis URL, prefix, limits), with ``keys`` (default: the
+    settings' keys document and file). ``redis``: an async client to use instead of one
+    made from ``settings.redis_url`` (its owner closes it)."""
+    if keys is None:
+        keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    if redis is None and settings.redis_url is None:
+        raise RelaygraphError("no Redis URL: pass --redis or set RELAYGRAPH_REDIS_URL")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            client_redis = redis
+            if client_redis is None:
+                timeout = settings.api_redis_timeout_s
+                client_redis = connect(
+                    settings.redis_url or "",
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                )
+                stack.push_async_callback(client_redis.aclose)
+            client = WorkflowClient(
+                client_redis,
+                prefix=settings.prefix,
+                max_message_bytes=settings.max_message_bytes,
+                retention_s=settings.retention_s,
+            )
+            hub = EventHub(client_redis, client.keys)
+            stack.push_async_callback(hub.close)
+            metrics = ApiMetrics()
+            if settings.redis_url is not None:
+                _add_fleet(stack, metrics, settings)
+            app.state.ctx = ApiContext(settings, keys, client_redis, client, hub, metrics)
+            yield
+
+    app = FastAPI(
+        title="relaygraph",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(runs.router)
+    app.include_router(graphs.router)
+    app.include_router(ops.router)
+    if settings.api_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api_cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location"],
+        )
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(Timing)
+    return app
+
+
+def _add_fleet(
+    stack: contextlib.AsyncExitStack, metrics: ApiMetrics, settings: ApiSettings
+) -> None:
+    """The fleet gauges (queues, inbox, runs by status) in the API's /metrics, read at
+    scrape time through a blocking client of their own (the scrape runs in a thread)."""
+    timeout = settings.api_redis_timeout_s
+    sync = connect_sync(
+        settings.redis_url or "", socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    stack.callback(sync.close)
+    collector = FleetCollector(sync, settings.keys)
+    metrics.registry.register(collector)
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413: by its Content-Length, or, for a
+    chunked body, once the bytes read pass the limit. A body is read whole (it is at most
+    ``limit`` bytes) before the app sees it, so no route ever parses a partial one."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413,
+            "body-too-large",
+            f"the request body is over the {self.limit}-byte limit (api_max_body_bytes)",
+            scope.get("path"),
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+class Timing:
+    """Count every answered request, by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx = getattr(scope["app"].state, "ctx", None) if "app" in scope else None
+                if ctx is not None:
+                    route = scope.get("route")
+                    template = getattr(route, "path", None) or "unmatched"
+                    ctx.metrics.request(
+                        scope["method"], template, message["status"], time.perf_counter() - start
+                    )
+            await send(message)
+
+        await self.app(scope, receive, timed)

@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API (they make its OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dispatcher.views import RunSummary, RunView
+from graph_core.history import HistoryStep
+
+__all__ = [
+    "Accepted",
+    "ApprovalItem",
+    "ApprovalList",
+    "DecisionBody",
+    "GraphList",
+    "GraphRef",
+    "GraphSummary",
+    "GraphVersions",
+    "Health",
+    "LegacyRunBody",
+    "LegacyRunCreated",
+    "PublicRunView",
+    "PublicWait",
+    "Ready",
+    "RunBody",
+    "RunHistory",
+    "RunPage",
+    "public_view",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GraphRef(BaseModel):
+    graph_id: str
+    version: int
+
+
+class GraphSummary(BaseModel):
+    graph_id: str
+    latest_version: int
+
+
+class GraphList(BaseModel):
+    graphs: list[GraphSummary]
+
+
+class GraphVersions(BaseModel):
+    graph_id: str
+    versions: list[int]
+
+
+class RunBody(_Body):
+    graph_id: str = Field(min_length=1, max_length=256)
+    version: int | None = Field(default=None, ge=1, description="default: the latest")
+    input: Any = None
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="the same key again returns the first run (200) instead of a new one",
+    )
+    run_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_\-]{1,128}$", description="default: a new id"
+    )
+
+
+class LegacyRunBody(_Body):
+    """Seed 001's ``POST /graph/run``."""
+
+    graph_id: str = Field(min_length=1, max_length=256)
+    input: Any = None
+
+
+class LegacyRunCreated(BaseModel):
+    run_id: str
+
+
+class PublicWait(BaseModel):
+    """A node waiting for a decision. The API keeps the wait token to itself."""
+
+    node_id: str
+    prompt: Any = None
+    since: float
+    visit: int
+
+
+class PublicRunView(RunView):
+    """A run as ``relaygraph status --json`` shows it, without the wait tokens."""
+
+    waiting: list[PublicWait]  # type: ignore[assignment]
+
+
+def public_view(view: RunView) -> PublicRunView:
+    doc = view.model_dump(mode="json")
+    for wait in doc["waiting"]:
+        wait.pop("token", None)
+    return PublicRunView.model_validate(doc)
+
+
+class RunPage(BaseModel):
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null on the last page"
+    )
+
+
+class RunHistory(BaseModel):
+    run_id: str
+    steps: list[HistoryStep]
+
+
+class DecisionBody(_Body):
+    data: dict[str, Any] | None = None
+    comment: str | None = Field(default=None, max_length=4096)
+
+
+class Accepted(BaseModel):
+    """A decision was sent; its outcome shows in the run's events and status."""
+
+    run_id: str
+    node_id: str
+    visit: int
+    decision: str
+    actor: str
+
+
+class ApprovalItem(BaseModel):
+    run_id: str
+    graph_id: str
+    graph_version: int
+    node_id: str
+    visit: int
+    prompt: Any = None
+    since: float
+    approvers: list[str] | None = Field(
+        default=None, description="the node's config.approvers (null: any approver)"
+    )
+    may_decide: bool = Field(description="whether the calling key may approve or reject it")
+
+
+class ApprovalList(BaseModel):
+    approvals: list[ApprovalItem]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready, or not-ready with the reasons")
+    redis: bool
+    dispatchers: int = Field(description="dispatchers that read the inbox lately")
+    queues: dict[str, int] = Field(description="jobs in each served queue")
+    reasons: list[str] = []

@@ -1,0 +1,354 @@
+"""Run routes: submit, list, read, history, cancel, events, and approvals."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dispatcher.views import RunView, load_summaries
+from graph_core import clock
+from graph_core.model import Graph
+from graph_core.status import TERMINAL_RUN, RunStatus
+from relaygraph.api.auth import Principal, Role
+from relaygraph.api.deps import ApiContext, Approver, Ctx, Submitter, Viewer, run_id_param
+from relaygraph.api.events import all_events, check_event_id, run_events
+from relaygraph.api.models import (
+    Accepted,
+    ApprovalItem,
+    ApprovalList,
+    DecisionBody,
+    LegacyRunBody,
+    LegacyRunCreated,
+    PublicRunView,
+    RunBody,
+    RunHistory,
+    RunPage,
+    public_view,
+)
+from relaygraph.api.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["runs"])
+
+MAX_PAGE = 500
+MAX_INBOX = 500  # waiting runs looked at for GET /v1/approvals
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _view(ctx: ApiContext, run_id: str) -> RunView:
+    view = await ctx.client.get_run(run_id_param(run_id))
+    if view is None:
+        raise Problem(
+            404, "run-not-found", f"run {run_id!r} not found (never submitted, or expired)"
+        )
+    return view
+
+
+async def _submit(ctx: ApiContext, body: RunBody) -> tuple[str, bool]:
+    """Start a run; return its id and whether it is new (not an idempotent repeat)."""
+    run_id = body.run_id or clock.new_run_id()
+    got = await ctx.client.submit(
+        body.graph_id,
+        body.input,
+        idempotency_key=body.idempotency_key,
+        version=body.version,
+        run_id=run_id,
+    )
+    created = got == run_id
+    if created:
+        ctx.metrics.runs_submitted.labels(body.graph_id).inc()
+    return got, created
+
+
+@router.post(
+    "/v1/runs",
+    status_code=201,
+    response_model=PublicRunView,
+    responses={200: {"description": "the run an earlier submit with this key started"}},
+)
+async def post_run(
+    *,
+    body: RunBody,
+    request: Request,
+    response: Response,
+    ctx: Ctx,
+    _: Submitter,
+) -> PublicRunView:
+    """Start a run of a registered graph: 201 with the run and its ``Location``; with an
+    ``idempotency_key`` already used, 200 and that run."""
+    run_id, created = await _submit(ctx, body)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = str(request.url_for("get_run", run_id=run_id).path)
+    return public_view(await _view(ctx, run_id))
+
+
+@router.get("/v1/runs", response_model=RunPage)
+async def list_runs(
+    *,
+    status: RunStatus | None = None,
+    graph_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: str | None = None,
+    ctx: Ctx,
+    _: Viewer,
+) -> RunPage:
+    """Runs, newest first (with ``status``: newest to enter it first), a page at a time:
+    pass ``next_cursor`` back as ``cursor``. Runs started meanwhile do not shift pages."""
+    before = _decode_cursor(cursor) if cursor else None
+    store = ctx.client.store
+    page = await store.page_runs(status.value if status else None, graph_id, limit, before)
+    summaries = await load_summaries(store, [run_id for run_id, _ in page])
+    next_cursor = _encode_cursor(page[-1]) if len(page) == limit else None
+    return RunPage(runs=summaries, next_cursor=next_cursor)
+
+
+def _encode_cursor(last: tuple[str, int]) -> str:
+    return base64.urlsafe_b64encode(f"{last[1]}:{last[0]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, run_id = text.split(":", 1)
+        return int(score), run_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            422, "invalid-cursor", f"cursor {cursor!r} is not one this API gave out"
+        ) from None
+
+
+@router.get("/v1/runs/{run_id}", response_model=PublicRunView, name="get_run")
+async def get_run(
+    *,
+    run_id: str,
+    ctx: Ctx,
+    _: Viewer,
+) -> PublicRunView:
+    return public_view(await _view(ctx, run_id))
+
+
+@router.get("/v1/runs/{run_id}/history", response_model=RunHistory)
+async def run_history(
+    *,
+    run_id: str,
+    ctx: Ctx,
+    _: Viewer,
+) -> RunHistory:
+    """The run's steps as ``relaygraph history`` shows them: event, node, visit, keys
+    changed, duration."""
+    steps = await ctx.client.history_steps(run_id_param(run_id))
+    return RunHistory(run_id=run_id, steps=steps)
+
+
+@router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=PublicRunView)
+async def cancel_run(
+    *,
+    run_id: str,
+    ctx: Ctx,
+    who: Submitter,
+) -> PublicRunView:
+    """Ask the dispatchers to cancel the run (202; the run turns ``cancelled`` shortly).
+    A finished run is 409."""
+    view = await _view(ctx, run_id)
+    if view.terminal:
+        raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
+    await ctx.client.cancel(run_id, f"cancelled by {who.name}", actor=who.name)
+    return public_view(view)
+
+
+@router.get(
+    "/v1/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def run_event_stream(
+    *,
+    run_id: str,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[str | None, Query(description="as Last-Event-ID, for EventSource")] = None,
+    ctx: Ctx,
+    _: Viewer,
+) -> StreamingResponse:
+    """Server-Sent Events: the run's history after ``Last-Event-ID`` (or from the start),
+    then its events live; the stream ends after the run's terminal event. Each event's
+    ``id`` is its history entry id; a comment line every 15 s keeps the connection open."""
+    try:
+        start = check_event_id(last_event_id or after)
+    except ValueError as e:
+        raise Problem(422, "invalid-event-id", str(e)) from None
+    await _view(ctx, run_id)  # 404 before the stream starts
+    frames = run_events(ctx.redis, ctx.hub, run_id, ctx.rkeys.run(run_id), start)
+    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get(
+    "/v1/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def every_event_stream(*, ctx: Ctx, _: Viewer) -> StreamingResponse:
+    """Server-Sent Events: every run's events as they are published (live only)."""
+    return StreamingResponse(
+        all_events(ctx.hub), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+
+def _approvers(graph: Graph, node_id: str) -> list[str] | None:
+    listed = graph.node(node_id).config.get("approvers") if graph.has_node(node_id) else None
+    if isinstance(listed, str):
+        return [listed]
+    if isinstance(listed, list):
+        return [str(x) for x in listed]
+    return None
+
+
+async def _decide(
+    ctx: ApiContext,
+    who: Principal,
+    run_id: str,
+    node_id: str,
+    decision: Literal["approve", "reject"],
+    body: DecisionBody,
+) -> Accepted:
+    view = await _view(ctx, run_id)
+    if view.terminal:
+        raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
+    graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
+    if not graph.has_node(node_id):
+        raise Problem(
+            404,
+            "node-not-found",
+            f"graph {view.graph_id!r} v{view.graph_version} has no node {node_id!r}",
+        )
+    wait = next((w for w in view.waiting if w.node_id == node_id), None)
+    if wait is None:
+        status = view.nodes[node_id].status.value if node_id in view.nodes else "unknown"
+        raise Problem(
+            409,
+            "node-not-waiting",
+            f"node {node_id!r} of run {run_id!r} is not waiting for a decision (it is {status})",
+        )
+    approvers = _approvers(graph, node_id)
+    if approvers is not None and not who.matches(approvers):
+        raise Problem(
+            403,
+            "not-an-approver",
+            f"key {who.name!r} is not among node {node_id!r}'s approvers "
+            f"({', '.join(approvers) or 'none'})",
+        )
+    await ctx.client.decide(
+        run_id,
+        node_id,
+        decision,
+        body.data,
+        actor=who.name,
+        token=wait.token,
+        comment=body.comment,
+    )
+    ctx.metrics.decisions.labels(decision).inc()
+    return Accepted(
+        run_id=run_id, node_id=node_id, visit=wait.visit, decision=decision, actor=who.name
+    )
+
+
+@router.post(
+    "/v1/runs/{run_id}/nodes/{node_id}/approve",
+    status_code=202,
+    response_model=Accepted,
+    tags=["approvals"],
+)
+async def approve(
+    *,
+    run_id: str,
+    node_id: str,
+    body: DecisionBody | None = None,
+    ctx: Ctx,
+    who: Approver,
+) -> Accepted:
+    """Approve a waiting node, as the calling key (the API holds the wait token). 409 if
+    the node is not waiting; 403 if the node's ``config.approvers`` does not list the key."""
+    return await _decide(ctx, who, run_id, node_id, "approve", body or DecisionBody())
+
+
+@router.post(
+    "/v1/runs/{run_id}/nodes/{node_id}/reject",
+    status_code=202,
+    response_model=Accepted,
+    tags=["approvals"],
+)
+async def reject(
+    *,
+    run_id: str,
+    node_id: str,
+    body: DecisionBody | None = None,
+    ctx: Ctx,
+    who: Approver,
+) -> Accepted:
+    """Reject a waiting node; see approve."""
+    return await _decide(ctx, who, run_id, node_id, "reject", body or DecisionBody())
+
+
+@router.get("/v1/approvals", response_model=ApprovalList, tags=["approvals"])
+async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
+    """An approver's inbox: every node waiting for a decision, across runs, oldest first."""
+    store = ctx.client.store
+    run_ids = await store.list_runs(RunStatus.WAITING.value, MAX_INBOX)
+    views = await asyncio.gather(*(ctx.client.get_run(r) for r in run_ids))
+    items: list[ApprovalItem] = []
+    for view in views:
+        if view is None or view.status in TERMINAL_RUN:
+            continue
+        graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
+        for wait in view.waiting:
+            listed = _approvers(graph, wait.node_id)
+            may = who.may(Role.APPROVER) and (listed is None or who.matches(listed))
+            items.append(
+                ApprovalItem(
+                    run_id=view.run_id,
+                    graph_id=view.graph_id,
+                    graph_version=view.graph_version,
+                    node_id=wait.node_id,
+                    visit=wait.visit,
+                    prompt=wait.prompt,
+                    since=wait.since,
+                    approvers=listed,
+                    may_decide=may,
+                )
+            )
+    items.sort(key=lambda i: i.since)
+    return ApprovalList(approvals=items)
+
+
+# --- seed 001's routes -------------------------------------------------------------------
+
+
+@router.post("/graph/run", status_code=201, response_model=LegacyRunCreated, tags=["seed-001"])
+async def legacy_run(
+    *,
+    body: LegacyRunBody,
+    ctx: Ctx,
+    _: Submitter,
+) -> LegacyRunCreated:
+    """Seed 001's run start: ``{graph_id, input}`` → ``{run_id}``."""
+    run_id, _created = await _submit(ctx, RunBody(graph_id=body.graph_id, input=body.input))
+    return LegacyRunCreated(run_id=run_id)
+
+
+@router.get("/graph/state/{run_id}", response_model=PublicRunView, tags=["seed-001"])
+async def legacy_state(
+    *,
+    run_id: str,
+    ctx: Ctx,
+    _: Viewer,
+) -> PublicRunView:
+    """Seed 001's run state: the same as ``GET /v1/runs/{run_id}``."""
+    return public_view(await _view(ctx, run_id))

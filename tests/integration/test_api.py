@@ -1,0 +1,463 @@
+"""The HTTP API in process (httpx on the ASGI app) against a real server, an in-process
+dispatcher and worker: graphs, runs, pagination, approvals with approver lists, the auth
+matrix, problem documents, body limits and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from graph_core.conditions import Condition as C
+from graph_core.model import Edge, Graph, Node
+from tests.support.api import ROLES, as_key, in_process_api
+from tests.support.waiting import wait_for
+from worker.app import serve
+from worker.context import NodeContext
+from worker.registry import HandlerRegistry
+from worker.settings import WorkerSettings
+
+pytestmark = pytest.mark.integration
+
+PROBLEM = "application/problem+json"
+
+
+def echo_graph() -> dict[str, Any]:
+    g = Graph(id="echo").add_nodes(
+        Node("start", type="start"), Node("shout", type="shout"), Node("end", type="end")
+    )
+    return g.connect("start", "shout", "end").validate_graph().to_dict()
+
+
+def gated_graph() -> dict[str, Any]:
+    """start -> review (human, approvers alice and the admin role) -> ok / no -> end."""
+    g = Graph(id="gated").add_nodes(
+        Node("start", type="start"),
+        Node(
+            "review",
+            type="human",
+            config={"prompt": "ship {{input.what}}?", "approvers": ["alice", "admin"]},
+        ),
+        Node("ok", type="shout"),
+        Node("no", type="shout"),
+        Node("end", type="end"),
+    )
+    g.add_edges(
+        Edge("start", "review"),
+        Edge("review", "ok", condition=C.field("review.output.decision").eq("approve")),
+        Edge("review", "no", condition=C.otherwise()),
+        Edge("ok", "end"),
+        Edge("no", "end"),
+    )
+    return g.validate_graph().to_dict()
+
+
+def open_graph() -> dict[str, Any]:
+    """start -> check (human, any approver) -> end."""
+    g = Graph(id="open").add_nodes(
+        Node("start", type="start"), Node("check", type="human"), Node("end", type="end")
+    )
+    return g.connect("start", "check", "end").validate_graph().to_dict()
+
+
+def handlers() -> HandlerRegistry:
+    reg = HandlerRegistry()
+
+    @reg.handler("shout")
+    def shout(ctx: NodeContext) -> dict[str, Any]:
+        text = ctx.input.get("text", "") if isinstance(ctx.input, dict) else ""
+        return {"text": text.upper()}
+
+    return reg
+
+
+@pytest.fixture
+async def engine(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[None]:
+    """A dispatcher and a worker in this process (after ``redis`` flushed the server)."""
+    client = aioredis.Redis.from_url(redis_url)
+    dispatcher = Dispatcher(client, DispatcherSettings(redis_url=redis_url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await wait_for(dispatcher.ready.is_set, message="dispatcher ready")
+    worker = asyncio.create_task(
+        serve(WorkerSettings(redis_url=redis_url, poll_delay=0.01), handlers(), grace_s=0)
+    )
+    yield
+    worker.cancel()
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), timeout=20)
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    await client.aclose()
+
+
+@pytest.fixture
+async def api(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process_api(redis_url) as client:
+        for doc in (echo_graph(), gated_graph(), open_graph()):
+            r = await client.post("/v1/graphs", json=doc, headers=as_key("admin"))
+            assert r.status_code == 201, r.text
+        yield client
+
+
+async def run_status(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    r = await api.get(f"/v1/runs/{run_id}", headers=as_key("viewer"))
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+async def until(api: httpx.AsyncClient, run_id: str, what: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        doc = await run_status(api, run_id)
+        if what == "waiting":
+            return doc if doc["waiting"] else None
+        return doc if doc["status"] == what else None
+
+    found: dict[str, Any] = await wait_for(check, timeout=15, message=f"run {run_id} {what}")
+    return found
+
+
+def problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    doc: dict[str, Any] = r.json()
+    assert doc["type"] == f"urn:relaygraph:problem:{slug}"
+    assert doc["status"] == status and doc["title"] and doc["detail"]
+    return doc
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("engine")
+async def test_submit_follow_and_idempotency(api: httpx.AsyncClient) -> None:
+    body = {"graph_id": "echo", "input": {"text": "hi"}, "idempotency_key": "order-1"}
+    r = await api.post("/v1/runs", json=body, headers=as_key("submitter"))
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert r.headers["location"] == f"/v1/runs/{run['run_id']}"
+    assert run["graph_id"] == "echo" and run["graph_version"] == 1
+
+    again = await api.post("/v1/runs", json=body, headers=as_key("submitter"))
+    assert again.status_code == 200 and again.json()["run_id"] == run["run_id"]
+
+    done = await until(api, run["run_id"], "completed")
+    assert done["output"] == {"text": "HI"}
+    history = await api.get(f"/v1/runs/{run['run_id']}/history", headers=as_key("viewer"))
+    events = [s["event"] for s in history.json()["steps"]]
+    assert events[0] == "run.submitted" and events[-1] == "run.completed"
+    steps = history.json()["steps"]
+    shout = next(s for s in steps if s["event"] == "node.completed" and s["node_id"] == "shout")
+    assert shout["keys_changed"] == ["shout.output.text"] and shout["visit"] == 1
+
+    cancel = await api.post(f"/v1/runs/{run['run_id']}/cancel", headers=as_key("submitter"))
+    assert "already completed" in problem(cancel, 409, "run-finished")["detail"]
+
+
+async def test_seed_001_routes(api: httpx.AsyncClient, engine: None) -> None:
+    doc = echo_graph() | {"id": "echo-legacy"}
+    created = await api.post("/graph/create", json=doc, headers=as_key("submitter"))
+    assert created.status_code == 201 and created.json() == {
+        "graph_id": "echo-legacy",
+        "version": 1,
+    }
+    r = await api.post(
+        "/graph/run",
+        json={"graph_id": "echo-legacy", "input": {"text": "x"}},
+        headers=as_key("submitter"),
+    )
+    assert r.status_code == 201 and set(r.json()) == {"run_id"}
+    run_id = r.json()["run_id"]
+
+    async def state() -> dict[str, Any] | None:
+        s = await api.get(f"/graph/state/{run_id}", headers=as_key("viewer"))
+        return s.json() if s.json()["status"] == "completed" else None
+
+    final = await wait_for(state, timeout=15, message="legacy run completed")
+    assert final["output"] == {"text": "X"}
+
+
+async def test_list_runs_pages_stay_stable_while_runs_arrive(api: httpx.AsyncClient) -> None:
+    # No engine: the runs stay pending, which is all a listing needs.
+    ids = []
+    for i in range(7):
+        r = await api.post(
+            "/v1/runs", json={"graph_id": "echo", "input": {"i": i}}, headers=as_key("submitter")
+        )
+        ids.append(r.json()["run_id"])
+    newest_first = ids[::-1]
+    seen: list[str] = []
+    page = (await api.get("/v1/runs?limit=3", headers=as_key("viewer"))).json()
+    seen += [r["run_id"] for r in page["runs"]]
+    for _ in range(3):  # new runs between pages must not shift the pages
+        await api.post("/v1/runs", json={"graph_id": "echo"}, headers=as_key("submitter"))
+    while page["next_cursor"]:
+        page = (
+            await api.get(
+                f"/v1/runs?limit=3&cursor={page['next_cursor']}", headers=as_key("viewer")
+            )
+        ).json()
+        seen += [r["run_id"] for r in page["runs"]]
+    assert seen == newest_first
+
+    by_graph = await api.get("/v1/runs?graph_id=open", headers=as_key("viewer"))
+    assert by_graph.json() == {"runs": [], "next_cursor": None}
+    pending = await api.get("/v1/runs?status=pending&limit=500", headers=as_key("viewer"))
+    assert len(pending.json()["runs"]) == 10
+    bad = await api.get("/v1/runs?status=sleeping", headers=as_key("viewer"))
+    assert problem(bad, 422, "invalid-body")["problems"][0]["path"] == "query.status"
+    bad_cursor = await api.get("/v1/runs?cursor=!!!", headers=as_key("viewer"))
+    problem(bad_cursor, 422, "invalid-cursor")
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("engine")
+async def test_approver_lists_and_the_actor(api: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+    r = await api.post(
+        "/v1/runs", json={"graph_id": "gated", "input": {"what": "v2"}}, headers=as_key("admin")
+    )
+    run_id = r.json()["run_id"]
+    waiting = await until(api, run_id, "waiting")
+    assert waiting["waiting"][0]["node_id"] == "review"
+    assert "token" not in waiting["waiting"][0]  # the API keeps the token
+
+    inbox = await api.get("/v1/approvals", headers=as_key("bob"))
+    (item,) = inbox.json()["approvals"]
+    assert item["run_id"] == run_id and item["prompt"] == "ship v2?"
+    assert item["approvers"] == ["alice", "admin"] and item["may_decide"] is False
+    alice_inbox = await api.get("/v1/approvals", headers=as_key("alice"))
+    assert alice_inbox.json()["approvals"][0]["may_decide"] is True
+
+    history_before = await redis.xlen(f"relaygraph:run:{{{run_id}}}:events")
+    url = f"/v1/runs/{run_id}/nodes/review/approve"
+    denied = await api.post(url, json={"comment": "lgtm"}, headers=as_key("bob"))
+    assert "not among node 'review'" in problem(denied, 403, "not-an-approver")["detail"]
+    assert await redis.xlen(f"relaygraph:run:{{{run_id}}}:events") == history_before
+    assert (await run_status(api, run_id))["waiting"]  # nothing changed
+
+    ok = await api.post(url, json={"comment": "lgtm", "data": {"n": 1}}, headers=as_key("alice"))
+    assert ok.status_code == 202, ok.text
+    assert ok.json() == {
+        "run_id": run_id,
+        "node_id": "review",
+        "visit": 1,
+        "decision": "approve",
+        "actor": "alice",
+    }
+    done = await until(api, run_id, "completed")
+    assert done["nodes"]["review"]["output"] == {
+        "decision": "approve",
+        "data": {"n": 1},
+        "actor": "alice",
+        "comment": "lgtm",
+    }
+    assert done["nodes"]["ok"]["status"] == "completed"
+    again = await api.post(url, headers=as_key("alice"))
+    problem(again, 409, "run-finished")
+
+
+@pytest.mark.usefixtures("engine")
+async def test_decisions_on_nodes_that_do_not_wait(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/runs", json={"graph_id": "open"}, headers=as_key("submitter"))
+    run_id = r.json()["run_id"]
+    await until(api, run_id, "waiting")
+    base = f"/v1/runs/{run_id}/nodes"
+    problem(
+        await api.post(f"{base}/nope/approve", headers=as_key("approver")), 404, "node-not-found"
+    )
+    problem(
+        await api.post(f"{base}/end/approve", headers=as_key("approver")), 409, "node-not-waiting"
+    )
+    problem(
+        await api.post("/v1/runs/no-such-run/nodes/check/approve", headers=as_key("approver")),
+        404,
+        "run-not-found",
+    )
+    problem(
+        await api.post("/v1/runs/bad%20id/cancel", headers=as_key("admin")), 404, "run-not-found"
+    )
+    bad = await api.post(f"{base}/check/reject", json={"data": [1]}, headers=as_key("approver"))
+    assert problem(bad, 422, "invalid-body")["problems"][0]["path"] == "body.data"
+
+    rejected = await api.post(f"{base}/check/reject", json={}, headers=as_key("approver"))
+    assert rejected.status_code == 202 and rejected.json()["actor"] == "approver"
+    done = await until(api, run_id, "completed")
+    assert done["nodes"]["check"]["output"]["decision"] == "reject"
+
+
+# --- graphs --------------------------------------------------------------------------------
+
+
+async def test_graph_routes(api: httpx.AsyncClient) -> None:
+    viewer = as_key("viewer")
+    listed = await api.get("/v1/graphs", headers=viewer)
+    assert [g["graph_id"] for g in listed.json()["graphs"]] == ["echo", "gated", "open"]
+    v2 = echo_graph() | {"version": 2, "name": "echo two"}
+    assert (await api.post("/v1/graphs", json=v2, headers=as_key("submitter"))).status_code == 201
+    assert (await api.get("/v1/graphs/echo/versions", headers=viewer)).json() == {
+        "graph_id": "echo",
+        "versions": [1, 2],
+    }
+    assert (await api.get("/v1/graphs/echo", headers=viewer)).json()["version"] == 2
+    assert (await api.get("/v1/graphs/echo?version=1", headers=viewer)).json()["version"] == 1
+    problem(await api.get("/v1/graphs/nope", headers=viewer), 404, "graph-not-found")
+    problem(await api.get("/v1/graphs/nope/versions", headers=viewer), 404, "graph-not-found")
+    clash = echo_graph() | {"name": "different content, same version"}
+    problem(await api.post("/v1/graphs", json=clash, headers=as_key("admin")), 409, "conflict")
+
+    mermaid = await api.get("/v1/graphs/echo/export", headers=viewer)
+    assert mermaid.text.startswith("flowchart TD") and "shout" in mermaid.text
+    dot = await api.get("/v1/graphs/echo/export?format=dot", headers=viewer)
+    assert dot.text.startswith("digraph")
+    bad_format = await api.get("/v1/graphs/echo/export?format=png", headers=viewer)
+    assert problem(bad_format, 422, "invalid-body")["problems"][0]["path"] == "query.format"
+
+
+async def test_validation_lists_every_problem(api: httpx.AsyncClient) -> None:
+    broken = {
+        "id": "broken",
+        "nodes": [
+            {"id": "start", "type": "start"},
+            {"id": "a", "type": "agent", "parent": "start"},
+            {"id": "end", "type": "end"},
+        ],
+        "edges": [
+            {"source": "start", "target": "a",
+             "condition": {"type": "field", "path": "x", "op": "frobnicate", "value": 1}},
+            {"source": "a", "target": "ghost"},
+        ],
+    }  # fmt: skip
+    for path in ("/v1/graphs/validate", "/v1/graphs"):
+        r = await api.post(path, json=broken, headers=as_key("admin"))
+        doc = problem(r, 422, "invalid-graph")
+        paths = {p["path"] for p in doc["problems"]}
+        assert {"edges[0].condition.op", "nodes[1].parent"} <= paths, doc
+        assert any("ghost" in p["message"] for p in doc["problems"]), doc
+        assert any("'frobnicate'" in p["message"] for p in doc["problems"]), doc
+    ok = await api.post("/v1/graphs/validate", json=echo_graph(), headers=as_key("viewer"))
+    assert ok.status_code == 200 and ok.json() == {"graph_id": "echo", "version": 1}
+    problem(await api.get("/v1/graphs/broken", headers=as_key("viewer")), 404, "graph-not-found")
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+WHO = (None, "wrong", *ROLES)
+# (method, path, body, the least role allowed); {run} is a waiting run of "open"
+ENDPOINTS: list[tuple[str, str, Any, str]] = [
+    ("GET", "/v1/graphs", None, "viewer"),
+    ("GET", "/v1/graphs/echo", None, "viewer"),
+    ("GET", "/v1/graphs/echo/versions", None, "viewer"),
+    ("GET", "/v1/graphs/echo/export", None, "viewer"),
+    ("POST", "/v1/graphs/validate", "echo", "viewer"),
+    ("POST", "/v1/graphs", "echo", "submitter"),
+    ("POST", "/graph/create", "echo", "submitter"),
+    ("GET", "/v1/runs", None, "viewer"),
+    ("GET", "/v1/runs/{run}", None, "viewer"),
+    ("GET", "/graph/state/{run}", None, "viewer"),
+    ("GET", "/v1/runs/{run}/history", None, "viewer"),
+    ("GET", "/v1/approvals", None, "viewer"),
+    ("POST", "/v1/runs", {"graph_id": "echo"}, "submitter"),
+    ("POST", "/graph/run", {"graph_id": "echo"}, "submitter"),
+    ("POST", "/v1/runs/{run}/nodes/check/reject", {}, "approver"),
+    ("POST", "/v1/runs/{run}/cancel", None, "submitter"),
+]
+OK = {"GET": 200, "POST": 202}
+CREATED = {("POST", p) for p in ("/v1/graphs", "/graph/create", "/v1/runs", "/graph/run")}
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.parametrize(("method", "path", "body", "least"), ENDPOINTS)
+async def test_auth_matrix(
+    api: httpx.AsyncClient, method: str, path: str, body: Any, least: str
+) -> None:
+    for who in WHO:
+        run_id = ""
+        if "{run}" in path:  # a fresh waiting run for each caller: a decision acts once
+            r = await api.post("/v1/runs", json={"graph_id": "open"}, headers=as_key("admin"))
+            run_id = r.json()["run_id"]
+            await until(api, run_id, "waiting")
+        payload = echo_graph() if body == "echo" else body
+        r = await api.request(method, path.format(run=run_id), json=payload, headers=as_key(who))
+        if who is None or who == "wrong":
+            problem(r, 401, "unauthorized")
+            assert r.headers["www-authenticate"] == "Bearer"
+        elif ROLES.index(who) < ROLES.index(least):
+            assert f"needs the {least} role" in problem(r, 403, "forbidden")["detail"]
+        else:
+            expected = (
+                201
+                if (method, path) in CREATED
+                else (200 if path == "/v1/graphs/validate" else OK[method])
+            )
+            assert r.status_code == expected, (who, r.text)
+
+
+async def test_open_endpoints_and_problem_documents(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.get("/openapi.json")).json()["info"]["title"] == "relaygraph"
+    assert (await api.get("/docs")).status_code == 200
+    problem(await api.get("/v1/nothing-here", headers=as_key("viewer")), 404, "not-found")
+    problem(await api.delete("/v1/graphs", headers=as_key("admin")), 405, "method-not-allowed")
+    not_json = await api.post(
+        "/v1/runs",
+        content=b"{nope",
+        headers={**as_key("admin"), "content-type": "application/json"},
+    )
+    problem(not_json, 422, "invalid-body")
+    missing = await api.post("/v1/runs", json={"input": 1}, headers=as_key("admin"))
+    doc = problem(missing, 422, "invalid-body")
+    assert doc["problems"] == [{"path": "body.graph_id", "message": "is required"}]
+    extra = await api.post(
+        "/v1/runs", json={"graph_id": "echo", "inptu": 1}, headers=as_key("admin")
+    )
+    assert problem(extra, 422, "invalid-body")["problems"][0]["path"] == "body.inptu"
+    unknown = await api.post("/v1/runs", json={"graph_id": "nope"}, headers=as_key("admin"))
+    problem(unknown, 404, "graph-not-found")
+
+
+async def test_body_over_the_limit_is_413(redis: aioredis.Redis, redis_url: str) -> None:
+    async with in_process_api(redis_url, api_max_body_bytes=2048) as api:
+        big = {"graph_id": "echo", "input": {"blob": "x" * 4096}}
+        r = await api.post("/v1/runs", json=big, headers=as_key("admin"))
+        problem(r, 413, "body-too-large")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(8):
+                yield b" " * 1024
+
+        chunked = await api.post("/v1/runs", content=chunks(), headers=as_key("admin"))
+        problem(chunked, 413, "body-too-large")
+
+
+async def test_without_keys_everyone_is_anonymous_admin(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    async with in_process_api(redis_url, keys=False) as api:
+        r = await api.post("/v1/graphs", json=open_graph())
+        assert r.status_code == 201
+        assert (await api.get("/v1/graphs")).status_code == 200
+
+
+@pytest.mark.usefixtures("engine")
+async def test_metrics_count_requests_and_runs(api: httpx.AsyncClient) -> None:
+    n = 5
+    for i in range(n):
+        r = await api.post("/v1/runs", json={"graph_id": "echo", "input": {"text": str(i)}},
+                           headers=as_key("submitter"))  # fmt: skip
+        assert r.status_code == 201
+    text = (await api.get("/metrics")).text
+    assert f'relaygraph_api_runs_submitted_total{{graph="echo"}} {float(n)}' in text
+    assert (
+        f'relaygraph_api_requests_total{{method="POST",route="/v1/runs",status="201"}} {float(n)}'
+        in text
+    )
+    assert 'relaygraph_api_request_duration_seconds_count{method="POST",route="/v1/runs"}' in text
+    assert "relaygraph_fleet_scrape_ok 1.0" in text
