@@ -28,7 +28,7 @@ from relaygraph.cli_common import (
     settings_from,
     setup_logging,
 )
-from relaygraph.procs import WorkerPool, WorkerStartError
+from relaygraph.procs import ApiProcess, WorkerPool, WorkerStartError
 
 __all__ = [
     "add_process_commands",
@@ -85,6 +85,11 @@ def add_process_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", action="append", metavar="Q", help="queue to serve (repeatable)")
     p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once per queue")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--api", type=int, metavar="PORT", help="also serve the HTTP API on PORT")
+    p.add_argument(
+        "--api-host", default="127.0.0.1", metavar="HOST", help="the API's address (127.0.0.1)"
+    )
+    p.add_argument("--keys", metavar="FILE", help="the API's keys document (see `relaygraph api`)")
     p.set_defaults(func=cmd_up)
 
 
@@ -223,6 +228,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.api is not None and not 0 < args.api < 65536:
+        raise UsageError(f"--api {args.api}: not a port (1-65535)")
     settings = settings_from(args, DispatcherSettings, **_ops_settings(args))
     require_url(settings, "up")
     if settings.metrics_port is not None and settings.metrics_port + args.workers > 65535:
@@ -251,14 +258,20 @@ async def _up(args: argparse.Namespace, settings: DispatcherSettings) -> int:
             print(f"relaygraph: error: a worker failed to start: {e}", file=sys.stderr)
             return code
         types = sorted({t for w in workers for t in w.types})
+        try:
+            api = await _start_api(stack, args, settings)
+        except WorkerStartError as e:
+            print(f"relaygraph: error: the API failed to start: {e}", file=sys.stderr)
+            return EXIT_USAGE if e.returncode == EXIT_USAGE else EXIT_FAILED
         print(
             f"relaygraph up: dispatcher + {len(workers)} worker(s) on "
             f"{redact_url(settings.redis_url or '')} (queues {', '.join(queues)}; "
-            f"types {', '.join(types)}{_metrics_ports(settings, args.workers)}); "
-            "stop with Ctrl-C or SIGTERM",
+            f"types {', '.join(types)}{_metrics_ports(settings, args.workers)}"
+            f"{_api_address(args)}); stop with Ctrl-C or SIGTERM",
             flush=True,
         )
         restarts: list[float] = []
+        api_restarts: list[float] = []
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -276,8 +289,40 @@ async def _up(args: argparse.Namespace, settings: DispatcherSettings) -> int:
                     return EXIT_FAILED
                 print(f"relaygraph: worker {proc.pid} exited ({proc.returncode}); restarting")
                 pool.respawn(proc)
+            if api is not None and api.exited():
+                if api.returncode == EXIT_USAGE:
+                    print("relaygraph: error: the API exited with a configuration error")
+                    return EXIT_USAGE
+                now = time.monotonic()
+                api_restarts = [t for t in api_restarts if now - t < 60] + [now]
+                if len(api_restarts) > MAX_RESTARTS:
+                    print("relaygraph: error: the API keeps exiting; giving up", file=sys.stderr)
+                    return EXIT_FAILED
+                print(f"relaygraph: the API exited ({api.returncode}); restarting")
+                api.start()
         print("relaygraph up: stopping", flush=True)
     return EXIT_OK
+
+
+async def _start_api(
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace, settings: DispatcherSettings
+) -> ApiProcess | None:
+    """With ``--api PORT``, the API process, listening (None without); ``WorkerStartError``
+    if it exits or does not listen in time."""
+    if args.api is None:
+        return None
+    argv = ["--keys", args.keys] if args.keys else []
+    if settings.log_format is not None:
+        argv += ["--log-format", settings.log_format]
+    api = ApiProcess(settings.redis_url or "", settings.prefix, args.api_host, args.api, argv)
+    api.start()
+    stack.push_async_callback(api.stop)
+    await api.wait_listening()
+    return api
+
+
+def _api_address(args: argparse.Namespace) -> str:
+    return "" if args.api is None else f"; API on http://{args.api_host}:{args.api}"
 
 
 def _metrics_ports(settings: DispatcherSettings, workers: int) -> str:

@@ -26,7 +26,7 @@ from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from relaygraph.lifeline import parent_death_hook
 
-__all__ = ["WorkerInfo", "WorkerPool", "WorkerStartError"]
+__all__ = ["ApiProcess", "WorkerInfo", "WorkerPool", "WorkerStartError"]
 
 
 class WorkerStartError(RelaygraphError):
@@ -239,6 +239,75 @@ async def read_workers(redis: Any, keys: Keys) -> list[WorkerInfo]:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return found
+
+
+class ApiProcess:
+    """``relaygraph api`` as a child process of ``relaygraph up`` (so that a busy API never
+    slows the dispatcher's loop), with the same Redis URL and prefix, passed as for workers.
+    ``argv``: the API's own flags (``--port``, ``--host``, ``--keys``, ...)."""
+
+    def __init__(self, redis_url: str, prefix: str, host: str, port: int, argv: list[str]) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.host = host
+        self.port = port
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env["RELAYGRAPH_REDIS_URL"] = self.redis_url
+        env["RELAYGRAPH_PREFIX"] = self.prefix
+        cmd = [sys.executable, "-m", "relaygraph", "api", "--host", self.host]
+        self.proc = subprocess.Popen(
+            [*cmd, "--port", str(self.port), *self.argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # its banner would repeat ours; its log goes to stderr
+            preexec_fn=parent_death_hook(signal.SIGTERM),  # noqa: PLW1509 - it only calls prctl
+        )
+        return self.proc
+
+    async def wait_listening(self, timeout: float = 30.0) -> None:
+        """Wait until the API accepts connections; ``WorkerStartError`` if it exits first."""
+        deadline = time.monotonic() + timeout
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise WorkerStartError(
+                    f"the API process exited with status {code}", returncode=code
+                )
+            try:
+                _, writer = await asyncio.open_connection(host, self.port)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise WorkerStartError(
+                        f"the API did not listen on port {self.port} within {timeout:g}s"
+                    ) from None
+                await asyncio.sleep(0.05)  # a port we do not own yet; nothing to wait on
+                continue
+            writer.close()
+            return
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
 
 
 def _indent(text: str) -> str:

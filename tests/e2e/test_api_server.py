@@ -241,3 +241,28 @@ def test_without_keys_the_api_refuses_a_public_address(redis_url: str) -> None:
     )
     assert proc.returncode == 2
     assert "no API keys: refusing to listen on 0.0.0.0" in proc.stderr
+
+
+def test_up_with_api_serves_the_deployment(redis_url: str, keys_file: Path) -> None:
+    port = free_port()
+    flags = ["--redis", redis_url, "--prefix", f"upapi-{secrets.token_hex(4)}"]
+    argv = [*flags, "--handlers", "examples.approval.handlers", "--workers", "1"]
+    with relaygraph_up([*argv, "--api", str(port), "--keys", str(keys_file)]) as banner:
+        base = f"http://127.0.0.1:{port}"
+        assert f"API on {base}" in banner
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["dispatchers"] >= 1 and "default" in ready.json()["queues"]
+        run_id = start_run(base)
+        approve = f"{base}/v1/runs/{run_id}/nodes/review/approve"
+
+        def approved() -> bool:
+            return httpx.post(approve, headers=as_key("approver"), timeout=10).status_code == 202
+
+        wait_until_sync(approved, timeout=30, message="the review node approved")
+        with httpx.stream(
+            "GET", f"{base}/v1/runs/{run_id}/events", headers=as_key("viewer"), timeout=30
+        ) as r:
+            assert [e["event"] for e in sse(r)][-1] == "run.completed"
+    with pytest.raises(httpx.ConnectError):  # `up` stopped its API too
+        httpx.get(f"{base}/healthz", timeout=5)

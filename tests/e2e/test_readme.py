@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.e2e.test_api_server import free_port
 from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env, relaygraph_up
 from tests.support.servers import ServerFactory
+from tests.support.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -106,3 +108,61 @@ def test_the_readme_client_block(app_dir: Path, deployment: str) -> None:
     assert view.nodes["triage"].output == {"severity": "critical", "summary": "checkout is down"}
     assert view.nodes["escalate"].output == {"sent": "checkout is down"}
     assert namespace["run_id"] == view.run_id
+
+
+def _commands(block: str) -> list[str]:
+    """The block's shell commands, continuation lines joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    return [ln.split("  #")[0].strip() for ln in joined.splitlines() if ln and ln[0] != "#"]
+
+
+def test_the_readme_service_block(server_factory: ServerFactory, tmp_path: Path) -> None:
+    commands = _commands(_block("sh", "relaygraph api-key"))
+    keygen = next(c for c in commands if c.startswith("relaygraph api-key"))
+    made = subprocess.run(
+        [RELAYGRAPH, *keygen.split()[1:]], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = made.stdout.splitlines()
+    key = lines[0].removeprefix("key: ")
+    (tmp_path / "keys.json").write_bytes(orjson.dumps({"keys": [orjson.loads(lines[-1])]}))
+
+    up = next(c for c in commands if c.startswith("relaygraph up"))
+    port = str(free_port())
+    argv = up.split()[2:]  # after `relaygraph up`
+    argv[argv.index("8080")] = port
+    argv[argv.index("keys.json")] = str(tmp_path / "keys.json")
+    server = server_factory()
+    with relaygraph_up(["--redis", server.url, *argv]):
+        api = f"http://127.0.0.1:{port}"
+        shell_vars = next(c for c in commands if c.startswith("API="))
+        assert shell_vars.startswith("API=http://127.0.0.1:8080 AUTH=")
+        env = {**cli_env(), "KEY": key, "API": api, "AUTH": f"Authorization: Bearer {key}"}
+
+        def curl(marker: str) -> str:
+            (command,) = [c for c in commands if c.startswith("curl") and marker in c]
+            proc = subprocess.run(
+                ["bash", "-c", command],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            return proc.stdout
+
+        assert orjson.loads(curl("/v1/graphs")) == {"graph_id": "approval", "version": 1}
+        assert orjson.loads(curl("/v1/runs -H"))["run_id"] == "post-1"
+
+        def waiting() -> bool:
+            inbox = orjson.loads(curl("/v1/approvals"))["approvals"]
+            return [(a["run_id"], a["node_id"]) for a in inbox] == [("post-1", "review")]
+
+        wait_until_sync(waiting, timeout=30, message="post-1 waiting in the approvals inbox")
+        approved = orjson.loads(curl("/approve"))
+        assert approved["actor"] == "alice" and approved["decision"] == "approve"
+        events = [ln for ln in curl("/events").splitlines() if ln.startswith("event: ")]
+        assert events[0] == "event: run.submitted" and events[-1] == "event: run.completed"
+        run = orjson.loads(curl("/v1/runs/post-1 -H"))
+        assert run["status"] == "completed"
+        assert run["nodes"]["review"]["output"]["comment"] == "ship it"
