@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from dispatcher.store import DEFAULT_RETENTION_S
 from graph_core.settings import BaseSettings
@@ -24,3 +26,11 @@ class ApiSettings(BaseSettings):
     # How long one Redis round trip may take before the request answers 503.
     api_redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     retention_s: int = Field(default=DEFAULT_RETENTION_S, ge=60)
+
+    @field_validator("api_cors_origins", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # RELAYGRAPH_API_CORS_ORIGINS: a comma list becomes a list; a single origin stays text
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value

@@ -1,11 +1,14 @@
 """deploy/ says only what the code accepts: every manifest parses, every command is a real
 ``relaygraph`` subcommand with real flags, every ``RELAYGRAPH_*`` variable is a known setting
-whose value the process would accept, and Redis is configured to keep what it acknowledged.
+whose value the process would accept, every keys file parses, every probe, health check and
+Prometheus target names a path and port the process serves, and Redis is configured to keep
+what it acknowledged.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import re
@@ -23,6 +26,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs: types-PyYAM
 from dispatcher.settings import DispatcherSettings
 from graph_core.keys import DEFAULT_PREFIX, Keys
 from graph_core.settings import _KNOWN_ELSEWHERE, ENV_PREFIX, BaseSettings, load_settings
+from relaygraph.api import ApiKeys, ApiSettings
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +35,12 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 REDIS_CONF = DEPLOY / "redis" / "redis.conf"
 DOCKERFILE = DEPLOY / "Dockerfile"
+KEYS_EXAMPLE = DEPLOY / "keys.example.json"
+PROMETHEUS_CONF = DEPLOY / "prometheus" / "prometheus.yml"
+# The published example key of deploy/README.md, whose digest keys.example.json holds.
+EXAMPLE_KEY = "rg_EXAMPLE-ONLY-not-a-secret-make-your-own-with-relaygraph-api-key"
 
-# DESIGN.md section 5; used as is when dispatcher/cli.py does not exist.
+# DESIGN.md section 5, plus the HTTP API.
 DESIGNED_SUBCOMMANDS = frozenset(
     {
         "run",
@@ -48,13 +56,19 @@ DESIGNED_SUBCOMMANDS = frozenset(
         "approve",
         "cancel",
         "export",
+        "api",
+        "api-key",
     }
 )
 # The settings class each long-running subcommand loads from the environment.
 PROCESS_SETTINGS: dict[str, type[BaseSettings]] = {
     "dispatcher": DispatcherSettings,
     "worker": WorkerSettings,
+    "api": ApiSettings,
 }
+# Where `relaygraph api` serves the Prometheus exposition (dispatchers and workers answer on
+# any path of their --metrics-port).
+API_METRICS_PATH = "/metrics"
 PLACEHOLDER = "placeholder"
 POD_NAME = "relaygraph-dispatcher-7d9f-abcde"
 
@@ -92,31 +106,50 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _cli_parser() -> argparse.ArgumentParser | None:
-    if not (ROOT / "dispatcher" / "cli.py").exists():
-        return None
+@functools.cache
+def _cli_parser() -> argparse.ArgumentParser:
     from relaygraph.cli import build_parser
 
     return build_parser()
 
 
 def _subcommands() -> frozenset[str]:
-    parser = _cli_parser()
-    return DESIGNED_SUBCOMMANDS if parser is None else frozenset(_subparsers(parser))
+    return frozenset(_subparsers(_cli_parser()))
 
 
-def _check_argv(argv: list[str], where: str) -> None:
+def _parse_argv(argv: list[str], where: str) -> argparse.Namespace:
     """``relaygraph <argv>`` must name a real subcommand and parse (flags included)."""
     assert argv, f"{where}: empty command"
     assert argv[0] in _subcommands(), (
         f"{where}: {argv[0]!r} is not a relaygraph subcommand (known: {sorted(_subcommands())})"
     )
-    parser = _cli_parser()
-    if parser is not None:
-        try:
-            parser.parse_args(argv)
-        except SystemExit as e:
-            pytest.fail(f"{where}: `relaygraph {shlex.join(argv)}` does not parse ({e})")
+    try:
+        return _cli_parser().parse_args(argv)
+    except SystemExit as e:
+        pytest.fail(f"{where}: `relaygraph {shlex.join(argv)}` does not parse ({e})")
+
+
+def _check_argv(argv: list[str], where: str) -> None:
+    _parse_argv(argv, where)
+
+
+def _metrics_endpoint(argv: list[str], env: dict[str, str], where: str) -> tuple[int, str | None]:
+    """(port, path) where ``relaygraph <argv>`` with ``env`` serves Prometheus metrics, as the
+    process resolves them (flags over ``RELAYGRAPH_*``); path None: any path answers."""
+    args = _parse_argv(argv, where)
+    if args.command == "api":
+        return int(args.port), API_METRICS_PATH
+    settings_cls = PROCESS_SETTINGS[args.command]
+    flags = {"metrics_port": getattr(args, "metrics_port", None)}
+    port = load_settings(settings_cls, flags=flags, env=env).metrics_port
+    assert port is not None, f"{where}: serves no metrics (no --metrics-port)"
+    return port, None
+
+
+def _keys(text: str, source: str) -> ApiKeys:
+    keys = ApiKeys.parse(text, source)  # raises KeysError naming the bad entry
+    assert keys.enabled, f"{source}: no keys, so `relaygraph api` refuses a non-loopback --host"
+    return keys
 
 
 def _interpolate(value: str) -> str:
@@ -156,6 +189,17 @@ def _compose_argv(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
 
 
+def _compose_volume(service: dict[str, Any], target: str) -> tuple[str, list[str]]:
+    """(source, options) of the ``source:target[:options]`` volume of ``service``."""
+    found = []
+    for raw in service.get("volumes", []):
+        source, mounted, *options = _interpolate(str(raw)).split(":")
+        if mounted == target:
+            found.append((source, options))
+    assert len(found) == 1, f"expected one volume at {target}, found {found}"
+    return found[0]
+
+
 def _compose_env(service: dict[str, Any]) -> dict[str, str]:
     raw = service.get("environment") or {}
     if isinstance(raw, list):
@@ -170,6 +214,23 @@ def _k8s_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
             pod = obj["spec"]["template"]["spec"]
             for c in [*pod.get("initContainers", []), *pod["containers"]]:
                 yield obj["metadata"]["name"], pod, c
+
+
+def _k8s_workload(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod template, its one container) of the Deployment ``name``."""
+    template = _k8s("Deployment", name)["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    return template, container
+
+
+def _container_port(container: dict[str, Any], port: int | str, where: str) -> int:
+    """The container port a probe or Service names, by number or by name."""
+    ports = {p.get("name"): int(p["containerPort"]) for p in container.get("ports", [])}
+    if isinstance(port, str):
+        assert port in ports, f"{where}: no container port named {port!r} (has {ports})"
+        return ports[port]
+    assert port in ports.values(), f"{where}: port {port} is not a container port ({ports})"
+    return port
 
 
 def _is_relaygraph(container: dict[str, Any]) -> bool:
@@ -242,6 +303,9 @@ def test_the_deploy_files_exist() -> None:
         K8S / "worker.yaml",
         K8S / "configmap.yaml",
         K8S / "secret.example.yaml",
+        K8S / "api.yaml",
+        KEYS_EXAMPLE,
+        PROMETHEUS_CONF,
     ):
         assert path.is_file(), f"missing {path.relative_to(ROOT)}"
 
@@ -312,9 +376,9 @@ def test_dockerfile_copies_every_package_the_wheel_needs() -> None:
 # --- docker compose -----------------------------------------------------------------------
 
 
-def test_compose_has_redis_dispatchers_and_workers() -> None:
+def test_compose_has_redis_dispatchers_workers_the_api_and_prometheus() -> None:
     services = _compose_services()
-    assert set(services) == {"redis", "dispatcher", "worker"}
+    assert set(services) == {"redis", "dispatcher", "worker", "api", "prometheus"}
     assert services["dispatcher"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] == 3
 
@@ -330,12 +394,13 @@ def test_compose_services_reference_existing_images_and_builds() -> None:
             assert (context / dockerfile).resolve() == DOCKERFILE.resolve(), name
     assert re.match(r"^redis:7(\.\d+)*(-[a-z0-9.]+)?$", _compose_services()["redis"]["image"])
     images = {_interpolate(s["image"]) for s in _relaygraph_services().values()}
-    assert len(images) == 1, f"dispatcher and worker should share one image, got {images}"
+    assert len(images) == 1, f"relaygraph's services should share one image, got {images}"
+    assert re.match(r"^prom/prometheus:v\d+(\.\d+)*$", _compose_services()["prometheus"]["image"])
 
 
 def test_compose_commands_are_real_subcommands() -> None:
     services = _relaygraph_services()
-    assert set(services) == {"dispatcher", "worker"}
+    assert set(services) == {"dispatcher", "worker", "api"}
     for name, service in services.items():
         argv = _compose_argv(service)
         _check_argv(argv, f"compose service {name}")
@@ -367,9 +432,92 @@ def test_compose_redis_is_persistent_and_healthchecked() -> None:
     data = [v.split(":") for v in volumes if v.split(":")[1] == _redis_conf()["dir"][0]]
     assert len(data) == 1, "the data directory of redis.conf is not a volume"
     assert data[0][0] in (_compose().get("volumes") or {}), "the data volume is not declared"
-    for name in ("dispatcher", "worker"):
+    for name in _relaygraph_services():
         depends = services[name]["depends_on"]
         assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_compose_api_serves_with_the_keys_file() -> None:
+    service = _compose_services()["api"]
+    args = _parse_argv(_compose_argv(service), "compose service api")
+    assert args.host == "0.0.0.0", "the API must listen beyond the container's loopback"
+    assert not args.insecure, "the API must not serve without keys"
+    assert args.keys, "the API has no keys file (--keys)"
+    source, options = _compose_volume(service, args.keys)
+    assert "ro" in options, f"{source} is mounted writable"
+    assert (DEPLOY / source).resolve() == KEYS_EXAMPLE.resolve()
+    _keys(KEYS_EXAMPLE.read_text(), str(KEYS_EXAMPLE.relative_to(ROOT)))
+    published = [str(p).split("/")[0].rsplit(":", 1)[-1] for p in service["ports"]]
+    assert str(args.port) in published, f"port {args.port} is not published ({published})"
+
+
+def test_compose_api_healthcheck_calls_readyz_or_healthz_on_its_port() -> None:
+    service = _compose_services()["api"]
+    args = _parse_argv(_compose_argv(service), "compose service api")
+    test = [str(t) for t in service["healthcheck"]["test"]]
+    assert test[0] == "CMD" and test[1:3] == ["python", "-c"], (
+        f"the image has no curl: check with python ({test})"
+    )
+    compile(test[3], "healthcheck", "exec")
+    urls = re.findall(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[A-Za-z]*)", test[3])
+    assert urls == [(str(args.port), "/readyz")] or urls == [(str(args.port), "/healthz")], urls
+
+
+def test_the_example_key_is_documented_and_in_the_example_keys_file() -> None:
+    assert EXAMPLE_KEY in (DEPLOY / "README.md").read_text()
+    assert "relaygraph api-key" in (DEPLOY / "README.md").read_text()
+    keys = ApiKeys.parse(KEYS_EXAMPLE.read_text(), "keys.example.json")
+    principal = keys.authenticate(EXAMPLE_KEY)
+    assert principal is not None, "keys.example.json does not hold the example key's digest"
+    assert principal.name == "example"
+
+
+def test_compose_prometheus_loads_the_scrape_config() -> None:
+    service = _compose_services()["prometheus"]
+    source, options = _compose_volume(service, "/etc/prometheus/prometheus.yml")
+    assert "ro" in options
+    assert (DEPLOY / source).resolve() == PROMETHEUS_CONF.resolve()
+    data, _ = _compose_volume(service, "/prometheus")
+    assert data in (_compose().get("volumes") or {}), "Prometheus's data volume is not declared"
+
+
+def _scrape_targets() -> dict[str, tuple[str, int, str, bool]]:
+    """job name -> (compose service, port, metrics path, one target per replica)."""
+    (conf,) = _load_all(PROMETHEUS_CONF)
+    jobs: dict[str, tuple[str, int, str, bool]] = {}
+    for job in conf["scrape_configs"]:
+        name = job["job_name"]
+        path = job.get("metrics_path", "/metrics")
+        targets: list[tuple[str, int, bool]] = []
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                address, _, number = str(target).rpartition(":")
+                targets.append((address, int(number), False))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", f"{name}: Docker's DNS has no SRV records"
+            targets.extend((str(n), int(dns["port"]), True) for n in dns["names"])
+        assert len(targets) == 1, f"{name}: expected one target, found {targets}"
+        ((host, port, per_replica),) = targets
+        jobs[name] = (host, port, str(path), per_replica)
+    return jobs
+
+
+def test_prometheus_scrapes_every_relaygraph_service_where_it_serves_metrics() -> None:
+    services = _relaygraph_services()
+    scraped = set()
+    for job, (host, port, path, per_replica) in _scrape_targets().items():
+        assert host in services, f"{job}: {host!r} is not a relaygraph compose service"
+        service = services[host]
+        where = f"prometheus job {job} ({host})"
+        served_port, served_path = _metrics_endpoint(
+            _compose_argv(service), _compose_env(service), where
+        )
+        assert port == served_port, f"{where}: scrapes port {port}, metrics are on {served_port}"
+        assert served_path in (None, path), f"{where}: scrapes {path}, served at {served_path}"
+        if service.get("deploy", {}).get("replicas", 1) > 1:
+            assert per_replica, f"{where}: a static target reaches one replica at random"
+        scraped.add(host)
+    assert scraped == set(services), f"not scraped: {set(services) - scraped}"
 
 
 # --- redis.conf ---------------------------------------------------------------------------
@@ -406,6 +554,7 @@ def test_k8s_objects_are_well_formed_and_namespace_less() -> None:
 def test_k8s_replicas() -> None:
     assert _k8s("Deployment", "relaygraph-dispatcher")["spec"]["replicas"] == 2
     assert _k8s("Deployment", "relaygraph-worker")["spec"]["replicas"] == 3
+    assert _k8s("Deployment", "relaygraph-api")["spec"]["replicas"] == 2
 
 
 def test_k8s_commands_are_real_subcommands() -> None:
@@ -418,7 +567,11 @@ def test_k8s_commands_are_real_subcommands() -> None:
         argv = [str(a) for a in container["args"]]
         _check_argv(argv, where)
         roles[workload] = argv[0]
-    assert roles == {"relaygraph-dispatcher": "dispatcher", "relaygraph-worker": "worker"}
+    assert roles == {
+        "relaygraph-dispatcher": "dispatcher",
+        "relaygraph-worker": "worker",
+        "relaygraph-api": "api",
+    }
 
 
 def test_k8s_environment_is_known_settings_with_valid_values() -> None:
@@ -526,3 +679,59 @@ def test_k8s_redis_is_a_statefulset_with_a_volume_and_the_shared_conf() -> None:
     assert config_map["data"]["redis.conf"] == REDIS_CONF.read_text(), (
         "the ConfigMap in deploy/k8s/redis.yaml differs from deploy/redis/redis.conf"
     )
+
+
+def test_k8s_api_probes_call_readyz_and_healthz_on_the_container_port() -> None:
+    _template, container = _k8s_workload("relaygraph-api")
+    args = _parse_argv([str(a) for a in container["args"]], "k8s relaygraph-api")
+    assert args.host == "0.0.0.0", "the kubelet and the Service reach the pod's IP"
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, f"{probe}: {get['path']}"
+        assert _container_port(container, get["port"], probe) == args.port, probe
+
+
+def test_k8s_api_service_reaches_the_api_port() -> None:
+    template, container = _k8s_workload("relaygraph-api")
+    args = _parse_argv([str(a) for a in container["args"]], "k8s relaygraph-api")
+    service = _k8s("Service", "relaygraph-api")
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 8080
+    target = port.get("targetPort", port["port"])
+    assert _container_port(container, target, "Service relaygraph-api") == args.port
+
+
+def test_k8s_api_keys_are_a_secret_mounted_as_the_keys_file() -> None:
+    template, container = _k8s_workload("relaygraph-api")
+    args = _parse_argv([str(a) for a in container["args"]], "k8s relaygraph-api")
+    assert args.keys and not args.insecure, "the API must serve with keys"
+    directory, _, filename = str(args.keys).rpartition("/")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly"), "the keys are mounted writable"
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+    source = volume["secret"]
+    items = {i["path"]: i["key"] for i in source.get("items", [])}
+    key = items.get(filename, filename)
+    secret = _k8s("Secret", source["secretName"])
+    assert key in secret["stringData"], f"Secret {source['secretName']} has no {key!r}"
+    _keys(secret["stringData"][key], f"Secret {source['secretName']} {key}")
+
+
+def test_k8s_scrape_annotations_name_the_metrics_ports() -> None:
+    scraped = set()
+    for obj in _k8s_objects():
+        if obj["kind"] != "Deployment":
+            continue
+        name = obj["metadata"]["name"]
+        template, container = _k8s_workload(name)
+        annotations = template["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") != "true":
+            continue
+        argv = [str(a) for a in container["args"]]
+        port, path = _metrics_endpoint(argv, _k8s_env(container, name), f"k8s {name}")
+        assert annotations["prometheus.io/port"] == str(port), name
+        assert path in (None, annotations.get("prometheus.io/path", "/metrics")), name
+        _container_port(container, port, f"k8s {name}")
+        scraped.add(name)
+    assert scraped == {"relaygraph-dispatcher", "relaygraph-worker", "relaygraph-api"}
