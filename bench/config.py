@@ -16,6 +16,7 @@ SCENARIOS = (
     "scaling",  # per-node cost of 1,000-node chains / fan-outs / loops vs 10
     "concurrent",  # many runs in flight at once, all must complete
     "idle",  # CPU of idle processes
+    "api",  # the HTTP API (uvicorn) vs the Python client: submits/s, submit -> first event
 )
 
 
@@ -38,6 +39,9 @@ class Sizes:
     inproc_chain: int = 100
     inproc_large: int = 1000
     idle_s: float = 3.0
+    api_submits: int = 3000  # runs submitted per path (HTTP, client) in the API throughput
+    api_in_flight: int = 32  # ... this many at a time
+    api_samples: int = 300  # submit -> first event samples per path
     rounds: int = 3  # hop and throughput are measured this often per system, the best kept
     timeout_s: float = 300.0  # any one measurement gives up after this
 
@@ -57,6 +61,8 @@ QUICK = Sizes(
     inproc_chain=50,
     inproc_large=200,
     idle_s=1.0,
+    api_submits=400,
+    api_samples=30,
     rounds=1,
     timeout_s=60.0,
 )

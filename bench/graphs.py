@@ -9,7 +9,7 @@ from __future__ import annotations
 from graph_core.conditions import Condition
 from graph_core.model import Edge, Graph, Node
 
-__all__ = ["chain", "fanout", "jobs_of", "loop", "single"]
+__all__ = ["bare", "chain", "fanout", "jobs_of", "loop", "single"]
 
 NOOP = "tick"
 
@@ -58,6 +58,11 @@ def loop(n: int) -> Graph:
         Edge("step", "end", condition=Condition.otherwise()),
     )
     return g.validate_graph()
+
+
+def bare() -> Graph:
+    """start -> end: no worker job; the dispatcher runs it alone."""
+    return chain(0)
 
 
 def single() -> Graph:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 
 from graph_core.keys import Keys
@@ -33,6 +35,7 @@ __all__ = [
     "command_stats",
     "cpu_seconds",
     "round_trip",
+    "start_api",
     "start_arq_workers",
     "start_celery_worker",
     "start_dispatcher",
@@ -262,6 +265,36 @@ async def start_dispatcher(
     finally:
         await redis.aclose()
     return proc
+
+
+def _free_port() -> int:
+    """A port free now; should another process take it first, the API exits and says so."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_api(
+    stack: Stack, url: str, prefix: str, log_dir: Path, timeout: float = 30.0
+) -> tuple[Proc, str]:
+    """``relaygraph api`` (one uvicorn process) on a free loopback port, without keys (on
+    loopback it lets anyone in); returns it and its base URL once ``/healthz`` answers."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "relaygraph.cli", "api", "--redis", url, "--prefix", prefix]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+    proc = stack.add(_spawn("api", argv, log_dir))
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=2.0, trust_env=False) as http:
+
+        async def serving() -> bool:
+            proc.check()
+            try:
+                return (await http.get("/healthz")).status_code == 200
+            except httpx.TransportError:  # not listening yet
+                return False
+
+        await wait_until(serving, timeout, "api start-up", interval=0.05)
+    return proc, base
 
 
 class _ProfiledPool(WorkerPool):

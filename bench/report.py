@@ -171,6 +171,7 @@ def build_figures(raw: Mapping[str, Any]) -> list[Figure]:
     figures += _scaling(raw)
     figures += _concurrent(raw)
     figures += _idle(raw)
+    figures += _api(raw)
     return figures
 
 
@@ -463,6 +464,112 @@ def _idle(raw: Mapping[str, Any]) -> list[Figure]:
             _num(_get(data, "ours-dispatcher", "cpu_pct")),
         ),
     ]
+
+
+_CLIENT = "WorkflowClient"
+
+
+def _api(raw: Mapping[str, Any]) -> list[Figure]:
+    """The HTTP API against the Python client: "ours" is the API, the peer the client."""
+    data = raw.get("api")
+    if not data:
+        return []
+    figures = []
+    submit = _get(data, "http", "submit") or {}
+    client_submit = _get(data, "client", "submit") or {}
+    if submit:
+        blocks = "/".join(format_value(_num(v)) for v in submit.get("blocks_per_s") or [])
+        client_blocks = "/".join(
+            format_value(_num(v)) for v in client_submit.get("blocks_per_s") or []
+        )
+        figures.append(
+            Figure(
+                f"HTTP API: submits, POST /v1/runs, {submit.get('in_flight')} in flight",
+                "runs/s",
+                "higher",
+                _num(submit.get("per_s")),
+                [(f"{_CLIENT}.submit", _num(client_submit.get("per_s")))],
+                [Goal(">= 1,000/s", "min", 1000.0)],
+                note=f"one uvicorn process, httpx; {submit.get('submits')} submits a path, no "
+                f"dispatcher running; blocks: HTTP {blocks}, client {client_blocks}",
+            )
+        )
+        cpu = submit.get("cpu_us_per_submit") or {}
+        client_cpu = client_submit.get("cpu_us_per_submit") or {}
+        figures.append(
+            Figure(
+                "HTTP API: CPU per submit, all processes",
+                "µs",
+                "lower",
+                _num(cpu.get("total")),
+                [(f"{_CLIENT}.submit", _num(client_cpu.get("total")))],
+                note=f"API process {_fmt(cpu.get('api'))}, driver (httpx) "
+                f"{_fmt(cpu.get('driver'))}, server {_fmt(cpu.get('server'))} µs; "
+                f"client: driver {_fmt(client_cpu.get('driver'))}, "
+                f"server {_fmt(client_cpu.get('server'))} µs; Redis commands per submit "
+                f"(script-internal included): HTTP {_commands(submit)}, "
+                f"client {_commands(client_submit)}",
+            )
+        )
+    figures += _first_event(data)
+    return figures
+
+
+def _commands(submit: Mapping[str, Any]) -> str:
+    calls = [_num(v) for v in (submit.get("commands_per_submit") or {}).values()]
+    return _fmt(sum(v for v in calls if v is not None)) if calls else "-"
+
+
+def _first_event(data: Mapping[str, Any]) -> list[Figure]:
+    http, client = _get(data, "http", "first_event"), _get(data, "client", "first_event")
+    if not http:
+        return []
+    peer = f"{_CLIENT} EventStream"
+    segments = http.get("segments") or {}
+    client_segments = _get(client, "segments") or {}
+    split = "submit", "submit done -> first event"
+    figures = [
+        Figure(
+            "HTTP API: submit -> first SSE event, median",
+            "ms",
+            "lower",
+            _num(http.get("median_ms")),
+            [(peer, _num(_get(client, "median_ms")))],
+            note=f"{http.get('n')} samples a path, alternating; first event "
+            f"{http.get('first_event')}, written by 1 dispatcher; medians: HTTP POST "
+            f"{_fmt(_get(segments, split[0], 'median_ms'))} ms, then GET .../events to its "
+            f"first event {_fmt(_get(segments, split[1], 'median_ms'))} ms; client (subscribed "
+            f"before the submit): submit {_fmt(_get(client_segments, split[0], 'median_ms'))} "
+            f"ms, then {_fmt(_get(client_segments, split[1], 'median_ms'))} ms",
+        ),
+        Figure(
+            "HTTP API: submit -> first SSE event, p99",
+            "ms",
+            "lower",
+            _num(http.get("p99_ms")),
+            [(peer, _num(_get(client, "p99_ms")))],
+        ),
+    ]
+    overhead = {
+        stat: _difference(http.get(stat), _get(client, stat)) for stat in ("median_ms", "p99_ms")
+    }
+    if overhead["median_ms"] is not None:
+        figures.append(
+            Figure(
+                "HTTP API: first-event overhead over the client, median",
+                "ms",
+                "lower",
+                overhead["median_ms"],
+                goals=[Goal("<= 1 ms", "max", 1.0)],
+                note=f"median HTTP - median client; p99: {_fmt(overhead['p99_ms'])} ms",
+            )
+        )
+    return figures
+
+
+def _difference(a: Any, b: Any) -> float | None:
+    x, y = _num(a), _num(b)
+    return None if x is None or y is None else x - y
 
 
 # --- rendering ----------------------------------------------------------------------------

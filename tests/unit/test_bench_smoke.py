@@ -1,5 +1,6 @@
 """The benchmark's pure parts: statistics, ratios, goal checks, the table and results.json,
-and the graphs it runs. No processes, no server, no timing assertions."""
+the graphs it runs and its Server-Sent Events reader. No processes, no server, no timing
+assertions."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from bench.report import (
     summarize_ms,
     write_json,
 )
+from bench.sse import SseEvent, SseParser, sse_events
 from graph_core.memory import run_local
 from graph_core.status import RunStatus
 
@@ -168,12 +170,21 @@ def test_quick_sizes_are_smaller_than_full() -> None:
     assert QUICK.concurrent_runs < FULL.concurrent_runs
     assert QUICK.scale_large < FULL.scale_large
     assert FULL.scale_large == 1000 and FULL.concurrent_runs == 10_000
+    assert QUICK.api_submits < FULL.api_submits
+    assert QUICK.api_samples < FULL.api_samples
     assert len(set(SCENARIOS)) == len(SCENARIOS)
+    assert "api" in SCENARIOS
 
 
 @pytest.mark.parametrize(
     ("graph", "jobs"),
-    [(graphs.chain(5), 5), (graphs.fanout(4), 6), (graphs.loop(7), 7), (graphs.single(), 1)],
+    [
+        (graphs.chain(5), 5),
+        (graphs.fanout(4), 6),
+        (graphs.loop(7), 7),
+        (graphs.single(), 1),
+        (graphs.bare(), 0),
+    ],
 )
 def test_bench_graphs_run_their_job_count(graph: Any, jobs: int) -> None:
     result = run_local(graph, {graphs.NOOP: lambda node_id, config, ctx: {"i": ctx["visit"]}})
@@ -189,3 +200,92 @@ def test_loop_rates_count_iterations_not_nodes() -> None:
     assert two_nodes["iterations_per_s"] == pytest.approx(100 / 0.202)
     assert one_node["iterations_per_s"] == pytest.approx(1000.0)
     assert "iterations_per_s" not in rates("chain", 100, 100, 0.001)
+
+
+def api_raw(http_median: float, client_median: float) -> dict[str, Any]:
+    def latency(median: float) -> dict[str, Any]:
+        return {
+            "n": 200,
+            "median_ms": median,
+            "p99_ms": 2 * median,
+            "first_event": "run.submitted",
+            "segments": {
+                "submit": {"median_ms": median / 2},
+                "submit done -> first event": {"median_ms": median / 2},
+            },
+        }
+
+    def submit(per_s: float, cpu: dict[str, float]) -> dict[str, Any]:
+        return {
+            "submits": 3000,
+            "in_flight": 32,
+            "per_s": per_s,
+            "blocks_per_s": [per_s, per_s],
+            "cpu_us_per_submit": cpu_per_node(cpu, 1),
+        }
+
+    return {
+        "api": {
+            "http": {
+                "submit": submit(1200.0, {"api": 5e-4, "driver": 3e-4, "server": 1e-4}),
+                "first_event": latency(http_median),
+            },
+            "client": {
+                "submit": submit(4000.0, {"api": 0.0, "driver": 2e-4, "server": 1e-4}),
+                "first_event": latency(client_median),
+            },
+        }
+    }
+
+
+def test_api_figures_compare_the_http_api_with_the_client() -> None:
+    figures = {f.scenario: f for f in build_figures(api_raw(2.5, 2.0))}
+    submits = figures["HTTP API: submits, POST /v1/runs, 32 in flight"]
+    assert submits.ours == 1200.0
+    assert submits.advantages() == {"WorkflowClient.submit": pytest.approx(0.3)}
+    assert [goal_status(submits, g) for g in submits.goals] == [True]
+    cpu = figures["HTTP API: CPU per submit, all processes"]
+    assert cpu.ours == pytest.approx(900.0)
+    assert cpu.peer("WorkflowClient.submit") == pytest.approx(300.0)
+    median = figures["HTTP API: submit -> first SSE event, median"]
+    assert (median.ours, median.peer("WorkflowClient EventStream")) == (2.5, 2.0)
+    assert figures["HTTP API: submit -> first SSE event, p99"].ours == 5.0
+    overhead = figures["HTTP API: first-event overhead over the client, median"]
+    assert overhead.ours == pytest.approx(0.5)
+    assert [goal_status(overhead, g) for g in overhead.goals] == [True]
+    assert "p99: 1.00 ms" in overhead.note
+    slow = {f.scenario: f for f in build_figures(api_raw(6.0, 2.0))}
+    late = slow["HTTP API: first-event overhead over the client, median"]
+    assert [goal_status(late, g) for g in late.goals] == [False]
+    assert "HTTP API" not in " ".join(f.scenario for f in build_figures(sample_raw()))
+
+
+def test_sse_parser_reads_events_split_anywhere() -> None:
+    stream = (
+        b": a comment\n\n"
+        b'id: 1-0\r\nevent: run.submitted\r\ndata: {"a": 1}\r\n\r\n'
+        b"data: one\rdata:two\r\r"
+        b"event: no-data\n\n"
+        b"id: 2-0\nevent: run.completed\ndata: {}\n\n"
+    )
+    expected = [
+        SseEvent('{"a": 1}', "run.submitted", "1-0"),
+        SseEvent("one\ntwo", "message", "1-0"),  # the last id carries over
+        SseEvent("{}", "run.completed", "2-0"),
+    ]
+    whole = SseParser().feed(stream)
+    assert whole == expected
+    parser = SseParser()
+    byte_by_byte = [e for i in range(len(stream)) for e in parser.feed(stream[i : i + 1])]
+    assert byte_by_byte == expected
+    assert SseParser().feed(b"data: unfinished\n") == []  # no blank line yet
+
+
+async def test_sse_events_yields_each_event_once_its_chunk_arrives() -> None:
+    async def chunks() -> Any:
+        yield b"event: run.submitted\ndata: {}\n"
+        yield b"\nevent: run.completed\nda"
+        yield b"ta: {}\n\n"
+
+    kinds = [event.event async for event in sse_events(chunks())]
+    assert kinds == ["run.submitted", "run.completed"]
