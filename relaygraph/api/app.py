@@ -43,10 +43,13 @@ Roles: **viewer** reads; **submitter** also registers graphs, starts and cancels
 """
 
 
-def create_app(settings: ApiSettings, keys: ApiKeys | None = None, redis: Any = None) -> FastAPI:
+def create_app(
+    settings: ApiSettings, keys: ApiKeys | None = None, redis: Any = None, *, console: bool = True
+) -> FastAPI:
     """The API for ``settings`` (its Redis URL, prefix, limits), with ``keys`` (default: the
     settings' keys document and file). ``redis``: an async client to use instead of one
-    made from ``settings.redis_url`` (its owner closes it)."""
+    made from ``settings.redis_url`` (its owner closes it). ``console``: also serve the web
+    console (``/ui``, and ``/`` redirecting there)."""
     if keys is None:
         keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
     if redis is None and settings.redis_url is None:
@@ -88,6 +91,10 @@ def create_app(settings: ApiSettings, keys: ApiKeys | None = None, redis: Any = 
     app.include_router(runs.router)
     app.include_router(graphs.router)
     app.include_router(ops.router)
+    if console:
+        from relaygraph.console import install  # Jinja2 and the templates: only when served
+
+        install(app)
     if settings.api_cors_origins:
         app.add_middleware(
             CORSMiddleware,

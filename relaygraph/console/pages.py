@@ -1,0 +1,283 @@
+"""The console's pages (``/ui``): runs, a run, the approvals inbox, graphs, event streams.
+
+Pages are rendered on the server (Jinja2, autoescaped); ``?fragment=1`` renders only the
+live part of a page, which the page's script fetches again when an event arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dispatcher.views import RunView, WaitView, load_summaries
+from graph_core.errors import PathError
+from graph_core.model import Graph
+from graph_core.paths import MISSING, resolve
+from graph_core.status import RunStatus
+from relaygraph.api.actions import approvers_of
+from relaygraph.api.auth import Principal, Role
+from relaygraph.api.deps import ApiContext, Ctx, run_id_param
+from relaygraph.api.events import all_events, run_events
+from relaygraph.api.problems import Problem
+from relaygraph.console.render import SSE_HEADERS, guard, render
+from relaygraph.console.session import signed_in
+from relaygraph.console.svg import graph_svg
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+PAGE: Final = 50
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+@router.get("/runs")
+async def runs_page(
+    request: Request,
+    ctx: Ctx,
+    status: str = "",
+    graph: str = "",
+    q: str = "",
+    cursor: str = "",
+    fragment: bool = False,
+) -> Response:
+    async def page(who: Principal) -> Response:
+        store = ctx.client.store
+        chosen = RunStatus(status) if status in RunStatus.__members__.values() else None
+        found: list[Any] = []
+        next_cursor = None
+        if q:
+            view = await ctx.client.get_run(q.strip()) if _is_run_id(q.strip()) else None
+            found = [view] if view is not None else []
+        else:
+            before = _cursor(cursor)
+            page = await store.page_runs(
+                chosen.value if chosen else None, graph or None, PAGE, before
+            )
+            found = await load_summaries(store, [r for r, _ in page])
+            if len(page) == PAGE:
+                next_cursor = f"{page[-1][1]}:{page[-1][0]}"
+        counts = await _counts(ctx)
+        graphs = sorted(await store.graph_ids())
+        name = "runs_live.html" if fragment else "runs.html"
+        return render(
+            request,
+            name,
+            who,
+            runs=found,
+            counts=counts,
+            graphs=graphs,
+            status=chosen.value if chosen else "",
+            graph=graph,
+            q=q,
+            next_cursor=next_cursor,
+            statuses=[s.value for s in RunStatus],
+        )
+
+    return await guard(request, ctx, page)
+
+
+def _is_run_id(text: str) -> bool:
+    try:
+        run_id_param(text)
+    except Problem:
+        return False
+    return True
+
+
+def _cursor(text: str) -> tuple[int, str] | None:
+    score, _, run_id = text.partition(":")
+    return (int(score), run_id) if score.isdigit() and run_id else None
+
+
+async def _counts(ctx: ApiContext) -> dict[str, int]:
+    keys = ctx.rkeys
+    pipe = ctx.redis.pipeline(transaction=False)
+    for s in RunStatus:
+        pipe.zcard(keys.runs_by_status(s.value))
+    return {s.value: int(n) for s, n in zip(RunStatus, await pipe.execute(), strict=True)}
+
+
+@router.get("/runs/{run_id}")
+async def run_page(request: Request, ctx: Ctx, run_id: str, fragment: bool = False) -> Response:
+    async def page(who: Principal) -> Response:
+        view = await ctx.client.get_run(run_id_param(run_id))
+        if view is None:
+            raise Problem(
+                404, "run-not-found", f"run {run_id!r} not found (never submitted, or expired)"
+            )
+        graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
+        steps = await ctx.client.history_steps(run_id)
+        statuses = {nid: node.status.value for nid, node in view.nodes.items()}
+        waits = [_decision(who, view, graph, w) for w in view.waiting if graph.has_node(w.node_id)]
+        return render(
+            request,
+            "run_live.html" if fragment else "run.html",
+            who,
+            run=view,
+            graph=graph,
+            svg=graph_svg(graph, statuses),
+            steps=steps,
+            waits=waits,
+            types={n.id: n.type for n in graph.nodes},
+        )
+
+    return await guard(request, ctx, page)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A waiting node as the decision template shows it."""
+
+    run: RunView
+    wait: WaitView
+    approvers: list[str] | None
+    may: bool  # the signed-in key may approve or reject it
+    shown: list[tuple[str, Any]]  # the node's config.show paths and their values
+
+
+def _decision(who: Principal, view: RunView, graph: Graph, wait: WaitView) -> _Decision:
+    listed = approvers_of(graph, wait.node_id)
+    return _Decision(
+        run=view,
+        wait=wait,
+        approvers=listed,
+        may=who.may(Role.APPROVER) and (listed is None or who.matches(listed)),
+        shown=_shown(view, graph.node(wait.node_id).config.get("show")),
+    )
+
+
+class _ViewSource:
+    """Path resolution over a run's view (latest outputs only)."""
+
+    def __init__(self, view: RunView) -> None:
+        self.view = view
+
+    def run_input(self) -> Any:
+        return self.view.input
+
+    def latest_output(self, node_id: str) -> Any:
+        node = self.view.nodes.get(node_id)
+        return node.output if node is not None and node.visits else MISSING
+
+    def output_at(self, node_id: str, visit: int) -> Any:
+        node = self.view.nodes.get(node_id)
+        return self.latest_output(node_id) if node is not None and node.visits == visit else MISSING
+
+    def visit_count(self, node_id: str) -> int:
+        node = self.view.nodes.get(node_id)
+        return node.visits if node is not None else 0
+
+
+def _shown(view: RunView, paths: Any) -> list[tuple[str, Any]]:
+    """The values of a human node's ``config.show`` paths (``input.x``, ``node.output.y``),
+    for the approver to decide with (``None`` where a path leads nowhere)."""
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list):
+        return []
+    source = _ViewSource(view)
+    shown = []
+    for path in paths[:20]:
+        if not isinstance(path, str):
+            continue
+        try:
+            value = resolve(path, source)
+        except PathError:
+            value = MISSING
+        shown.append((path, None if value is MISSING else value))
+    return shown
+
+
+@router.get("/runs/{run_id}/events")
+async def run_stream(request: Request, ctx: Ctx, run_id: str) -> Response:
+    if signed_in(request, ctx) is None:
+        raise Problem(401, "unauthorized", "sign in first")
+    rid = run_id_param(run_id)
+    frames = run_events(ctx.redis, ctx.hub, rid, ctx.rkeys.run(rid), None)
+    return StreamingResponse(_unnamed(frames), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/events")
+async def every_stream(request: Request, ctx: Ctx) -> Response:
+    if signed_in(request, ctx) is None:
+        raise Problem(401, "unauthorized", "sign in first")
+    return StreamingResponse(
+        _unnamed(all_events(ctx.hub)), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+async def _unnamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The frames without their ``event:`` line: a browser's EventSource hands only unnamed
+    events to ``onmessage``, and the page wants every one."""
+    async for frame in frames:
+        yield b"\n".join(ln for ln in frame.split(b"\n") if not ln.startswith(b"event: "))
+
+
+# --- approvals and graphs ------------------------------------------------------------------
+
+
+@router.get("/approvals")
+async def approvals_page(request: Request, ctx: Ctx, fragment: bool = False) -> Response:
+    async def page(who: Principal) -> Response:
+        ids = await ctx.client.store.list_runs(RunStatus.WAITING.value, 500)
+        views = [v for v in await asyncio.gather(*(ctx.client.get_run(r) for r in ids)) if v]
+        items = []
+        for view in views:
+            graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
+            for w in view.waiting:
+                if not graph.has_node(w.node_id):
+                    continue
+                items.append(_decision(who, view, graph, w))
+        items.sort(key=lambda i: i.wait.since)
+        name = "approvals_live.html" if fragment else "approvals.html"
+        return render(request, name, who, items=items)
+
+    return await guard(request, ctx, page)
+
+
+@router.get("/graphs")
+async def graphs_page(request: Request, ctx: Ctx) -> Response:
+    async def page(who: Principal) -> Response:
+        latest = await ctx.client.store.graph_ids()
+        rows = []
+        for gid, version in latest.items():
+            rows.append(
+                {
+                    "id": gid,
+                    "latest": version,
+                    "versions": await ctx.client.store.graph_versions(gid),
+                }
+            )
+        return render(request, "graphs.html", who, graphs=rows)
+
+    return await guard(request, ctx, page)
+
+
+@router.get("/graphs/{graph_id}")
+async def graph_page(
+    request: Request, ctx: Ctx, graph_id: str, version: int | None = None
+) -> Response:
+    async def page(who: Principal) -> Response:
+        graph = await ctx.client.get_graph(graph_id, version)
+        versions = await ctx.client.store.graph_versions(graph_id)
+        doc = orjson.dumps(graph.to_dict(), option=orjson.OPT_INDENT_2).decode()
+        return render(
+            request,
+            "graph.html",
+            who,
+            graph=graph,
+            svg=graph_svg(graph),
+            versions=versions,
+            doc=doc,
+        )
+
+    return await guard(request, ctx, page)
