@@ -13,7 +13,7 @@ from graph_core.export import to_dot, to_mermaid
 from graph_core.model import Graph
 from relaygraph.api.deps import ApiContext, Ctx, Submitter, Viewer, run_id_param
 from relaygraph.api.models import GraphList, GraphRef, GraphSummary, GraphVersions
-from relaygraph.api.problems import Problem
+from relaygraph.api.problems import Problem, problem_responses
 
 __all__ = ["router"]
 
@@ -23,7 +23,13 @@ GraphDoc = Annotated[
     dict[str, Any],
     Body(
         description="A graph document (docs/graph-format.md)",
-        examples=[{"id": "hello", "nodes": [{"id": "start", "type": "start"}], "edges": []}],
+        examples=[
+            {
+                "id": "hello",
+                "nodes": [{"id": "start", "type": "start"}, {"id": "end", "type": "end"}],
+                "edges": [{"source": "start", "target": "end"}],
+            }
+        ],
     ),
 ]
 
@@ -34,7 +40,12 @@ async def register(ctx: ApiContext, doc: dict[str, Any]) -> GraphRef:
     return GraphRef(graph_id=graph.id, version=version)
 
 
-@router.post("/v1/graphs", status_code=201, response_model=GraphRef)
+@router.post(
+    "/v1/graphs",
+    status_code=201,
+    response_model=GraphRef,
+    responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+)
 async def post_graph(
     *,
     doc: GraphDoc,
@@ -46,7 +57,9 @@ async def post_graph(
     return await register(ctx, doc)
 
 
-@router.post("/v1/graphs/validate", response_model=GraphRef)
+@router.post(
+    "/v1/graphs/validate", response_model=GraphRef, responses=problem_responses(400, 401, 413, 422)
+)
 async def validate_graph(
     *,
     doc: GraphDoc,
@@ -57,13 +70,13 @@ async def validate_graph(
     return GraphRef(graph_id=graph.id, version=graph.version)
 
 
-@router.get("/v1/graphs", response_model=GraphList)
+@router.get("/v1/graphs", response_model=GraphList, responses=problem_responses(401, 503))
 async def list_graphs(*, ctx: Ctx, _: Viewer) -> GraphList:
     latest = await ctx.client.store.graph_ids()
     return GraphList(graphs=[GraphSummary(graph_id=g, latest_version=v) for g, v in latest.items()])
 
 
-@router.get("/v1/graphs/{graph_id}")
+@router.get("/v1/graphs/{graph_id}", responses=problem_responses(401, 404, 422, 503))
 async def get_graph(
     *,
     graph_id: str,
@@ -76,7 +89,11 @@ async def get_graph(
     return graph.to_dict()
 
 
-@router.get("/v1/graphs/{graph_id}/versions", response_model=GraphVersions)
+@router.get(
+    "/v1/graphs/{graph_id}/versions",
+    response_model=GraphVersions,
+    responses=problem_responses(401, 404, 422, 503),
+)
 async def graph_versions(
     *,
     graph_id: str,
@@ -89,7 +106,11 @@ async def graph_versions(
     return GraphVersions(graph_id=graph_id, versions=versions)
 
 
-@router.get("/v1/graphs/{graph_id}/export", response_class=PlainTextResponse)
+@router.get(
+    "/v1/graphs/{graph_id}/export",
+    response_class=PlainTextResponse,
+    responses=problem_responses(401, 404, 409, 422, 503),
+)
 async def export_graph(
     *,
     graph_id: str,
@@ -125,7 +146,13 @@ async def export_graph(
 # --- seed 001's routes -------------------------------------------------------------------
 
 
-@router.post("/graph/create", status_code=201, response_model=GraphRef, tags=["seed-001"])
+@router.post(
+    "/graph/create",
+    status_code=201,
+    response_model=GraphRef,
+    tags=["seed-001"],
+    responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+)
 async def legacy_create(
     *,
     doc: GraphDoc,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher.views import RunSummary, RunView
 from graph_core.history import HistoryStep
@@ -21,6 +22,8 @@ __all__ = [
     "Health",
     "LegacyRunBody",
     "LegacyRunCreated",
+    "ProblemDetails",
+    "ProblemItem",
     "PublicRunView",
     "PublicWait",
     "Ready",
@@ -157,3 +160,29 @@ class Ready(BaseModel):
     dispatchers: int = Field(description="dispatchers that read the inbox lately")
     queues: dict[str, int] = Field(description="jobs in each served queue")
     reasons: list[str] = []
+
+
+class ProblemItem(BaseModel):
+    """One thing wrong with a request body or a graph: where, and what."""
+
+    path: str = Field(description="e.g. body.graph_id, query.limit, nodes[1].parent")
+    message: str
+    code: str | SkipJsonSchema[None] = Field(default=None, description="a graph problem's kind")
+
+
+class ProblemDetails(BaseModel):
+    """An error, as an RFC 9457 ``application/problem+json`` document. ``type`` is stable
+    per kind of error (``urn:relaygraph:problem:<slug>``); other members may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="urn:relaygraph:problem:<slug>, e.g. ...:run-not-found")
+    title: str
+    status: int
+    detail: str
+    # The optional members are left out when they do not apply, never null.
+    instance: str | SkipJsonSchema[None] = Field(default=None, description="the request's path")
+    problems: list[ProblemItem] | SkipJsonSchema[None] = Field(
+        default=None, description="invalid-body and invalid-graph: every problem found"
+    )
+    run_id: str | SkipJsonSchema[None] = Field(default=None, description="run-not-found: the run")

@@ -84,7 +84,11 @@ async def _queue_depths(ctx: ApiContext) -> dict[str, int]:
     return dict(zip(ordered, (int(n) for n in await pipe.execute()), strict=True))
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(ctx: Ctx) -> Response:
     """Prometheus exposition: the API's own counters and the fleet gauges."""
     body = await asyncio.to_thread(generate_latest, ctx.metrics.registry)

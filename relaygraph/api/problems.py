@@ -3,6 +3,8 @@
 Every error the API answers goes through here: ``Problem`` raised by a route, the library
 errors a route lets through (unknown run, invalid graph, Redis unreachable), request
 validation, unknown routes, and anything unexpected (a 500 without a traceback, logged).
+Each route lists the problem statuses it may answer (``problem_responses``), so the OpenAPI
+document declares them, with the ``ProblemDetails`` schema, in place of FastAPI's own 422.
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound
 from dispatcher.store import GraphNotFound, StoreError
 from graph_core.errors import GraphValidationError, RelaygraphError
+from relaygraph.api.models import ProblemDetails
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_handlers", "problem_response", "problem_type"]
+__all__ = [
+    "PROBLEM_JSON",
+    "Problem",
+    "install_handlers",
+    "problem_response",
+    "problem_responses",
+    "problem_type",
+]
 
 log = logging.getLogger("relaygraph.api")
 
 PROBLEM_JSON: Final = "application/problem+json"
 _TYPE_BASE: Final = "urn:relaygraph:problem:"
+_SCHEMAS: Final = "#/components/schemas/"
 
 _TITLES: Final = {
     400: "Bad request",
@@ -77,6 +88,36 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON)
 
 
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: the problem documents it may answer with, by status."""
+    ref = {"$ref": _SCHEMAS + ProblemDetails.__name__}
+    return {
+        status: {"description": _TITLES[status], "content": {PROBLEM_JSON: {"schema": ref}}}
+        for status in statuses
+    }
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Put ``ProblemDetails`` (which ``problem_responses`` refers to) in the app's OpenAPI
+    components: FastAPI adds a response model's schema only under the route's own media
+    type, never under ``application/problem+json``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()  # kept as app.openapi_schema: completed in place, once
+        schema = ProblemDetails.model_json_schema(
+            ref_template=_SCHEMAS + "{model}", mode="serialization"
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(schema.pop("$defs", {}))
+        schemas[ProblemDetails.__name__] = schema
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _from(request: Request, problem: Problem) -> Response:
     response = problem_response(
         problem.status, problem.slug, problem.detail, request.url.path, **problem.extra
@@ -112,6 +153,10 @@ def as_problem(error: Exception) -> Problem | None:
 
 
 def install_handlers(app: FastAPI) -> None:
+    """Answer every error as a problem document, and declare that schema in the app's
+    OpenAPI document."""
+    _document_problems(app)
+
     async def on_problem(request: Request, exc: Exception) -> Response:
         problem = as_problem(exc)
         if problem is None:
@@ -127,7 +172,11 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        slug = {
+            400: "unreadable-body",  # FastAPI's answer to a body it cannot decode (not UTF-8)
+            404: "not-found",
+            405: "method-not-allowed",
+        }.get(exc.status_code, "http-error")
         problem = Problem(exc.status_code, slug, str(exc.detail))
         problem.headers.update(exc.headers or {})
         return _from(request, problem)

@@ -30,7 +30,7 @@ from relaygraph.api.models import (
     RunPage,
     public_view,
 )
-from relaygraph.api.problems import Problem
+from relaygraph.api.problems import Problem, problem_responses
 
 __all__ = ["router"]
 
@@ -70,7 +70,13 @@ async def _submit(ctx: ApiContext, body: RunBody) -> tuple[str, bool]:
     "/v1/runs",
     status_code=201,
     response_model=PublicRunView,
-    responses={200: {"description": "the run an earlier submit with this key started"}},
+    responses={
+        200: {
+            "model": PublicRunView,
+            "description": "the run an earlier submit with this key started",
+        },
+        **problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
+    },
 )
 async def post_run(
     *,
@@ -88,7 +94,7 @@ async def post_run(
     return public_view(await _view(ctx, run_id))
 
 
-@router.get("/v1/runs", response_model=RunPage)
+@router.get("/v1/runs", response_model=RunPage, responses=problem_responses(401, 422, 503))
 async def list_runs(
     *,
     status: RunStatus | None = None,
@@ -123,7 +129,12 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
         ) from None
 
 
-@router.get("/v1/runs/{run_id}", response_model=PublicRunView, name="get_run")
+@router.get(
+    "/v1/runs/{run_id}",
+    response_model=PublicRunView,
+    name="get_run",
+    responses=problem_responses(401, 404, 422, 503),
+)
 async def get_run(
     *,
     run_id: str,
@@ -133,7 +144,11 @@ async def get_run(
     return public_view(await _view(ctx, run_id))
 
 
-@router.get("/v1/runs/{run_id}/history", response_model=RunHistory)
+@router.get(
+    "/v1/runs/{run_id}/history",
+    response_model=RunHistory,
+    responses=problem_responses(401, 404, 422, 503),
+)
 async def run_history(
     *,
     run_id: str,
@@ -146,7 +161,12 @@ async def run_history(
     return RunHistory(run_id=run_id, steps=steps)
 
 
-@router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=PublicRunView)
+@router.post(
+    "/v1/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=PublicRunView,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
 async def cancel_run(
     *,
     run_id: str,
@@ -165,7 +185,10 @@ async def cancel_run(
 @router.get(
     "/v1/runs/{run_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **problem_responses(401, 404, 422, 503),
+    },
 )
 async def run_event_stream(
     *,
@@ -190,7 +213,7 @@ async def run_event_stream(
 @router.get(
     "/v1/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(401)},
 )
 async def every_event_stream(*, ctx: Ctx, _: Viewer) -> StreamingResponse:
     """Server-Sent Events: every run's events as they are published (live only)."""
@@ -265,6 +288,7 @@ async def _decide(
     status_code=202,
     response_model=Accepted,
     tags=["approvals"],
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def approve(
     *,
@@ -284,6 +308,7 @@ async def approve(
     status_code=202,
     response_model=Accepted,
     tags=["approvals"],
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def reject(
     *,
@@ -297,7 +322,12 @@ async def reject(
     return await _decide(ctx, who, run_id, node_id, "reject", body or DecisionBody())
 
 
-@router.get("/v1/approvals", response_model=ApprovalList, tags=["approvals"])
+@router.get(
+    "/v1/approvals",
+    response_model=ApprovalList,
+    tags=["approvals"],
+    responses=problem_responses(401, 503),
+)
 async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
     """An approver's inbox: every node waiting for a decision, across runs, oldest first."""
     store = ctx.client.store
@@ -331,7 +361,13 @@ async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
 # --- seed 001's routes -------------------------------------------------------------------
 
 
-@router.post("/graph/run", status_code=201, response_model=LegacyRunCreated, tags=["seed-001"])
+@router.post(
+    "/graph/run",
+    status_code=201,
+    response_model=LegacyRunCreated,
+    tags=["seed-001"],
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+)
 async def legacy_run(
     *,
     body: LegacyRunBody,
@@ -343,7 +379,12 @@ async def legacy_run(
     return LegacyRunCreated(run_id=run_id)
 
 
-@router.get("/graph/state/{run_id}", response_model=PublicRunView, tags=["seed-001"])
+@router.get(
+    "/graph/state/{run_id}",
+    response_model=PublicRunView,
+    tags=["seed-001"],
+    responses=problem_responses(401, 404, 422, 503),
+)
 async def legacy_state(
     *,
     run_id: str,

@@ -92,6 +92,24 @@
     submitAsync(form, submitter);
   });
 
+  // A node of the drawn graph opens its panel (click, Enter or Space).
+  function showNode(g) {
+    var panel = document.getElementById("node-" + g.getAttribute("data-node"));
+    if (!panel) return;
+    panel.open = true;
+    panel.scrollIntoView({ block: "center" });
+    var summary = panel.querySelector("summary");
+    if (summary) summary.focus();
+  }
+  document.addEventListener("click", function (ev) {
+    var g = ev.target.closest && ev.target.closest("svg.graph g.node");
+    if (g) showNode(g);
+  });
+  document.addEventListener("keydown", function (ev) {
+    var g = ev.target.closest && ev.target.closest("svg.graph g.node");
+    if (g && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); showNode(g); }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     var live = document.getElementById("live");
     if (live) follow(live);
