@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -105,7 +105,38 @@ def create_app(
         )
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(Timing)
+    _declare_security(app)
     return app
+
+
+SECURITY_SCHEMES: Final = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: `Authorization: Bearer <key>`",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key"},
+}
+
+
+def _declare_security(app: FastAPI) -> None:
+    """The key schemes in the OpenAPI document, required by every operation that can answer
+    401 (keys are read in ``deps.require``, not through FastAPI's security classes)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                if "401" in operation.get("responses", {}):
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_fleet(

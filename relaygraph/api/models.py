@@ -30,6 +30,7 @@ __all__ = [
     "RunBody",
     "RunHistory",
     "RunPage",
+    "public_document",
     "public_view",
 ]
 
@@ -99,10 +100,15 @@ class PublicRunView(RunView):
 
 
 def public_view(view: RunView) -> PublicRunView:
+    return PublicRunView.model_validate(public_document(view))
+
+
+def public_document(view: RunView) -> dict[str, Any]:
+    """The ``PublicRunView`` document of ``view`` (its JSON, without the wait tokens)."""
     doc = view.model_dump(mode="json")
     for wait in doc["waiting"]:
         wait.pop("token", None)
-    return PublicRunView.model_validate(doc)
+    return doc
 
 
 class RunPage(BaseModel):
