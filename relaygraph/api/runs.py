@@ -237,8 +237,12 @@ async def run_event_stream(
         start = check_event_id(last_event_id or after)
     except ValueError as e:
         raise Problem(422, "invalid-event-id", str(e)) from None
-    await _view(ctx, run_id)  # 404 before the stream starts
-    frames = run_events(ctx.redis, ctx.hub, run_id, ctx.rkeys.run(run_id), start)
+    keys = ctx.rkeys.run(run_id_param(run_id))
+    if not await ctx.redis.exists(keys.meta):  # 404 before the stream starts
+        raise Problem(
+            404, "run-not-found", f"run {run_id!r} not found (never submitted, or expired)"
+        )
+    frames = run_events(ctx.redis, ctx.hub, run_id, keys, start)
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
