@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -13,9 +13,9 @@ from fastapi.responses import StreamingResponse
 
 from dispatcher.views import NodeView, RunView, load_summaries
 from graph_core import clock
-from graph_core.model import Graph
 from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
-from relaygraph.api.auth import Principal, Role
+from relaygraph.api.actions import approvers_of, decide
+from relaygraph.api.auth import Role
 from relaygraph.api.deps import ApiContext, Approver, Ctx, Submitter, Viewer, run_id_param
 from relaygraph.api.events import all_events, check_event_id, run_events
 from relaygraph.api.models import (
@@ -261,64 +261,6 @@ async def every_event_stream(*, ctx: Ctx, _: Viewer) -> StreamingResponse:
 # --- approvals -----------------------------------------------------------------------------
 
 
-def _approvers(graph: Graph, node_id: str) -> list[str] | None:
-    listed = graph.node(node_id).config.get("approvers") if graph.has_node(node_id) else None
-    if isinstance(listed, str):
-        return [listed]
-    if isinstance(listed, list):
-        return [str(x) for x in listed]
-    return None
-
-
-async def _decide(
-    ctx: ApiContext,
-    who: Principal,
-    run_id: str,
-    node_id: str,
-    decision: Literal["approve", "reject"],
-    body: DecisionBody,
-) -> Accepted:
-    view = await _view(ctx, run_id)
-    if view.terminal:
-        raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
-    graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
-    if not graph.has_node(node_id):
-        raise Problem(
-            404,
-            "node-not-found",
-            f"graph {view.graph_id!r} v{view.graph_version} has no node {node_id!r}",
-        )
-    wait = next((w for w in view.waiting if w.node_id == node_id), None)
-    if wait is None:
-        status = view.nodes[node_id].status.value if node_id in view.nodes else "unknown"
-        raise Problem(
-            409,
-            "node-not-waiting",
-            f"node {node_id!r} of run {run_id!r} is not waiting for a decision (it is {status})",
-        )
-    approvers = _approvers(graph, node_id)
-    if approvers is not None and not who.matches(approvers):
-        raise Problem(
-            403,
-            "not-an-approver",
-            f"key {who.name!r} is not among node {node_id!r}'s approvers "
-            f"({', '.join(approvers) or 'none'})",
-        )
-    await ctx.client.decide(
-        run_id,
-        node_id,
-        decision,
-        body.data,
-        actor=who.name,
-        token=wait.token,
-        comment=body.comment,
-    )
-    ctx.metrics.decisions.labels(decision).inc()
-    return Accepted(
-        run_id=run_id, node_id=node_id, visit=wait.visit, decision=decision, actor=who.name
-    )
-
-
 @router.post(
     "/v1/runs/{run_id}/nodes/{node_id}/approve",
     status_code=202,
@@ -336,7 +278,8 @@ async def approve(
 ) -> Accepted:
     """Approve a waiting node, as the calling key (the API holds the wait token). 409 if
     the node is not waiting; 403 if the node's ``config.approvers`` does not list the key."""
-    return await _decide(ctx, who, run_id, node_id, "approve", body or DecisionBody())
+    body = body or DecisionBody()
+    return await decide(ctx, who, run_id, node_id, "approve", body.data, body.comment)
 
 
 @router.post(
@@ -355,7 +298,8 @@ async def reject(
     who: Approver,
 ) -> Accepted:
     """Reject a waiting node; see approve."""
-    return await _decide(ctx, who, run_id, node_id, "reject", body or DecisionBody())
+    body = body or DecisionBody()
+    return await decide(ctx, who, run_id, node_id, "reject", body.data, body.comment)
 
 
 @router.get(
@@ -375,7 +319,7 @@ async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
             continue
         graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
         for wait in view.waiting:
-            listed = _approvers(graph, wait.node_id)
+            listed = approvers_of(graph, wait.node_id)
             may = who.may(Role.APPROVER) and (listed is None or who.matches(listed))
             items.append(
                 ApprovalItem(
