@@ -107,7 +107,7 @@ def pack_changes(
     aborts: list[str] = []
     for a in t.actions:
         if isinstance(a, EnqueueNode):
-            job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms)
+            job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms, run.trace)
             jobs += job.argv()
         elif isinstance(a, ScheduleTimer):
             member = encode_inbox(

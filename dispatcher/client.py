@@ -29,7 +29,14 @@ from graph_core.errors import GraphValidationError, Problem, RelaygraphError
 from graph_core.events import ApprovalReceived, CancelRequested
 from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
-from graph_core.messages import DEFAULT_MAX_MESSAGE_BYTES, SubmitRequest, dumps, encode_inbox
+from graph_core.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_TRACEPARENT,
+    MAX_TRACESTATE,
+    SubmitRequest,
+    dumps,
+    encode_inbox,
+)
 from graph_core.model import Graph
 from graph_core.settings import BaseSettings
 from graph_core.state import RunRecord
@@ -180,11 +187,17 @@ class WorkflowClient:
         idempotency_key: str | None = None,
         version: int | None = None,
         run_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> str:
         """Start a run of a registered graph (latest version unless ``version``); return its id.
 
         With ``idempotency_key``, every submit with the same key returns the first run's id
         and starts nothing else (while the key is retained).
+
+        ``traceparent`` and ``tracestate``: the caller's W3C trace context, so that a
+        dispatcher that traces runs makes the run's span a child of the caller's span
+        (docs/observability.md, "Tracing"); e.g. from ``opentelemetry.propagate.inject(d)``.
         """
         if version is None:
             version = await self.store.latest_version(graph_id)
@@ -194,6 +207,10 @@ class WorkflowClient:
         run_id = check_run_id(run_id) if run_id is not None else clock.new_run_id()
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
             raise InputError("idempotency key", "must be 1 to 256 characters")
+        if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
+            raise InputError("traceparent", f"must be at most {MAX_TRACEPARENT} characters")
+        if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
+            raise InputError("tracestate", f"must be at most {MAX_TRACESTATE} characters")
         payload = _json_value("input", input)
         request = SubmitRequest(
             graph_id=graph_id,
@@ -201,6 +218,8 @@ class WorkflowClient:
             input=payload,
             run_id=run_id,
             idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         message = self._message("input", request)
         now = clock.now()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,11 +36,23 @@ from graph_core.keys import check_run_id
 from graph_core.logfmt import log_context
 from graph_core.messages import SubmitRequest
 from graph_core.model import Graph
+from graph_core.settings import BaseSettings, SettingsError
 from graph_core.state import Transition
 from graph_core.status import RunStatus
 from graph_core.topology import topology
 
-__all__ = ["MAX_LOADS", "REDIS_GONE", "Outcome", "Processor", "TokenReplay", "widen"]
+if TYPE_CHECKING:  # dispatcher.tracing imports OpenTelemetry: only with tracing on
+    from dispatcher.tracing import RunTracing
+
+__all__ = [
+    "MAX_LOADS",
+    "REDIS_GONE",
+    "Outcome",
+    "Processor",
+    "TokenReplay",
+    "run_tracing",
+    "widen",
+]
 
 log = logging.getLogger("relaygraph.dispatcher")
 REDIS_GONE: Final = (RedisConnectionError, RedisTimeoutError)  # not a message's fault: raised
@@ -65,12 +77,20 @@ class Outcome:
 
 class Processor:
     def __init__(
-        self, store: RunStore, run_cache: int = DEFAULT_RUN_CACHE, metrics: Recorder = NO_METRICS
+        self,
+        store: RunStore,
+        run_cache: int = DEFAULT_RUN_CACHE,
+        metrics: Recorder = NO_METRICS,
+        tracing: RunTracing | None = None,
     ) -> None:
         """``run_cache``: how many runs' states to keep for their next event (0: none);
-        ``metrics``: counts every applied transition (``BatchHandler``'s too)."""
+        ``metrics``: counts every applied transition (``BatchHandler``'s too); ``tracing``:
+        gives each new run a span, recorded when the run ends (None: runs are not traced)."""
         self.store = store
-        self.metrics = metrics
+        self.tracing = tracing
+        # A run's end is seen where transitions are counted: tracing wraps the recorder, so
+        # with tracing off an applied transition costs nothing more.
+        self.metrics = metrics if tracing is None else tracing.recorder(metrics)
         self.cache = RunCache(run_cache)
         self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
         # (graph id, version, submitted?, node id) -> what its events' transitions read
@@ -116,6 +136,7 @@ class Processor:
             graph_version=version,
             input=req.input,
             idempotency_key=req.idempotency_key,
+            trace=self.tracing.run_trace(req, run_id) if self.tracing is not None else None,
         )
 
     async def process(self, event: Event, ack: str | None = None) -> Outcome:
@@ -246,6 +267,23 @@ class Processor:
             except NeedState as need:
                 await self.store.fill(event.run_id, view, widen(graph, view, need))
         raise StoreError(f"run {event.run_id!r}: transition needed over {MAX_LOADS} loads")
+
+
+def run_tracing(settings: BaseSettings) -> RunTracing | None:
+    """The run spans of a dispatcher with these settings: None unless ``tracing`` is
+    ``otel`` (only then is OpenTelemetry imported). ``SettingsError`` if it is not installed."""
+    if settings.tracing != "otel":
+        return None
+    try:
+        from dispatcher.tracing import RunTracing
+    except ImportError as e:
+        raise SettingsError(
+            [
+                "tracing: 'otel' needs the OpenTelemetry API and SDK "
+                f"(pip install 'relaygraph[otel]'): {e}"
+            ]
+        ) from e
+    return RunTracing()
 
 
 class TokenReplay:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from graph_core.events import EnqueueNode
+from graph_core.events import EnqueueNode, RunTrace
 from graph_core.keys import Keys
 from graph_core.messages import JobPayload, encode_arq_job, job_id, wake_token
 
@@ -50,8 +50,15 @@ class JobWrite:
 
 
 def job_write(
-    keys: Keys, run_id: str, graph_id: str, graph_version: int, action: EnqueueNode, now_ms: int
+    keys: Keys,
+    run_id: str,
+    graph_id: str,
+    graph_version: int,
+    action: EnqueueNode,
+    now_ms: int,
+    trace: RunTrace | None = None,
 ) -> JobWrite:
+    """``trace``: the run's span (a traced run), the parent of the attempt's span."""
     payload = JobPayload(
         run_id=run_id,
         graph_id=graph_id,
@@ -61,6 +68,8 @@ def job_write(
         attempt=action.attempt,
         timeout_s=action.timeout_s,
         parent=action.parent,
+        traceparent=trace.traceparent if trace is not None else None,
+        tracestate=trace.tracestate if trace is not None else None,
     )
     jid = job_id(run_id, action.node_id, action.visit, action.attempt)
     return JobWrite(

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
-from dispatcher.processor import Outcome, Processor
+from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
 from dispatcher.sweeper import sweep
@@ -110,7 +110,12 @@ class Dispatcher:
         self.metrics = metrics
         self.recorder: Recorder = metrics if metrics is not None else NO_METRICS
         self.store = RunStore(redis, self.keys, retention_s=settings.retention_s)
-        self.processor = Processor(self.store, run_cache=settings.run_cache, metrics=self.recorder)
+        self.processor = Processor(
+            self.store,
+            run_cache=settings.run_cache,
+            metrics=self.recorder,
+            tracing=run_tracing(settings),
+        )
         self.batches = BatchHandler(self.processor)
         self.consumer = settings.consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -103,10 +103,18 @@ class SyncWorkflowClient:
         idempotency_key: str | None = None,
         version: int | None = None,
         run_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> str:
         return self._call(
             self.client.submit(
-                graph_id, input, idempotency_key=idempotency_key, version=version, run_id=run_id
+                graph_id,
+                input,
+                idempotency_key=idempotency_key,
+                version=version,
+                run_id=run_id,
+                traceparent=traceparent,
+                tracestate=tracestate,
             )
         )
 

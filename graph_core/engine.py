@@ -123,6 +123,7 @@ class _Machine(Flow, Joins, Parallel, Waits):
                 created_at=existing.created_at if existing is not None else now,
                 updated_at=now,
                 idempotency_key=ev.idempotency_key,
+                trace=ev.trace,
             )
         )
         self.tx.emit("run.submitted", graph_id=ev.graph_id, graph_version=ev.graph_version)

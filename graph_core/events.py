@@ -33,6 +33,7 @@ __all__ = [
     "PauseForApproval",
     "ReleaseWait",
     "RunSubmitted",
+    "RunTrace",
     "ScheduleTimer",
     "TimerFired",
     "TimerKind",
@@ -67,6 +68,19 @@ class ErrorInfo(BaseModel):
         return f"{self.type}{where}: {self.message}"
 
 
+class RunTrace(BaseModel):
+    """A traced run's span, as W3C Trace Context: kept in the run record, so that every job
+    of the run names it as its parent whichever dispatcher enqueues the job, and the
+    dispatcher that finishes the run records the span under these ids (docs/observability.md,
+    "Tracing"). Made by a dispatcher with ``tracing = "otel"``; this module only holds it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    traceparent: str  # the run span: 00-<trace id>-<span id>-<flags>
+    tracestate: str | None = None  # vendors' trace state, passed on from the submitter
+    parent_span_id: str | None = None  # the submitter's span (16 hex digits); None: a root
+
+
 # --- events (inputs) ------------------------------------------------------------------
 
 
@@ -77,6 +91,7 @@ class RunSubmitted(_Msg):
     graph_version: int
     input: Any = None
     idempotency_key: str | None = None
+    trace: RunTrace | None = None  # the run's span, when the dispatcher traces runs
 
 
 class NodeReported(_Msg):

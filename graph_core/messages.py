@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "INBOX_FIELD",
     "JOB_ID_PREFIX",
+    "MAX_TRACEPARENT",
+    "MAX_TRACESTATE",
     "InboxMessage",
     "JobPayload",
     "SubmitRequest",
@@ -55,6 +57,8 @@ __all__ = [
 ARQ_FUNCTION: Final = "relaygraph_run_node"
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576  # 1 MiB per message (outputs, inputs)
 INBOX_FIELD: Final = "m"  # the one field of an inbox stream entry: the message
+MAX_TRACEPARENT: Final = 256  # characters; version 00 of W3C's traceparent has 55
+MAX_TRACESTATE: Final = 4096  # characters; W3C asks to pass on at least 512
 _INBOX_FIELD_B: Final = INBOX_FIELD.encode()
 _NAMED_FIELDS = 5  # how many of an entry's field names a reason lists
 
@@ -71,6 +75,11 @@ class SubmitRequest(BaseModel):
     input: Any = None
     run_id: str | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    # The submitter's W3C trace context: the run's span becomes a child of this span. A
+    # value that does not parse is ignored (the run starts a trace of its own), as W3C
+    # Trace Context asks; only a dispatcher with tracing = "otel" reads them.
+    traceparent: str | None = Field(default=None, max_length=MAX_TRACEPARENT)
+    tracestate: str | None = Field(default=None, max_length=MAX_TRACESTATE)
 
 
 InboxMessage = Annotated[
@@ -100,6 +109,10 @@ class JobPayload(BaseModel):
     attempt: int
     timeout_s: float | None = None
     parent: str | None = None
+    # The run's span (W3C Trace Context), when the run is traced: the parent of the worker's
+    # span of this attempt. Left out of the job when None.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def idempotency_key(self) -> str:

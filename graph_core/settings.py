@@ -35,6 +35,9 @@ class BaseSettings(BaseModel):
     # Prometheus exposition on this port (every address); None: no metrics are collected
     metrics_port: int | None = Field(default=None, gt=0, lt=65536)
     log_format: Literal["text", "json"] = "text"  # json: one object per line (graph_core.logfmt)
+    # otel: OpenTelemetry spans of runs and node attempts (the `otel` extra; the SDK and its
+    # exporter are configured by the user, OTEL_* variables); off: OpenTelemetry is not imported
+    tracing: Literal["off", "otel"] = "off"
 
     @field_validator("redis_url")
     @classmethod
@@ -109,6 +112,7 @@ _KNOWN_ELSEWHERE = frozenset(
         "max_message_bytes",
         "metrics_port",
         "log_format",
+        "tracing",
         "queues",
         "concurrency",
         "handlers",

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graph_core.events import Action, ErrorInfo, HistoryEvent
+from graph_core.events import Action, ErrorInfo, HistoryEvent, RunTrace
 from graph_core.status import NodeStatus, RunStatus
 
 __all__ = [
@@ -106,6 +106,7 @@ class RunRecord(BaseModel):
     live: int = 0  # live activations (tokens minus the signals parked at joins)
     last_dead_end: str | None = None  # last node whose routing matched no edge
     rev: int = 0  # bumped by every applied transition (optimistic concurrency)
+    trace: RunTrace | None = None  # the run's span (tracing = "otel"), for its jobs' spans
 
     def dump(self) -> bytes:
         # Every field, defaults included: services in other languages read this record.

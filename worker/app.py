@@ -35,7 +35,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from arq.connections import RedisSettings
@@ -70,10 +70,14 @@ from worker.runner import (
 from worker.settings import WorkerSettings
 from worker.waking import Claim, ClaimPlan, ClaimPlanner, Finish, WakingWorker
 
+if TYPE_CHECKING:  # worker.tracing imports OpenTelemetry: only with tracing on
+    from worker.tracing import NodeTracing
+
 __all__ = [
     "ARQ_MAX_TRIES",
     "WorkerConfigError",
     "build_workers",
+    "node_tracing",
     "redis_settings_from_url",
     "relaygraph_run_node",
     "serve",
@@ -104,6 +108,7 @@ class _WorkerState:
     worker_id: str
     heartbeat: Heartbeat
     metrics: WorkerMetrics | None = None
+    tracing: NodeTracing | None = None
 
     def lease_member(self, job: JobPayload) -> tuple[bytes, float | None]:
         """The attempt's lease (the ``LeaseExpired`` message the dispatcher acts on if it
@@ -206,6 +211,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
             preloaded=preloaded,
             before_start=before_start,
             metrics=state.metrics,
+            tracing=state.tracing,
         )
     except BaseException as e:
         heartbeat.release(member)
@@ -265,6 +271,21 @@ def _worker_id(queue: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{queue}"
 
 
+def node_tracing(settings: WorkerSettings) -> NodeTracing | None:
+    """The spans of node attempts for these settings: None unless ``tracing`` is ``otel``
+    (only then is OpenTelemetry imported). ``WorkerConfigError`` if it is not installed."""
+    if settings.tracing != "otel":
+        return None
+    try:
+        from worker.tracing import NodeTracing
+    except ImportError as e:
+        raise WorkerConfigError(
+            f"tracing 'otel' needs the OpenTelemetry API and SDK (pip install "
+            f"'relaygraph[otel]'): {e}"
+        ) from e
+    return NodeTracing()
+
+
 def build_workers(
     settings: WorkerSettings,
     registry: HandlerRegistry,
@@ -285,6 +306,7 @@ def build_workers(
     redis_settings = redis_settings_from_url(settings.redis_url)
     keys = settings.keys
     graphs = GraphCache()  # shared by the queues of this process
+    tracing = node_tracing(settings)
     heartbeat = Heartbeat(
         sync_client(redis_settings),
         keys.leases,
@@ -312,7 +334,7 @@ def build_workers(
             redis_settings=redis_settings,
             burst=burst,
             on_startup=_startup(
-                keys, registry, graphs, settings, _worker_id(name), heartbeat, metrics
+                keys, registry, graphs, settings, _worker_id(name), heartbeat, metrics, tracing
             ),
             on_shutdown=_shutdown_hook(heartbeat),
             handle_signals=handle_signals,
@@ -339,12 +361,13 @@ def _startup(
     worker_id: str,
     heartbeat: Heartbeat,
     metrics: WorkerMetrics | None,
+    tracing: NodeTracing | None,
 ) -> StartupShutdown:
     async def on_startup(ctx: dict[str, Any]) -> None:
         # arq's own pool (ctx["redis"]) serves the store too: one connection setup, same
         # URL handling (TLS, sentinel) for jobs and state.
         ctx[_STATE] = _WorkerState(
-            ctx["redis"], keys, registry, graphs, settings, worker_id, heartbeat, metrics
+            ctx["redis"], keys, registry, graphs, settings, worker_id, heartbeat, metrics, tracing
         )
         logger.info(
             "worker %s serving %s with handlers for %s",

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import orjson
 from pydantic import BaseModel
@@ -48,6 +48,9 @@ from worker.preload import (
 )
 from worker.registry import HandlerRegistry, HandlerSpec
 from worker.settings import DEFAULT_QUEUE
+
+if TYPE_CHECKING:  # worker.tracing imports OpenTelemetry: only with tracing on
+    from worker.tracing import NodeAttempt, NodeTracing
 
 __all__ = [
     "DEFAULT_MAX_DELIVERIES",
@@ -359,6 +362,7 @@ async def run_node(
     delivery: int = 1,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     metrics: WorkerMetrics | None = None,
+    tracing: NodeTracing | None = None,
 ) -> NodeReported | None:
     """Run one job and report it on the inbox stream; return the report, or None when the
     job was fenced off (its run is over, or the node moved on) and nothing was reported.
@@ -378,6 +382,7 @@ async def run_node(
         delivery=delivery,
         max_deliveries=max_deliveries,
         metrics=metrics,
+        tracing=tracing,
     )
     if done is None:
         return None
@@ -400,6 +405,7 @@ async def execute_node(
     preloaded: Preloaded | None = None,
     before_start: PipelineHook | None = None,
     metrics: WorkerMetrics | None = None,
+    tracing: NodeTracing | None = None,
 ) -> tuple[NodeReported, bytes] | None:
     """``run_node`` without sending: the report and its encoded inbox message, for the
     caller to write (the worker writes it with the job's clean-up, in one round trip).
@@ -408,7 +414,7 @@ async def execute_node(
     lease) to the pipeline of reads that precedes the handler, so they cost no round trip
     of their own. It is called only for a job that passed the fence when ``preloaded`` is
     given, and for every job that reaches the reads otherwise. ``metrics`` counts the
-    attempt once its report is built.
+    attempt once its report is built; ``tracing`` makes a span of it (worker/tracing.py).
 
     Log lines meanwhile (the handler's own included) carry the job's ids (``log_context``).
     """
@@ -431,6 +437,7 @@ async def execute_node(
             max_deliveries,
             preloaded,
             before_start,
+            None if tracing is None else tracing.attempt(payload, graph_cache),
         )
         if done is not None and metrics is not None:
             _count(metrics, graph_cache, payload, *done)
@@ -466,8 +473,10 @@ async def _execute_node(
     max_deliveries: int,
     preloaded: Preloaded | None,
     before_start: PipelineHook | None,
+    span: NodeAttempt | None,
 ) -> tuple[NodeReported, bytes, float | None] | None:
-    """``execute_node``, with the time the handler ran (None: it did not run)."""
+    """``execute_node``, with the time the handler ran (None: it did not run); ``span``
+    (tracing on) is ended with the report, or abandoned if there is none."""
     started = time.monotonic()
     try:
         rk = keys.run(payload.run_id)
@@ -480,9 +489,15 @@ async def _execute_node(
         )
         if loaded is None:
             return None
-        outcome = await _execute(loaded, registry, graph_cache, delivery, max_deliveries)
+        outcome = await _execute(loaded, registry, graph_cache, delivery, max_deliveries, span)
+    except asyncio.CancelledError as e:  # an aborted node, the worker stopping
+        if span is not None:
+            span.abandon(e)
+        raise
     except Exception as e:
         if redis_unavailable(e):
+            if span is not None:
+                span.abandon(e)
             raise  # the queue runs the job again
         # A bug or corrupt stored data: report it, so the run does not wait forever.
         logger.exception("preparing node %r of run %s failed", payload.node_id, payload.run_id)
@@ -490,6 +505,8 @@ async def _execute_node(
     if outcome is None:
         return None
     report, data = _report(payload, outcome, worker_id, settings.max_message_bytes)
+    if span is not None:
+        span.end(report)
     logger.log(
         logging.INFO if report.status == "failed" else logging.DEBUG,
         "node %r visit %d attempt %d of run %s: %s in %.3fs%s",
@@ -623,6 +640,7 @@ async def _execute(
     graph_cache: GraphCache,
     delivery: int,
     max_deliveries: int,
+    span: NodeAttempt | None,
 ) -> _Outcome | None:
     """Run the handler of a loaded job; None: the job is dropped (no such node)."""
     payload, graph = loaded.payload, loaded.graph
@@ -641,7 +659,7 @@ async def _execute(
         loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
     )
     plan = loaded.plan if loaded.graph is not None else graph_cache.plan(graph, node, spec)
-    return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries)
+    return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries, span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +683,7 @@ async def _prepare_and_run(
     plan: Plan,
     delivery: int,
     max_deliveries: int,
+    span: NodeAttempt | None,
 ) -> _Outcome:
     node, payload = job.node, job.payload
     if spec is None:
@@ -693,7 +712,10 @@ async def _prepare_and_run(
         graph_version=job.graph.version,
     )
     started = time.perf_counter()
-    outcome = await _run_handler(spec, ctx, payload.timeout_s)
+    if span is None:
+        outcome = await _run_handler(spec, ctx, payload.timeout_s)
+    else:  # the handler's own spans nest under the attempt's
+        outcome = await span.around(node, _run_handler(spec, ctx, payload.timeout_s))
     return dataclasses.replace(outcome, handler_s=time.perf_counter() - started)
 
 

@@ -52,15 +52,22 @@ async def _view(ctx: ApiContext, run_id: str) -> RunView:
     return view
 
 
-async def _submit(ctx: ApiContext, body: RunBody) -> tuple[str, bool]:
-    """Start a run; return its id and whether it is new (not an idempotent repeat)."""
+async def _submit(
+    ctx: ApiContext, body: RunBody, request: Request | None = None
+) -> tuple[str, bool]:
+    """Start a run; return its id and whether it is new (not an idempotent repeat). The
+    request's W3C ``traceparent`` / ``tracestate`` headers, if any, make the run's span a
+    child of the caller's (with tracing on; docs/observability.md)."""
     run_id = body.run_id or clock.new_run_id()
+    headers = request.headers if request is not None else {}
     got = await ctx.client.submit(
         body.graph_id,
         body.input,
         idempotency_key=body.idempotency_key,
         version=body.version,
         run_id=run_id,
+        traceparent=_header(headers, "traceparent", 256),
+        tracestate=_header(headers, "tracestate", 4096),
     )
     created = got == run_id
     if created:
@@ -89,7 +96,7 @@ async def post_run(
 ) -> Response:
     """Start a run of a registered graph: 201 with the run and its ``Location``; with an
     ``idempotency_key`` already used, 200 and that run."""
-    run_id, created = await _submit(ctx, body)
+    run_id, created = await _submit(ctx, body, request)
     view = await _new_view(ctx, run_id) if created else None
     doc = public_document(view if view is not None else await _view(ctx, run_id))
     location = str(request.url_for("get_run", run_id=run_id).path)
@@ -144,6 +151,11 @@ async def get_run(  # response: PublicRunView
     _: Viewer,
 ) -> Response:
     return _json(public_document(await _view(ctx, run_id)))
+
+
+def _header(headers: Any, name: str, limit: int) -> str | None:
+    value = headers.get(name)
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
