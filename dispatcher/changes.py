@@ -11,6 +11,7 @@ import orjson
 from dispatcher.queue import ABORT_KEY, job_write
 from graph_core.events import (
     CancelNode,
+    DropTimer,
     EnqueueNode,
     FinishRun,
     PauseForApproval,
@@ -105,21 +106,15 @@ def pack_changes(
     waits: list[str] = []
     releases: list[str] = []
     aborts: list[str] = []
+    dropped: list[str] = []
     for a in t.actions:
         if isinstance(a, EnqueueNode):
             job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms, run.trace)
             jobs += job.argv()
         elif isinstance(a, ScheduleTimer):
-            member = encode_inbox(
-                TimerFired(
-                    run_id=run.run_id,
-                    timer=a.timer,
-                    node_id=a.node_id,
-                    visit=a.visit,
-                    attempt=a.attempt,
-                )
-            )
-            timers += (member.decode(), str(int(a.due_at * 1000)))
+            timers += (_timer_member(run.run_id, a).decode(), str(int(a.due_at * 1000)))
+        elif isinstance(a, DropTimer):
+            dropped.append(_timer_member(run.run_id, a).decode())
         elif isinstance(a, PauseForApproval):
             waits += (a.node_id, a.token)
         elif isinstance(a, ReleaseWait):
@@ -151,5 +146,16 @@ def pack_changes(
             releases,
             aborts,
             w.stamp,
+            dropped,
         ]
+    )
+
+
+def _timer_member(run_id: str, a: ScheduleTimer | DropTimer) -> bytes:
+    """A timer's member in the timers zset: the inbox message it becomes when due (the
+    same fields give the same bytes, so a timer can be dropped by what scheduled it)."""
+    return encode_inbox(
+        TimerFired(
+            run_id=run_id, timer=a.timer, node_id=a.node_id, visit=a.visit, attempt=a.attempt
+        )
     )

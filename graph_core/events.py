@@ -22,6 +22,7 @@ __all__ = [
     "ApprovalReceived",
     "CancelNode",
     "CancelRequested",
+    "DropTimer",
     "EnqueueNode",
     "ErrorInfo",
     "Event",
@@ -40,7 +41,7 @@ __all__ = [
     "ignored_event",
 ]
 
-TimerKind = Literal["retry", "wait_timeout", "run_timeout"]
+TimerKind = Literal["retry", "wait_timeout", "run_timeout", "delay"]
 
 # The major version of the event schema (history events and ``event.ignored``). Bump it
 # only for an incompatible change: consumers skip events whose ``v`` they do not know.
@@ -224,7 +225,25 @@ class FinishRun(_Msg):
     status: Literal["completed", "failed", "cancelled"]
 
 
-Action = EnqueueNode | ScheduleTimer | PauseForApproval | ReleaseWait | CancelNode | FinishRun
+class DropTimer(_Msg):
+    """Remove a timer that can no longer matter (its node was stopped)."""
+
+    action: Literal["drop_timer"] = "drop_timer"
+    timer: TimerKind
+    node_id: str | None = None
+    visit: int = 0
+    attempt: int = 0
+
+
+Action = (
+    EnqueueNode
+    | ScheduleTimer
+    | DropTimer
+    | PauseForApproval
+    | ReleaseWait
+    | CancelNode
+    | FinishRun
+)
 
 
 class HistoryEvent(BaseModel):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from graph_core.delays import delay_due
 from graph_core.errors import TemplateError
 from graph_core.events import (
     CancelNode,
+    DropTimer,
     EnqueueNode,
     ErrorInfo,
     FinishRun,
     ReleaseWait,
+    ScheduleTimer,
 )
 from graph_core.machine import MachineBase
 from graph_core.model import Node
@@ -100,8 +103,40 @@ class Flow(MachineBase):
                 self._wait(node.id, prompt)
         elif node.type == "parallel":
             self._start_children(node.id)
+        elif node.type == "delay":
+            self._start_delay(node)
         else:
             self._enqueue(node)
+
+    def _start_delay(self, node: Node) -> None:
+        """A delay node waits for a durable timer (no worker holds it): due ``seconds`` from
+        now, or at ``until`` (ISO 8601, or epoch seconds); due already: it completes now."""
+        config = self._render(node, node.config)
+        if self.finished:
+            return
+        try:
+            due = delay_due(config if isinstance(config, dict) else {}, self.tx.now)
+        except ValueError as e:
+            self._fail(
+                ErrorInfo(type="DelayError", code="bad_delay", node_id=node.id, message=str(e))
+            )
+            return
+        rec = self.tx.node(node.id)
+        if due <= self.tx.now:
+            self._complete(node.id, rec.visits, self._passed_on(rec.trigger))
+            return
+        rec.status = NodeStatus.DELAYED
+        self.tx.actions.append(
+            ScheduleTimer(timer="delay", due_at=due, node_id=node.id, visit=rec.visits)
+        )
+        self.tx.emit("node.delayed", node.id, visit=rec.visits, due_at=due)
+
+    def _passed_on(self, trigger: str | None) -> Any:
+        """What a delay hands on: its trigger's latest output (the run's input at the start)."""
+        if trigger is None:
+            return self.tx.run.input
+        output = self.tx.latest_output(trigger)
+        return None if output is MISSING else output
 
     def _enqueue(self, node: Node) -> None:
         rec = self.tx.peek(node.id)
@@ -235,6 +270,8 @@ class Flow(MachineBase):
             rec.wait = None
             self.tx.run.waiting -= 1
             self.tx.actions.append(ReleaseWait(node_id=node_id))
+        elif rec.status == NodeStatus.DELAYED:  # its timer can no longer matter
+            self.tx.actions.append(DropTimer(timer="delay", node_id=node_id, visit=rec.visits))
         rec.status = NodeStatus.CANCELLED
         rec.finished_at = self.tx.now
         self.tx.mark_inactive(node_id)

@@ -67,6 +67,9 @@ class MachineBase:
     def _stop_node(self, node_id: str) -> None:
         raise NotImplementedError
 
+    def _passed_on(self, trigger: str | None) -> Any:
+        raise NotImplementedError
+
     # joins
     def _settle(self) -> None:
         raise NotImplementedError

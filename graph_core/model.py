@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # Node types the dispatcher executes itself (pure control flow, no worker job).
-CONTROL_TYPES = frozenset({"start", "end", "parallel", "human"})
+CONTROL_TYPES = frozenset({"start", "end", "parallel", "human", "delay"})
 
 _NODE_ID = re.compile(r"^[^.\s{}|]+$")
 JoinSpec = Literal["all", "any"] | int

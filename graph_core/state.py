@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph_core.events import Action, ErrorInfo, HistoryEvent, RunTrace
-from graph_core.status import NodeStatus, RunStatus
+from graph_core.status import ACTIVE_NODE, NodeStatus, RunStatus
 
 __all__ = [
     "JoinState",
@@ -71,12 +71,7 @@ class NodeRecord(BaseModel):
 
     @property
     def is_active(self) -> bool:
-        return self.status in (
-            NodeStatus.QUEUED,
-            NodeStatus.RUNNING,
-            NodeStatus.WAITING,
-            NodeStatus.RETRY_SCHEDULED,
-        )
+        return self.status in ACTIVE_NODE
 
     def dump(self) -> bytes:
         return self.model_dump_json(exclude_defaults=True).encode()

@@ -30,6 +30,7 @@ class NodeStatus(StrEnum):
     RUNNING = "running"  # a worker reported it started (informational)
     WAITING = "waiting"  # paused for an approval
     RETRY_SCHEDULED = "retry_scheduled"  # failed; a durable timer re-enqueues it
+    DELAYED = "delayed"  # a delay node: a durable timer completes it when due
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"  # routing did not reach it this time (dead path)
@@ -38,5 +39,11 @@ class NodeStatus(StrEnum):
 
 # Statuses in which a node holds a live token of the run.
 ACTIVE_NODE = frozenset(
-    {NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.WAITING, NodeStatus.RETRY_SCHEDULED}
+    {
+        NodeStatus.QUEUED,
+        NodeStatus.RUNNING,
+        NodeStatus.WAITING,
+        NodeStatus.RETRY_SCHEDULED,
+        NodeStatus.DELAYED,
+    }
 )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graph_core.conditions import Condition
+from graph_core.delays import DELAY_KEYS, delay_due
 from graph_core.errors import GraphValidationError, PathError, Problem
 from graph_core.model import Edge, Graph, Node
 from graph_core.parsing import ParseReport
@@ -46,7 +47,7 @@ PROBLEM_CODES: frozenset[str] = frozenset({
     "child_has_edges", "bad_parent", "empty_parallel", "nested_parallel",
     "bad_path", "unknown_path_node", "nested_otherwise", "multiple_otherwise",
     "ambiguous_unconditional", "ambiguous_default",
-    "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation",
+    "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation", "bad_delay",
 })
 # fmt: on
 
@@ -384,6 +385,38 @@ def _check_parallel_nodes(ctx: _Context) -> Iterator[Problem]:
         yield from _check_children_join(n, pos, None if unknown else len(children))
 
 
+def _check_delays(ctx: _Context) -> Iterator[Problem]:
+    """A delay's config: ``seconds`` (a number >= 0) or ``until`` (an ISO 8601 timestamp, or
+    epoch seconds), not both; a template in either is checked when the node runs."""
+    for pos, n in ctx.nodes():
+        if n.type != "delay":
+            continue
+        where = f"nodes[{pos}].config"
+        unknown = sorted(set(n.config) - DELAY_KEYS)
+        if unknown:
+            yield Problem(
+                "bad_delay",
+                f"{where}.{unknown[0]}",
+                f"delay node {n.id!r}: unknown config key(s) {', '.join(map(repr, unknown))} "
+                "(a delay takes seconds or until)",
+            )
+        given = sorted(set(n.config) & DELAY_KEYS)
+        if len(given) > 1:
+            yield Problem("bad_delay", where, f"delay node {n.id!r}: seconds or until, not both")
+            continue
+        for key in given:
+            if _templated(n.config[key]):
+                continue  # rendered, and checked, when the node runs
+            try:
+                delay_due({key: n.config[key]}, 0.0)
+            except ValueError as e:
+                yield Problem("bad_delay", f"{where}.{key}", f"delay node {n.id!r}: {e}")
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
 def _check_children_join(node: Node, pos: int, n_children: int | None) -> Iterator[Problem]:
     join = node.config.get("join", "all")
     where = f"nodes[{pos}].config.join"
@@ -555,6 +588,7 @@ _CHECKS = (
     _check_reachability,
     _check_parents,
     _check_parallel_nodes,
+    _check_delays,
     _check_conditions,
     _check_routing,
     _check_joins,

@@ -209,6 +209,11 @@ class Waits(MachineBase):
         if ev.node_id is None or not self.g.has_node(ev.node_id):
             return f"timer for unknown node {ev.node_id!r}"
         rec = self.tx.peek(ev.node_id)
+        if ev.timer == "delay":
+            if rec.status != NodeStatus.DELAYED or rec.visits != ev.visit:
+                return f"stale delay timer for {ev.node_id!r} (it is {rec.status.value})"
+            self._complete(ev.node_id, ev.visit, self._passed_on(self.tx.node(ev.node_id).trigger))
+            return None
         if ev.timer == "retry":
             if rec.status != NodeStatus.RETRY_SCHEDULED or (rec.visits, rec.attempt + 1) != (
                 ev.visit,
