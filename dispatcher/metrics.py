@@ -45,6 +45,8 @@ _FINISHED: Final = {
     "run.completed": "completed",
     "run.failed": "failed",
     "run.cancelled": "cancelled",
+    "run.compensated": "compensated",
+    "run.compensation_failed": "compensation_failed",
 }
 _COUNTED: Final = frozenset({_STARTED, _RETRY, *_FINISHED})
 

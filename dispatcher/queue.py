@@ -68,6 +68,7 @@ def job_write(
         attempt=action.attempt,
         timeout_s=action.timeout_s,
         parent=action.parent,
+        compensate=action.compensate,
         traceparent=trace.traceparent if trace is not None else None,
         tracestate=trace.tracestate if trace is not None else None,
     )

@@ -45,6 +45,7 @@ from graph_core.flow import Flow
 from graph_core.joins import Joins
 from graph_core.model import Graph
 from graph_core.parallel import Parallel
+from graph_core.sagas import Sagas
 from graph_core.state import RunRecord, StateView, Transition
 from graph_core.status import TERMINAL_RUN, RunStatus
 from graph_core.tx import Env, Tx
@@ -58,7 +59,7 @@ def advance(graph: Graph, view: StateView, event: Event, env: Env) -> Transition
     return _Machine(Tx(graph, view, env)).handle(event)
 
 
-class _Machine(Flow, Joins, Parallel, Waits):
+class _Machine(Flow, Joins, Parallel, Waits, Sagas):
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.g = tx.graph
@@ -84,7 +85,7 @@ class _Machine(Flow, Joins, Parallel, Waits):
         run = self.tx.run
         run.rev += 1
         run.updated_at = self.tx.now
-        if run.status not in TERMINAL_RUN:
+        if run.status not in TERMINAL_RUN and run.status != RunStatus.COMPENSATING:
             run.status = RunStatus.WAITING if run.waiting > 0 else RunStatus.RUNNING
         return self.tx.result()
 
@@ -101,11 +102,13 @@ class _Machine(Flow, Joins, Parallel, Waits):
             self._fail(ErrorInfo(type="RunFailed", code=event.code, message=event.reason))
             return None
         if isinstance(event, CancelRequested):
-            self._finish(
-                RunStatus.CANCELLED,
-                error=ErrorInfo(type="Cancelled", code="cancelled", message=event.reason),
-                actor=event.actor,
-            )
+            error = ErrorInfo(type="Cancelled", code="cancelled", message=event.reason)
+            compensating = self.tx.run.status == RunStatus.COMPENSATING
+            if not compensating and self._saga_applies(cancelled=True):
+                self._start_saga(error, "cancel")
+            else:  # a cancel while compensating stops the compensations too
+                self.finished = False
+                self._finish(RunStatus.CANCELLED, error=error, actor=event.actor)
             return None
         return f"unsupported event {type(event).__name__}"
 

@@ -41,7 +41,7 @@ __all__ = [
     "ignored_event",
 ]
 
-TimerKind = Literal["retry", "wait_timeout", "run_timeout", "delay"]
+TimerKind = Literal["retry", "wait_timeout", "run_timeout", "delay", "compensate"]
 
 # The major version of the event schema (history events and ``event.ignored``). Bump it
 # only for an incompatible change: consumers skip events whose ``v`` they do not know.
@@ -186,6 +186,7 @@ class EnqueueNode(_Msg):
     queue: str
     timeout_s: float | None = None
     parent: str | None = None
+    compensate: bool | None = None  # True: run the node's compensation, not the node
 
 
 class ScheduleTimer(_Msg):
@@ -222,7 +223,7 @@ class CancelNode(_Msg):
 
 class FinishRun(_Msg):
     action: Literal["finish"] = "finish"
-    status: Literal["completed", "failed", "cancelled"]
+    status: Literal["completed", "failed", "cancelled", "compensated", "compensation_failed"]
 
 
 class DropTimer(_Msg):

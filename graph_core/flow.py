@@ -180,6 +180,8 @@ class Flow(MachineBase):
         self.tx.mark_inactive(node_id)
         self._tokens(node_id, -1)
         node = self.g.node(node_id)
+        if node.compensate is not None:
+            self._mark_done(node_id)
         if node.parent is not None:
             self.tx.emit("node.completed", node_id, visit=visit, attempt=rec.attempt)
             self._child_completed(node)
@@ -233,7 +235,12 @@ class Flow(MachineBase):
                 self.signals.append((ref.index, False))
 
     def _fail(self, error: ErrorInfo) -> None:
-        self._finish(RunStatus.FAILED, error=error)
+        if self.tx.run.status == RunStatus.COMPENSATING:  # failing while undoing: give up
+            self._end_saga(RunStatus.COMPENSATION_FAILED, error)
+        elif not self.finished and self._saga_applies(cancelled=False):
+            self._start_saga(error, "failure")
+        else:
+            self._finish(RunStatus.FAILED, error=error)
 
     def _finish(
         self,

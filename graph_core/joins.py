@@ -6,12 +6,15 @@ from graph_core.events import ErrorInfo
 from graph_core.machine import MachineBase
 from graph_core.routing import join_need
 from graph_core.state import JoinState
+from graph_core.status import RunStatus
 
 __all__ = ["Joins"]
 
 
 class Joins(MachineBase):
     def _settle(self) -> None:
+        if self.tx.run.status == RunStatus.COMPENSATING:
+            return  # the flow stopped; only compensations move the run now (graph_core.sagas)
         emitted: set[int] = set()
         while not self.finished:
             while self.signals and not self.finished:

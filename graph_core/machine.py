@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from graph_core.events import ErrorInfo
+from graph_core.events import ErrorInfo, NodeReported, TimerFired
 from graph_core.model import Graph, Node
 from graph_core.status import RunStatus
 from graph_core.topology import Topology
@@ -68,6 +68,28 @@ class MachineBase:
         raise NotImplementedError
 
     def _passed_on(self, trigger: str | None) -> Any:
+        raise NotImplementedError
+
+    # sagas
+    def _saga_applies(self, cancelled: bool) -> bool:
+        raise NotImplementedError
+
+    def _start_saga(self, error: ErrorInfo, cause: str) -> None:
+        raise NotImplementedError
+
+    def _end_saga(self, status: RunStatus, error: ErrorInfo | None) -> None:
+        raise NotImplementedError
+
+    def _mark_done(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _compensation_reported(self, ev: NodeReported) -> str | None:
+        raise NotImplementedError
+
+    def _compensation_timer(self, ev: TimerFired) -> str | None:
+        raise NotImplementedError
+
+    def _compensation_lost(self, node_id: str) -> None:
         raise NotImplementedError
 
     # joins

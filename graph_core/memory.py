@@ -262,7 +262,13 @@ def _execute(
     run_id: str,
 ) -> NodeReported:
     node = graph.node(job.node_id)
-    fn = handlers.get(f"node:{node.id}") or handlers.get(node.type)
+    config = node.config
+    undo = node.compensate if job.compensate else None
+    if undo is not None:  # a saga step: the compensation's handler
+        fn = handlers.get(undo.type)
+        node, config = node.model_copy(update={"type": undo.type}), undo.config
+    else:
+        fn = handlers.get(f"node:{node.id}") or handlers.get(node.type)
     result.executions.append((job.node_id, job.visit, job.attempt))
     base = {"run_id": run_id, "node_id": job.node_id, "visit": job.visit, "attempt": job.attempt}
     if fn is None:
@@ -277,8 +283,10 @@ def _execute(
         "attempt": job.attempt,
         "outputs": latest,
     }
+    if job.compensate:
+        ctx["original_output"] = latest.get(job.node_id)
     try:
-        out = fn(node.id, node.config, ctx)
+        out = fn(node.id, config, ctx)
     except Exception as e:  # a handler's failure becomes a report, as on a worker
         err = ErrorInfo(type=type(e).__name__, message=str(e))
         return NodeReported(**base, status="failed", error=err)

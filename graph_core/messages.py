@@ -109,6 +109,9 @@ class JobPayload(BaseModel):
     attempt: int
     timeout_s: float | None = None
     parent: str | None = None
+    # True: run the node's compensation (its ``compensate`` handler), not the node. Left
+    # out of the job when None.
+    compensate: bool | None = None
     # The run's span (W3C Trace Context), when the run is traced: the parent of the worker's
     # span of this attempt. Left out of the job when None.
     traceparent: str | None = None

@@ -83,6 +83,23 @@ class Trigger(BaseModel):
         return self.model_dump(mode="json")
 
 
+class Compensation(BaseModel):
+    """What undoes a node's effect (a saga step): a handler of ``type`` run with ``config``
+    (templates rendered) and the node's output as ``ctx.original_output``, when the run
+    fails or is cancelled and the graph's ``on_failure`` / ``on_cancel`` is ``compensate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None  # default: the node's, then the graph's
+    timeout_s: float | None = Field(default=None, gt=0)
+    queue: str | None = None  # default: the node's
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
 class Node(BaseModel):
     """A step. ``Node("triage", type="agent", config={...})``."""
 
@@ -100,6 +117,7 @@ class Node(BaseModel):
     fan_out: bool = False
     join: JoinSpec = "all"
     wait: WaitPolicy | None = None
+    compensate: Compensation | None = None  # the saga step that undoes this node
 
     def __init__(self, id: str | None = None, /, **data: Any) -> None:
         if id is not None:
@@ -205,6 +223,9 @@ class Graph(BaseModel):
     max_steps: int = Field(default=100_000, ge=1)
     retry: RetryPolicy | None = None  # default for nodes without their own
     timeout_s: float | None = Field(default=None, gt=0)  # whole-run deadline
+    # A run that fails (or is cancelled) first runs its completed nodes' compensations.
+    on_failure: Literal["fail", "compensate"] = "fail"
+    on_cancel: Literal["cancel", "compensate"] = "cancel"
 
     _index: dict[str, Node] | None = PrivateAttr(default=None)
     _topology: Any = PrivateAttr(default=None)
@@ -290,7 +311,15 @@ class Graph(BaseModel):
             data["retry"] = self.retry.model_dump(mode="json", exclude_defaults=True)
         if self.timeout_s is not None:
             data["timeout_s"] = self.timeout_s
+        if self.on_failure != "fail":
+            data["on_failure"] = self.on_failure
+        if self.on_cancel != "cancel":
+            data["on_cancel"] = self.on_cancel
         return data
+
+    def compensable(self) -> list[str]:
+        """The ids of the nodes that declare a compensation, in graph order."""
+        return [n.id for n in self.nodes if n.compensate is not None]
 
     def to_json(self, *, indent: bool = False) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 if indent else 0)

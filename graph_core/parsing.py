@@ -25,7 +25,16 @@ from pydantic_core import ErrorDetails
 
 from graph_core.conditions import Condition
 from graph_core.errors import PathError, Problem
-from graph_core.model import JOIN_RULE, Edge, Graph, Node, RetryPolicy, Trigger, WaitPolicy
+from graph_core.model import (
+    JOIN_RULE,
+    Compensation,
+    Edge,
+    Graph,
+    Node,
+    RetryPolicy,
+    Trigger,
+    WaitPolicy,
+)
 from graph_core.paths import parse_path
 
 __all__ = ["ParseReport", "parse_graph", "translate_errors"]
@@ -395,6 +404,7 @@ _NOUNS: dict[type, str] = {
     Condition: "a condition object such as {'type': 'otherwise'}",
     RetryPolicy: "a retry object such as {'max_attempts': 3}",
     WaitPolicy: "a wait object such as {'timeout_s': 60}",
+    Compensation: "a compensate object such as {'type': 'refund'}",
     Trigger: "a trigger object such as {'type': 'manual'}",
 }
 _PLURALS: dict[Any, str] = {str: "strings", Node: "nodes", Edge: "edges", Condition: "conditions"}

@@ -68,6 +68,10 @@ class NodeRecord(BaseModel):
     children_done: int = 0
     children_failed: int = 0
     parent_visit: int = 0  # for a child: the visit of its parallel node it belongs to
+    # sagas (nodes with ``compensate``): the run's rev when its latest visit completed (the
+    # compensations run newest first), and the attempts of its compensation so far
+    done_rev: int = 0
+    comp_tries: int = 0
 
     @property
     def is_active(self) -> bool:

@@ -19,9 +19,20 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    COMPENSATING = "compensating"  # failed or cancelled: undoing its completed nodes
+    COMPENSATED = "compensated"  # every compensation ran
+    COMPENSATION_FAILED = "compensation_failed"  # a compensation failed (the run's error)
 
 
-TERMINAL_RUN = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.COMPENSATED,
+        RunStatus.COMPENSATION_FAILED,
+    }
+)
 
 
 class NodeStatus(StrEnum):
@@ -31,6 +42,8 @@ class NodeStatus(StrEnum):
     WAITING = "waiting"  # paused for an approval
     RETRY_SCHEDULED = "retry_scheduled"  # failed; a durable timer re-enqueues it
     DELAYED = "delayed"  # a delay node: a durable timer completes it when due
+    COMPENSATING = "compensating"  # its compensation runs (a job, like an attempt)
+    COMPENSATED = "compensated"  # its compensation completed
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"  # routing did not reach it this time (dead path)

@@ -27,7 +27,7 @@ from typing import Any
 from graph_core.conditions import Condition
 from graph_core.delays import DELAY_KEYS, delay_due
 from graph_core.errors import GraphValidationError, PathError, Problem
-from graph_core.model import Edge, Graph, Node
+from graph_core.model import CONTROL_TYPES, Edge, Graph, Node
 from graph_core.parsing import ParseReport
 from graph_core.paths import parse_path
 from graph_core.topology import Topology, topology
@@ -48,6 +48,7 @@ PROBLEM_CODES: frozenset[str] = frozenset({
     "bad_path", "unknown_path_node", "nested_otherwise", "multiple_otherwise",
     "ambiguous_unconditional", "ambiguous_default",
     "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation", "bad_delay",
+    "bad_compensation",
 })
 # fmt: on
 
@@ -413,6 +414,19 @@ def _check_delays(ctx: _Context) -> Iterator[Problem]:
                 yield Problem("bad_delay", f"{where}.{key}", f"delay node {n.id!r}: {e}")
 
 
+def _check_compensations(ctx: _Context) -> Iterator[Problem]:
+    """Only nodes a worker runs can be undone (start, end, parallel, human and delay have no
+    effect of their own to undo)."""
+    for pos, n in ctx.nodes():
+        if n.compensate is not None and n.type in CONTROL_TYPES:
+            yield Problem(
+                "bad_compensation",
+                f"nodes[{pos}].compensate",
+                f"node {n.id!r} is a {n.type!r} node: only nodes that run on a worker can "
+                "have a compensation",
+            )
+
+
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
@@ -589,6 +603,7 @@ _CHECKS = (
     _check_parents,
     _check_parallel_nodes,
     _check_delays,
+    _check_compensations,
     _check_conditions,
     _check_routing,
     _check_joins,

@@ -18,7 +18,7 @@ from graph_core.events import (
 from graph_core.machine import MachineBase
 from graph_core.routing import backoff_delay, is_retryable
 from graph_core.state import WaitInfo
-from graph_core.status import NodeStatus
+from graph_core.status import NodeStatus, RunStatus
 
 __all__ = ["MAX_LOST_ATTEMPTS", "Waits"]
 
@@ -37,6 +37,8 @@ class Waits(MachineBase):
                 f"stale report for {ev.node_id!r} visit {ev.visit} attempt {ev.attempt}: "
                 f"the node is at visit {rec.visits} attempt {rec.attempt}"
             )
+        if rec.status == NodeStatus.COMPENSATING:
+            return self._compensation_reported(ev)
         if rec.status not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
             return f"node {ev.node_id!r} is {rec.status.value}, not running (duplicate report?)"
         if ev.status == "completed":
@@ -52,6 +54,11 @@ class Waits(MachineBase):
         if not self.g.has_node(ev.node_id):
             return f"lease of unknown node {ev.node_id!r}"
         rec = self.tx.peek(ev.node_id)
+        if (rec.visits, rec.attempt) == (ev.visit, ev.attempt) and (
+            rec.status == NodeStatus.COMPENSATING
+        ):
+            self._compensation_lost(ev.node_id)
+            return None
         if (rec.visits, rec.attempt) != (ev.visit, ev.attempt) or rec.status not in (
             NodeStatus.QUEUED,
             NodeStatus.RUNNING,
@@ -196,6 +203,10 @@ class Waits(MachineBase):
         self._complete(node_id, rec.visits, output)
 
     def _timer(self, ev: TimerFired) -> str | None:
+        if ev.timer == "compensate":
+            return self._compensation_timer(ev)
+        if self.tx.run.status == RunStatus.COMPENSATING:
+            return f"the run is compensating: {ev.timer} timer ignored"
         if ev.timer == "run_timeout":
             limit = self.g.timeout_s
             self._fail(

@@ -147,6 +147,29 @@ def format_runs(runs: list[RunSummary]) -> str:
     ).rstrip()
 
 
+def _plain_line(
+    s: Symbols, kind: str, node: str, visit: int, at: float, data: dict[str, Any]
+) -> str | None:
+    """The line of a node event that needs no bookkeeping (None: no line)."""
+    err = data.get("error") or {}
+    if kind == "node.skipped":
+        return f"{s.skipped} {node} skipped"
+    if kind == "node.cancelled":
+        return f"{s.cancelled} {node} cancelled"
+    if kind == "node.escalated":
+        return f"{s.retry} {node} timed out waiting; escalated to {data.get('to')}"
+    if kind == "node.delayed":
+        due = float(data.get("due_at") or at)
+        return f"{s.waiting} {node} delayed {max(due - at, 0.0):.3g}s"
+    if kind == "node.compensating":
+        return f"{s.retry} {node} compensating (undoing visit {visit})"
+    if kind == "node.compensated":
+        return f"{s.done} {node} compensated"
+    if kind == "node.compensation_failed":
+        return f"{s.failed} {node} compensation failed: {err.get('message', '')}"
+    return None
+
+
 class Progress:
     """Turns a run's live events into one line per node event."""
 
@@ -170,7 +193,11 @@ class Progress:
         data: dict[str, Any] = ev.get("data") or {}
         s = self.sym
         if node is None:
-            if kind == "event.ignored" and data.get("kind") == "approval":
+            if kind == "run.compensating":
+                err = data.get("error") or {}
+                self.line(f"  {s.retry} run {data.get('cause')}: {err.get('message', '')}; "
+                          "undoing its completed nodes")  # fmt: skip
+            elif kind == "event.ignored" and data.get("kind") == "approval":
                 self.line(f"  ! approval for {data.get('node_id')} ignored: {data.get('reason')}")
             return
         key = (str(node), int(visit))
@@ -200,9 +227,7 @@ class Progress:
                 f"  {s.retry} {node} attempt {ev.get('attempt')} failed "
                 f"({err.get('message', '')}); retrying in {delay:g}s"
             )
-        elif kind == "node.skipped":
-            self.line(f"  {s.skipped} {node} skipped")
-        elif kind == "node.cancelled":
-            self.line(f"  {s.cancelled} {node} cancelled")
-        elif kind == "node.escalated":
-            self.line(f"  {s.retry} {node} timed out waiting; escalated to {data.get('to')}")
+        else:
+            plain = _plain_line(s, kind, str(node), int(visit), at, data)
+            if plain is not None:
+                self.line(f"  {plain}")

@@ -177,19 +177,23 @@ class NodeContext:
     Attributes: ``run_id``, ``node`` (its ``config`` templates already rendered),
     ``config`` (``node.config``), ``input`` (the run's input), ``visit`` and ``attempt``
     (1-based), ``idempotency_key`` (stable across the attempts of one visit: key side
-    effects on it), ``graph_id``/``graph_version`` and ``logger``.
+    effects on it), ``graph_id``/``graph_version`` and ``logger``. In a compensation (a
+    saga step undoing a node: ``compensating`` is True), ``original_output`` is the output of
+    the node being undone.
     """
 
     __slots__ = (
         "_loader",
         "_source",
         "attempt",
+        "compensating",
         "graph_id",
         "graph_version",
         "idempotency_key",
         "input",
         "logger",
         "node",
+        "original_output",
         "run_id",
         "visit",
     )
@@ -208,8 +212,12 @@ class NodeContext:
         graph_id: str = "",
         graph_version: int = 0,
         logger: logging.Logger | None = None,
+        compensating: bool = False,
+        original_output: Any = None,
     ) -> None:
         self.run_id = run_id
+        self.compensating = compensating
+        self.original_output = original_output
         self.node = node
         self.input = input
         self.visit = visit

@@ -31,6 +31,7 @@ from graph_core.keys import Keys, RunKeys
 from graph_core.logfmt import log_context
 from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
+from graph_core.paths import MISSING, parse_path
 from graph_core.settings import BaseSettings
 from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus
@@ -44,6 +45,7 @@ from worker.preload import (
     StoreLoader,
     load_snapshot,
     parse_latest_read,
+    plan_reads,
     queue_latest_read,
 )
 from worker.registry import HandlerRegistry, HandlerSpec
@@ -91,7 +93,7 @@ def redis_unavailable(e: BaseException) -> bool:
 
 _MAX_ERROR_MESSAGE: Final = 2000  # characters of an exception message kept in a report
 _REPORT_TRIES: Final = 3
-_RUNNABLE = frozenset({NodeStatus.QUEUED, NodeStatus.RUNNING})
+_RUNNABLE = frozenset({NodeStatus.QUEUED, NodeStatus.RUNNING, NodeStatus.COMPENSATING})
 
 Status = Literal["completed", "waiting", "failed"]
 
@@ -654,12 +656,53 @@ async def _execute(
         )
         return None
     node = graph.node(payload.node_id)
+    if payload.compensate:
+        return await _compensate(loaded, graph, node, registry, delivery, max_deliveries, span)
     spec = registry.spec(node.type)
     job = _Job(
         loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
     )
     plan = loaded.plan if loaded.graph is not None else graph_cache.plan(graph, node, spec)
     return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries, span)
+
+
+async def _compensate(
+    loaded: _Loaded,
+    graph: Graph,
+    node: Node,
+    registry: HandlerRegistry,
+    delivery: int,
+    max_deliveries: int,
+    span: NodeAttempt | None,
+) -> _Outcome:
+    """A saga's compensation of ``node``: its ``compensate`` handler, with the node's
+    latest output as ``ctx.original_output`` (graph_core.sagas)."""
+    comp = node.compensate
+    if comp is None:
+        missing = LookupError(f"graph {graph.id!r} v{graph.version} gives it no compensate")
+        return _failed(WorkerError(node.id, missing), node.id, retryable=False)
+    undo = node.model_copy(
+        update={
+            "type": comp.type,
+            "config": comp.config,
+            "queue": comp.queue or node.queue,
+            "retry": comp.retry,
+            "timeout_s": comp.timeout_s,
+            "compensate": None,
+        }
+    )
+    spec = registry.spec(comp.type)
+    job = _Job(
+        loaded.redis, loaded.rk, loaded.payload, graph, undo, loaded.run, loaded.records,
+        loaded.outputs,
+    )  # fmt: skip
+    loader = StoreLoader(loaded.redis, loaded.rk, graph, loaded.run.input)
+    original = await loader.load(parse_path(f"{node.id}.output"))
+    plan = plan_reads(graph, undo, spec)
+    return await _prepare_and_run(
+        job, registry, spec, plan, delivery, max_deliveries, span,
+        original=None if original is MISSING else original,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,7 +727,9 @@ async def _prepare_and_run(
     delivery: int,
     max_deliveries: int,
     span: NodeAttempt | None,
+    original: Any = None,
 ) -> _Outcome:
+    """``original``: for a compensation, the output of the node it undoes."""
     node, payload = job.node, job.payload
     if spec is None:
         queue = node.queue or DEFAULT_QUEUE
@@ -710,6 +755,8 @@ async def _prepare_and_run(
         loader=StoreLoader(job.redis, job.rk, job.graph, job.run.input),
         graph_id=job.graph.id,
         graph_version=job.graph.version,
+        compensating=bool(payload.compensate),
+        original_output=original,
     )
     started = time.perf_counter()
     if span is None:

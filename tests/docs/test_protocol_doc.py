@@ -89,6 +89,8 @@ INTERNAL = {
         "children_done",
         "children_failed",
         "parent_visit",
+        "done_rev",
+        "comp_tries",
     },
 }
 

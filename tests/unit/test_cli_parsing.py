@@ -60,7 +60,12 @@ def bad_graph(tmp_path: Path) -> Path:
 
 
 def test_examples_exist() -> None:
-    assert {p.parent.name for p in EXAMPLES} == {"approval", "bug_triage", "code_review"}
+    assert {p.parent.name for p in EXAMPLES} == {
+        "approval",
+        "bug_triage",
+        "code_review",
+        "trip_saga",
+    }
 
 
 def test_validate_examples_ok(capsys: pytest.CaptureFixture[str]) -> None:
