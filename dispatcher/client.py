@@ -84,16 +84,27 @@ def load_graph(source: GraphSource) -> Graph:
     Raises ``GraphValidationError`` listing every problem (a file that cannot be read is one).
     """
     if isinstance(source, Graph):
-        return source.validate_graph()
+        return _storable(source.validate_graph())
     if isinstance(source, dict):
-        return Graph.from_dict(source)
+        return _storable(Graph.from_dict(source))
     path = Path(source)
     try:
         raw = path.read_bytes()
     except OSError as e:
         reason = e.strerror or str(e)
         raise GraphValidationError([Problem("unreadable", str(path), reason)]) from e
-    return Graph.from_json(raw)
+    return _storable(Graph.from_json(raw))
+
+
+def _storable(graph: Graph) -> Graph:
+    """``graph``, if its document can be stored as JSON (orjson refuses integers past 64
+    bits, which Python's JSON parser reads): else a validation problem naming it."""
+    try:
+        dumps(graph.to_dict())
+    except TypeError as e:
+        problem = Problem("bad_value", "graph", f"the graph cannot be stored as JSON: {e}")
+        raise GraphValidationError([problem]) from e
+    return graph
 
 
 class WorkflowClient:

@@ -378,6 +378,11 @@ class RunStore:
             page = [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])]
         return page[:limit]
 
+    async def oldest_in_status(self, status: str, limit: int) -> list[str]:
+        """Run ids in ``status``, the longest there first (an approvals inbox: oldest first)."""
+        ids = await self.redis.zrange(self.keys.runs_by_status(status), 0, limit - 1)
+        return [i.decode() for i in ids]
+
     async def graph_ids(self) -> dict[str, int]:
         """Every registered graph's id and latest version."""
         raw = await self.redis.hgetall(self.keys.graph_latest)

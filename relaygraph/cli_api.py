@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from relaygraph.cli_common import (
+    EXIT_FAILED,
     EXIT_OK,
     UsageError,
     redact_url,
@@ -123,25 +124,17 @@ def cmd_api(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = _server_class()(config)
     auth = f"{len(keys.names)} key(s)" if keys.enabled else "no keys: everyone is admin"
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.05)
-        if server.started:
-            print(
-                f"relaygraph api: listening on http://{args.host}:{args.port} "
-                f"({auth}; {redact_url(url)}, prefix {settings.prefix})",
-                flush=True,
-            )
-        await task
-
-    asyncio.run(serve())
+    banner = (
+        f"relaygraph api: listening on http://{args.host}:{args.port} "
+        f"({auth}; {redact_url(url)}, prefix {settings.prefix})"
+    )
+    server = _server_class()(config, banner)
+    with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot listen (logged why)
+        asyncio.run(server.serve())
     if not server.started:
         print(f"relaygraph: error: could not serve on {args.host}:{args.port}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -151,7 +144,17 @@ def _server_class() -> type[Any]:
     class Server(uvicorn.Server):
         """uvicorn's server, stopped by SIGTERM or Ctrl-C with exit status 0: uvicorn
         re-raises the signal after its graceful shutdown, which would kill the process
-        with it; a second signal forces the exit."""
+        with it; a second signal forces the exit. Prints ``banner`` once it listens (what
+        ``relaygraph up --api`` and the tests wait for)."""
+
+        def __init__(self, config: uvicorn.Config, banner: str) -> None:
+            super().__init__(config)
+            self.banner = banner
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(self.banner, flush=True)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -263,32 +263,34 @@ class ApiProcess:
             [*cmd, "--port", str(self.port), *self.argv],
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # its banner would repeat ours; its log goes to stderr
+            stdout=subprocess.PIPE,  # its banner: see wait_listening; its log goes to stderr
             preexec_fn=parent_death_hook(signal.SIGTERM),  # noqa: PLW1509 - it only calls prctl
         )
         return self.proc
 
     async def wait_listening(self, timeout: float = 30.0) -> None:
-        """Wait until the API accepts connections; ``WorkerStartError`` if it exits first."""
-        deadline = time.monotonic() + timeout
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise WorkerStartError(
-                    f"the API process exited with status {code}", returncode=code
-                )
-            try:
-                _, writer = await asyncio.open_connection(host, self.port)
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise WorkerStartError(
-                        f"the API did not listen on port {self.port} within {timeout:g}s"
-                    ) from None
-                await asyncio.sleep(0.05)  # a port we do not own yet; nothing to wait on
-                continue
-            writer.close()
-            return
+        """Wait for the API's banner ("listening"): it prints it once its own socket is
+        bound, so another process on the port cannot pass for it. ``WorkerStartError`` if
+        it exits or stays silent past ``timeout``."""
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            raise WorkerStartError("the API process was not started")
+        stdout = proc.stdout
+        reading = asyncio.ensure_future(asyncio.to_thread(stdout.readline))
+        try:
+            line = await asyncio.wait_for(asyncio.shield(reading), timeout)
+        except TimeoutError:
+            proc.kill()  # its stdout closes: the read ends
+            await reading
+            raise WorkerStartError(
+                f"the API did not listen on port {self.port} within {timeout:g}s"
+            ) from None
+        finally:
+            if reading.done():
+                stdout.close()  # it prints nothing else there (its log goes to stderr)
+        if b"listening" not in line:
+            code = proc.wait()
+            raise WorkerStartError(f"the API process exited with status {code}", returncode=code)
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None

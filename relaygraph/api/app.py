@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.client import WorkflowClient
@@ -103,11 +104,17 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
             expose_headers=["Location"],
         )
+    if not keys.enabled and not settings.api_insecure:
+        # Without keys the API trusts whoever reaches it, so only loopback names: a web page
+        # whose name a DNS rebinding points at 127.0.0.1 is refused (400).
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(Timing)
     _declare_security(app)
     return app
 
+
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 SECURITY_SCHEMES: Final = {
     "bearer": {
@@ -153,6 +160,9 @@ def _add_fleet(
     metrics.registry.register(collector)
 
 
+DRAIN_BYTES: Final = 32 * 1024 * 1024  # what a refused body may still send before the 413
+
+
 class BodyLimit:
     """Refuse a request body over ``limit`` bytes with 413: by its Content-Length, or, for a
     chunked body, once the bytes read pass the limit. A body is read whole (it is at most
@@ -168,7 +178,7 @@ class BodyLimit:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, more=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -179,7 +189,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -196,7 +206,17 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, more: bool) -> None:
+        """Answer 413; ``more``: the client has more of the body to send."""
+        # Read (and drop) what the client is still sending, up to a bound: a server that
+        # answers and closes with unread bytes makes the client see a reset, not the 413.
+        drained = 0
+        while more and drained < DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
         response = problem_response(
             413,
             "body-too-large",
@@ -218,16 +238,24 @@ class Timing:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        started = False
+
+        def count(status: int) -> None:
+            ctx = getattr(scope["app"].state, "ctx", None) if "app" in scope else None
+            if ctx is not None:
+                template = getattr(scope.get("route"), "path", None) or "unmatched"
+                ctx.metrics.request(scope["method"], template, status, time.perf_counter() - start)
 
         async def timed(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                ctx = getattr(scope["app"].state, "ctx", None) if "app" in scope else None
-                if ctx is not None:
-                    route = scope.get("route")
-                    template = getattr(route, "path", None) or "unmatched"
-                    ctx.metrics.request(
-                        scope["method"], template, message["status"], time.perf_counter() - start
-                    )
+                started = True
+                count(message["status"])
             await send(message)
 
-        await self.app(scope, receive, timed)
+        try:
+            await self.app(scope, receive, timed)
+        except Exception:
+            if not started:  # the outermost error handler answers 500 after this
+                count(500)
+            raise

@@ -84,10 +84,11 @@ class Principal:
         """Whether ``approvers`` (key names and role names) admits this caller: its name is
         listed, or a listed role is one this caller has (roles include the lower ones)."""
         for entry in approvers:
-            if entry == self.name:
-                return True
             role = Role.__members__.get(entry.upper())
-            if role is not None and self.may(role):
+            if role is not None:  # a role name is a role, even if a key has that name
+                if self.may(role):
+                    return True
+            elif entry == self.name:
                 return True
         return False
 

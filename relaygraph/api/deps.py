@@ -61,6 +61,14 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     async def caller(request: Request) -> Principal:
         ctx = context(request)
         if not ctx.keys.enabled:
+            if request.method == "POST" and not _json_body(request):
+                # Without keys, a POST another site's page makes (a form: no preflight) must
+                # not act: only JSON, which a browser sends cross-site only after CORS allows.
+                raise Problem(
+                    415,
+                    "json-required",
+                    "without API keys, POST requests must be Content-Type: application/json",
+                )
             return ANONYMOUS
         presented = presented_key(request)
         if not presented:
@@ -99,6 +107,11 @@ Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Submitter = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+
+def _json_body(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return kind == "application/json"
 
 
 def presented_key(request: Request) -> str | None:

@@ -33,7 +33,15 @@ HEARTBEAT_S: Final = 15.0  # a comment line this often keeps proxies from closin
 POLL_S: Final = 5.0  # re-read the history this long after the last news (pub/sub is lossy)
 READ_BATCH: Final = 500  # history entries read per round trip
 RECONNECT_S: Final = 1.0
-TERMINAL_EVENTS: Final = frozenset({"run.completed", "run.failed", "run.cancelled"})
+TERMINAL_EVENTS: Final = frozenset(
+    {
+        "run.completed",
+        "run.failed",
+        "run.cancelled",
+        "run.compensated",
+        "run.compensation_failed",
+    }
+)
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _GAP: Final = object()  # the hub lost its subscription: what was published meanwhile is lost
 _QUEUE_BOUND: Final = 1000  # a stream this far behind re-reads instead (all_events: drops)
@@ -43,7 +51,7 @@ def check_event_id(value: str | None) -> str | None:
     """A ``Last-Event-ID`` (a history entry id, ``<ms>-<seq>``) or None; ValueError otherwise."""
     if value is None or value == "":
         return None
-    if not _EVENT_ID.match(value):
+    if not _EVENT_ID.match(value) or any(int(part) >= 2**64 for part in value.split("-")):
         raise ValueError(f"{value!r} is not an event id (expected <ms>-<seq>, as sent in id:)")
     return value
 
@@ -78,7 +86,7 @@ class EventHub:
     @contextlib.contextmanager
     def listen(self, run_id: str | None) -> Iterator[_Listener]:
         """Receive the published events (of ``run_id`` only, when given) while in the block."""
-        if self._task is None:
+        if self._task is None or self._task.done():  # (re)start: a dead pump would starve all
             self._task = asyncio.create_task(self._pump(), name="relaygraph-api-events")
         listener = _Listener(run_id)
         self._listeners.add(listener)
@@ -144,30 +152,77 @@ async def run_events(
     """The SSE frames of run ``run_id``'s history after entry ``after`` (None: from the
     start), then its live events; ends after the run's terminal event, or when the run is
     gone (expired or deleted)."""
-    stream_key = keys.events
     last = after or "0-0"
     with hub.listen(run_id) as listener:  # listen first: miss nothing
         loop = asyncio.get_running_loop()
         beat = loop.time() + HEARTBEAT_S
-        while True:
-            done = False
-            while True:  # read everything after `last`, in batches
-                entries = await redis.xrange(stream_key, min=f"({last}", count=READ_BATCH)
-                for entry_id, fields in entries:
-                    last = entry_id.decode()
-                    event = orjson.loads(fields[b"e"])
-                    yield _frame(event, last, event.get("type"))
-                    done = done or event.get("type") in TERMINAL_EVENTS
-                if len(entries) < READ_BATCH:
-                    break
-            if done:
-                return
-            beat, news = await _wait_for_news(listener, loop, beat)
-            if not news and not await redis.exists(keys.meta):
-                return
-            if beat < 0:
-                yield HEARTBEAT_FRAME
-                beat = loop.time() + HEARTBEAT_S
+        try:
+            while True:
+                done = False
+                async for frame, entry_id, terminal in _read_after(redis, keys.events, last):
+                    yield frame
+                    last, done = entry_id, terminal
+                if done:
+                    return
+                beat, news = await _wait_for_news(listener, loop, beat)
+                if not news and await _over(redis, keys):
+                    # Gone, or finished with its terminal event before ``after`` (a client
+                    # resuming after the end): nothing more will come.
+                    async for frame, _, _ in _read_after(redis, keys.events, last):
+                        yield frame
+                    return
+                if beat < 0:
+                    yield HEARTBEAT_FRAME
+                    beat = loop.time() + HEARTBEAT_S
+        except (RedisError, OSError) as e:
+            # Mid-stream the status line is sent: end the stream; the client resumes from
+            # its Last-Event-ID when it reconnects.
+            log.warning("event stream of run %s ended: Redis is unavailable (%s)", run_id, e)
+
+
+async def _read_after(
+    redis: Any, stream_key: str, last: str
+) -> AsyncIterator[tuple[bytes, str, bool]]:
+    """The frames of the history after entry ``last``, in batches: (frame, its id, whether
+    it is the run's terminal event)."""
+    while True:
+        entries = await redis.xrange(stream_key, min=f"({last}", count=READ_BATCH)
+        for entry_id, fields in entries:
+            last = entry_id.decode()
+            event = orjson.loads(fields[b"e"])
+            kind = event.get("type")
+            yield _frame(event, last, kind), last, kind in TERMINAL_EVENTS
+        if len(entries) < READ_BATCH:
+            return
+
+
+async def stream_of_run(
+    redis: Any, hub: EventHub, run_id: str, keys: RunKeys, after: str | None
+) -> AsyncIterator[bytes] | None:
+    """``run_events`` of an existing run, or None when a client resumes after the run's
+    end (nothing will follow: answer 204, which stops an EventSource from reconnecting).
+    ``LookupError`` when there is no such run. Both checks run before the response starts,
+    so a Redis outage is still a 503 then."""
+    if not await redis.exists(keys.meta):
+        raise LookupError(run_id)
+    if (
+        after is not None
+        and await _over(redis, keys)
+        and not await redis.xrange(keys.events, min=f"({after}", count=1)
+    ):
+        return None
+    return run_events(redis, hub, run_id, keys, after)
+
+
+async def _over(redis: Any, keys: RunKeys) -> bool:
+    raw = await redis.hget(keys.meta, "run")
+    if raw is None:
+        return True
+    try:
+        status = orjson.loads(raw).get("status")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return f"run.{status}" in TERMINAL_EVENTS
 
 
 async def _wait_for_news(

@@ -16,7 +16,9 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError as PydanticValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -130,8 +132,12 @@ def as_problem(error: Exception) -> Problem | None:
     """The problem a library error means, or None for one the API does not expect."""
     if isinstance(error, Problem):
         return error
-    if isinstance(error, RedisConnectionError | RedisTimeoutError):
-        return Problem(503, "redis-unavailable", f"Redis is unreachable: {error}")
+    if isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError) or (
+        isinstance(error, ResponseError) and str(error).startswith(_UNAVAILABLE)
+    ):  # unreachable, or a replica / a server out of memory or still loading (a failover)
+        return Problem(503, "redis-unavailable", f"Redis is unavailable: {error}")
+    if isinstance(error, PydanticValidationError):
+        return Problem(422, "invalid-input", _pydantic_detail(error))
     if isinstance(error, GraphValidationError):
         problems = [p.to_dict() for p in error.problems]
         return Problem(
@@ -150,6 +156,18 @@ def as_problem(error: Exception) -> Problem | None:
     if isinstance(error, InputError | RelaygraphError):
         return Problem(422, "invalid-input", str(error))
     return None
+
+
+_UNAVAILABLE: Final = ("OOM", "MASTERDOWN", "LOADING", "BUSY", "READONLY", "TRYAGAIN")
+
+
+def _pydantic_detail(error: PydanticValidationError) -> str:
+    """A model's validation error in a line: where and what, without pydantic's URL."""
+    parts = []
+    for err in error.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ())) or error.title
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -186,6 +204,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RelaygraphError, on_problem)
     app.add_exception_handler(RedisConnectionError, on_problem)
     app.add_exception_handler(RedisTimeoutError, on_problem)
+    app.add_exception_handler(ResponseError, on_problem)
+    app.add_exception_handler(PydanticValidationError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
 

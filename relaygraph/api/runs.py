@@ -17,7 +17,7 @@ from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
 from relaygraph.api.actions import approvers_of, decide
 from relaygraph.api.auth import Role
 from relaygraph.api.deps import ApiContext, Approver, Ctx, Submitter, Viewer, run_id_param
-from relaygraph.api.events import all_events, check_event_id, run_events
+from relaygraph.api.events import all_events, check_event_id, stream_of_run
 from relaygraph.api.models import (
     Accepted,
     ApprovalItem,
@@ -231,6 +231,7 @@ async def cancel_run(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
+        204: {"description": "resumed after the run's end: nothing more will come"},
         **problem_responses(401, 404, 422, 503),
     },
 )
@@ -241,7 +242,7 @@ async def run_event_stream(
     after: Annotated[str | None, Query(description="as Last-Event-ID, for EventSource")] = None,
     ctx: Ctx,
     _: Viewer,
-) -> StreamingResponse:
+) -> Response:
     """Server-Sent Events: the run's history after ``Last-Event-ID`` (or from the start),
     then its events live; the stream ends after the run's terminal event. Each event's
     ``id`` is its history entry id; a comment line every 15 s keeps the connection open."""
@@ -249,12 +250,15 @@ async def run_event_stream(
         start = check_event_id(last_event_id or after)
     except ValueError as e:
         raise Problem(422, "invalid-event-id", str(e)) from None
-    keys = ctx.rkeys.run(run_id_param(run_id))
-    if not await ctx.redis.exists(keys.meta):  # 404 before the stream starts
+    rid = run_id_param(run_id)
+    try:
+        frames = await stream_of_run(ctx.redis, ctx.hub, rid, ctx.rkeys.run(rid), start)
+    except LookupError:
         raise Problem(
             404, "run-not-found", f"run {run_id!r} not found (never submitted, or expired)"
-        )
-    frames = run_events(ctx.redis, ctx.hub, run_id, keys, start)
+        ) from None
+    if frames is None:  # resumed after the run's end: nothing more will come
+        return Response(status_code=204)
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -323,7 +327,7 @@ async def reject(
 async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
     """An approver's inbox: every node waiting for a decision, across runs, oldest first."""
     store = ctx.client.store
-    run_ids = await store.list_runs(RunStatus.WAITING.value, MAX_INBOX)
+    run_ids = await store.oldest_in_status(RunStatus.WAITING.value, MAX_INBOX)
     views = await asyncio.gather(*(ctx.client.get_run(r) for r in run_ids))
     items: list[ApprovalItem] = []
     for view in views:

@@ -23,6 +23,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
+MAX_COMMENT = 4096  # as the API's DecisionBody
+
 
 # --- sign-in -------------------------------------------------------------------------------
 
@@ -80,6 +82,8 @@ async def decide_action(
     who = action_who(request, ctx, csrf, Role.APPROVER)
     if decision not in ("approve", "reject"):
         raise Problem(404, "not-found", f"no action {decision!r}: approve or reject")
+    if len(comment) > MAX_COMMENT:
+        raise Problem(422, "invalid-input", f"the comment is over {MAX_COMMENT} characters")
     payload: dict[str, Any] | None = None
     if data.strip():
         try:

@@ -7,6 +7,7 @@ live part of a page, which the page's script fetches again when an event arrives
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,7 +24,7 @@ from graph_core.status import RunStatus
 from relaygraph.api.actions import approvers_of
 from relaygraph.api.auth import Principal, Role
 from relaygraph.api.deps import ApiContext, Ctx, run_id_param
-from relaygraph.api.events import all_events, run_events
+from relaygraph.api.events import all_events, check_event_id, stream_of_run
 from relaygraph.api.problems import Problem
 from relaygraph.console.render import SSE_HEADERS, guard, render
 from relaygraph.console.session import signed_in
@@ -34,6 +35,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 PAGE: Final = 50
+_SCORE: Final = re.compile(r"[0-9]{1,20}")  # a cursor's index score (ms)
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def _is_run_id(text: str) -> bool:
 
 def _cursor(text: str) -> tuple[int, str] | None:
     score, _, run_id = text.partition(":")
-    return (int(score), run_id) if score.isdigit() and run_id else None
+    return (int(score), run_id) if _SCORE.fullmatch(score) and run_id else None
 
 
 async def _counts(ctx: ApiContext) -> dict[str, int]:
@@ -202,7 +204,16 @@ async def run_stream(request: Request, ctx: Ctx, run_id: str) -> Response:
     if signed_in(request, ctx) is None:
         raise Problem(401, "unauthorized", "sign in first")
     rid = run_id_param(run_id)
-    frames = run_events(ctx.redis, ctx.hub, rid, ctx.rkeys.run(rid), None)
+    try:
+        after = check_event_id(request.headers.get("last-event-id"))
+    except ValueError:
+        after = None  # a browser sends back what it got: start over rather than fail
+    try:
+        frames = await stream_of_run(ctx.redis, ctx.hub, rid, ctx.rkeys.run(rid), after)
+    except LookupError:
+        raise Problem(404, "run-not-found", f"run {run_id!r} not found") from None
+    if frames is None:  # the page has seen the run's end: stop its EventSource
+        return Response(status_code=204)
     return StreamingResponse(_unnamed(frames), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -228,7 +239,7 @@ async def _unnamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 @router.get("/approvals")
 async def approvals_page(request: Request, ctx: Ctx, fragment: bool = False) -> Response:
     async def page(who: Principal) -> Response:
-        ids = await ctx.client.store.list_runs(RunStatus.WAITING.value, 500)
+        ids = await ctx.client.store.oldest_in_status(RunStatus.WAITING.value, 500)
         views = [v for v in await asyncio.gather(*(ctx.client.get_run(r) for r in ids)) if v]
         items = []
         for view in views:

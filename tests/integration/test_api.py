@@ -5,6 +5,7 @@ matrix, problem documents, body limits and metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -461,3 +462,77 @@ async def test_metrics_count_requests_and_runs(api: httpx.AsyncClient) -> None:
     )
     assert 'relaygraph_api_request_duration_seconds_count{method="POST",route="/v1/runs"}' in text
     assert "relaygraph_fleet_scrape_ok 1.0" in text
+
+
+# --- edges found in review ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("engine")
+async def test_resuming_a_stream_after_the_runs_end_is_204(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/runs", json={"graph_id": "echo"}, headers=as_key("submitter"))
+    run_id = r.json()["run_id"]
+    await until(api, run_id, "completed")
+    url = f"/v1/runs/{run_id}/events"
+    whole = await api.get(url, headers=as_key("viewer"))  # the run is over: replay, then end
+    ids = [ln[4:] for ln in whole.text.splitlines() if ln.startswith("id: ")]
+    assert whole.status_code == 200 and "event: run.completed" in whole.text
+    after_end = await api.get(url, headers={**as_key("viewer"), "Last-Event-ID": ids[-1]})
+    assert after_end.status_code == 204
+    before_end = await api.get(url, headers={**as_key("viewer"), "Last-Event-ID": ids[-2]})
+    assert before_end.status_code == 200 and before_end.text.count("id: ") == 1
+    huge = await api.get(f"{url}?after=99999999999999999999-0", headers=as_key("viewer"))
+    problem(huge, 422, "invalid-event-id")
+
+
+async def test_a_graph_that_cannot_be_stored_as_json_is_422(api: httpx.AsyncClient) -> None:
+    doc = echo_graph() | {"id": "big"}
+    doc["nodes"][1]["config"] = {"n": 2**70}
+    body = json.dumps(doc).encode()  # Python writes the big integer; orjson cannot store it
+    headers = {**as_key("admin"), "content-type": "application/json"}
+    for path in ("/v1/graphs", "/v1/graphs/validate"):
+        r = await api.post(path, content=body, headers=headers)
+        assert "64-bit" in problem(r, 422, "invalid-graph")["problems"][0]["message"]
+
+
+async def test_without_keys_only_loopback_hosts_and_json_posts(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    async with in_process_api(redis_url, keys=False) as api:
+        assert (await api.post("/v1/graphs", json=open_graph())).status_code == 201
+        rebound = await api.get("/v1/graphs", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 400
+        r = await api.post("/v1/runs", json={"graph_id": "open"})
+        form = await api.post(
+            f"/v1/runs/{r.json()['run_id']}/cancel",
+            content=b"x=1",
+            headers={"content-type": "text/plain", "origin": "https://attacker.example"},
+        )
+        problem(form, 415, "json-required")
+
+
+async def test_a_500_is_counted_and_is_a_problem(api: httpx.AsyncClient) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    app = api._transport.app  # type: ignore[attr-defined]
+    app.state.ctx.client.store.graph_ids = broken
+    # as a server would: the app's error answer, not the exception
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as raw:
+        r = await raw.get("/v1/graphs", headers=as_key("viewer"))
+    assert r.status_code == 500 and "Traceback" not in r.text
+    assert r.json()["type"] == "urn:relaygraph:problem:internal"
+    metrics = (await api.get("/metrics")).text
+    assert (
+        'relaygraph_api_requests_total{method="GET",route="/v1/graphs",status="500"} 1.0' in metrics
+    )
+
+
+def test_role_names_in_approvers_are_roles_not_key_names() -> None:
+    from relaygraph.api.auth import Principal, Role
+
+    named_admin = Principal("admin", frozenset({Role.APPROVER}))  # a key *named* admin
+    assert not named_admin.matches(["admin"])
+    assert named_admin.matches(["approver"])
+    assert Principal("root", frozenset({Role.ADMIN})).matches(["admin"])
+    assert Principal("alice", frozenset({Role.APPROVER})).matches(["alice"])

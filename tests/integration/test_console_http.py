@@ -106,3 +106,16 @@ async def test_without_keys_the_console_needs_no_sign_in(
         assert login.status_code == 303 and login.headers["location"] == "/ui/runs"
         page = await api.get("/ui/runs")
         assert page.status_code == 200 and "anonymous" in page.text
+
+
+async def test_bad_input_to_the_console_is_never_a_500(api: httpx.AsyncClient) -> None:
+    token = await sign_in(api, "admin")
+    assert (await api.get("/ui/runs?cursor=%C2%B2:x")).status_code == 200  # '²' is a digit
+    assert (await api.get("/ui/runs?cursor=" + "9" * 5000 + ":x")).status_code == 200
+    assert (await api.get("/ui/runs/no-such-run/events")).status_code == 404
+    r = await api.post("/v1/runs", json={"graph_id": "open"}, headers=as_key("admin"))
+    run_id = r.json()["run_id"]
+    long = await api.post(
+        f"/ui/runs/{run_id}/nodes/check/approve", data={"csrf": token, "comment": "x" * 5000}
+    )
+    assert long.status_code == 422 and "4096" in long.json()["detail"]

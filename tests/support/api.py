@@ -39,7 +39,7 @@ async def in_process_api(
     app = create_app(api_settings, ApiKeys.load(doc, None))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
 

@@ -55,7 +55,16 @@
   function follow(live) {
     if (!live.dataset.sse || !window.EventSource) return;
     var source = new EventSource(live.dataset.sse);
-    source.onmessage = function () { schedule(live); };
+    var TERMINAL = ["run.completed", "run.failed", "run.cancelled", "run.compensated", "run.compensation_failed"];
+    source.onmessage = function (ev) {
+      schedule(live);
+      var event = null;
+      try { event = JSON.parse(ev.data); } catch (e) { return; }
+      // A run's own page: after its end nothing more comes; stop (no reconnects).
+      if (live.dataset.run && event && event.run_id === live.dataset.run && TERMINAL.indexOf(event.type) >= 0) {
+        source.close();
+      }
+    };
     source.onopen = function () { schedule(live); };  // after a reconnect: catch up
   }
 
