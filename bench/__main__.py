@@ -34,7 +34,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import api, dispatcher_cpu, inprocess
+from bench import api, delay, dispatcher_cpu, inprocess
 from bench.config import FULL, QUICK, SCENARIOS, Sizes
 from bench.ours import Ours
 from bench.peer_arq import ArqPeer
@@ -172,6 +172,8 @@ class Runner:
                     await self.guarded("Celery" + suffix, self.celery)
             if self.wants("api"):
                 await self.guarded("relaygraph HTTP API and the Python client", self.http_api)
+            if self.wants("delay"):
+                await self.guarded("relaygraph delay timers", self.delays)
         finally:
             await asyncio.to_thread(server.stop)
 
@@ -257,6 +259,9 @@ class Runner:
     async def http_api(self) -> None:
         for system, value in (await api.measure(self.url, self.sizes, self.log_dir)).items():
             self.put("api", system, value)
+
+    async def delays(self) -> None:
+        self.put("delay", "ours", await delay.measure(self.url, self.sizes, self.log_dir))
 
     async def celery(self) -> None:
         from bench.peer_celery import CeleryPeer  # imports Celery: only when it runs

@@ -17,6 +17,7 @@ SCENARIOS = (
     "concurrent",  # many runs in flight at once, all must complete
     "idle",  # CPU of idle processes
     "api",  # the HTTP API (uvicorn) vs the Python client: submits/s, submit -> first event
+    "delay",  # delay nodes: fired - due, and the dispatcher's CPU while delays are pending
 )
 
 
@@ -42,6 +43,9 @@ class Sizes:
     api_submits: int = 3000  # runs submitted per path (HTTP, client) in the API throughput
     api_in_flight: int = 32  # ... this many at a time
     api_samples: int = 300  # submit -> first event samples per path
+    delay_runs: int = 200  # runs of start -> delay (0.5-3 s) -> end, for fired - due
+    delay_pending: int = 1000  # long delays pending while the dispatcher's idle CPU is read
+    delay_idle_s: float = 5.0  # ... over this long, and as long with nothing pending
     rounds: int = 3  # hop and throughput are measured this often per system, the best kept
     timeout_s: float = 300.0  # any one measurement gives up after this
 
@@ -63,6 +67,9 @@ QUICK = Sizes(
     idle_s=1.0,
     api_submits=400,
     api_samples=30,
+    delay_runs=30,
+    delay_pending=100,
+    delay_idle_s=2.0,
     rounds=1,
     timeout_s=60.0,
 )

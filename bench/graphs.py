@@ -1,7 +1,8 @@
-"""The relaygraph graphs the benchmark runs: chains, fan-out/join and loops of no-op nodes.
+"""The relaygraph graphs the benchmark runs: chains, fan-out/join and loops of no-op nodes,
+and a delay.
 
-Every worker node has type ``noop`` (``bench.handlers``); ``start`` and ``end`` are control
-nodes the dispatcher runs itself, so an N-node shape has N worker jobs.
+Every worker node has type ``noop`` (``bench.handlers``); ``start``, ``end`` and ``delay``
+are control nodes the dispatcher runs itself, so an N-node shape has N worker jobs.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from graph_core.conditions import Condition
 from graph_core.model import Edge, Graph, Node
 
-__all__ = ["bare", "chain", "fanout", "jobs_of", "loop", "single"]
+__all__ = ["DELAY_NODE", "bare", "chain", "delay", "fanout", "jobs_of", "loop", "single"]
 
 NOOP = "tick"
+DELAY_NODE = "nap"
 
 
 def chain(n: int) -> Graph:
@@ -68,6 +70,19 @@ def bare() -> Graph:
 def single() -> Graph:
     """start -> n0 -> end: the smallest run with a worker job."""
     return chain(1)
+
+
+def delay() -> Graph:
+    """start -> nap (a ``delay`` node, ``input.seconds`` long) -> end: no worker job; the
+    dispatcher's durable timer completes ``nap``."""
+    g = Graph(id="bench-delay")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node(DELAY_NODE, type="delay", config={"seconds": "{{ input.seconds }}"}),
+        Node("end", type="end"),
+    )
+    g.connect("start", DELAY_NODE, "end")
+    return g.validate_graph()
 
 
 def jobs_of(graph: Graph) -> int:

@@ -172,6 +172,7 @@ def build_figures(raw: Mapping[str, Any]) -> list[Figure]:
     figures += _concurrent(raw)
     figures += _idle(raw)
     figures += _api(raw)
+    figures += _delay(raw)
     return figures
 
 
@@ -565,6 +566,64 @@ def _first_event(data: Mapping[str, Any]) -> list[Figure]:
             )
         )
     return figures
+
+
+_FIRED_DUE = "delay accuracy (fired \N{MINUS SIGN} due)"  # the issue's wording
+_DELAY_GOAL = Goal("within 1 s", "max", 1000.0)  # a sanity bound: the issue gives no number
+
+
+def _delay(raw: Mapping[str, Any]) -> list[Figure]:
+    """Delay nodes: fired - due (p50, p99), and the dispatcher's CPU while delays wait."""
+    accuracy = _get(raw, "delay", "ours", "accuracy")
+    idle = _get(raw, "delay", "ours", "idle")
+    figures = []
+    if accuracy:
+        shortest, longest = accuracy.get("delay_s") or (None, None)
+        figures += [
+            Figure(
+                f"{_FIRED_DUE}, p50",
+                "ms",
+                "lower",
+                _num(accuracy.get("median_ms")),
+                goals=[_DELAY_GOAL],
+                note=f"{accuracy.get('runs')} runs of start -> delay ({_fmt(shortest)}-"
+                f"{_fmt(longest)} s) -> end submitted at once, 1 dispatcher, no workers; "
+                f"node.completed at - node.delayed due_at; min {_fmt(accuracy.get('min_ms'))}, "
+                f"mean {_fmt(accuracy.get('mean_ms'))} ms" + _early(accuracy),
+            ),
+            Figure(
+                f"{_FIRED_DUE}, p99",
+                "ms",
+                "lower",
+                _num(accuracy.get("p99_ms")),
+                goals=[_DELAY_GOAL],
+                note=f"max {_fmt(accuracy.get('max_ms'))} ms; dispatcher CPU from the submits "
+                f"to the last completion, its wake-ups between timers included: "
+                f"{_fmt(accuracy.get('dispatcher_cpu_us_per_run'))} µs per run",
+            ),
+        ]
+    if idle:
+        figures.append(
+            Figure(
+                f"idle dispatcher CPU, {idle.get('pending')} delays pending",
+                "% core",
+                "lower",
+                _num(idle.get("cpu_pct")),
+                [("nothing pending", _num(idle.get("nothing_pending_cpu_pct")))],
+                note=f"over {_fmt(idle.get('window_s'))} s each, nothing else happening "
+                f"(one CPU tick: {_fmt(idle.get('cpu_tick_pct'))}% of a core); "
+                f"{idle.get('timers_pending')} timers in the zset, "
+                f"{idle.get('timers_left_after_cancel')} left after cancelling their runs",
+            )
+        )
+    return figures
+
+
+def _early(accuracy: Mapping[str, Any]) -> str:
+    earliest = _num(accuracy.get("min_ms"))
+    if earliest is None or earliest >= 0:
+        return ""
+    return " (below 0: before due_at; the timers zset keeps due times in whole ms, truncated)"
 
 
 def _difference(a: Any, b: Any) -> float | None:

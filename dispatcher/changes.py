@@ -3,6 +3,7 @@ frames one argument instead of 40-70 (see dispatcher/apply.lua for the layout)."
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -112,7 +113,9 @@ def pack_changes(
             job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms, run.trace)
             jobs += job.argv()
         elif isinstance(a, ScheduleTimer):
-            timers += (_timer_member(run.run_id, a).decode(), str(int(a.due_at * 1000)))
+            # whole ms, rounded up: a timer never fires before it is due
+            due_ms = math.ceil(a.due_at * 1000)
+            timers += (_timer_member(run.run_id, a).decode(), str(due_ms))
         elif isinstance(a, DropTimer):
             dropped.append(_timer_member(run.run_id, a).decode())
         elif isinstance(a, PauseForApproval):

@@ -1,6 +1,6 @@
 """The benchmark's pure parts: statistics, ratios, goal checks, the table and results.json,
-the graphs it runs and its Server-Sent Events reader. No processes, no server, no timing
-assertions."""
+the graphs it runs, its Server-Sent Events reader and how it reads a delay's lateness from a
+run's history. No processes, no server, no timing assertions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from bench import graphs
 from bench.config import FULL, QUICK, SCENARIOS
+from bench.delay import delay_seconds, lateness
 from bench.report import (
     Figure,
     Goal,
@@ -174,6 +175,9 @@ def test_quick_sizes_are_smaller_than_full() -> None:
     assert QUICK.api_samples < FULL.api_samples
     assert len(set(SCENARIOS)) == len(SCENARIOS)
     assert "api" in SCENARIOS
+    assert QUICK.delay_runs < FULL.delay_runs
+    assert QUICK.delay_pending < FULL.delay_pending
+    assert SCENARIOS[-1] == "delay"
 
 
 @pytest.mark.parametrize(
@@ -184,10 +188,12 @@ def test_quick_sizes_are_smaller_than_full() -> None:
         (graphs.loop(7), 7),
         (graphs.single(), 1),
         (graphs.bare(), 0),
+        (graphs.delay(), 0),
     ],
 )
 def test_bench_graphs_run_their_job_count(graph: Any, jobs: int) -> None:
-    result = run_local(graph, {graphs.NOOP: lambda node_id, config, ctx: {"i": ctx["visit"]}})
+    handlers = {graphs.NOOP: lambda node_id, config, ctx: {"i": ctx["visit"]}}
+    result = run_local(graph, handlers, input={"seconds": 1.5})
     assert result.run.status == RunStatus.COMPLETED
     assert len(result.executions) == jobs == graphs.jobs_of(graph)
 
@@ -258,6 +264,89 @@ def test_api_figures_compare_the_http_api_with_the_client() -> None:
     late = slow["HTTP API: first-event overhead over the client, median"]
     assert [goal_status(late, g) for g in late.goals] == [False]
     assert "HTTP API" not in " ".join(f.scenario for f in build_figures(sample_raw()))
+
+
+def test_delays_spread_evenly_over_their_range() -> None:
+    assert delay_seconds(6) == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    spread = delay_seconds(200)
+    assert min(spread) == 0.5 and max(spread) == pytest.approx(3.0)
+    assert len(set(spread)) == 200
+    assert delay_seconds(1) == [0.5]
+    with pytest.raises(ValueError):
+        delay_seconds(0)
+
+
+def test_lateness_reads_the_delay_events_of_a_run() -> None:
+    # run_local fires timers at once on its own clock: the fields are what a dispatcher writes
+    result = run_local(graphs.delay(), {}, input={"seconds": 1.5})
+    events = [e.model_dump() for t in result.transitions for e in t.history]
+    assert result.run.status == RunStatus.COMPLETED
+    delayed = next(e for e in events if e["type"] == "node.delayed")
+    assert delayed["node_id"] == graphs.DELAY_NODE
+    assert delayed["data"]["due_at"] == pytest.approx(delayed["at"] + 1.5)
+    fired = next(
+        e for e in events if e["type"] == "node.completed" and e["node_id"] == graphs.DELAY_NODE
+    )
+    assert lateness(events) == pytest.approx(fired["at"] - delayed["at"] - 1.5)
+    late = [
+        {"type": "node.completed", "node_id": "start", "at": 90.0},
+        {"type": "node.delayed", "node_id": "nap", "at": 100.0, "data": {"due_at": 102.0}},
+        {"type": "node.completed", "node_id": "nap", "at": 102.25},
+    ]
+    assert lateness(late) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"no node\.completed event"):
+        lateness(late[:2])
+    with pytest.raises(ValueError, match=r"no node\.delayed event"):
+        lateness([late[2]])
+
+
+def delay_raw(p50_ms: float, p99_ms: float) -> dict[str, Any]:
+    return {
+        "delay": {
+            "ours": {
+                "accuracy": {
+                    **summarize_ms([0.001, p50_ms / 1000, p99_ms / 1000]),
+                    "median_ms": p50_ms,
+                    "p99_ms": p99_ms,
+                    "min_ms": 0.4,
+                    "runs": 200,
+                    "delay_s": [0.5, 3.0],
+                    "dispatcher_cpu_us_per_run": 350.0,
+                },
+                "idle": {
+                    "pending": 1000,
+                    "timers_pending": 1000,
+                    "cpu_pct": 0.6,
+                    "window_s": 5.0,
+                    "cpu_tick_pct": 0.2,
+                    "nothing_pending_cpu_pct": 0.4,
+                    "timers_left_after_cancel": 0,
+                },
+            }
+        }
+    }
+
+
+def test_delay_figures_report_accuracy_and_the_idle_cost() -> None:
+    figures = {f.scenario: f for f in build_figures(delay_raw(1.5, 4.0))}
+    p50 = figures["delay accuracy (fired \N{MINUS SIGN} due), p50"]
+    p99 = figures["delay accuracy (fired \N{MINUS SIGN} due), p99"]
+    assert (p50.ours, p99.ours, p50.unit) == (1.5, 4.0, "ms")
+    assert [goal_status(f, g) for f in (p50, p99) for g in f.goals] == [True, True]
+    assert "200 runs" in p50.note and "0.50-3.00 s" in p50.note
+    assert "before due_at" not in p50.note
+    early = delay_raw(1.5, 4.0)
+    early["delay"]["ours"]["accuracy"]["min_ms"] = -0.3  # the zset's whole milliseconds
+    assert "before due_at" in build_figures(early)[0].note
+    idle = figures["idle dispatcher CPU, 1000 delays pending"]
+    assert idle.ours == 0.6
+    assert idle.advantages() == {"nothing pending": pytest.approx(0.4 / 0.6)}
+    assert "0 left after cancelling" in idle.note and "one CPU tick: 0.20%" in idle.note
+    slow = {f.scenario: f for f in build_figures(delay_raw(400.0, 1500.0))}
+    late = slow["delay accuracy (fired \N{MINUS SIGN} due), p99"]
+    assert [goal_status(late, g) for g in late.goals] == [False]
+    assert "within 1 s: MISSED" in format_table(list(slow.values()))
+    assert "delay" not in " ".join(f.scenario for f in build_figures(sample_raw()))
 
 
 def test_sse_parser_reads_events_split_anywhere() -> None:
