@@ -37,6 +37,14 @@ async def _used_memory(url: str) -> int:
         await client.aclose()
 
 
+# Celery 5.4's AsyncResult.__del__ unsubscribes from the result channel. Run by a refcount
+# drop inside redis-py's PubSub.execute_command (hiredis packing a command), it re-enters the
+# PubSub's lock and deadlocks the client: `make bench` hung in the Celery phase twice in a row
+# on 2026-12-07 (py-spy: AsyncResult.__del__ -> ResultConsumer.cancel_for -> unsubscribe,
+# inside unsubscribe). The results expire on their own; this process needs no finalizer.
+AsyncResult.__del__ = lambda self: None  # type: ignore[method-assign]
+
+
 class CeleryPeer:
     def __init__(self, url: str, sizes: Sizes, log_dir: Path, worker_pid: int) -> None:
         self.sizes = sizes

@@ -27,6 +27,7 @@ from relaygraph.api.auth import ApiKeys
 from relaygraph.api.deps import ApiContext
 from relaygraph.api.events import EventHub
 from relaygraph.api.metrics import ApiMetrics
+from relaygraph.api.models import RunBody
 from relaygraph.api.problems import install_handlers, problem_response
 from relaygraph.api.settings import ApiSettings
 
@@ -135,7 +136,11 @@ def _declare_security(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = build()
-        doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        components = doc.setdefault("components", {})
+        components["securitySchemes"] = SECURITY_SCHEMES
+        # POST /v1/runs reads its body itself (routes in runs.py): its schema, named here
+        schemas = components.setdefault("schemas", {})
+        schemas["RunBody"] = RunBody.model_json_schema(ref_template="#/components/schemas/{model}")
         for operations in doc.get("paths", {}).values():
             for operation in operations.values():
                 if "401" in operation.get("responses", {}):
