@@ -13,9 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.client import WorkflowClient
+from relaygraph.embedded import EmbeddedServer
 from tests.faults.handlers import Marks
 from tests.faults.observe import Observer
 from tests.faults.procs import Fleet
+from tests.support.servers import ServerFactory
 
 MEASUREMENTS_FILE = "faults-measurements.json"
 
@@ -66,6 +68,23 @@ async def deployment(
     dep = Deployment(redis_url, new_prefix(request.node.name[:20]), tmp_path / "logs")
     try:
         yield dep
+    finally:
+        dep.fleet.stop_all()
+        if failed(request):
+            dep.fleet.dump_logs()
+        await dep.aclose()
+
+
+@pytest.fixture
+async def aof(
+    request: pytest.FixtureRequest, server_factory: ServerFactory, tmp_path: Path
+) -> AsyncIterator[tuple[EmbeddedServer, Deployment]]:
+    """A server of its own that fsyncs every write (appendfsync always), and a deployment on
+    it, for tests that crash the server and bring it back from its AOF."""
+    server = server_factory(appendonly=True, appendfsync="always")
+    dep = Deployment(server.url, new_prefix(request.node.name[:20]), tmp_path / "logs")
+    try:
+        yield server, dep
     finally:
         dep.fleet.stop_all()
         if failed(request):

@@ -4,8 +4,6 @@ server crashing and coming back from its AOF, and fires exactly once, about on t
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +11,8 @@ import pytest
 from graph_core.model import Graph, Node
 from graph_core.status import NodeStatus
 from relaygraph.embedded import EmbeddedServer
-from tests.faults.conftest import Deployment, failed, new_prefix
+from tests.faults.conftest import Deployment
 from tests.faults.observe import REDIS_DOWN
-from tests.support.servers import ServerFactory
 from tests.support.waiting import wait_for, wait_until_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -74,21 +71,6 @@ async def test_a_delay_survives_its_dispatcher_being_killed(deployment: Deployme
     dispatcher.kill()  # SIGKILL while the timer is pending
     dep.fleet.start_dispatcher()
     await fired_once_on_time(dep, run_id, due)
-
-
-@pytest.fixture
-async def aof(
-    request: pytest.FixtureRequest, server_factory: ServerFactory, tmp_path: Path
-) -> AsyncIterator[tuple[EmbeddedServer, Deployment]]:
-    server = server_factory(appendonly=True, appendfsync="always")
-    dep = Deployment(server.url, new_prefix("delay-aof"), tmp_path / "logs")
-    try:
-        yield server, dep
-    finally:
-        dep.fleet.stop_all()
-        if failed(request):
-            dep.fleet.dump_logs()
-        await dep.aclose()
 
 
 async def test_a_delay_survives_a_redis_aof_restart(

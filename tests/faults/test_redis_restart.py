@@ -5,38 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relaygraph.embedded import EmbeddedServer
-from tests.faults.conftest import Deployment, failed, new_prefix
+from tests.faults.conftest import Deployment
 from tests.faults.graphs import CHAIN_NODES, chain_graph, expected_output
 from tests.faults.observe import REDIS_DOWN
-from tests.support.servers import ServerFactory
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUNS = 100
-
-
-@pytest.fixture
-async def aof(
-    request: pytest.FixtureRequest, server_factory: ServerFactory, tmp_path: Path
-) -> AsyncIterator[tuple[EmbeddedServer, Deployment]]:
-    """A server of its own that fsyncs every write, and a deployment on it."""
-    server = server_factory(appendonly=True, appendfsync="always")
-    dep = Deployment(server.url, new_prefix("restart"), tmp_path / "logs")
-    try:
-        yield server, dep
-    finally:
-        dep.fleet.stop_all()
-        if failed(request):
-            dep.fleet.dump_logs()
-        await dep.aclose()
 
 
 async def test_redis_restart_with_aof_always(
