@@ -76,21 +76,8 @@ async def list_graphs(*, ctx: Ctx, _: Viewer) -> GraphList:
     return GraphList(graphs=[GraphSummary(graph_id=g, latest_version=v) for g, v in latest.items()])
 
 
-@router.get("/v1/graphs/{graph_id}", responses=problem_responses(401, 404, 422, 503))
-async def get_graph(
-    *,
-    graph_id: str,
-    version: Annotated[int | None, Query(ge=1)] = None,
-    ctx: Ctx,
-    _: Viewer,
-) -> dict[str, Any]:
-    """The graph document (the latest version, or ``?version=N``)."""
-    graph = await ctx.client.get_graph(graph_id, version)
-    return graph.to_dict()
-
-
 @router.get(
-    "/v1/graphs/{graph_id}/versions",
+    "/v1/graphs/{graph_id:path}/versions",
     response_model=GraphVersions,
     responses=problem_responses(401, 404, 422, 503),
 )
@@ -107,7 +94,7 @@ async def graph_versions(
 
 
 @router.get(
-    "/v1/graphs/{graph_id}/export",
+    "/v1/graphs/{graph_id:path}/export",
     response_class=PlainTextResponse,
     responses=problem_responses(401, 404, 409, 422, 503),
 )
@@ -141,6 +128,20 @@ async def export_graph(
     else:
         text = to_mermaid(graph, statuses, legend=statuses is not None)
     return PlainTextResponse(text)
+
+
+# Registered last: a graph id may hold "/" (the :path routes above match its suffixes first).
+@router.get("/v1/graphs/{graph_id:path}", responses=problem_responses(401, 404, 422, 503))
+async def get_graph(
+    *,
+    graph_id: str,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    ctx: Ctx,
+    _: Viewer,
+) -> dict[str, Any]:
+    """The graph document (the latest version, or ``?version=N``)."""
+    graph = await ctx.client.get_graph(graph_id, version)
+    return graph.to_dict()
 
 
 # --- seed 001's routes -------------------------------------------------------------------

@@ -314,7 +314,7 @@ async def every_event_stream(*, ctx: Ctx, _: Viewer) -> StreamingResponse:
 
 
 @router.post(
-    "/v1/runs/{run_id}/nodes/{node_id}/approve",
+    "/v1/runs/{run_id}/nodes/{node_id:path}/approve",
     status_code=202,
     response_model=Accepted,
     tags=["approvals"],
@@ -335,7 +335,7 @@ async def approve(
 
 
 @router.post(
-    "/v1/runs/{run_id}/nodes/{node_id}/reject",
+    "/v1/runs/{run_id}/nodes/{node_id:path}/reject",
     status_code=202,
     response_model=Accepted,
     tags=["approvals"],

@@ -68,7 +68,7 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/ui/") and "//" not in target else "/ui/runs"
 
 
-@router.post("/runs/{run_id}/nodes/{node_id}/{decision}")
+@router.post("/runs/{run_id}/nodes/{node_id:path}/{decision}")
 async def decide_action(
     request: Request,
     ctx: Ctx,

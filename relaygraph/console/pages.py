@@ -273,7 +273,7 @@ async def graphs_page(request: Request, ctx: Ctx) -> Response:
     return await guard(request, ctx, page)
 
 
-@router.get("/graphs/{graph_id}")
+@router.get("/graphs/{graph_id:path}")
 async def graph_page(
     request: Request, ctx: Ctx, graph_id: str, version: int | None = None
 ) -> Response:

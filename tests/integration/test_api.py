@@ -536,3 +536,24 @@ def test_role_names_in_approvers_are_roles_not_key_names() -> None:
     assert named_admin.matches(["approver"])
     assert Principal("root", frozenset({Role.ADMIN})).matches(["admin"])
     assert Principal("alice", frozenset({Role.APPROVER})).matches(["alice"])
+
+
+@pytest.mark.usefixtures("engine")
+async def test_graph_and_node_ids_with_a_slash(api: httpx.AsyncClient) -> None:
+    g = Graph(id="team/deploy").add_nodes(
+        Node("start", type="start"), Node("ok/go?", type="human"), Node("end", type="end")
+    )
+    doc = g.connect("start", "ok/go?", "end").validate_graph().to_dict()
+    assert (await api.post("/v1/graphs", json=doc, headers=as_key("admin"))).status_code == 201
+    viewer = as_key("viewer")
+    assert (await api.get("/v1/graphs/team/deploy", headers=viewer)).json()["id"] == "team/deploy"
+    versions = await api.get("/v1/graphs/team/deploy/versions", headers=viewer)
+    assert versions.json() == {"graph_id": "team/deploy", "versions": [1]}
+    assert "ok/go?" in (await api.get("/v1/graphs/team%2Fdeploy/export", headers=viewer)).text
+    r = await api.post("/v1/runs", json={"graph_id": "team/deploy"}, headers=as_key("admin"))
+    run_id = r.json()["run_id"]
+    await until(api, run_id, "waiting")
+    ok = await api.post(f"/v1/runs/{run_id}/nodes/ok/go%3F/approve", headers=as_key("approver"))
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["node_id"] == "ok/go?"
+    await until(api, run_id, "completed")
