@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -20,13 +20,25 @@ from redis.asyncio import Redis
 
 from dispatcher.changes import new_stamp
 from dispatcher.connect import connect
-from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, WaitTimeout
+from dispatcher.errors import (
+    InputError,
+    NodeNotWaiting,
+    RunExists,
+    RunNotFound,
+    RunStateError,
+    WaitTimeout,
+)
 from dispatcher.store import DEFAULT_RETENTION_S, GraphNotFound, RunStore
 from dispatcher.subscription import EventStream
 from dispatcher.views import RunSummary, RunView, load_run_view, load_summaries
 from graph_core import clock
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
-from graph_core.events import ApprovalReceived, CancelRequested
+from graph_core.events import (
+    ApprovalReceived,
+    CancelRequested,
+    PauseRequested,
+    ResumeRequested,
+)
 from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
 from graph_core.messages import (
@@ -48,13 +60,17 @@ __all__ = [
     "NodeNotWaiting",
     "RunExists",
     "RunNotFound",
+    "RunStateError",
     "WaitTimeout",
     "WorkflowClient",
     "load_graph",
 ]
 
 GraphSource = Graph | dict[str, Any] | str | os.PathLike[str]
-POLL_INTERVAL_S = 1.0  # wait(): re-read the run this often even without events
+POLL_INTERVAL_S = 1.0
+PAUSABLE = frozenset(
+    {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING}
+)  # wait(): re-read the run this often even without events
 
 # Submit atomically: claim the idempotency key, write the pending run, index it, enqueue it.
 # Race site: concurrent submitters with one key; SET NX inside the script picks one run id,
@@ -381,6 +397,28 @@ class WorkflowClient:
             raise RunNotFound(run_id)
         request = CancelRequested(run_id=run_id, reason=reason, actor=actor)
         await self.redis.xadd(self.keys.inbox, {"m": self._message("cancel", request)})
+
+    async def pause(self, run_id: str, reason: str = "paused", actor: str | None = None) -> None:
+        """Hold the run: running nodes finish, nothing new starts, timers wait until
+        ``resume``. ``RunStateError`` unless it is pending, running or waiting."""
+        await self._expect(run_id, "pause", PAUSABLE, "only a running run can be paused")
+        request = PauseRequested(run_id=run_id, reason=reason, actor=actor)
+        await self.redis.xadd(self.keys.inbox, {"m": self._message("pause", request)})
+
+    async def resume(self, run_id: str, actor: str | None = None) -> None:
+        """Go on with a paused run. ``RunStateError`` unless it is paused."""
+        await self._expect(run_id, "resume", {RunStatus.PAUSED}, "only a paused run resumes")
+        request = ResumeRequested(run_id=run_id, actor=actor)
+        await self.redis.xadd(self.keys.inbox, {"m": self._message("resume", request)})
+
+    async def _expect(
+        self, run_id: str, operation: str, statuses: Collection[RunStatus], allowed: str
+    ) -> None:
+        run = await self.store.get_run(check_run_id(run_id))
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.status not in statuses:
+            raise RunStateError(run_id, run.status.value, operation, allowed)
 
     async def list_runs(
         self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from graph_core.errors import RelaygraphError
 
-__all__ = ["InputError", "NodeNotWaiting", "RunExists", "RunNotFound", "WaitTimeout"]
+__all__ = [
+    "InputError",
+    "NodeNotWaiting",
+    "RunExists",
+    "RunNotFound",
+    "RunStateError",
+    "WaitTimeout",
+]
 
 
 class RunNotFound(RelaygraphError):
@@ -17,6 +24,16 @@ class RunExists(RelaygraphError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id!r} already exists; pick another run id")
+
+
+class RunStateError(RelaygraphError):
+    """An operation the run's status does not allow (pausing a finished run, say)."""
+
+    def __init__(self, run_id: str, status: str, operation: str, allowed: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.operation = operation
+        super().__init__(f"cannot {operation} run {run_id!r}: it is {status} ({allowed})")
 
 
 class NodeNotWaiting(RelaygraphError):

@@ -155,6 +155,12 @@ class SyncWorkflowClient:
     def cancel(self, run_id: str, reason: str = "cancelled", actor: str | None = None) -> None:
         self._call(self.client.cancel(run_id, reason, actor))
 
+    def pause(self, run_id: str, reason: str = "paused", actor: str | None = None) -> None:
+        self._call(self.client.pause(run_id, reason, actor))
+
+    def resume(self, run_id: str, actor: str | None = None) -> None:
+        self._call(self.client.resume(run_id, actor))
+
     def list_runs(
         self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None
     ) -> list[RunSummary]:

@@ -37,6 +37,8 @@ from graph_core.events import (
     FailRequested,
     LeaseExpired,
     NodeReported,
+    PauseRequested,
+    ResumeRequested,
     RunSubmitted,
     ScheduleTimer,
     TimerFired,
@@ -45,6 +47,7 @@ from graph_core.flow import Flow
 from graph_core.joins import Joins
 from graph_core.model import Graph
 from graph_core.parallel import Parallel
+from graph_core.pauses import Pauses
 from graph_core.sagas import Sagas
 from graph_core.state import RunRecord, StateView, Transition
 from graph_core.status import TERMINAL_RUN, RunStatus
@@ -54,12 +57,16 @@ from graph_core.waits import Waits
 __all__ = ["Env", "advance"]
 
 
+# Statuses a transition keeps (the others settle to running or waiting).
+_HELD_STATUSES = frozenset({RunStatus.COMPENSATING, RunStatus.PAUSED})
+
+
 def advance(graph: Graph, view: StateView, event: Event, env: Env) -> Transition:
     """Apply one event to one run. See the module docstring for the semantics."""
     return _Machine(Tx(graph, view, env)).handle(event)
 
 
-class _Machine(Flow, Joins, Parallel, Waits, Sagas):
+class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses):
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.g = tx.graph
@@ -85,7 +92,7 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas):
         run = self.tx.run
         run.rev += 1
         run.updated_at = self.tx.now
-        if run.status not in TERMINAL_RUN and run.status != RunStatus.COMPENSATING:
+        if run.status not in TERMINAL_RUN and run.status not in _HELD_STATUSES:
             run.status = RunStatus.WAITING if run.waiting > 0 else RunStatus.RUNNING
         return self.tx.result()
 
@@ -98,6 +105,10 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas):
             return self._timer(event)
         if isinstance(event, LeaseExpired):
             return self._lease_expired(event)
+        if isinstance(event, PauseRequested):
+            return self._pause(event)
+        if isinstance(event, ResumeRequested):
+            return self._resume(event)
         if isinstance(event, FailRequested):
             self._fail(ErrorInfo(type="RunFailed", code=event.code, message=event.reason))
             return None

@@ -32,7 +32,9 @@ __all__ = [
     "LeaseExpired",
     "NodeReported",
     "PauseForApproval",
+    "PauseRequested",
     "ReleaseWait",
+    "ResumeRequested",
     "RunSubmitted",
     "RunTrace",
     "ScheduleTimer",
@@ -138,6 +140,23 @@ class CancelRequested(_Msg):
     actor: str | None = None
 
 
+class PauseRequested(_Msg):
+    """Hold the run: nothing new is enqueued and timers that fall due wait (until resume)."""
+
+    kind: Literal["pause"] = "pause"
+    run_id: str
+    reason: str = "paused"
+    actor: str | None = None
+
+
+class ResumeRequested(_Msg):
+    """Go on with a paused run: what it held is enqueued, held timers fire."""
+
+    kind: Literal["resume"] = "resume"
+    run_id: str
+    actor: str | None = None
+
+
 class LeaseExpired(_Msg):
     """A running attempt's lease lapsed: its worker died, hung, or ran past its deadline.
 
@@ -168,6 +187,8 @@ Event = Annotated[
     | ApprovalReceived
     | TimerFired
     | CancelRequested
+    | PauseRequested
+    | ResumeRequested
     | LeaseExpired
     | FailRequested,
     Field(discriminator="kind"),

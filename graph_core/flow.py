@@ -139,6 +139,9 @@ class Flow(MachineBase):
         return None if output is MISSING else output
 
     def _enqueue(self, node: Node) -> None:
+        if self._paused:  # nothing new starts while the run is paused (graph_core.pauses)
+            self._hold(node.id)
+            return
         rec = self.tx.peek(node.id)
         queue = node.queue or "default"
         self.tx.actions.append(

@@ -70,6 +70,20 @@ class MachineBase:
     def _passed_on(self, trigger: str | None) -> Any:
         raise NotImplementedError
 
+    def _timer(self, ev: TimerFired) -> str | None:
+        raise NotImplementedError
+
+    # pauses
+    @property
+    def _paused(self) -> bool:
+        raise NotImplementedError
+
+    def _hold(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _hold_timer(self, ev: TimerFired) -> str | None:
+        raise NotImplementedError
+
     # sagas
     def _saga_applies(self, cancelled: bool) -> bool:
         raise NotImplementedError

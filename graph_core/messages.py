@@ -26,6 +26,8 @@ from graph_core.events import (
     FailRequested,
     LeaseExpired,
     NodeReported,
+    PauseRequested,
+    ResumeRequested,
     TimerFired,
 )
 
@@ -87,6 +89,8 @@ InboxMessage = Annotated[
     | NodeReported
     | ApprovalReceived
     | CancelRequested
+    | PauseRequested
+    | ResumeRequested
     | TimerFired
     | LeaseExpired
     | FailRequested,

@@ -72,6 +72,8 @@ class NodeRecord(BaseModel):
     # compensations run newest first), and the attempts of its compensation so far
     done_rev: int = 0
     comp_tries: int = 0
+    # a node timer (retry, delay, wait_timeout) that fell due while the run was paused
+    held_timer: str | None = None
 
     @property
     def is_active(self) -> bool:

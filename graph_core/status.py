@@ -19,6 +19,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # held by an operator: nothing new is enqueued until resume
     COMPENSATING = "compensating"  # failed or cancelled: undoing its completed nodes
     COMPENSATED = "compensated"  # every compensation ran
     COMPENSATION_FAILED = "compensation_failed"  # a compensation failed (the run's error)
@@ -42,6 +43,7 @@ class NodeStatus(StrEnum):
     WAITING = "waiting"  # paused for an approval
     RETRY_SCHEDULED = "retry_scheduled"  # failed; a durable timer re-enqueues it
     DELAYED = "delayed"  # a delay node: a durable timer completes it when due
+    HELD = "held"  # would be enqueued, but its run is paused (enqueued on resume)
     COMPENSATING = "compensating"  # its compensation runs (a job, like an attempt)
     COMPENSATED = "compensated"  # its compensation completed
     COMPLETED = "completed"
@@ -58,5 +60,6 @@ ACTIVE_NODE = frozenset(
         NodeStatus.WAITING,
         NodeStatus.RETRY_SCHEDULED,
         NodeStatus.DELAYED,
+        NodeStatus.HELD,
     }
 )

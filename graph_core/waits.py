@@ -207,6 +207,8 @@ class Waits(MachineBase):
             return self._compensation_timer(ev)
         if self.tx.run.status == RunStatus.COMPENSATING:
             return f"the run is compensating: {ev.timer} timer ignored"
+        if self.tx.run.status == RunStatus.PAUSED:
+            return self._hold_timer(ev)
         if ev.timer == "run_timeout":
             limit = self.g.timeout_s
             self._fail(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         NodeNotWaiting,
         RunExists,
         RunNotFound,
+        RunStateError,
         WaitTimeout,
     )
     from dispatcher.store import GraphNotFound
@@ -74,6 +75,7 @@ __all__ = [
     "RetryPolicy",
     "RunExists",
     "RunNotFound",
+    "RunStateError",
     "RunStatus",
     "RunSummary",
     "RunView",
@@ -134,6 +136,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "GraphNotFound": ("dispatcher.store", "GraphNotFound"),
     "RunNotFound": ("dispatcher.errors", "RunNotFound"),
     "RunExists": ("dispatcher.errors", "RunExists"),
+    "RunStateError": ("dispatcher.errors", "RunStateError"),
     "NodeNotWaiting": ("dispatcher.errors", "NodeNotWaiting"),
     "InputError": ("dispatcher.errors", "InputError"),
     "WaitTimeout": ("dispatcher.errors", "WaitTimeout"),

@@ -190,6 +190,15 @@ def _add_client_commands(
     )
     p.set_defaults(func=cmd_approve)
 
+    p = sub.add_parser("pause", parents=[redis_opts], help="pause a run (nothing new starts)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--reason", default="paused", metavar="R")
+    p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("resume", parents=[redis_opts], help="resume a paused run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("cancel", parents=[redis_opts], help="cancel a run")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", default="cancelled", metavar="R")
@@ -406,6 +415,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     async def go(client: WorkflowClient) -> int:
         await client.cancel(args.run_id, args.reason, actor=os.environ.get("USER") or None)
         print(f"cancel of run {args.run_id} sent; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        await client.pause(args.run_id, args.reason, actor=os.environ.get("USER") or None)
+        print(f"pause of run {args.run_id} sent; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        await client.resume(args.run_id, actor=os.environ.get("USER") or None)
+        print(f"resume of run {args.run_id} sent; see `relaygraph status`")
         return EXIT_OK
 
     return _with_client(args, go)

@@ -22,7 +22,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound
+from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, RunStateError
 from dispatcher.store import GraphNotFound, StoreError
 from graph_core.errors import GraphValidationError, RelaygraphError
 from relaygraph.api.models import ProblemDetails
@@ -149,6 +149,8 @@ def as_problem(error: Exception) -> Problem | None:
         return Problem(404, "graph-not-found", str(error))
     if isinstance(error, NodeNotWaiting):
         return Problem(409, "node-not-waiting", str(error))
+    if isinstance(error, RunStateError):
+        return Problem(409, "run-state", str(error), run_id=error.run_id, run_status=error.status)
     if isinstance(error, RunExists):
         return Problem(409, "run-exists", str(error))
     if isinstance(error, StoreError):

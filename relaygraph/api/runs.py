@@ -262,6 +262,31 @@ async def cancel_run(
     return public_view(view)
 
 
+@router.post(
+    "/v1/runs/{run_id}/pause",
+    status_code=202,
+    response_model=PublicRunView,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def pause_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
+    """Pause the run (202): running nodes finish, nothing new starts, timers wait until it
+    resumes. A run that is not running is 409."""
+    await ctx.client.pause(run_id_param(run_id), f"paused by {who.name}", actor=who.name)
+    return _json(public_document(await _view(ctx, run_id)), 202)
+
+
+@router.post(
+    "/v1/runs/{run_id}/resume",
+    status_code=202,
+    response_model=PublicRunView,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def resume_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
+    """Resume a paused run (202); a run that is not paused is 409."""
+    await ctx.client.resume(run_id_param(run_id), actor=who.name)
+    return _json(public_document(await _view(ctx, run_id)), 202)
+
+
 @router.get(
     "/v1/runs/{run_id}/events",
     response_class=StreamingResponse,

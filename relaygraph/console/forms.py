@@ -101,6 +101,24 @@ async def decide_action(
     )
 
 
+@router.post("/runs/{run_id}/pause")
+async def pause_action(
+    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    who = action_who(request, ctx, csrf, Role.SUBMITTER)
+    await ctx.client.pause(run_id_param(run_id), f"paused by {who.name}", actor=who.name)
+    return JSONResponse({"message": f"pause requested by {who.name}"}, 202)
+
+
+@router.post("/runs/{run_id}/resume")
+async def resume_action(
+    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    who = action_who(request, ctx, csrf, Role.SUBMITTER)
+    await ctx.client.resume(run_id_param(run_id), actor=who.name)
+    return JSONResponse({"message": f"resume requested by {who.name}"}, 202)
+
+
 @router.post("/runs/{run_id}/cancel")
 async def cancel_action(
     request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""

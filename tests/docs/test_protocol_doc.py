@@ -91,6 +91,7 @@ INTERNAL = {
         "parent_visit",
         "done_rev",
         "comp_tries",
+        "held_timer",
     },
 }
 

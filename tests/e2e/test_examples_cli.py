@@ -330,6 +330,12 @@ def test_commands_against_a_running_deployment(up: list[str]) -> None:
         "waiting: review" in human.stdout and f"relaygraph approve {run_id} review" in human.stdout
     )
 
+    # pause and resume: a paused run shows "paused", resuming goes back to waiting
+    assert relaygraph("pause", run_id, *up).returncode == 0
+    wait_until_sync(lambda: status(up, run_id)["status"] == "paused", timeout=30, message="paused")
+    assert relaygraph("resume", run_id, *up).returncode == 0
+    wait_until_sync(lambda: status(up, run_id)["status"] == "waiting", timeout=30, message="back")
+
     approved = relaygraph(
         "approve", run_id, "review", "--data", '{"channel": "news"}', "--actor", "carol", *up
     )
@@ -340,6 +346,9 @@ def test_commands_against_a_running_deployment(up: list[str]) -> None:
         message="run completed",
     )
     assert doc["output"]["channel"] == "news" and doc["output"]["approved_by"] == "carol"
+
+    finished = relaygraph("pause", run_id, *up)
+    assert finished.returncode == 1 and "it is completed" in finished.stderr
 
     listed = relaygraph("runs", "--status", "completed", "--json", *up)
     assert [r["run_id"] for r in orjson.loads(listed.stdout)] == [run_id]

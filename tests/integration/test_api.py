@@ -557,3 +557,51 @@ async def test_graph_and_node_ids_with_a_slash(api: httpx.AsyncClient) -> None:
     assert ok.status_code == 202, ok.text
     assert ok.json()["node_id"] == "ok/go?"
     await until(api, run_id, "completed")
+
+
+def gate_graph() -> dict[str, Any]:
+    """start -> check (human) -> shout -> end."""
+    g = Graph(id="gate").add_nodes(
+        Node("start", type="start"),
+        Node("check", type="human"),
+        Node("shout", type="shout"),
+        Node("end", type="end"),
+    )
+    return g.connect("start", "check", "shout", "end").validate_graph().to_dict()
+
+
+@pytest.mark.usefixtures("engine")
+async def test_pause_holds_new_work_and_resume_goes_on(api: httpx.AsyncClient) -> None:
+    admin = as_key("admin")
+    assert (await api.post("/v1/graphs", json=gate_graph(), headers=admin)).status_code == 201
+    r = await api.post(
+        "/v1/runs", json={"graph_id": "gate", "input": {"text": "go"}}, headers=admin
+    )
+    run_id = r.json()["run_id"]
+    await until(api, run_id, "waiting")
+    viewer_pause = await api.post(f"/v1/runs/{run_id}/pause", headers=as_key("viewer"))
+    problem(viewer_pause, 403, "forbidden")
+    paused = await api.post(f"/v1/runs/{run_id}/pause", headers=as_key("submitter"))
+    assert paused.status_code == 202, paused.text
+    await until(api, run_id, "paused")
+    problem(await api.post(f"/v1/runs/{run_id}/pause", headers=admin), 409, "run-state")
+
+    # an approval while paused is applied; the worker node after it is held, not started
+    ok = await api.post(f"/v1/runs/{run_id}/nodes/check/approve", headers=as_key("approver"))
+    assert ok.status_code == 202
+
+    async def held() -> dict[str, Any] | None:
+        doc = await run_status(api, run_id)
+        return doc if doc["nodes"]["shout"]["status"] == "held" else None
+
+    doc = await wait_for(held, timeout=15, message="shout held while paused")
+    assert doc["status"] == "paused" and doc["nodes"]["check"]["status"] == "completed"
+
+    resumed = await api.post(f"/v1/runs/{run_id}/resume", headers=as_key("submitter"))
+    assert resumed.status_code == 202
+    done = await until(api, run_id, "completed")
+    assert done["output"] == {"text": "GO"}
+    problem(await api.post(f"/v1/runs/{run_id}/resume", headers=admin), 409, "run-state")
+    steps = (await api.get(f"/v1/runs/{run_id}/history", headers=as_key("viewer"))).json()
+    events = [s["event"] for s in steps["steps"]]
+    assert {"run.paused", "node.held", "run.resumed"} <= set(events)
