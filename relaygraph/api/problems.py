@@ -185,13 +185,15 @@ def install_handlers(app: FastAPI) -> None:
         return _from(request, problem)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):  # registered for that type only
+            return await on_problem(request, exc)
         problems = [_describe(err) for err in exc.errors()]
         detail = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
         return _from(request, Problem(422, "invalid-body", detail, problems=problems))
 
     async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+        if not isinstance(exc, StarletteHTTPException):  # registered for that type only
+            return await on_problem(request, exc)
         slug = {
             400: "unreadable-body",  # FastAPI's answer to a body it cannot decode (not UTF-8)
             404: "not-found",
