@@ -68,6 +68,9 @@ for j = 1, #waits, 2 do redis.call('HSET', KEYS[8], waits[j], waits[j + 1]) end 
 for _, n in ipairs(c[21]) do redis.call('HDEL', KEYS[8], n) end  -- wait releases
 for _, a in ipairs(c[22]) do redis.call('ZADD', abort_key, score, a) end  -- aborts
 for _, m in ipairs(c[24] or {}) do redis.call('ZREM', KEYS[9], m) end  -- timers dropped
+if c[25] == '1' then  -- a finished run goes on (a retry): its keys no longer expire
+  for k = 1, 8 do redis.call('PERSIST', KEYS[k]) end
+end
 if retention and retention > 0 then  -- finished: the run's keys expire after retention
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
 end

@@ -17,6 +17,7 @@ from graph_core.events import (
     FinishRun,
     PauseForApproval,
     ReleaseWait,
+    ReopenRun,
     ScheduleTimer,
     TimerFired,
 )
@@ -150,6 +151,7 @@ def pack_changes(
             aborts,
             w.stamp,
             dropped,
+            "1" if any(isinstance(a, ReopenRun) for a in t.actions) else "",
         ]
     )
 

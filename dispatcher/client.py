@@ -38,6 +38,7 @@ from graph_core.events import (
     CancelRequested,
     PauseRequested,
     ResumeRequested,
+    RetryRequested,
 )
 from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
@@ -410,6 +411,13 @@ class WorkflowClient:
         await self._expect(run_id, "resume", {RunStatus.PAUSED}, "only a paused run resumes")
         request = ResumeRequested(run_id=run_id, actor=actor)
         await self.redis.xadd(self.keys.inbox, {"m": self._message("resume", request)})
+
+    async def retry(self, run_id: str, actor: str | None = None) -> None:
+        """Go on with a failed run from the nodes that failed or that its failure stopped,
+        keeping every completed output. ``RunStateError`` unless it is failed."""
+        await self._expect(run_id, "retry", {RunStatus.FAILED}, "only a failed run is retried")
+        request = RetryRequested(run_id=run_id, actor=actor)
+        await self.redis.xadd(self.keys.inbox, {"m": self._message("retry", request)})
 
     async def _expect(
         self, run_id: str, operation: str, statuses: Collection[RunStatus], allowed: str

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from graph_core.events import ApprovalReceived, Event, NodeReported, RunSubmitted
+from graph_core.events import (
+    ApprovalReceived,
+    Event,
+    NodeReported,
+    RetryRequested,
+    RunSubmitted,
+)
 from graph_core.model import Graph
 from graph_core.topology import topology
 
@@ -34,6 +40,8 @@ def neighbourhood(graph: Graph, event: Event) -> Prefetch:
     event's node and the targets are in, and of the loops an edge leaves. O(the node's edges
     and small joins), never O(the run)."""
     topo = topology(graph)
+    if isinstance(event, RetryRequested):  # looks at every node once: one load, not N
+        return Prefetch([n.id for n in graph.nodes], [], [])
     if isinstance(event, RunSubmitted):
         first = topo.start
     elif isinstance(event, NodeReported | ApprovalReceived):

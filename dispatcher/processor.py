@@ -30,6 +30,7 @@ from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
 from graph_core.events import (
     Event,
+    RetryRequested,
     RunSubmitted,
 )
 from graph_core.keys import check_run_id
@@ -231,6 +232,8 @@ class Processor:
         """``neighbourhood`` of the event's node, computed once per graph and node."""
         submitted = isinstance(event, RunSubmitted)
         node_id = None if submitted else getattr(event, "node_id", None)
+        if isinstance(event, RetryRequested):  # reads every node: a key of its own
+            node_id = "\0retry"
         key = (graph.id, graph.version, submitted, node_id)
         found = self._prefetches.get(key)
         if found is None:

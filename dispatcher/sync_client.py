@@ -161,6 +161,9 @@ class SyncWorkflowClient:
     def resume(self, run_id: str, actor: str | None = None) -> None:
         self._call(self.client.resume(run_id, actor))
 
+    def retry(self, run_id: str, actor: str | None = None) -> None:
+        self._call(self.client.retry(run_id, actor))
+
     def list_runs(
         self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None
     ) -> list[RunSummary]:

@@ -39,6 +39,7 @@ from graph_core.events import (
     NodeReported,
     PauseRequested,
     ResumeRequested,
+    RetryRequested,
     RunSubmitted,
     ScheduleTimer,
     TimerFired,
@@ -48,6 +49,7 @@ from graph_core.joins import Joins
 from graph_core.model import Graph
 from graph_core.parallel import Parallel
 from graph_core.pauses import Pauses
+from graph_core.retries import Retries
 from graph_core.sagas import Sagas
 from graph_core.state import RunRecord, StateView, Transition
 from graph_core.status import TERMINAL_RUN, RunStatus
@@ -66,7 +68,7 @@ def advance(graph: Graph, view: StateView, event: Event, env: Env) -> Transition
     return _Machine(Tx(graph, view, env)).handle(event)
 
 
-class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses):
+class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses, Retries):
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.g = tx.graph
@@ -83,7 +85,7 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses):
             run = self.tx.maybe_run()
             if run is None:
                 return Transition(ignored=f"unknown run {event.run_id!r}")
-            if run.status in TERMINAL_RUN:
+            if run.status in TERMINAL_RUN and not isinstance(event, RetryRequested):
                 return Transition(ignored=f"run {run.run_id!r} is already {run.status.value}")
             reason = self._dispatch(event)
         if reason is not None:
@@ -107,6 +109,8 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses):
             return self._lease_expired(event)
         if isinstance(event, PauseRequested):
             return self._pause(event)
+        if isinstance(event, RetryRequested):
+            return self._retry(event)
         if isinstance(event, ResumeRequested):
             return self._resume(event)
         if isinstance(event, FailRequested):

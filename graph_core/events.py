@@ -34,7 +34,9 @@ __all__ = [
     "PauseForApproval",
     "PauseRequested",
     "ReleaseWait",
+    "ReopenRun",
     "ResumeRequested",
+    "RetryRequested",
     "RunSubmitted",
     "RunTrace",
     "ScheduleTimer",
@@ -157,6 +159,14 @@ class ResumeRequested(_Msg):
     actor: str | None = None
 
 
+class RetryRequested(_Msg):
+    """Go on with a failed run from its failed (and stopped) nodes, keeping what completed."""
+
+    kind: Literal["retry"] = "retry"
+    run_id: str
+    actor: str | None = None
+
+
 class LeaseExpired(_Msg):
     """A running attempt's lease lapsed: its worker died, hung, or ran past its deadline.
 
@@ -189,6 +199,7 @@ Event = Annotated[
     | CancelRequested
     | PauseRequested
     | ResumeRequested
+    | RetryRequested
     | LeaseExpired
     | FailRequested,
     Field(discriminator="kind"),
@@ -247,6 +258,12 @@ class FinishRun(_Msg):
     status: Literal["completed", "failed", "cancelled", "compensated", "compensation_failed"]
 
 
+class ReopenRun(_Msg):
+    """A finished run goes on (a retry): its keys must not expire any more."""
+
+    action: Literal["reopen"] = "reopen"
+
+
 class DropTimer(_Msg):
     """Remove a timer that can no longer matter (its node was stopped)."""
 
@@ -261,6 +278,7 @@ Action = (
     EnqueueNode
     | ScheduleTimer
     | DropTimer
+    | ReopenRun
     | PauseForApproval
     | ReleaseWait
     | CancelNode

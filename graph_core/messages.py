@@ -28,6 +28,7 @@ from graph_core.events import (
     NodeReported,
     PauseRequested,
     ResumeRequested,
+    RetryRequested,
     TimerFired,
 )
 
@@ -91,6 +92,7 @@ InboxMessage = Annotated[
     | CancelRequested
     | PauseRequested
     | ResumeRequested
+    | RetryRequested
     | TimerFired
     | LeaseExpired
     | FailRequested,

@@ -199,6 +199,10 @@ def _add_client_commands(
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("retry", parents=[redis_opts], help="retry a failed run from its failure")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_retry)
+
     p = sub.add_parser("cancel", parents=[redis_opts], help="cancel a run")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", default="cancelled", metavar="R")
@@ -433,6 +437,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     async def go(client: WorkflowClient) -> int:
         await client.resume(args.run_id, actor=os.environ.get("USER") or None)
         print(f"resume of run {args.run_id} sent; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        await client.retry(args.run_id, actor=os.environ.get("USER") or None)
+        print(f"retry of run {args.run_id} sent; see `relaygraph status`")
         return EXIT_OK
 
     return _with_client(args, go)

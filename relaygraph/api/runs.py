@@ -287,6 +287,19 @@ async def resume_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     return _json(public_document(await _view(ctx, run_id)), 202)
 
 
+@router.post(
+    "/v1/runs/{run_id}/retry",
+    status_code=202,
+    response_model=PublicRunView,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def retry_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
+    """Retry a failed run from the nodes that failed or that its failure stopped, keeping
+    every completed output (202); a run that is not failed is 409."""
+    await ctx.client.retry(run_id_param(run_id), actor=who.name)
+    return _json(public_document(await _view(ctx, run_id)), 202)
+
+
 @router.get(
     "/v1/runs/{run_id}/events",
     response_class=StreamingResponse,

@@ -119,6 +119,15 @@ async def resume_action(
     return JSONResponse({"message": f"resume requested by {who.name}"}, 202)
 
 
+@router.post("/runs/{run_id}/retry")
+async def retry_action(
+    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    who = action_who(request, ctx, csrf, Role.SUBMITTER)
+    await ctx.client.retry(run_id_param(run_id), actor=who.name)
+    return JSONResponse({"message": f"retry requested by {who.name}"}, 202)
+
+
 @router.post("/runs/{run_id}/cancel")
 async def cancel_action(
     request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""

@@ -20,7 +20,7 @@ from graph_core.model import Edge, Graph, Node
 from tests.support.api import ROLES, as_key, in_process_api
 from tests.support.waiting import wait_for
 from worker.app import serve
-from worker.context import NodeContext
+from worker.context import NodeContext, NonRetryableError
 from worker.registry import HandlerRegistry
 from worker.settings import WorkerSettings
 
@@ -75,7 +75,17 @@ def handlers() -> HandlerRegistry:
         text = ctx.input.get("text", "") if isinstance(ctx.input, dict) else ""
         return {"text": text.upper()}
 
+    @reg.handler("once")
+    def fails_the_first_time(ctx: NodeContext) -> dict[str, Any]:
+        if ctx.run_id not in FAILED_ONCE:  # per run: the first visit fails for good
+            FAILED_ONCE.add(ctx.run_id)
+            raise NonRetryableError("the first visit always fails")
+        return {"visit": ctx.visit}
+
     return reg
+
+
+FAILED_ONCE: set[str] = set()
 
 
 @pytest.fixture
@@ -605,3 +615,31 @@ async def test_pause_holds_new_work_and_resume_goes_on(api: httpx.AsyncClient) -
     steps = (await api.get(f"/v1/runs/{run_id}/history", headers=as_key("viewer"))).json()
     events = [s["event"] for s in steps["steps"]]
     assert {"run.paused", "node.held", "run.resumed"} <= set(events)
+
+
+@pytest.mark.usefixtures("engine")
+async def test_retry_goes_on_from_the_failed_node(api: httpx.AsyncClient) -> None:
+    g = Graph(id="flaky").add_nodes(
+        Node("start", type="start"),
+        Node("first", type="shout"),
+        Node("second", type="once"),
+        Node("end", type="end"),
+    )
+    doc = g.connect("start", "first", "second", "end").validate_graph().to_dict()
+    admin = as_key("admin")
+    assert (await api.post("/v1/graphs", json=doc, headers=admin)).status_code == 201
+    r = await api.post(
+        "/v1/runs", json={"graph_id": "flaky", "input": {"text": "a"}}, headers=admin
+    )
+    run_id = r.json()["run_id"]
+    failed = await until(api, run_id, "failed")
+    assert failed["nodes"]["second"]["status"] == "failed"
+    problem(await api.post(f"/v1/runs/{run_id}/resume", headers=admin), 409, "run-state")
+
+    retried = await api.post(f"/v1/runs/{run_id}/retry", headers=as_key("submitter"))
+    assert retried.status_code == 202, retried.text
+    done = await until(api, run_id, "completed")
+    assert done["output"] == {"visit": 2} and done["nodes"]["first"]["visits"] == 1
+    problem(await api.post(f"/v1/runs/{run_id}/retry", headers=admin), 409, "run-state")
+    ttl = await api._transport.app.state.ctx.redis.ttl(f"relaygraph:run:{{{run_id}}}:meta")  # type: ignore[attr-defined]
+    assert ttl > 0  # finished again: its retention applies again
