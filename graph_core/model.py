@@ -118,6 +118,9 @@ class Node(BaseModel):
     join: JoinSpec = "all"
     wait: WaitPolicy | None = None
     compensate: Compensation | None = None  # the saga step that undoes this node
+    # JSON Schemas: its rendered config (what the handler gets) and its output are checked
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
 
     def __init__(self, id: str | None = None, /, **data: Any) -> None:
         if id is not None:

@@ -30,6 +30,7 @@ from graph_core.errors import GraphValidationError, PathError, Problem
 from graph_core.model import CONTROL_TYPES, Edge, Graph, Node
 from graph_core.parsing import ParseReport
 from graph_core.paths import parse_path
+from graph_core.schemas import schema_problem
 from graph_core.topology import Topology, topology
 
 __all__ = ["PROBLEM_CODES", "validate", "validate_graph", "validate_report"]
@@ -48,7 +49,7 @@ PROBLEM_CODES: frozenset[str] = frozenset({
     "bad_path", "unknown_path_node", "nested_otherwise", "multiple_otherwise",
     "ambiguous_unconditional", "ambiguous_default",
     "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation", "bad_delay",
-    "bad_compensation",
+    "bad_compensation", "bad_schema",
 })
 # fmt: on
 
@@ -427,6 +428,18 @@ def _check_compensations(ctx: _Context) -> Iterator[Problem]:
             )
 
 
+def _check_schemas(ctx: _Context) -> Iterator[Problem]:
+    """A node's input_schema and output_schema must be valid JSON Schemas."""
+    for pos, n in ctx.nodes():
+        for field in ("input_schema", "output_schema"):
+            schema = getattr(n, field)
+            if schema is None:
+                continue
+            reason = schema_problem(schema)
+            if reason is not None:
+                yield Problem("bad_schema", f"nodes[{pos}].{field}", f"node {n.id!r}: {reason}")
+
+
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
@@ -604,6 +617,7 @@ _CHECKS = (
     _check_parallel_nodes,
     _check_delays,
     _check_compensations,
+    _check_schemas,
     _check_conditions,
     _check_routing,
     _check_joins,

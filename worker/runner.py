@@ -32,6 +32,7 @@ from graph_core.logfmt import log_context
 from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.paths import MISSING, parse_path
+from graph_core.schemas import violation
 from graph_core.settings import BaseSettings
 from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus
@@ -158,6 +159,19 @@ class WorkerError(JobFailure):
         super().__init__(
             f"the worker failed to prepare node {node_id!r}: {type(error).__name__}: "
             f"{_describe(error)}"
+        )
+
+
+class SchemaViolation(JobFailure):
+    """A node's rendered config (``input``) or output does not match its JSON Schema."""
+
+    code = "schema_violation"
+    retryable = True
+
+    def __init__(self, node_id: str, which: str, reason: str) -> None:
+        self.node_id, self.which, self.reason = node_id, which, reason
+        super().__init__(
+            f"node {node_id!r}: the {which} does not match its {which}_schema at {reason}"
         )
 
 
@@ -758,12 +772,21 @@ async def _prepare_and_run(
         compensating=bool(payload.compensate),
         original_output=original,
     )
+    if node.input_schema is not None:
+        wrong = violation(node.input_schema, config)
+        if wrong is not None:  # the same config fails the same way: no retry
+            return _failed(SchemaViolation(node.id, "input", wrong), node.id, retryable=False)
     started = time.perf_counter()
     if span is None:
         outcome = await _run_handler(spec, ctx, payload.timeout_s)
     else:  # the handler's own spans nest under the attempt's
         outcome = await span.around(node, _run_handler(spec, ctx, payload.timeout_s))
-    return dataclasses.replace(outcome, handler_s=time.perf_counter() - started)
+    took = time.perf_counter() - started
+    if outcome.status == "completed" and node.output_schema is not None:
+        wrong = violation(node.output_schema, outcome.output)
+        if wrong is not None:  # retried per the node's policy: a handler may do better
+            outcome = _failed(SchemaViolation(node.id, "output", wrong), node.id)
+    return dataclasses.replace(outcome, handler_s=took)
 
 
 def _report(

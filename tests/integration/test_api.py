@@ -643,3 +643,31 @@ async def test_retry_goes_on_from_the_failed_node(api: httpx.AsyncClient) -> Non
     problem(await api.post(f"/v1/runs/{run_id}/retry", headers=admin), 409, "run-state")
     ttl = await api._transport.app.state.ctx.redis.ttl(f"relaygraph:run:{{{run_id}}}:meta")  # type: ignore[attr-defined]
     assert ttl > 0  # finished again: its retention applies again
+
+
+@pytest.mark.usefixtures("engine")
+async def test_an_output_schema_violation_fails_the_node_naming_the_path(
+    api: httpx.AsyncClient,
+) -> None:
+    schema = {"type": "object", "properties": {"text": {"type": "integer"}}}
+    g = Graph(id="typed").add_nodes(
+        Node("start", type="start"),
+        Node("shout", type="shout", output_schema=schema),
+        Node("end", type="end"),
+    )
+    doc = g.connect("start", "shout", "end").validate_graph().to_dict()
+    admin = as_key("admin")
+    assert (await api.post("/v1/graphs", json=doc, headers=admin)).status_code == 201
+    r = await api.post(
+        "/v1/runs", json={"graph_id": "typed", "input": {"text": "x"}}, headers=admin
+    )
+    failed = await until(api, r.json()["run_id"], "failed")
+    error = failed["nodes"]["shout"]["error"]
+    assert (
+        error["code"] == "schema_violation"
+        and "$.text: 'X' is not of type 'integer'" in error["message"]
+    )
+    bad = doc | {"id": "badly-typed"}
+    bad["nodes"][1]["output_schema"] = {"type": "nope"}
+    problems = problem(await api.post("/v1/graphs", json=bad, headers=admin), 422, "invalid-graph")
+    assert problems["problems"][0]["path"] == "nodes[1].output_schema"
