@@ -10,8 +10,6 @@ from graph_core.conditions import Condition as C
 from graph_core.events import (
     CancelRequested,
     EnqueueNode,
-    ErrorInfo,
-    NodeReported,
     ReopenRun,
     RetryRequested,
     TimerFired,
@@ -35,18 +33,8 @@ def branches() -> Graph:
     return g.connect("join", "end").validate_graph()
 
 
-def fail(d: Driver, node_id: str) -> Any:
-    rec = d.mem.nodes[node_id]
-    return d.send(
-        NodeReported(
-            run_id=RUN,
-            node_id=node_id,
-            visit=rec.visits,
-            attempt=rec.attempt,
-            status="failed",
-            error=ErrorInfo(type="Boom", message="down", retryable=False),
-        )
-    )
+def fail(d: Driver, node_id: str, retryable: bool = False) -> Any:
+    return d.fail(node_id, retryable)
 
 
 def retry(d: Driver) -> Any:

@@ -12,7 +12,6 @@ import pytest
 from graph_core.events import (
     CancelRequested,
     EnqueueNode,
-    ErrorInfo,
     FailRequested,
     LeaseExpired,
     NodeReported,
@@ -47,18 +46,7 @@ def jobs(t: Any) -> list[EnqueueNode]:
 
 
 def fail(d: Driver, node_id: str, retryable: bool = False) -> Any:
-    rec = d.mem.nodes[node_id]
-    error = ErrorInfo(type="Boom", message=f"{node_id} broke", retryable=retryable)
-    return d.send(
-        NodeReported(
-            run_id=RUN,
-            node_id=node_id,
-            visit=rec.visits,
-            attempt=rec.attempt,
-            status="failed",
-            error=error,
-        )
-    )
+    return d.fail(node_id, retryable)
 
 
 def booked(d: Driver) -> None:

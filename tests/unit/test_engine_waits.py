@@ -15,6 +15,7 @@ from graph_core.events import (
     ApprovalReceived,
     CancelNode,
     CancelRequested,
+    ErrorInfo,
     Event,
     FinishRun,
     NodeReported,
@@ -63,6 +64,21 @@ class Driver:
                 attempt=rec.attempt,
                 status=status,
                 output=output,
+            )
+        )
+
+    def fail(self, node_id: str, retryable: bool = False, message: str | None = None) -> Transition:
+        """The node's current attempt reports a failure (``Boom``)."""
+        rec = self.mem.nodes[node_id]
+        error = ErrorInfo(type="Boom", message=message or f"{node_id} broke", retryable=retryable)
+        return self.send(
+            NodeReported(
+                run_id=RUN,
+                node_id=node_id,
+                visit=rec.visits,
+                attempt=rec.attempt,
+                status="failed",
+                error=error,
             )
         )
 
