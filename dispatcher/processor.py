@@ -30,7 +30,6 @@ from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
 from graph_core.events import (
     Event,
-    RetryRequested,
     RunSubmitted,
 )
 from graph_core.keys import check_run_id
@@ -94,8 +93,8 @@ class Processor:
         self.metrics = metrics if tracing is None else tracing.recorder(metrics)
         self.cache = RunCache(run_cache)
         self._graph_of: dict[str, tuple[str, int]] = {}  # run id -> its graph (id, version)
-        # (graph id, version, submitted?, node id) -> what its events' transitions read
-        self._prefetches: dict[tuple[str, int, bool, str | None], Prefetch] = {}
+        # (graph id, version, event kind, node id) -> what its events' transitions read
+        self._prefetches: dict[tuple[str, int, str, str | None], Prefetch] = {}
 
     async def handle(self, message: Any, entry_id: str | None = None) -> Outcome:
         """Handle one inbox message. ``entry_id`` (the stream entry's id) names the run of a
@@ -230,11 +229,8 @@ class Processor:
 
     def prefetch(self, graph: Graph, event: Event) -> Prefetch:
         """``neighbourhood`` of the event's node, computed once per graph and node."""
-        submitted = isinstance(event, RunSubmitted)
-        node_id = None if submitted else getattr(event, "node_id", None)
-        if isinstance(event, RetryRequested):  # reads every node: a key of its own
-            node_id = "\0retry"
-        key = (graph.id, graph.version, submitted, node_id)
+        # by kind too: a submit reads the start's neighbourhood, a retry every node
+        key = (graph.id, graph.version, event.kind, getattr(event, "node_id", None))
         found = self._prefetches.get(key)
         if found is None:
             if len(self._prefetches) >= PREFETCH_CACHE:  # bogus node ids must not grow it

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from dispatcher.views import RunView, WaitView
+from graph_core.errors import PathError
 from graph_core.model import Graph
-from relaygraph.api.auth import Principal
+from graph_core.paths import MISSING, resolve
+from graph_core.status import TERMINAL_RUN, RunStatus
+from relaygraph.api.auth import Principal, Role
 from relaygraph.api.deps import ApiContext, run_id_param
 from relaygraph.api.models import Accepted
 from relaygraph.api.problems import Problem
 
-__all__ = ["approvers_of", "decide"]
+__all__ = [
+    "MAX_INBOX",
+    "OPERATIONS",
+    "Decision",
+    "Operation",
+    "approvers_of",
+    "decide",
+    "decisions_of",
+    "may_decide",
+    "operate",
+    "waiting_decisions",
+]
+
+MAX_INBOX = 500  # waiting runs looked at for an approvals inbox
 
 
 def approvers_of(graph: Graph, node_id: str) -> list[str] | None:
@@ -20,6 +39,124 @@ def approvers_of(graph: Graph, node_id: str) -> list[str] | None:
         return [listed]
     if isinstance(listed, list):
         return [str(x) for x in listed]
+    return None
+
+
+def may_decide(who: Principal, approvers: list[str] | None) -> bool:
+    """Whether ``who`` may approve or reject a node with these ``approvers``."""
+    return who.may(Role.APPROVER) and (approvers is None or who.matches(approvers))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A node waiting for a decision, as the API's inbox and the console show it."""
+
+    run: RunView
+    wait: WaitView
+    approvers: list[str] | None
+    may: bool  # the signed-in key may approve or reject it
+    shown: list[tuple[str, Any]]  # the node's config.show paths and their values
+
+
+def _decision(who: Principal, view: RunView, graph: Graph, wait: WaitView) -> Decision:
+    listed = approvers_of(graph, wait.node_id)
+    return Decision(
+        run=view,
+        wait=wait,
+        approvers=listed,
+        may=may_decide(who, listed),
+        shown=_shown(view, graph.node(wait.node_id).config.get("show")),
+    )
+
+
+class _ViewSource:
+    """Path resolution over a run's view (latest outputs only)."""
+
+    def __init__(self, view: RunView) -> None:
+        self.view = view
+
+    def run_input(self) -> Any:
+        return self.view.input
+
+    def latest_output(self, node_id: str) -> Any:
+        node = self.view.nodes.get(node_id)
+        return node.output if node is not None and node.visits else MISSING
+
+    def output_at(self, node_id: str, visit: int) -> Any:
+        node = self.view.nodes.get(node_id)
+        return self.latest_output(node_id) if node is not None and node.visits == visit else MISSING
+
+    def visit_count(self, node_id: str) -> int:
+        node = self.view.nodes.get(node_id)
+        return node.visits if node is not None else 0
+
+
+def _shown(view: RunView, paths: Any) -> list[tuple[str, Any]]:
+    """The values of a human node's ``config.show`` paths (``input.x``, ``node.output.y``),
+    for the approver to decide with (``None`` where a path leads nowhere)."""
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list):
+        return []
+    source = _ViewSource(view)
+    shown = []
+    for path in paths[:20]:
+        if not isinstance(path, str):
+            continue
+        try:
+            value = resolve(path, source)
+        except PathError:
+            value = MISSING
+        shown.append((path, None if value is MISSING else value))
+    return shown
+
+
+def decisions_of(who: Principal, view: RunView, graph: Graph) -> list[Decision]:
+    """The run's waiting nodes, for ``who``."""
+    return [_decision(who, view, graph, w) for w in view.waiting if graph.has_node(w.node_id)]
+
+
+async def waiting_decisions(ctx: ApiContext, who: Principal) -> list[Decision]:
+    """An approver's inbox: the nodes waiting for a decision in the ``MAX_INBOX`` runs that
+    have waited longest, oldest first."""
+    ids = await ctx.client.store.oldest_in_status(RunStatus.WAITING.value, MAX_INBOX)
+    items: list[Decision] = []
+    for view in await asyncio.gather(*(ctx.client.get_run(r) for r in ids)):
+        if view is None or view.status in TERMINAL_RUN:
+            continue
+        graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
+        items.extend(decisions_of(who, view, graph))
+    items.sort(key=lambda d: d.wait.since)
+    return items
+
+
+Operation = Literal["pause", "resume", "retry", "cancel"]
+OPERATIONS: frozenset[str] = frozenset({"pause", "resume", "retry", "cancel"})
+
+
+async def operate(
+    ctx: ApiContext, who: Principal, run_id: str, operation: Operation
+) -> RunView | None:
+    """Pause, resume, retry or cancel a run as ``who`` (the actor). 404 for an unknown run;
+    409 when its status does not allow it (``RunStateError``; a finished run's cancel).
+    Returns the view a cancel checked (None for the others)."""
+    rid, client = run_id_param(run_id), ctx.client
+    if operation == "pause":
+        await client.pause(rid, f"paused by {who.name}", actor=who.name)
+    elif operation == "resume":
+        await client.resume(rid, actor=who.name)
+    elif operation == "retry":
+        await client.retry(rid, actor=who.name)
+    else:
+        view = await client.get_run(rid)
+        if view is None:
+            raise Problem(
+                404, "run-not-found", f"run {run_id!r} not found (never submitted, or expired)"
+            )
+        if view.terminal:
+            raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
+        await client.cancel(rid, f"cancelled by {who.name}", actor=who.name)
+        return view
     return None
 
 

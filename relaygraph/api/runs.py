@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Annotated, Any
@@ -15,8 +14,8 @@ from pydantic import ValidationError
 
 from dispatcher.views import NodeView, RunView, load_summaries
 from graph_core import clock
-from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
-from relaygraph.api.actions import approvers_of, decide
+from graph_core.status import NodeStatus, RunStatus
+from relaygraph.api.actions import decide, operate, waiting_decisions
 from relaygraph.api.auth import Role
 from relaygraph.api.deps import (
     ApiContext,
@@ -50,7 +49,6 @@ __all__ = ["router"]
 router = APIRouter(tags=["runs"])
 
 MAX_PAGE = 500
-MAX_INBOX = 500  # waiting runs looked at for GET /v1/approvals
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -255,11 +253,8 @@ async def cancel_run(
 ) -> PublicRunView:
     """Ask the dispatchers to cancel the run (202; the run turns ``cancelled`` shortly).
     A finished run is 409."""
-    view = await _view(ctx, run_id)
-    if view.terminal:
-        raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
-    await ctx.client.cancel(run_id, f"cancelled by {who.name}", actor=who.name)
-    return public_view(view)
+    view = await operate(ctx, who, run_id, "cancel")
+    return public_view(view) if view is not None else public_view(await _view(ctx, run_id))
 
 
 @router.post(
@@ -271,7 +266,7 @@ async def cancel_run(
 async def pause_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     """Pause the run (202): running nodes finish, nothing new starts, timers wait until it
     resumes. A run that is not running is 409."""
-    await ctx.client.pause(run_id_param(run_id), f"paused by {who.name}", actor=who.name)
+    await operate(ctx, who, run_id, "pause")
     return _json(public_document(await _view(ctx, run_id)), 202)
 
 
@@ -283,7 +278,7 @@ async def pause_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
 )
 async def resume_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     """Resume a paused run (202); a run that is not paused is 409."""
-    await ctx.client.resume(run_id_param(run_id), actor=who.name)
+    await operate(ctx, who, run_id, "resume")
     return _json(public_document(await _view(ctx, run_id)), 202)
 
 
@@ -296,7 +291,7 @@ async def resume_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
 async def retry_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     """Retry a failed run from the nodes that failed or that its failure stopped, keeping
     every completed output (202); a run that is not failed is 409."""
-    await ctx.client.retry(run_id_param(run_id), actor=who.name)
+    await operate(ctx, who, run_id, "retry")
     return _json(public_document(await _view(ctx, run_id)), 202)
 
 
@@ -400,31 +395,20 @@ async def reject(
 )
 async def approvals(*, ctx: Ctx, who: Viewer) -> ApprovalList:
     """An approver's inbox: every node waiting for a decision, across runs, oldest first."""
-    store = ctx.client.store
-    run_ids = await store.oldest_in_status(RunStatus.WAITING.value, MAX_INBOX)
-    views = await asyncio.gather(*(ctx.client.get_run(r) for r in run_ids))
-    items: list[ApprovalItem] = []
-    for view in views:
-        if view is None or view.status in TERMINAL_RUN:
-            continue
-        graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
-        for wait in view.waiting:
-            listed = approvers_of(graph, wait.node_id)
-            may = who.may(Role.APPROVER) and (listed is None or who.matches(listed))
-            items.append(
-                ApprovalItem(
-                    run_id=view.run_id,
-                    graph_id=view.graph_id,
-                    graph_version=view.graph_version,
-                    node_id=wait.node_id,
-                    visit=wait.visit,
-                    prompt=wait.prompt,
-                    since=wait.since,
-                    approvers=listed,
-                    may_decide=may,
-                )
-            )
-    items.sort(key=lambda i: i.since)
+    items = [
+        ApprovalItem(
+            run_id=d.run.run_id,
+            graph_id=d.run.graph_id,
+            graph_version=d.run.graph_version,
+            node_id=d.wait.node_id,
+            visit=d.wait.visit,
+            prompt=d.wait.prompt,
+            since=d.wait.since,
+            approvers=d.approvers,
+            may_decide=d.may,
+        )
+        for d in await waiting_decisions(ctx, who)
+    ]
     return ApprovalList(approvals=items)
 
 

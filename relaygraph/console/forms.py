@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from dispatcher.client import load_graph
 from graph_core.errors import GraphValidationError
-from relaygraph.api.actions import decide
+from relaygraph.api.actions import OPERATIONS, decide, operate
 from relaygraph.api.auth import Role
-from relaygraph.api.deps import Ctx, run_id_param
+from relaygraph.api.deps import Ctx
 from relaygraph.api.problems import Problem
 from relaygraph.console.render import action_who, render
 from relaygraph.console.session import check_csrf, forget, remember
@@ -101,45 +101,20 @@ async def decide_action(
     )
 
 
-@router.post("/runs/{run_id}/pause")
-async def pause_action(
-    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
+@router.post("/runs/{run_id}/{operation}")
+async def run_action(
+    request: Request,
+    ctx: Ctx,
+    run_id: str,
+    operation: str,
+    csrf: Annotated[str, Form()] = "",
 ) -> Response:
+    """Pause, resume, retry or cancel: the API's checks (``relaygraph.api.actions``)."""
     who = action_who(request, ctx, csrf, Role.SUBMITTER)
-    await ctx.client.pause(run_id_param(run_id), f"paused by {who.name}", actor=who.name)
-    return JSONResponse({"message": f"pause requested by {who.name}"}, 202)
-
-
-@router.post("/runs/{run_id}/resume")
-async def resume_action(
-    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
-) -> Response:
-    who = action_who(request, ctx, csrf, Role.SUBMITTER)
-    await ctx.client.resume(run_id_param(run_id), actor=who.name)
-    return JSONResponse({"message": f"resume requested by {who.name}"}, 202)
-
-
-@router.post("/runs/{run_id}/retry")
-async def retry_action(
-    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
-) -> Response:
-    who = action_who(request, ctx, csrf, Role.SUBMITTER)
-    await ctx.client.retry(run_id_param(run_id), actor=who.name)
-    return JSONResponse({"message": f"retry requested by {who.name}"}, 202)
-
-
-@router.post("/runs/{run_id}/cancel")
-async def cancel_action(
-    request: Request, ctx: Ctx, run_id: str, csrf: Annotated[str, Form()] = ""
-) -> Response:
-    who = action_who(request, ctx, csrf, Role.SUBMITTER)
-    view = await ctx.client.get_run(run_id_param(run_id))
-    if view is None:
-        raise Problem(404, "run-not-found", f"run {run_id!r} not found")
-    if view.terminal:
-        raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
-    await ctx.client.cancel(run_id, f"cancelled by {who.name}", actor=who.name)
-    return JSONResponse({"message": f"cancel requested by {who.name}"}, 202)
+    if operation not in OPERATIONS:
+        raise Problem(404, "not-found", f"no action {operation!r}: {', '.join(sorted(OPERATIONS))}")
+    await operate(ctx, who, run_id, operation)  # type: ignore[arg-type]  # checked above
+    return JSONResponse({"message": f"{operation} requested by {who.name}"}, 202)
 
 
 @router.post("/graphs")

@@ -6,23 +6,18 @@ live part of a page, which the page's script fetches again when an event arrives
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dispatcher.views import RunView, WaitView, load_summaries
-from graph_core.errors import PathError
-from graph_core.model import Graph
-from graph_core.paths import MISSING, resolve
+from dispatcher.views import load_summaries
 from graph_core.status import RunStatus
-from relaygraph.api.actions import approvers_of
-from relaygraph.api.auth import Principal, Role
+from relaygraph.api.actions import decisions_of, waiting_decisions
+from relaygraph.api.auth import Principal
 from relaygraph.api.deps import ApiContext, Ctx, run_id_param
 from relaygraph.api.events import all_events, check_event_id, stream_of_run
 from relaygraph.api.problems import Problem
@@ -119,7 +114,7 @@ async def run_page(request: Request, ctx: Ctx, run_id: str, fragment: bool = Fal
         graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
         steps = await ctx.client.history_steps(run_id)
         statuses = {nid: node.status.value for nid, node in view.nodes.items()}
-        waits = [_decision(who, view, graph, w) for w in view.waiting if graph.has_node(w.node_id)]
+        waits = decisions_of(who, view, graph)
         return render(
             request,
             "run_live.html" if fragment else "run.html",
@@ -133,70 +128,6 @@ async def run_page(request: Request, ctx: Ctx, run_id: str, fragment: bool = Fal
         )
 
     return await guard(request, ctx, page)
-
-
-@dataclass(frozen=True)
-class _Decision:
-    """A waiting node as the decision template shows it."""
-
-    run: RunView
-    wait: WaitView
-    approvers: list[str] | None
-    may: bool  # the signed-in key may approve or reject it
-    shown: list[tuple[str, Any]]  # the node's config.show paths and their values
-
-
-def _decision(who: Principal, view: RunView, graph: Graph, wait: WaitView) -> _Decision:
-    listed = approvers_of(graph, wait.node_id)
-    return _Decision(
-        run=view,
-        wait=wait,
-        approvers=listed,
-        may=who.may(Role.APPROVER) and (listed is None or who.matches(listed)),
-        shown=_shown(view, graph.node(wait.node_id).config.get("show")),
-    )
-
-
-class _ViewSource:
-    """Path resolution over a run's view (latest outputs only)."""
-
-    def __init__(self, view: RunView) -> None:
-        self.view = view
-
-    def run_input(self) -> Any:
-        return self.view.input
-
-    def latest_output(self, node_id: str) -> Any:
-        node = self.view.nodes.get(node_id)
-        return node.output if node is not None and node.visits else MISSING
-
-    def output_at(self, node_id: str, visit: int) -> Any:
-        node = self.view.nodes.get(node_id)
-        return self.latest_output(node_id) if node is not None and node.visits == visit else MISSING
-
-    def visit_count(self, node_id: str) -> int:
-        node = self.view.nodes.get(node_id)
-        return node.visits if node is not None else 0
-
-
-def _shown(view: RunView, paths: Any) -> list[tuple[str, Any]]:
-    """The values of a human node's ``config.show`` paths (``input.x``, ``node.output.y``),
-    for the approver to decide with (``None`` where a path leads nowhere)."""
-    if isinstance(paths, str):
-        paths = [paths]
-    if not isinstance(paths, list):
-        return []
-    source = _ViewSource(view)
-    shown = []
-    for path in paths[:20]:
-        if not isinstance(path, str):
-            continue
-        try:
-            value = resolve(path, source)
-        except PathError:
-            value = MISSING
-        shown.append((path, None if value is MISSING else value))
-    return shown
 
 
 @router.get("/runs/{run_id}/events")
@@ -239,16 +170,7 @@ async def _unnamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 @router.get("/approvals")
 async def approvals_page(request: Request, ctx: Ctx, fragment: bool = False) -> Response:
     async def page(who: Principal) -> Response:
-        ids = await ctx.client.store.oldest_in_status(RunStatus.WAITING.value, 500)
-        views = [v for v in await asyncio.gather(*(ctx.client.get_run(r) for r in ids)) if v]
-        items = []
-        for view in views:
-            graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
-            for w in view.waiting:
-                if not graph.has_node(w.node_id):
-                    continue
-                items.append(_decision(who, view, graph, w))
-        items.sort(key=lambda i: i.wait.since)
+        items = await waiting_decisions(ctx, who)
         name = "approvals_live.html" if fragment else "approvals.html"
         return render(request, name, who, items=items)
 

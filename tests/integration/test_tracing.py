@@ -114,8 +114,8 @@ def registry() -> HandlerRegistry:
 
     @reg.handler("fetch")
     async def fetch(ctx: NodeContext) -> dict[str, Any]:
-        with tracer.start_as_current_span("fetch work"):  # an async handler's own span
-            await asyncio.sleep(0)
+        with tracer.start_as_current_span("fetch work"):  # an async handler's own span,
+            await ctx.load("start.output")  # across an await that reads Redis
         return {"n": 1}
 
     @reg.handler("flaky")

@@ -56,10 +56,14 @@
     if (!live.dataset.sse || !window.EventSource) return;
     var source = new EventSource(live.dataset.sse);
     var TERMINAL = ["run.completed", "run.failed", "run.cancelled", "run.compensated", "run.compensation_failed"];
+    // A list page names the events that change it (data-refresh-on: type prefixes); every
+    // other event would only re-render the same rows.
+    var wanted = (live.dataset.refreshOn || "").split(" ").filter(Boolean);
     source.onmessage = function (ev) {
-      schedule(live);
       var event = null;
-      try { event = JSON.parse(ev.data); } catch (e) { return; }
+      try { event = JSON.parse(ev.data); } catch (e) { schedule(live); return; }
+      var kind = (event && event.type) || "";
+      if (!wanted.length || wanted.some(function (p) { return kind.indexOf(p) === 0; })) schedule(live);
       // A run's own page: after its end nothing more comes; stop (no reconnects).
       if (live.dataset.run && event && event.run_id === live.dataset.run && TERMINAL.indexOf(event.type) >= 0) {
         source.close();
