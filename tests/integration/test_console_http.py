@@ -119,3 +119,21 @@ async def test_bad_input_to_the_console_is_never_a_500(api: httpx.AsyncClient) -
         f"/ui/runs/{run_id}/nodes/check/approve", data={"csrf": token, "comment": "x" * 5000}
     )
     assert long.status_code == 422 and "4096" in long.json()["detail"]
+
+
+async def test_run_operations_from_the_console(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/runs", json={"graph_id": "echo"}, headers=as_key("admin"))
+    run_id = r.json()["run_id"]  # pending: no engine runs here, so it stays pending
+    token = await sign_in(api, "submitter")
+    paused = await api.post(f"/ui/runs/{run_id}/pause", data={"csrf": token})
+    assert paused.status_code == 202 and paused.json()["message"] == "pause requested by submitter"
+    not_paused = await api.post(f"/ui/runs/{run_id}/resume", data={"csrf": token})
+    assert not_paused.status_code == 409  # the pause is queued; the run is still pending
+    assert "only a paused run resumes" in not_paused.json()["detail"]
+    not_failed = await api.post(f"/ui/runs/{run_id}/retry", data={"csrf": token})
+    assert not_failed.status_code == 409
+    unknown = await api.post(f"/ui/runs/{run_id}/explode", data={"csrf": token})
+    assert unknown.status_code == 404 and "pause" in unknown.json()["detail"]
+    token = await sign_in(api, "viewer")
+    denied = await api.post(f"/ui/runs/{run_id}/pause", data={"csrf": token})
+    assert denied.status_code == 403
