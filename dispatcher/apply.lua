@@ -71,6 +71,9 @@ for _, m in ipairs(c[24] or {}) do redis.call('ZREM', KEYS[9], m) end  -- timers
 if c[25] == '1' then  -- a finished run goes on (a retry): its keys no longer expire
   for k = 1, 8 do redis.call('PERSIST', KEYS[k]) end
 end
+for _, m in ipairs(c[26] or {}) do  -- inbox messages: child runs started, cancelled, ended
+  redis.call('XADD', ack_stream, '*', 'm', m)
+end
 if retention and retention > 0 then  -- finished: the run's keys expire after retention
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
 end

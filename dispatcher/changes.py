@@ -11,7 +11,10 @@ import orjson
 
 from dispatcher.queue import ABORT_KEY, job_write
 from graph_core.events import (
+    CancelChild,
     CancelNode,
+    CancelRequested,
+    ChildFinished,
     DropTimer,
     EnqueueNode,
     FinishRun,
@@ -19,10 +22,11 @@ from graph_core.events import (
     ReleaseWait,
     ReopenRun,
     ScheduleTimer,
+    StartChild,
     TimerFired,
 )
 from graph_core.keys import Keys, RunKeys
-from graph_core.messages import dumps, encode_inbox, job_id
+from graph_core.messages import SubmitRequest, dumps, encode_inbox, job_id
 from graph_core.state import RunRecord, Transition
 from graph_core.status import TERMINAL_RUN
 
@@ -88,9 +92,7 @@ def pack_changes(
     nodes: list[str] = []
     for nid, raw in w.nodes.items():
         nodes += (nid, raw)
-    outputs: list[str] = []
-    for (n, v), o in t.outputs.items():
-        outputs += (RunKeys.output_field(n, v), dumps(o).decode())
+    outputs = _output_fields(t)
     joins: list[str] = []
     for (n, i), signals in w.joins.items():
         joins += (RunKeys.join_field(n, i), signals)
@@ -109,6 +111,7 @@ def pack_changes(
     releases: list[str] = []
     aborts: list[str] = []
     dropped: list[str] = []
+    inbox: list[str] = _inbox_messages(t, run, finished)
     for a in t.actions:
         if isinstance(a, EnqueueNode):
             job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms, run.trace)
@@ -124,7 +127,7 @@ def pack_changes(
         elif isinstance(a, ReleaseWait):
             releases.append(a.node_id)
         elif isinstance(a, CancelNode):
-            aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt))
+            aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt, a.item))
     return orjson.dumps(
         [
             w.run,
@@ -152,8 +155,60 @@ def pack_changes(
             w.stamp,
             dropped,
             "1" if any(isinstance(a, ReopenRun) for a in t.actions) else "",
+            inbox,
         ]
     )
+
+
+def _inbox_messages(t: Transition, run: RunRecord, finished: bool) -> list[str]:
+    """Messages the apply adds to the inbox: child runs submitted and cancelled, and a
+    finished child run's end, for its parent."""
+    messages: list[str] = []
+    for a in t.actions:
+        if isinstance(a, StartChild):
+            submit = SubmitRequest(
+                graph_id=a.graph_id,
+                graph_version=a.graph_version,
+                input=a.input,
+                run_id=a.run_id,
+                parent=a.parent,
+            )
+            messages.append(encode_inbox(submit).decode())
+        elif isinstance(a, CancelChild):
+            cancel = CancelRequested(run_id=a.run_id, reason=a.reason, actor="parent")
+            messages.append(encode_inbox(cancel).decode())
+    if finished and run.parent is not None:
+        p = run.parent
+        ended = ChildFinished(
+            run_id=p.run_id,
+            node_id=p.node_id,
+            visit=p.visit,
+            attempt=p.attempt,
+            item=p.item,
+            child_run_id=run.run_id,
+            status=run.status.value,
+            output=run.output,
+            error=run.error,
+        )
+        messages.append(encode_inbox(ended).decode())
+    return messages
+
+
+def _output_fields(t: Transition) -> list[str]:
+    """The outputs hash's writes (field, value, ...; '' deletes): outputs, and map items."""
+    outputs: list[str] = []
+    for (n, v), o in t.outputs.items():
+        outputs += (RunKeys.output_field(n, v), dumps(o).decode())
+    for (n, v), items in t.item_inputs.items():
+        for i, item in enumerate(items):
+            outputs += (RunKeys.item_field(n, v, i, "in"), dumps(item).decode())
+    for (n, v, i), o in t.item_outputs.items():
+        outputs += (RunKeys.item_field(n, v, i, "out"), dumps(o).decode())
+    for (n, v), total in t.items_dropped.items():
+        for i in range(total):
+            outputs += (RunKeys.item_field(n, v, i, "in"), "")
+            outputs += (RunKeys.item_field(n, v, i, "out"), "")
+    return outputs
 
 
 def _timer_member(run_id: str, a: ScheduleTimer | DropTimer) -> bytes:
@@ -161,6 +216,11 @@ def _timer_member(run_id: str, a: ScheduleTimer | DropTimer) -> bytes:
     same fields give the same bytes, so a timer can be dropped by what scheduled it)."""
     return encode_inbox(
         TimerFired(
-            run_id=run_id, timer=a.timer, node_id=a.node_id, visit=a.visit, attempt=a.attempt
+            run_id=run_id,
+            timer=a.timer,
+            node_id=a.node_id,
+            visit=a.visit,
+            attempt=a.attempt,
+            item=a.item,
         )
     )

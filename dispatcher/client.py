@@ -368,10 +368,10 @@ class WorkflowClient:
         run's status and events, not here.
         """
         rk = self.keys.run(check_run_id(run_id))
-        if token is None:
-            raw = await self.redis.hget(rk.waits, node_id)
-            if raw is None:
-                raise await self._not_waiting(run_id, node_id)
+        raw = await self.redis.hget(rk.waits, node_id)
+        if raw is None:  # perhaps in a child run (a subgraph's, a map item's): decide there
+            run_id, token = await self._child_wait(run_id, node_id, token)
+        elif token is None:
             token = raw.decode()
         if data is not None and not isinstance(data, dict):
             raise InputError("approval data", f"must be a JSON object, got {type(data).__name__}")
@@ -483,6 +483,34 @@ class WorkflowClient:
                 "(max_message_bytes)",
             )
         return raw
+
+    async def _child_wait(
+        self, run_id: str, node_id: str, token: str | None
+    ) -> tuple[str, str | None]:
+        """The child run where ``node_id`` waits (with ``token``, if given) and its token:
+        a decision through the parent run goes to it. ``NodeNotWaiting`` when no child run
+        waits there, or several do and no token says which."""
+        view = await self.get_run(run_id)
+        if view is None:
+            raise RunNotFound(run_id)
+        found = [
+            w
+            for w in view.waiting
+            if w.run_id is not None and w.node_id == node_id and token in (None, w.token)
+        ]
+        if len(found) == 1:
+            return found[0].run_id or run_id, found[0].token
+        if not found:
+            if token is not None and node_id in view.nodes:
+                return run_id, token  # the run itself judges it (late, or the wrong token)
+            raise await self._not_waiting(run_id, node_id)
+        runs = ", ".join(repr(w.run_id) for w in found[:5])
+        raise NodeNotWaiting(
+            run_id,
+            node_id,
+            f"waits in {len(found)} child runs ({runs}{', ...' if len(found) > 5 else ''}): "
+            "decide through one of them, or give its token",
+        )
 
     async def _not_waiting(self, run_id: str, node_id: str) -> RelaygraphError:
         view = await self.get_run(run_id)

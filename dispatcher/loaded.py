@@ -83,6 +83,8 @@ class RedisView:
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
     loops: dict[int, bytes | None] = field(default_factory=dict)
     active: dict[str, int] | None = None
+    items: dict[tuple[str, int, int], list[Any]] = field(default_factory=dict)  # map results
+    item_inputs: dict[tuple[str, int, int], Any] = field(default_factory=dict)  # map items
     run_record: RunRecord | None = None  # parsed once, for the caller's own reading
     stamp: str | None = None
     base: RunState | None = None
@@ -144,6 +146,18 @@ class RedisView:
         else:
             raise NeedState("loop", loop_id)
         return LoopRecord.model_validate_json(raw) if raw is not None else None
+
+    def item_input(self, node_id: str, visit: int, item: int) -> Any:
+        key = (node_id, visit, item)
+        if key not in self.item_inputs:
+            raise NeedState("item", key)
+        return self.item_inputs[key]
+
+    def item_results(self, node_id: str, visit: int, total: int) -> list[Any]:
+        key = (node_id, visit, total)
+        if key not in self.items:
+            raise NeedState("items", key)
+        return self.items[key]
 
     def active_nodes(self) -> dict[str, int]:
         if self.active is not None:

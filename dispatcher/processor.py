@@ -116,9 +116,16 @@ class Processor:
     ) -> RunSubmitted | Outcome:
         """The event a submission makes (``version``: the graph's, resolved), or the outcome
         of a duplicate."""
-        if version is None:
-            raise GraphNotFound(req.graph_id, None)
-        await self.store.graph(req.graph_id, version)  # raises GraphNotFound
+        try:
+            if version is None:
+                raise GraphNotFound(req.graph_id, None)
+            graph = await self.store.graph(req.graph_id, version)  # raises GraphNotFound
+        except GraphNotFound as e:
+            if req.parent is None or req.run_id is None:
+                raise
+            # a child run whose graph is gone: its parent hears of it instead of waiting
+            await self.store.child_failed(req.run_id, req.parent, "GraphNotFound", str(e))
+            return Outcome(req.run_id, False, f"child run's graph is missing: {e}")
         run_id = check_run_id(req.run_id or (entry_id or clock.new_run_id()))
         if req.idempotency_key is not None:
             # Race site: two submitters with one key. SET NX decides which run id wins. A
@@ -137,7 +144,18 @@ class Processor:
             input=req.input,
             idempotency_key=req.idempotency_key,
             trace=self.tracing.run_trace(req, run_id) if self.tracing is not None else None,
+            parent=req.parent,
+            pins=await self._pins(graph),
         )
+
+    async def _pins(self, graph: Graph) -> dict[str, int]:
+        """The versions of the graphs ``graph`` runs as children (named statically, with no
+        version of their own): the latest now, fixed for the run (a missing one: none)."""
+        refs = [ref for _, ref, version in graph.subgraph_refs() if version is None]
+        if not refs:
+            return {}
+        latest = await self.store.latest_versions(refs)
+        return {ref: v for ref, v in latest.items() if v is not None}
 
     async def process(self, event: Event, ack: str | None = None) -> Outcome:
         """Apply ``event`` to its run; ``ack`` (an inbox entry id) is acknowledged in the same

@@ -69,10 +69,11 @@ def job_write(
         timeout_s=action.timeout_s,
         parent=action.parent,
         compensate=action.compensate,
+        item=action.item,
         traceparent=trace.traceparent if trace is not None else None,
         tracestate=trace.tracestate if trace is not None else None,
     )
-    jid = job_id(run_id, action.node_id, action.visit, action.attempt)
+    jid = job_id(run_id, action.node_id, action.visit, action.attempt, action.item)
     return JobWrite(
         job_key=JOB_KEY_PREFIX + jid,
         result_key=RESULT_KEY_PREFIX + jid,

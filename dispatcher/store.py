@@ -21,9 +21,10 @@ from redis.exceptions import NoScriptError
 from dispatcher.changes import StateWrites, pack_changes, state_writes
 from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import NOTHING, Prefetch
-from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.errors import GraphValidationError, Problem, RelaygraphError
+from graph_core.events import ChildFinished, ErrorInfo, ParentRef
 from graph_core.keys import Keys, RunKeys
-from graph_core.messages import dumps
+from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
 from graph_core.paths import MISSING
 from graph_core.state import NodeRecord, RunRecord, Transition
@@ -73,8 +74,11 @@ class RunStore:
 
     async def register_graph(self, graph: Graph) -> int:
         """Store a validated graph under (id, version). Registering the same content again
-        is a no-op; different content under an existing version is an error."""
+        is a no-op; different content under an existing version is an error. The graphs it
+        runs as child runs (named statically) must be registered, and must not include it
+        again (``GraphValidationError``, code ``bad_subgraph``)."""
         graph.validate_graph()
+        await self._check_subgraphs(graph)
         raw = dumps(graph.to_dict())
         field_ = self.keys.graph_field(graph.id, graph.version)
         created = await self.redis.hsetnx(self.keys.graphs, field_, raw)
@@ -89,6 +93,61 @@ class RunStore:
         if latest is None or int(latest) < graph.version:
             await self.redis.hset(self.keys.graph_latest, graph.id, graph.version)
         return graph.version
+
+    async def _check_subgraphs(self, graph: Graph) -> None:
+        """Refuse a graph whose static child graphs are not registered, or lead back to it."""
+        problems = []
+        for node_id, ref, version in graph.subgraph_refs():
+            where = f"nodes[{_position(graph, node_id)}].config.graph"
+            try:
+                child = await self._graph_ref(ref, version)
+            except GraphNotFound:
+                what = f"{ref!r} v{version}" if version is not None else repr(ref)
+                problems.append(
+                    Problem(
+                        "bad_subgraph",
+                        where,
+                        f"node {node_id!r} runs graph {what}, which is not registered: "
+                        "register it first",
+                    )
+                )
+                continue
+            cycle = await self._path_back(child, graph.id, [graph.id, ref])
+            if cycle is not None:
+                problems.append(
+                    Problem(
+                        "bad_subgraph",
+                        where,
+                        f"node {node_id!r}: graphs include each other without end: "
+                        f"{' -> '.join(cycle)}",
+                    )
+                )
+        if problems:
+            raise GraphValidationError(problems, graph.id)
+
+    async def _graph_ref(self, graph_id: str, version: int | None) -> Graph:
+        found = version if version is not None else await self.latest_version(graph_id)
+        if found is None:
+            raise GraphNotFound(graph_id, None)
+        return await self.graph(graph_id, found)
+
+    async def _path_back(self, graph: Graph, target: str, path: list[str]) -> list[str] | None:
+        """The chain of static child graphs from ``graph`` back to ``target``, if any."""
+        if len(path) > 32:  # deeper than any run may nest: not a cycle worth chasing
+            return None
+        for _, ref, version in graph.subgraph_refs():
+            if ref == target:
+                return [*path, ref]
+            if ref in path:
+                continue  # a cycle that does not pass through target: its own graphs' problem
+            try:
+                child = await self._graph_ref(ref, version)
+            except GraphNotFound:
+                continue
+            found = await self._path_back(child, target, [*path, ref])
+            if found is not None:
+                return found
+        return None
 
     async def latest_version(self, graph_id: str) -> int | None:
         raw = await self.redis.hget(self.keys.graph_latest, graph_id)
@@ -166,35 +225,26 @@ class RunStore:
         """Load what each ``need`` names into its view (of its run), all in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for run_id, _, need in needs:
-            rk = self.keys.run(run_id)
-            if need.kind == "node":
-                pipe.hget(rk.nodes, need.key)
-            elif need.kind == "output":
-                pipe.hget(rk.outputs, RunKeys.output_field(*need.key))
-            elif need.kind == "join":
-                pipe.hget(rk.joins, RunKeys.join_field(*need.key))
-            elif need.kind == "joins":  # several join fields at once: a list of keys
-                pipe.hmget(rk.joins, [RunKeys.join_field(n, i) for n, i in need.key])
-            elif need.kind == "loop":
-                pipe.hget(rk.loops, str(need.key))
-            elif need.kind == "active":
-                pipe.hgetall(rk.active)
-            else:  # pragma: no cover - programming error
-                raise StoreError(f"unknown state kind {need.kind!r}")
+            _queue_read(pipe, self.keys.run(run_id), need)
         replies = await pipe.execute()
         for (_, view, need), raw in zip(needs, replies, strict=True):
-            if need.kind == "node":
-                view.nodes[need.key] = raw
-            elif need.kind == "output":
-                view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
-            elif need.kind == "join":
-                view.joins[need.key] = raw.decode() if raw is not None else ""
-            elif need.kind == "joins":
-                _set_joins(view, need.key, raw)
-            elif need.kind == "loop":
-                view.loops[need.key] = raw
-            else:
-                view.active = {k.decode(): int(v) for k, v in raw.items()}
+            _take_read(view, need, raw)
+
+    async def child_failed(
+        self, child_run_id: str, parent: ParentRef, error_type: str, message: str
+    ) -> None:
+        """Tell a parent run that its child run could not start (its graph is missing)."""
+        ended = ChildFinished(
+            run_id=parent.run_id,
+            node_id=parent.node_id,
+            visit=parent.visit,
+            attempt=parent.attempt,
+            item=parent.item,
+            child_run_id=child_run_id,
+            status="failed",
+            error=ErrorInfo(type=error_type, message=message, retryable=False),
+        )
+        await self.redis.xadd(self.keys.inbox, {"m": encode_inbox(ended)})
 
     # --- applying -----------------------------------------------------------------------
 
@@ -407,3 +457,51 @@ def _newest(pair: tuple[str, int]) -> tuple[int, str]:
 def _set_joins(view: RedisView, keys: Sequence[tuple[str, int]], raws: list[bytes | None]) -> None:
     for key, raw in zip(keys, raws, strict=True):
         view.joins[key] = raw.decode() if raw is not None else ""
+
+
+def _queue_read(pipe: Any, rk: RunKeys, need: NeedState) -> None:
+    """Queue on ``pipe`` the read of what ``need`` names."""
+    if need.kind == "node":
+        pipe.hget(rk.nodes, need.key)
+    elif need.kind == "output":
+        pipe.hget(rk.outputs, RunKeys.output_field(*need.key))
+    elif need.kind == "join":
+        pipe.hget(rk.joins, RunKeys.join_field(*need.key))
+    elif need.kind == "joins":  # several join fields at once: a list of keys
+        pipe.hmget(rk.joins, [RunKeys.join_field(n, i) for n, i in need.key])
+    elif need.kind == "loop":
+        pipe.hget(rk.loops, str(need.key))
+    elif need.kind == "active":
+        pipe.hgetall(rk.active)
+    elif need.kind == "item":  # one item of a map's list: (node, visit, item)
+        node_id, visit, item = need.key
+        pipe.hget(rk.outputs, RunKeys.item_field(node_id, visit, item, "in"))
+    elif need.kind == "items":  # a map's results, all at once: (node, visit, total)
+        node_id, visit, total = need.key
+        pipe.hmget(rk.outputs, [RunKeys.item_field(node_id, visit, i, "out") for i in range(total)])
+    else:  # pragma: no cover - programming error
+        raise StoreError(f"unknown state kind {need.kind!r}")
+
+
+def _take_read(view: RedisView, need: NeedState, raw: Any) -> None:
+    """Put the reply of ``_queue_read(need)`` into ``view``."""
+    if need.kind == "node":
+        view.nodes[need.key] = raw
+    elif need.kind == "output":
+        view.outputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
+    elif need.kind == "join":
+        view.joins[need.key] = raw.decode() if raw is not None else ""
+    elif need.kind == "joins":
+        _set_joins(view, need.key, raw)
+    elif need.kind == "loop":
+        view.loops[need.key] = raw
+    elif need.kind == "item":
+        view.item_inputs[need.key] = orjson.loads(raw) if raw is not None else MISSING
+    elif need.kind == "items":
+        view.items[need.key] = [orjson.loads(r) if r is not None else MISSING for r in raw]
+    else:
+        view.active = {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _position(graph: Graph, node_id: str) -> int:
+    return next(i for i, n in enumerate(graph.nodes) if n.id == node_id)

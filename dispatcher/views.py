@@ -43,13 +43,16 @@ class NodeView(_View):
 
 
 class WaitView(_View):
-    """A node paused for an approval; ``token`` must accompany the approval."""
+    """A node paused for an approval; ``token`` must accompany the approval. In a parent
+    run's view, ``run_id`` names the child run (of a subgraph node, or a map item) where the
+    node waits; None: the run itself."""
 
     node_id: str
     prompt: Any = None
     token: str
     since: float
     visit: int
+    run_id: str | None = None
 
 
 class RunView(_View):
@@ -121,6 +124,7 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
         for nid, rec in records.items()
         if rec.status == NodeStatus.WAITING and rec.wait is not None
     ]
+    waiting += await _child_waits(store, _children(records))
     waiting.sort(key=lambda w: w.since)
     return RunView(
         run_id=run.run_id,
@@ -137,6 +141,59 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
         waiting=waiting,
         history_length=int(history_length),
     )
+
+
+MAX_CHILD_RUNS_READ = 1000  # a view reads at most this many child runs' waits
+
+
+def _children(records: dict[str, NodeRecord]) -> list[str]:
+    """The child runs live under these nodes: subgraph nodes' and maps' over a graph."""
+    found: list[str] = []
+    for rec in records.values():
+        if rec.status != NodeStatus.RUNNING:
+            continue
+        if rec.child is not None:
+            found.append(rec.child)
+        if rec.map is not None:
+            found.extend(rec.map.children[i] for i in sorted(rec.map.children))
+    return found
+
+
+async def _child_waits(store: RunStore, child_ids: list[str]) -> list[WaitView]:
+    """The waits of these child runs and of their own children, level by level (at most
+    ``MAX_CHILD_RUNS_READ`` runs read), each naming its run."""
+    waits: list[WaitView] = []
+    read = 0
+    level = child_ids
+    while level and read < MAX_CHILD_RUNS_READ:
+        level = level[: MAX_CHILD_RUNS_READ - read]
+        read += len(level)
+        pipe = store.redis.pipeline(transaction=False)
+        for child in level:
+            rk = store.keys.run(child)
+            pipe.hgetall(rk.nodes)
+            pipe.hgetall(rk.waits)
+        replies = await pipe.execute()
+        below: list[str] = []
+        for i, child in enumerate(level):
+            nodes_raw, waits_raw = replies[2 * i], replies[2 * i + 1]
+            records = {k.decode(): NodeRecord.model_validate_json(v) for k, v in nodes_raw.items()}
+            tokens = {k.decode(): v.decode() for k, v in waits_raw.items()}
+            for nid, rec in records.items():
+                if rec.status == NodeStatus.WAITING and rec.wait is not None:
+                    waits.append(
+                        WaitView(
+                            node_id=nid,
+                            prompt=rec.wait.prompt,
+                            token=tokens.get(nid, rec.wait.token),
+                            since=rec.wait.since,
+                            visit=rec.wait.visit,
+                            run_id=child,
+                        )
+                    )
+            below += _children(records)
+        level = below
+    return waits
 
 
 async def _mark_running(store: RunStore, run_id: str, records: dict[str, NodeRecord]) -> None:

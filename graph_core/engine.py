@@ -32,6 +32,7 @@ from collections import deque
 from graph_core.events import (
     ApprovalReceived,
     CancelRequested,
+    ChildFinished,
     ErrorInfo,
     Event,
     FailRequested,
@@ -46,6 +47,7 @@ from graph_core.events import (
 )
 from graph_core.flow import Flow
 from graph_core.joins import Joins
+from graph_core.maps import Maps
 from graph_core.model import Graph
 from graph_core.parallel import Parallel
 from graph_core.pauses import Pauses
@@ -53,6 +55,7 @@ from graph_core.retries import Retries
 from graph_core.sagas import Sagas
 from graph_core.state import RunRecord, StateView, Transition
 from graph_core.status import TERMINAL_RUN, RunStatus
+from graph_core.subgraphs import Subgraphs
 from graph_core.tx import Env, Tx
 from graph_core.waits import Waits
 
@@ -68,7 +71,7 @@ def advance(graph: Graph, view: StateView, event: Event, env: Env) -> Transition
     return _Machine(Tx(graph, view, env)).handle(event)
 
 
-class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses, Retries):
+class _Machine(Flow, Joins, Parallel, Maps, Subgraphs, Waits, Sagas, Pauses, Retries):
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.g = tx.graph
@@ -113,6 +116,8 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses, Retries):
             return self._retry(event)
         if isinstance(event, ResumeRequested):
             return self._resume(event)
+        if isinstance(event, ChildFinished):
+            return self._child_finished(event)
         if isinstance(event, FailRequested):
             self._fail(ErrorInfo(type="RunFailed", code=event.code, message=event.reason))
             return None
@@ -142,9 +147,19 @@ class _Machine(Flow, Joins, Parallel, Waits, Sagas, Pauses, Retries):
                 updated_at=now,
                 idempotency_key=ev.idempotency_key,
                 trace=ev.trace,
+                parent=ev.parent,
+                pins=ev.pins,
             )
         )
-        self.tx.emit("run.submitted", graph_id=ev.graph_id, graph_version=ev.graph_version)
+        if ev.parent is None:
+            self.tx.emit("run.submitted", graph_id=ev.graph_id, graph_version=ev.graph_version)
+        else:
+            self.tx.emit(
+                "run.submitted",
+                graph_id=ev.graph_id,
+                graph_version=ev.graph_version,
+                parent=ev.parent.model_dump(mode="json"),
+            )
         if self.g.timeout_s is not None:
             self.tx.actions.append(
                 ScheduleTimer(timer="run_timeout", due_at=now + self.g.timeout_s)

@@ -20,8 +20,10 @@ __all__ = [
     "EVENT_VERSION",
     "Action",
     "ApprovalReceived",
+    "CancelChild",
     "CancelNode",
     "CancelRequested",
+    "ChildFinished",
     "DropTimer",
     "EnqueueNode",
     "ErrorInfo",
@@ -31,6 +33,7 @@ __all__ = [
     "HistoryEvent",
     "LeaseExpired",
     "NodeReported",
+    "ParentRef",
     "PauseForApproval",
     "PauseRequested",
     "ReleaseWait",
@@ -40,6 +43,7 @@ __all__ = [
     "RunSubmitted",
     "RunTrace",
     "ScheduleTimer",
+    "StartChild",
     "TimerFired",
     "TimerKind",
     "ignored_event",
@@ -86,6 +90,20 @@ class RunTrace(BaseModel):
     parent_span_id: str | None = None  # the submitter's span (16 hex digits); None: a root
 
 
+class ParentRef(BaseModel):
+    """Where a child run (a ``subgraph`` node's, or a map item's over a graph) reports back:
+    the parent run, the node and its visit and attempt (and item), and how deep it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    node_id: str
+    visit: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    item: int | None = Field(default=None, ge=0)
+    depth: int = Field(default=1, ge=1)  # 1: a child of a top-level run
+
+
 # --- events (inputs) ------------------------------------------------------------------
 
 
@@ -97,6 +115,9 @@ class RunSubmitted(_Msg):
     input: Any = None
     idempotency_key: str | None = None
     trace: RunTrace | None = None  # the run's span, when the dispatcher traces runs
+    parent: ParentRef | None = None  # a child run's parent
+    # graph id -> version: the subgraphs' versions, fixed when the run starts
+    pins: dict[str, int] = Field(default_factory=dict)
 
 
 class NodeReported(_Msg):
@@ -111,6 +132,7 @@ class NodeReported(_Msg):
     output: Any = None
     error: ErrorInfo | None = None
     worker: str | None = None
+    item: int | None = Field(default=None, ge=0)  # a map node's item (its index)
 
 
 class ApprovalReceived(_Msg):
@@ -133,6 +155,7 @@ class TimerFired(_Msg):
     node_id: str | None = None
     visit: int = 0
     attempt: int = 0
+    item: int | None = Field(default=None, ge=0)  # a map item's retry
 
 
 class CancelRequested(_Msg):
@@ -167,6 +190,21 @@ class RetryRequested(_Msg):
     actor: str | None = None
 
 
+class ChildFinished(_Msg):
+    """A child run ended: sent to its parent run (``run_id``) with the apply that ends it."""
+
+    kind: Literal["child"] = "child"
+    run_id: str
+    node_id: str
+    visit: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    item: int | None = Field(default=None, ge=0)
+    child_run_id: str
+    status: str
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
 class LeaseExpired(_Msg):
     """A running attempt's lease lapsed: its worker died, hung, or ran past its deadline.
 
@@ -179,6 +217,7 @@ class LeaseExpired(_Msg):
     visit: int = Field(ge=1)
     attempt: int = Field(ge=1)
     deadline: float | None = None
+    item: int | None = Field(default=None, ge=0)  # a map node's item (its index)
 
 
 class FailRequested(_Msg):
@@ -201,7 +240,8 @@ Event = Annotated[
     | ResumeRequested
     | RetryRequested
     | LeaseExpired
-    | FailRequested,
+    | FailRequested
+    | ChildFinished,
     Field(discriminator="kind"),
 ]
 
@@ -219,6 +259,7 @@ class EnqueueNode(_Msg):
     timeout_s: float | None = None
     parent: str | None = None
     compensate: bool | None = None  # True: run the node's compensation, not the node
+    item: int | None = None  # a map node's item (its index): run the map's inner node
 
 
 class ScheduleTimer(_Msg):
@@ -228,6 +269,7 @@ class ScheduleTimer(_Msg):
     node_id: str | None = None
     visit: int = 0
     attempt: int = 0
+    item: int | None = None
 
 
 class PauseForApproval(_Msg):
@@ -251,6 +293,7 @@ class CancelNode(_Msg):
     node_id: str
     visit: int
     attempt: int
+    item: int | None = None  # one item of a map node
 
 
 class FinishRun(_Msg):
@@ -272,6 +315,26 @@ class DropTimer(_Msg):
     node_id: str | None = None
     visit: int = 0
     attempt: int = 0
+    item: int | None = None
+
+
+class StartChild(_Msg):
+    """Submit a child run (the parent's apply writes its submission to the inbox)."""
+
+    action: Literal["start_child"] = "start_child"
+    run_id: str  # the child's
+    graph_id: str
+    graph_version: int | None = None  # None: the latest when the child is submitted
+    input: Any = None
+    parent: ParentRef
+
+
+class CancelChild(_Msg):
+    """Cancel a child run (its parent stopped the node that waits for it)."""
+
+    action: Literal["cancel_child"] = "cancel_child"
+    run_id: str  # the child's
+    reason: str
 
 
 Action = (
@@ -283,6 +346,8 @@ Action = (
     | ReleaseWait
     | CancelNode
     | FinishRun
+    | StartChild
+    | CancelChild
 )
 
 

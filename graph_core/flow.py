@@ -105,6 +105,8 @@ class Flow(MachineBase):
             self._start_children(node.id)
         elif node.type == "delay":
             self._start_delay(node)
+        elif node.type == "map":
+            self._start_map(node)
         else:
             self._enqueue(node)
 
@@ -141,6 +143,9 @@ class Flow(MachineBase):
     def _enqueue(self, node: Node) -> None:
         if self._paused:  # nothing new starts while the run is paused (graph_core.pauses)
             self._hold(node.id)
+            return
+        if node.type == "subgraph":  # its "job" is a child run
+            self._start_child(node)
             return
         rec = self.tx.peek(node.id)
         queue = node.queue or "default"
@@ -282,6 +287,11 @@ class Flow(MachineBase):
             self.tx.actions.append(ReleaseWait(node_id=node_id))
         elif rec.status == NodeStatus.DELAYED:  # its timer can no longer matter
             self.tx.actions.append(DropTimer(timer="delay", node_id=node_id, visit=rec.visits))
+        elif rec.map is not None:  # a map: its items in flight stop
+            self._map_stop(node_id)
+        elif rec.child is not None:  # a subgraph: its child run is cancelled
+            self._stop_child(rec.child, node_id)
+            rec.child = None
         rec.status = NodeStatus.CANCELLED
         rec.finished_at = self.tx.now
         self.tx.mark_inactive(node_id)

@@ -39,7 +39,7 @@ class RunKeys:
     # every write of the record (an apply expects the rev and stamp it read)
     meta: str
     nodes: str  # hash: node id -> NodeRecord JSON
-    outputs: str  # hash: output_field(node, visit) -> output JSON
+    outputs: str  # hash: output_field(node, visit) -> output JSON; a map's item_field too
     joins: str  # hash: join_field(node, edge) -> queued branch signals ("t"/"d")
     loops: str  # hash: loop id -> LoopRecord JSON
     active: str  # hash: node id -> visit, the run's live frontier
@@ -49,6 +49,12 @@ class RunKeys:
     @staticmethod
     def output_field(node_id: str, visit: int) -> str:
         return f"{node_id}{OUTPUT_FIELD_SEP}{visit}"
+
+    @staticmethod
+    def item_field(node_id: str, visit: int, item: int, kind: str) -> str:
+        """A map item's field in the outputs hash: ``node#visit|item|in`` (its input) or
+        ``node#visit|item|out`` (its result). Node ids have no ``|``: never an output's."""
+        return f"{node_id}{OUTPUT_FIELD_SEP}{visit}|{item}|{kind}"
 
     @staticmethod
     def join_field(node_id: str, edge_index: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from graph_core.events import ErrorInfo, NodeReported, TimerFired
+from graph_core.events import ChildFinished, ErrorInfo, LeaseExpired, NodeReported, TimerFired
 from graph_core.model import Graph, Node
 from graph_core.status import RunStatus
 from graph_core.topology import Topology
@@ -122,4 +122,42 @@ class MachineBase:
 
     # waits
     def _wait(self, node_id: str, prompt: Any) -> None:
+        raise NotImplementedError
+
+    def _give_up(self, node_id: str, error: ErrorInfo) -> None:
+        raise NotImplementedError
+
+    # maps
+    def _start_map(self, node: Node) -> None:
+        raise NotImplementedError
+
+    def _map_stop(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _map_resume(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _map_reported(self, ev: NodeReported) -> str | None:
+        raise NotImplementedError
+
+    def _map_lease_expired(self, ev: LeaseExpired) -> str | None:
+        raise NotImplementedError
+
+    def _map_timer(self, ev: TimerFired) -> str | None:
+        raise NotImplementedError
+
+    def _map_child_finished(self, ev: ChildFinished) -> str | None:
+        raise NotImplementedError
+
+    # subgraphs
+    def _start_child(self, node: Node, item: int | None = None, value: Any = None) -> None:
+        raise NotImplementedError
+
+    def _child_error(self, ev: ChildFinished) -> ErrorInfo:
+        raise NotImplementedError
+
+    def _stop_child(self, child_id: str, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _failed(self, node_id: str, error: ErrorInfo) -> None:
         raise NotImplementedError

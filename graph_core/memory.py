@@ -17,13 +17,18 @@ from typing import Any
 from graph_core.engine import Env, advance
 from graph_core.events import (
     ApprovalReceived,
+    CancelChild,
+    CancelRequested,
+    ChildFinished,
     EnqueueNode,
     ErrorInfo,
     Event,
+    FinishRun,
     NodeReported,
     PauseForApproval,
     RunSubmitted,
     ScheduleTimer,
+    StartChild,
     TimerFired,
 )
 from graph_core.model import Graph
@@ -43,6 +48,9 @@ class MemoryRun:
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
     loops: dict[int, LoopRecord] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)
+    # map items: (node, visit, item) -> the item's input / result
+    item_inputs: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    item_outputs: dict[tuple[str, int, int], Any] = field(default_factory=dict)
     # JSON copies: reads return fresh objects (the transition changes what it reads)
     _json: dict[str, bytes] = field(default_factory=dict)
     node_reads: int = 0
@@ -70,6 +78,12 @@ class MemoryRun:
         self.active_reads += 1
         return dict(self.active)
 
+    def item_input(self, node_id: str, visit: int, item: int) -> Any:
+        return self.item_inputs.get((node_id, visit, item), MISSING)
+
+    def item_results(self, node_id: str, visit: int, total: int) -> list[Any]:
+        return [self.item_outputs.get((node_id, visit, i), MISSING) for i in range(total)]
+
     def get_run(self) -> RunRecord | None:
         raw = self._json.get("run")
         return RunRecord.model_validate_json(raw) if raw is not None else None
@@ -88,6 +102,14 @@ class MemoryRun:
             self.nodes[nid] = rec
             self._json[f"n:{nid}"] = rec.dump()
         self.outputs.update(t.outputs)
+        for (nid, visit), items in t.item_inputs.items():
+            for i, value in enumerate(items):
+                self.item_inputs[(nid, visit, i)] = value
+        self.item_outputs.update(t.item_outputs)
+        for (nid, visit), total in t.items_dropped.items():
+            for i in range(total):
+                self.item_inputs.pop((nid, visit, i), None)
+                self.item_outputs.pop((nid, visit, i), None)
         for key, signals in t.joins.items():
             if signals:
                 self.joins[key] = signals
@@ -124,6 +146,12 @@ class _RunView:
 
     def active_nodes(self) -> dict[str, int]:
         return self._mem.active_nodes()
+
+    def item_input(self, node_id: str, visit: int, item: int) -> Any:
+        return self._mem.item_input(node_id, visit, item)
+
+    def item_results(self, node_id: str, visit: int, total: int) -> list[Any]:
+        return self._mem.item_results(node_id, visit, total)
 
 
 def view_of(mem: MemoryRun) -> _RunView:
@@ -168,6 +196,7 @@ class LocalResult:
     state: MemoryRun
     transitions: list[Transition]
     executions: list[tuple[str, int, int]]  # (node, visit, attempt) per handler call
+    children: dict[str, MemoryRun] = field(default_factory=dict)  # child runs, by run id
 
     @property
     def run(self) -> RunRecord:
@@ -190,28 +219,121 @@ def run_local(
     approve: Approver | None = None,
     run_id: str = "local",
     max_events: int = 1_000_000,
+    graphs: Mapping[str, Graph] | None = None,
 ) -> LocalResult:
     """Run ``graph`` in-process. ``handlers`` maps a node type (or ``"node:<id>"``) to
     ``fn(node_id, config, ctx) -> output``; ``ctx`` has ``input``, ``visit``, ``attempt`` and
-    ``outputs`` (latest output per node). Raising fails the attempt. Returning the dict
-    ``{"__wait__": prompt}`` pauses the node; ``approve`` answers waits. Timers fire at once."""
+    ``outputs`` (latest output per node), and a map item's ``item`` and ``index``. Raising
+    fails the attempt. Returning the dict ``{"__wait__": prompt}`` pauses the node;
+    ``approve`` answers waits (of child runs too). Timers fire at once. ``graphs``: the
+    graphs that ``subgraph`` nodes (and maps over a graph) run, by id; their child runs are
+    in ``LocalResult.children`` (``transitions`` and ``executions`` are the root run's)."""
     tokens = (f"tok{i}" for i in itertools.count(1))
     clock = itertools.count(1)
     mem = MemoryRun()
-    view = view_of(mem)
     result = LocalResult(mem, [], [])
+    local = _Local(graph, dict(graphs or {}), handlers, approve, result, run_id)
+    local.runs[run_id] = (graph, mem)
     queue: deque[Event] = deque(
         [RunSubmitted(run_id=run_id, graph_id=graph.id, graph_version=graph.version, input=input)]
     )
     events = 0
     while queue and events < max_events:
         events += 1
-        t = advance(graph, view, queue.popleft(), Env(float(next(clock)), lambda: next(tokens)))
-        mem.apply(t)
-        result.transitions.append(t)
+        event = queue.popleft()
+        found = local.runs.get(event.run_id)
+        if found is None:
+            continue
+        run_graph, run_mem = found
+        env = Env(float(next(clock)), lambda: next(tokens))
+        t = advance(run_graph, view_of(run_mem), event, env)
+        run_mem.apply(t)
+        if run_mem is mem:
+            result.transitions.append(t)
         for action in t.actions:
-            queue.extend(_perform(graph, mem, action, handlers, approve, result, run_id))
+            queue.extend(local.perform(event.run_id, action))
+        if any(isinstance(a, FinishRun) for a in t.actions):
+            queue.extend(local.ended(run_mem))
     return result
+
+
+@dataclass
+class _Local:
+    """``run_local``'s runs (the root and its children) and what their actions do."""
+
+    graph: Graph
+    graphs: dict[str, Graph]
+    handlers: Mapping[str, Handler]
+    approve: Approver | None
+    result: LocalResult
+    root: str
+    runs: dict[str, tuple[Graph, MemoryRun]] = field(default_factory=dict)
+
+    def perform(self, run_id: str, action: object) -> list[Event]:
+        graph, mem = self.runs[run_id]
+        if isinstance(action, StartChild):
+            return self._start(action)
+        if isinstance(action, CancelChild):
+            return [CancelRequested(run_id=action.run_id, reason=action.reason, actor="parent")]
+        if run_id != self.root and isinstance(action, EnqueueNode):  # a child's job
+            scratch = LocalResult(mem, [], [])
+            return [_execute(graph, mem, action, self.handlers, scratch, run_id)]
+        return _perform(graph, mem, action, self.handlers, self.approve, self.result, run_id)
+
+    def _start(self, action: StartChild) -> list[Event]:
+        child = self.graphs.get(action.graph_id)
+        if child is None and action.graph_id == self.graph.id:
+            child = self.graph
+        if child is None:
+            p = action.parent
+            error = ErrorInfo(
+                type="GraphNotFound",
+                message=f"graph {action.graph_id!r} is not among run_local's graphs",
+                retryable=False,
+            )
+            return [
+                ChildFinished(
+                    run_id=p.run_id,
+                    node_id=p.node_id,
+                    visit=p.visit,
+                    attempt=p.attempt,
+                    item=p.item,
+                    child_run_id=action.run_id,
+                    status="failed",
+                    error=error,
+                )
+            ]
+        mem = MemoryRun()
+        self.runs[action.run_id] = (child, mem)
+        self.result.children[action.run_id] = mem
+        return [
+            RunSubmitted(
+                run_id=action.run_id,
+                graph_id=child.id,
+                graph_version=child.version,
+                input=action.input,
+                parent=action.parent,
+            )
+        ]
+
+    def ended(self, mem: MemoryRun) -> list[Event]:
+        run = mem.run
+        if run is None or run.parent is None:
+            return []
+        p = run.parent
+        return [
+            ChildFinished(
+                run_id=p.run_id,
+                node_id=p.node_id,
+                visit=p.visit,
+                attempt=p.attempt,
+                item=p.item,
+                child_run_id=run.run_id,
+                status=run.status.value,
+                output=run.output,
+                error=run.error,
+            )
+        ]
 
 
 def _perform(
@@ -233,6 +355,7 @@ def _perform(
                 node_id=action.node_id,
                 visit=action.visit,
                 attempt=action.attempt,
+                item=action.item,
             )
         ]
     if isinstance(action, PauseForApproval) and approve is not None:
@@ -267,10 +390,21 @@ def _execute(
     if undo is not None:  # a saga step: the compensation's handler
         fn = handlers.get(undo.type)
         node, config = node.model_copy(update={"type": undo.type}), undo.config
+    elif job.item is not None:  # a map item: the map's inner node
+        inner = node.config.get("node") or {}
+        fn = handlers.get(f"node:{node.id}") or handlers.get(str(inner.get("type")))
+        node = node.model_copy(update={"type": str(inner.get("type"))})
+        config = inner.get("config") or {}
     else:
         fn = handlers.get(f"node:{node.id}") or handlers.get(node.type)
     result.executions.append((job.node_id, job.visit, job.attempt))
-    base = {"run_id": run_id, "node_id": job.node_id, "visit": job.visit, "attempt": job.attempt}
+    base: dict[str, Any] = {
+        "run_id": run_id,
+        "node_id": job.node_id,
+        "visit": job.visit,
+        "attempt": job.attempt,
+        "item": job.item,
+    }
     if fn is None:
         err = ErrorInfo(
             type="UnknownNodeType", message=f"no handler for type {node.type!r}", retryable=False
@@ -285,6 +419,9 @@ def _execute(
     }
     if job.compensate:
         ctx["original_output"] = latest.get(job.node_id)
+    if job.item is not None:
+        ctx["index"] = job.item
+        ctx["item"] = mem.item_inputs.get((job.node_id, job.visit, job.item))
     try:
         out = fn(node.id, config, ctx)
     except Exception as e:  # a handler's failure becomes a report, as on a worker

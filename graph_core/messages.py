@@ -23,9 +23,11 @@ from graph_core.errors import MessageError
 from graph_core.events import (
     ApprovalReceived,
     CancelRequested,
+    ChildFinished,
     FailRequested,
     LeaseExpired,
     NodeReported,
+    ParentRef,
     PauseRequested,
     ResumeRequested,
     RetryRequested,
@@ -48,6 +50,7 @@ __all__ = [
     "encode_inbox",
     "inbox_entry_raw",
     "job_id",
+    "job_item",
     "parse_approval",
     "parse_inbox",
     "parse_inbox_entry",
@@ -83,6 +86,8 @@ class SubmitRequest(BaseModel):
     # Trace Context asks; only a dispatcher with tracing = "otel" reads them.
     traceparent: str | None = Field(default=None, max_length=MAX_TRACEPARENT)
     tracestate: str | None = Field(default=None, max_length=MAX_TRACESTATE)
+    # A child run's parent (relaygraph's own: a subgraph node or a map item starts it)
+    parent: ParentRef | None = None
 
 
 InboxMessage = Annotated[
@@ -95,7 +100,8 @@ InboxMessage = Annotated[
     | RetryRequested
     | TimerFired
     | LeaseExpired
-    | FailRequested,
+    | FailRequested
+    | ChildFinished,
     Field(discriminator="kind"),
 ]
 _INBOX: TypeAdapter[Any] = TypeAdapter(InboxMessage)
@@ -118,6 +124,9 @@ class JobPayload(BaseModel):
     # True: run the node's compensation (its ``compensate`` handler), not the node. Left
     # out of the job when None.
     compensate: bool | None = None
+    # A map node's item (its index): run the map's inner node on that item. Left out of
+    # the job when None.
+    item: int | None = Field(default=None, ge=0)
     # The run's span (W3C Trace Context), when the run is traced: the parent of the worker's
     # span of this attempt. Left out of the job when None.
     traceparent: str | None = None
@@ -125,8 +134,10 @@ class JobPayload(BaseModel):
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across attempts of one visit: what a handler's side effects key on."""
-        return f"{self.run_id}:{self.node_id}:{self.visit}"
+        """Stable across attempts of one visit (of one map item): what a handler's side
+        effects key on."""
+        base = f"{self.run_id}:{self.node_id}:{self.visit}"
+        return base if self.item is None else f"{base}:{self.item}"
 
 
 def dumps(value: Any) -> bytes:
@@ -223,9 +234,11 @@ def parse_approval(
 JOB_ID_PREFIX: Final = "rg:"
 
 
-def job_id(run_id: str, node_id: str, visit: int, attempt: int) -> str:
-    """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op."""
-    return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{visit}:{attempt}"
+def job_id(run_id: str, node_id: str, visit: int, attempt: int, item: int | None = None) -> str:
+    """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op. A map
+    item's job names its item after the visit (``visit.item``: node ids have no dots)."""
+    where = str(visit) if item is None else f"{visit}.{item}"
+    return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{where}:{attempt}"
 
 
 def wake_token(job: str, graph_id: str, graph_version: int) -> str:
@@ -247,17 +260,32 @@ def parse_wake_token(value: str) -> tuple[str, tuple[str, int] | None]:
 
 def parse_job_id(value: str) -> tuple[str, str, int, int] | None:
     """``(run_id, node_id, visit, attempt)`` of a ``job_id``, or None if ``value`` is not
-    one. Run ids never contain ``:``; node ids may, so the node id is what lies between."""
+    one (a map item's job too: ``job_item`` tells its item). Run ids never contain ``:``;
+    node ids may, so the node id is what lies between."""
     if not value.startswith(JOB_ID_PREFIX):
         return None
     run_id, sep, rest = value[len(JOB_ID_PREFIX) :].partition(":")
     parts = rest.rsplit(":", 2)
     if not run_id or not sep or len(parts) != 3 or not parts[0]:
         return None
-    node_id, visit, attempt = parts
-    if not (visit.isascii() and visit.isdigit() and attempt.isascii() and attempt.isdigit()):
+    node_id, where, attempt = parts
+    visit, _, item = where.partition(".")
+    if not (_digits(visit) and _digits(attempt) and (not item or _digits(item))):
         return None
     return run_id, node_id, int(visit), int(attempt)
+
+
+def job_item(value: str) -> int | None:
+    """The item of a map item's ``job_id`` (None: a node's job, or not a job id)."""
+    parts = value.rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    _, _, item = parts[1].partition(".")
+    return int(item) if _digits(item) else None
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def encode_arq_job(payload: JobPayload, enqueue_time_ms: int) -> bytes:

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # Node types the dispatcher executes itself (pure control flow, no worker job).
-CONTROL_TYPES = frozenset({"start", "end", "parallel", "human", "delay"})
+CONTROL_TYPES = frozenset({"start", "end", "parallel", "human", "delay", "map", "subgraph"})
 
 _NODE_ID = re.compile(r"^[^.\s{}|]+$")
 JoinSpec = Literal["all", "any"] | int
@@ -157,6 +157,16 @@ class Node(BaseModel):
     @property
     def is_control(self) -> bool:
         return self.type in CONTROL_TYPES
+
+    @property
+    def job_type(self) -> str | None:
+        """The handler type a worker runs for this node: its own type, a map's inner node
+        type, or None (a control node that no worker runs)."""
+        if self.type == "map" and "node" in self.config:
+            inner = self.config.get("node")
+            kind = inner.get("type") if isinstance(inner, dict) else None
+            return kind if isinstance(kind, str) else None
+        return None if self.is_control else self.type
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -319,6 +329,18 @@ class Graph(BaseModel):
         if self.on_cancel != "cancel":
             data["on_cancel"] = self.on_cancel
         return data
+
+    def subgraph_refs(self) -> list[tuple[str, str, int | None]]:
+        """The graphs this graph runs as child runs, where named statically (not by a
+        template): (node id, graph id, version or None for the latest), in graph order."""
+        refs = []
+        for n in self.nodes:
+            graph = n.config.get("graph") if n.type in ("subgraph", "map") else None
+            if isinstance(graph, str) and graph and "{{" not in graph:
+                version = n.config.get("version")
+                pinned = version if isinstance(version, int) and n.type == "subgraph" else None
+                refs.append((n.id, graph, pinned))
+        return refs
 
     def compensable(self) -> list[str]:
         """The ids of the nodes that declare a compensation, in graph order."""

@@ -53,7 +53,9 @@ class Pauses(MachineBase):
             if self.finished:
                 break
             rec = self.tx.peek(node_id)
-            if rec.status == NodeStatus.HELD:
+            if rec.map is not None and rec.status == NodeStatus.RUNNING:
+                self._map_resume(node_id)
+            elif rec.status == NodeStatus.HELD:
                 self.tx.node(node_id).status = NodeStatus.QUEUED
                 self._enqueue(self.g.node(node_id))
             elif rec.held_timer is not None:

@@ -8,12 +8,13 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graph_core.events import Action, ErrorInfo, HistoryEvent, RunTrace
+from graph_core.events import Action, ErrorInfo, HistoryEvent, ParentRef, RunTrace
 from graph_core.status import ACTIVE_NODE, NodeStatus, RunStatus
 
 __all__ = [
     "JoinState",
     "LoopRecord",
+    "MapState",
     "NodeRecord",
     "RunRecord",
     "StateView",
@@ -40,6 +41,26 @@ class JoinState(BaseModel):
     taken: int = 0  # inputs whose oldest queued signal is "taken"
     fired: bool = False  # the join already fired in the current generation
     trigger: str | None = None  # source of the latest taken arrival: the firing's trigger
+
+
+class MapState(BaseModel):
+    """A map node's visit: counters, and the items in flight (at most ``limit``), so an item
+    costs O(max_concurrency), never O(items). Item inputs and results live in the run's
+    outputs hash, one field each (graph_core.keys.RunKeys.item_field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int  # items in the list
+    limit: int  # max_concurrency
+    tolerated: int  # failed items tolerated (tolerated_failures, resolved for ``total``)
+    next: int = 0  # items started so far: the index of the next item to start
+    done: int = 0  # items completed
+    failed: int = 0  # items failed for good
+    # item index -> its current attempt; negative: a retry timer will start attempt -a
+    running: dict[int, int] = Field(default_factory=dict)
+    lost: dict[int, int] = Field(default_factory=dict)  # item -> attempts lost with a worker
+    held: list[int] = Field(default_factory=list)  # items whose next attempt waits for resume
+    children: dict[int, str] = Field(default_factory=dict)  # a map over a graph: child runs
 
 
 class NodeRecord(BaseModel):
@@ -74,6 +95,8 @@ class NodeRecord(BaseModel):
     comp_tries: int = 0
     # a node timer (retry, delay, wait_timeout) that fell due while the run was paused
     held_timer: str | None = None
+    map: MapState | None = None  # a map node's current visit
+    child: str | None = None  # a subgraph node's child run (of its current attempt)
 
     @property
     def is_active(self) -> bool:
@@ -108,6 +131,8 @@ class RunRecord(BaseModel):
     last_dead_end: str | None = None  # last node whose routing matched no edge
     rev: int = 0  # bumped by every applied transition (optimistic concurrency)
     trace: RunTrace | None = None  # the run's span (tracing = "otel"), for its jobs' spans
+    parent: ParentRef | None = None  # a child run's parent (a subgraph node, a map item)
+    pins: dict[str, int] = Field(default_factory=dict)  # subgraph graph id -> its version
 
     def dump(self) -> bytes:
         # Every field, defaults included: services in other languages read this record.
@@ -145,6 +170,15 @@ class StateView(Protocol):
         """The run's live frontier: node id -> visit. Read only to finish or cancel a run."""
         ...
 
+    def item_input(self, node_id: str, visit: int, item: int) -> Any:
+        """One item of a map visit's list (``MISSING`` if none)."""
+        ...
+
+    def item_results(self, node_id: str, visit: int, total: int) -> list[Any]:
+        """A map visit's item results in item order (``MISSING`` where none), read once
+        when the map completes."""
+        ...
+
 
 @dataclass
 class Transition:
@@ -153,6 +187,11 @@ class Transition:
     run: RunRecord | None = None
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     outputs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    # map items: (node, visit) -> the item list (one field per item), (node, visit, item) ->
+    # an item's result, and the map visits whose item fields are deleted (it completed)
+    item_inputs: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
+    item_outputs: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    items_dropped: dict[tuple[str, int], int] = field(default_factory=dict)
     joins: dict[tuple[str, int], str] = field(default_factory=dict)
     loops: dict[int, LoopRecord] = field(default_factory=dict)
     active_add: dict[str, int] = field(default_factory=dict)

@@ -40,6 +40,9 @@ class Tx:
         self._dirty_nodes: set[str] = set()
         self._outputs: dict[tuple[str, int], Any] = {}
         self._written: set[tuple[str, int]] = set()
+        self._item_inputs: dict[tuple[str, int], list[Any]] = {}
+        self._item_outputs: dict[tuple[str, int, int], Any] = {}
+        self._items_dropped: dict[tuple[str, int], int] = {}
         self._joins: dict[tuple[str, int], str] = {}
         self._dirty_joins: set[tuple[str, int]] = set()
         self._loops: dict[int, LoopRecord] = {}
@@ -99,6 +102,37 @@ class Tx:
         value = self.view.output(node_id, visit)
         self._outputs[key] = value  # cache; only real writes are reported (see result)
         return value
+
+    # --- map items ----------------------------------------------------------------------
+
+    def set_item_inputs(self, node_id: str, visit: int, items: list[Any]) -> None:
+        self._item_inputs[(node_id, visit)] = items
+
+    def item_input(self, node_id: str, visit: int, item: int) -> Any:
+        """Item ``item`` of the visit's list (a map over a graph starts its child with it)."""
+        mine = self._item_inputs.get((node_id, visit))
+        if mine is not None:
+            return mine[item]
+        return self.view.item_input(node_id, visit, item)
+
+    def set_item_output(self, node_id: str, visit: int, item: int, value: Any) -> None:
+        self._item_outputs[(node_id, visit, item)] = value
+
+    def item_results(self, node_id: str, visit: int, total: int) -> list[Any]:
+        """The visit's item results in order, this transition's own writes included."""
+        mine = {
+            i: v for (n, vis, i), v in self._item_outputs.items() if (n, vis) == (node_id, visit)
+        }
+        if len(mine) == total:
+            return [mine[i] for i in range(total)]
+        stored = self.view.item_results(node_id, visit, total)
+        return [mine.get(i, stored[i]) for i in range(total)]
+
+    def drop_items(self, node_id: str, visit: int, total: int) -> None:
+        """Delete the visit's item fields (inputs and results) with this transition."""
+        self._items_dropped[(node_id, visit)] = total
+        for key in [k for k in self._item_outputs if k[:2] == (node_id, visit)]:
+            del self._item_outputs[key]
 
     # DataSource protocol ----------------------------------------------------------------
 
@@ -173,6 +207,9 @@ class Tx:
             run=self._run,
             nodes={nid: self._nodes[nid] for nid in sorted(self._dirty_nodes)},
             outputs={k: self._outputs[k] for k in sorted(self._written)},
+            item_inputs=self._item_inputs,
+            item_outputs=self._item_outputs,
+            items_dropped=self._items_dropped,
             joins={k: self._joins[k] for k in self._dirty_joins},
             loops={k: self._loops[k] for k in self._dirty_loops},
             active_add=self.active_add,

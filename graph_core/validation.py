@@ -27,10 +27,12 @@ from typing import Any
 from graph_core.conditions import Condition
 from graph_core.delays import DELAY_KEYS, delay_due
 from graph_core.errors import GraphValidationError, PathError, Problem
+from graph_core.maps import MAP_KEYS, map_limit, tolerance
 from graph_core.model import CONTROL_TYPES, Edge, Graph, Node
 from graph_core.parsing import ParseReport
 from graph_core.paths import parse_path
 from graph_core.schemas import schema_problem
+from graph_core.subgraphs import SUBGRAPH_KEYS
 from graph_core.topology import Topology, topology
 
 __all__ = ["PROBLEM_CODES", "validate", "validate_graph", "validate_report"]
@@ -49,7 +51,7 @@ PROBLEM_CODES: frozenset[str] = frozenset({
     "bad_path", "unknown_path_node", "nested_otherwise", "multiple_otherwise",
     "ambiguous_unconditional", "ambiguous_default",
     "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation", "bad_delay",
-    "bad_compensation", "bad_schema",
+    "bad_compensation", "bad_schema", "bad_map", "bad_subgraph",
 })
 # fmt: on
 
@@ -415,6 +417,122 @@ def _check_delays(ctx: _Context) -> Iterator[Problem]:
                 yield Problem("bad_delay", f"{where}.{key}", f"delay node {n.id!r}: {e}")
 
 
+def _check_maps(ctx: _Context) -> Iterator[Problem]:
+    """A map's config: ``items`` (a template or a list), ``node: {type, config}`` with a type
+    a worker runs, a valid ``max_concurrency`` and ``tolerated_failures``."""
+    for pos, n in ctx.nodes():
+        if n.type != "map":
+            continue
+        where = f"nodes[{pos}].config"
+        for path, reason in _map_config_problems(n.config):
+            yield Problem("bad_map", f"{where}{path}", f"map node {n.id!r}: {reason}")
+
+
+def _map_config_problems(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    unknown = sorted(set(config) - MAP_KEYS)
+    if unknown:
+        yield (
+            f".{unknown[0]}",
+            f"unknown config key(s) {', '.join(map(repr, unknown))} (a map takes "
+            f"{', '.join(sorted(MAP_KEYS))})",
+        )
+    items = config.get("items")
+    if items is None:
+        yield "", 'no items: give "items": "{{ node.output.list }}" or a list'
+    elif not (_templated(items) or isinstance(items, list)):
+        yield ".items", f"items must be a template or a list, got {_kind(items)}"
+    if "graph" in config and "node" in config:
+        yield "", "a map runs a node or a graph, not both"
+    elif "graph" in config:
+        graph = config["graph"]
+        if not isinstance(graph, str) or not graph.strip():
+            yield ".graph", f"graph must be a graph id, got {graph!r}"
+    inner = config.get("node")
+    if inner is None:
+        if "graph" not in config:
+            yield "", 'no node: give "node": {"type": ..., "config": {...}} or "graph": ID'
+    elif not isinstance(inner, dict):
+        yield ".node", f"node must be an object {{type, config}}, got {_kind(inner)}"
+    else:
+        yield from _inner_node_problems(inner)
+    for key, check in (
+        ("max_concurrency", map_limit),
+        ("tolerated_failures", lambda v: tolerance(v, 100)),
+    ):
+        if key in config:
+            try:
+                check(config[key])
+            except ValueError as e:
+                yield f".{key}", str(e)
+
+
+def _inner_node_problems(inner: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    kind = inner.get("type")
+    extra = sorted(set(inner) - {"type", "config"})
+    if extra:
+        yield f".node.{extra[0]}", f"the inner node takes type and config, not {extra[0]!r}"
+    if not isinstance(kind, str) or not kind.strip():
+        yield ".node.type", f"the inner node needs a type, got {kind!r}"
+    elif kind in CONTROL_TYPES:
+        yield (
+            ".node.type",
+            f"the inner node is a {kind!r} node: items run on workers (use a type a handler "
+            "is registered for)",
+        )
+    if not isinstance(inner.get("config", {}), dict):
+        yield ".node.config", "the inner node's config must be an object"
+
+
+def _check_subgraphs(ctx: _Context) -> Iterator[Problem]:
+    """A subgraph's config: ``graph`` (a graph id, or a template), an optional ``version``
+    (a whole number >= 1), ``input`` and ``output``; a graph that names itself statically
+    (as a subgraph or a map's graph) would include itself without end. Graphs that include
+    each other, and graphs not registered, are checked when the graph is registered."""
+    for pos, n in ctx.nodes():
+        if n.type not in ("subgraph", "map"):
+            continue
+        where = f"nodes[{pos}].config"
+        graph = n.config.get("graph")
+        if n.type == "subgraph":
+            unknown = sorted(set(n.config) - SUBGRAPH_KEYS)
+            if unknown:
+                yield Problem(
+                    "bad_subgraph",
+                    f"{where}.{unknown[0]}",
+                    f"subgraph node {n.id!r}: unknown config key(s) "
+                    f"{', '.join(map(repr, unknown))} (a subgraph takes "
+                    f"{', '.join(sorted(SUBGRAPH_KEYS))})",
+                )
+            if not isinstance(graph, str) or not graph.strip():
+                yield Problem(
+                    "bad_subgraph",
+                    f"{where}.graph",
+                    f'subgraph node {n.id!r}: give the graph to run, "graph": "<graph id>" '
+                    f"(got {graph!r})",
+                )
+                continue
+            version = n.config.get("version")
+            if version is not None and (
+                isinstance(version, bool) or not isinstance(version, int) or version < 1
+            ):
+                yield Problem(
+                    "bad_subgraph",
+                    f"{where}.version",
+                    f"subgraph node {n.id!r}: version must be a whole number >= 1, got {version!r}",
+                )
+        if graph == ctx.graph.id:
+            yield Problem(
+                "bad_subgraph",
+                f"{where}.graph",
+                f"{n.type} node {n.id!r} runs graph {graph!r}, which is this graph: it would "
+                "include itself without end",
+            )
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _check_compensations(ctx: _Context) -> Iterator[Problem]:
     """Only nodes a worker runs can be undone (start, end, parallel, human and delay have no
     effect of their own to undo)."""
@@ -616,6 +734,8 @@ _CHECKS = (
     _check_parents,
     _check_parallel_nodes,
     _check_delays,
+    _check_maps,
+    _check_subgraphs,
     _check_compensations,
     _check_schemas,
     _check_conditions,

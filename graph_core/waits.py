@@ -31,6 +31,8 @@ class Waits(MachineBase):
     def _reported(self, ev: NodeReported) -> str | None:
         if not self.g.has_node(ev.node_id):
             return f"unknown node {ev.node_id!r}"
+        if ev.item is not None:
+            return self._map_reported(ev)
         rec = self.tx.peek(ev.node_id)
         if (rec.visits, rec.attempt) != (ev.visit, ev.attempt):
             return (
@@ -53,6 +55,8 @@ class Waits(MachineBase):
     def _lease_expired(self, ev: LeaseExpired) -> str | None:
         if not self.g.has_node(ev.node_id):
             return f"lease of unknown node {ev.node_id!r}"
+        if ev.item is not None:
+            return self._map_lease_expired(ev)
         rec = self.tx.peek(ev.node_id)
         if (rec.visits, rec.attempt) == (ev.visit, ev.attempt) and (
             rec.status == NodeStatus.COMPENSATING
@@ -123,6 +127,14 @@ class Waits(MachineBase):
                     )
                 )
             return
+        self._give_up(node_id, error)
+
+    def _give_up(self, node_id: str, error: ErrorInfo) -> None:
+        """The node fails for good: its run fails (or its parallel node hears of it)."""
+        node = self.g.node(node_id)
+        rec = self.tx.node(node_id)
+        if rec.map is not None:
+            self._map_stop(node_id)
         rec.status = NodeStatus.FAILED
         rec.error = error
         rec.finished_at = self.tx.now
@@ -207,6 +219,8 @@ class Waits(MachineBase):
             return self._compensation_timer(ev)
         if self.tx.run.status == RunStatus.COMPENSATING:
             return f"the run is compensating: {ev.timer} timer ignored"
+        if ev.item is not None:  # a map item's retry (held by the map itself when paused)
+            return self._map_timer(ev)
         if self.tx.run.status == RunStatus.PAUSED:
             return self._hold_timer(ev)
         if ev.timer == "run_timeout":

@@ -26,7 +26,7 @@ from dispatcher.subscription import EventStream
 from dispatcher.views import RunView
 from graph_core import clock
 from graph_core.errors import RelaygraphError
-from graph_core.model import CONTROL_TYPES, Graph
+from graph_core.model import Graph
 from relaygraph.cli_answers import AnswerAction, Answers, NoAnswer, ask, parse_answers
 from relaygraph.cli_common import (
     EXIT_FAILED,
@@ -234,7 +234,7 @@ def _quiet_nodes(graph: Graph) -> frozenset[str]:
 
 
 def _queues(graph: Graph) -> list[str]:
-    used = {n.queue or "default" for n in graph.nodes if n.type not in CONTROL_TYPES}
+    used = {n.queue or "default" for n in graph.nodes if n.job_type is not None}
     return sorted(used) or ["default"]
 
 
@@ -242,8 +242,9 @@ def _check_handlers(graph: Graph, workers: list[WorkerInfo], handlers: str) -> N
     served = {t for w in workers for t in w.types}
     missing: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.type not in CONTROL_TYPES and node.type not in served:
-            missing.setdefault(node.type, []).append(node.id)
+        kind = node.job_type
+        if kind is not None and kind not in served:
+            missing.setdefault(kind, []).append(node.id)
     if missing:
         what = "; ".join(f"{t!r} (node {', '.join(ids)})" for t, ids in sorted(missing.items()))
         raise _Exit(

@@ -53,6 +53,7 @@ from graph_core.messages import (
     JobPayload,
     decode_arq_job,
     encode_inbox,
+    job_item,
     parse_job_payload,
 )
 from graph_core.redis_url import RedisUrlError, parse_redis_url
@@ -113,16 +114,28 @@ class _WorkerState:
     def lease_member(self, job: JobPayload) -> tuple[bytes, float | None]:
         """The attempt's lease (the ``LeaseExpired`` message the dispatcher acts on if it
         lapses) and its deadline (``timeout_s`` from now)."""
-        return _lease_member(job.run_id, job.node_id, job.visit, job.attempt, job.timeout_s)
+        return _lease_member(
+            job.run_id, job.node_id, job.visit, job.attempt, job.timeout_s, job.item
+        )
 
 
 def _lease_member(
-    run_id: str, node_id: str, visit: int, attempt: int, timeout_s: float | None
+    run_id: str,
+    node_id: str,
+    visit: int,
+    attempt: int,
+    timeout_s: float | None,
+    item: int | None = None,
 ) -> tuple[bytes, float | None]:
     deadline = time.time() + timeout_s if timeout_s else None
     member = encode_inbox(
         LeaseExpired(
-            run_id=run_id, node_id=node_id, visit=visit, attempt=attempt, deadline=deadline
+            run_id=run_id,
+            node_id=node_id,
+            visit=visit,
+            attempt=attempt,
+            deadline=deadline,
+            item=item,
         )
     )
     return member, deadline
@@ -140,8 +153,8 @@ def _planner(
     ) -> ClaimPlan | None:
         graph = graphs.get(*graph_ref)
         run_id, node_id, visit, attempt = parts
-        if graph is None or not graph.has_node(node_id):
-            return None
+        if graph is None or not graph.has_node(node_id) or job_item(job_id) is not None:
+            return None  # a map item's job leases and reads for itself
         node = graph.node(node_id)
         member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s)
         return ClaimPlan(

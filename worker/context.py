@@ -179,7 +179,8 @@ class NodeContext:
     (1-based), ``idempotency_key`` (stable across the attempts of one visit: key side
     effects on it), ``graph_id``/``graph_version`` and ``logger``. In a compensation (a
     saga step undoing a node: ``compensating`` is True), ``original_output`` is the output of
-    the node being undone.
+    the node being undone. In a ``map`` node's item, ``item`` is the item and ``index`` its
+    position in the list (``index`` is None outside a map).
     """
 
     __slots__ = (
@@ -190,7 +191,9 @@ class NodeContext:
         "graph_id",
         "graph_version",
         "idempotency_key",
+        "index",
         "input",
+        "item",
         "logger",
         "node",
         "original_output",
@@ -214,8 +217,12 @@ class NodeContext:
         logger: logging.Logger | None = None,
         compensating: bool = False,
         original_output: Any = None,
+        item: Any = None,
+        index: int | None = None,
     ) -> None:
         self.run_id = run_id
+        self.item = item
+        self.index = index
         self.compensating = compensating
         self.original_output = original_output
         self.node = node

@@ -345,6 +345,14 @@ def _fence(run: RunRecord | None, rec: NodeRecord | None, payload: JobPayload) -
         )
     if rec is None:
         return f"{where}: the run has no record of this node"
+    if payload.item is not None:  # a map item: the map's visit runs it at this attempt
+        m = rec.map
+        current = m.running.get(payload.item) if m is not None else None
+        if rec.visits != payload.visit or current != payload.attempt:
+            return f"{where} item {payload.item} is stale (the map moved on)"
+        if m is not None and payload.item in m.held:
+            return f"{where} item {payload.item} is held (the run is paused)"
+        return None if rec.status == NodeStatus.RUNNING else f"{where}: the map is {rec.status}"
     if (rec.visits, rec.attempt) != (payload.visit, payload.attempt):
         return f"{where} is stale: the node is at visit {rec.visits} attempt {rec.attempt}"
     if rec.status not in _RUNNABLE:
@@ -672,6 +680,8 @@ async def _execute(
     node = graph.node(payload.node_id)
     if payload.compensate:
         return await _compensate(loaded, graph, node, registry, delivery, max_deliveries, span)
+    if payload.item is not None:
+        return await _map_item(loaded, graph, node, registry, delivery, max_deliveries, span)
     spec = registry.spec(node.type)
     job = _Job(
         loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
@@ -719,6 +729,43 @@ async def _compensate(
     )  # fmt: skip
 
 
+async def _map_item(
+    loaded: _Loaded,
+    graph: Graph,
+    node: Node,
+    registry: HandlerRegistry,
+    delivery: int,
+    max_deliveries: int,
+    span: NodeAttempt | None,
+) -> _Outcome:
+    """One item of a ``map`` node: the map's inner node (``config.node``) on the item, read
+    from the run's outputs hash (``ctx.item``, ``ctx.index``), under the map node's id."""
+    payload = loaded.payload
+    item = payload.item if payload.item is not None else 0
+    inner = node.config.get("node")
+    if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+        missing = LookupError(f"map node {node.id!r} names no inner node type")
+        return _failed(WorkerError(node.id, missing), node.id, retryable=False)
+    one = node.model_copy(
+        update={"type": inner["type"], "config": inner.get("config") or {}, "compensate": None}
+    )
+    raw = await loaded.redis.hget(
+        loaded.rk.outputs, RunKeys.item_field(node.id, payload.visit, item, "in")
+    )
+    if raw is None:  # the map ended meanwhile (its item fields are deleted then)
+        gone = LookupError(f"item {item} of map {node.id!r} visit {payload.visit} is gone")
+        return _failed(WorkerError(node.id, gone), node.id, retryable=False)
+    spec = registry.spec(one.type)
+    job = _Job(
+        loaded.redis, loaded.rk, payload, graph, one, loaded.run, loaded.records, loaded.outputs
+    )
+    plan = plan_reads(graph, one, spec)
+    return await _prepare_and_run(
+        job, registry, spec, plan, delivery, max_deliveries, span,
+        item=(orjson.loads(raw), item),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     """What one job has loaded so far."""
@@ -742,8 +789,10 @@ async def _prepare_and_run(
     max_deliveries: int,
     span: NodeAttempt | None,
     original: Any = None,
+    item: tuple[Any, int] | None = None,
 ) -> _Outcome:
-    """``original``: for a compensation, the output of the node it undoes."""
+    """``original``: for a compensation, the output of the node it undoes; ``item``: for a
+    map item, the item and its index."""
     node, payload = job.node, job.payload
     if spec is None:
         queue = node.queue or DEFAULT_QUEUE
@@ -771,6 +820,8 @@ async def _prepare_and_run(
         graph_version=job.graph.version,
         compensating=bool(payload.compensate),
         original_output=original,
+        item=item[0] if item is not None else None,
+        index=item[1] if item is not None else None,
     )
     if node.input_schema is not None:
         wrong = violation(node.input_schema, config)
@@ -801,6 +852,7 @@ def _report(
         output=outcome.output,
         error=outcome.error,
         worker=worker_id,
+        item=payload.item,
     )
     data = encode_inbox(report)
     if len(data) <= max_bytes:
