@@ -459,9 +459,10 @@ class WorkflowClient:
         outputs = await self.store.outputs_at(run_id, output_visits(events))
         return history_steps(events, outputs, run.input)
 
-    def subscribe(self, run_id: str | None = None) -> EventStream:
-        """An ``EventStream`` of live events (of ``run_id`` only, when given)."""
-        return EventStream(self.redis, self.keys.events_channel, run_id)
+    def subscribe(self, run_id: str | None = None, *, children: bool = False) -> EventStream:
+        """An ``EventStream`` of live events (of ``run_id`` only, when given; with
+        ``children``, of its child runs too)."""
+        return EventStream(self.redis, self.keys.events_channel, run_id, children)
 
     async def events(self, run_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Live events as they are published (of ``run_id`` only, when given), for ever.

@@ -28,11 +28,17 @@ class EventStream:
                 ...
     """
 
-    def __init__(self, redis: Any, channel: str, run_id: str | None = None) -> None:
+    def __init__(
+        self, redis: Any, channel: str, run_id: str | None = None, children: bool = False
+    ) -> None:
+        """``children``: with ``run_id``, also the events of its child runs (subgraph nodes'
+        and map items' over a graph, at any depth), followed from their start."""
         # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
         self._redis = redis
         self._channel = channel
         self.run_id = run_id
+        self._children = children
+        self.runs: set[str] = {run_id} if run_id is not None else set()
         self._pubsub: Any = None
 
     async def open(self) -> Self:
@@ -73,7 +79,11 @@ class EventStream:
             )
             if msg is not None and msg.get("type") == "message":
                 event = _parse(msg["data"])
-                if event is not None and (self.run_id is None or event["run_id"] == self.run_id):
+                if event is not None and (self.run_id is None or event["run_id"] in self.runs):
+                    if self._children and event.get("type") == "subgraph.started":
+                        child = (event.get("data") or {}).get("child_run_id")
+                        if isinstance(child, str):
+                            self.runs.add(child)
                     return event
             if deadline is not None:
                 loop_timeout = deadline - time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ __all__ = ["AnswerAction", "Answers", "Decision", "NoAnswer", "Verdict", "ask", 
 
 Verdict = Literal["approve", "reject"]
 Decision = tuple[Verdict, dict[str, Any]]
-_NOT_ANSWERABLE = frozenset({"start", "end", "parallel"})
+_NOT_ANSWERABLE = frozenset({"start", "end", "parallel", "map", "subgraph", "delay"})
 
 
 class AnswerAction(argparse.Action):
@@ -36,19 +37,28 @@ class AnswerAction(argparse.Action):
         setattr(namespace, self.dest, answers)
 
 
-def parse_answers(raw: list[tuple[str, str]], graph: Graph) -> dict[str, list[Decision]]:
-    """``--approve``/``--reject`` values per node, in order; UsageError for a bad one."""
+def parse_answers(
+    raw: list[tuple[str, str]], graph: Graph, children: Sequence[Graph] = ()
+) -> dict[str, list[Decision]]:
+    """``--approve``/``--reject`` values per node (of ``graph``, or of the graphs its child
+    runs run), in order; UsageError for a bad one."""
     planned: dict[str, list[Decision]] = {}
+    graphs = [graph, *children]
     for decision, value in raw:
         node_id, sep, text = value.partition("=")
         flag = f"--{decision} {value}"
-        if not graph.has_node(node_id):
-            known = ", ".join(n.id for n in graph.nodes if n.type not in _NOT_ANSWERABLE)
+        owner = next((g for g in graphs if g.has_node(node_id)), None)
+        if owner is None:
+            known = ", ".join(
+                dict.fromkeys(
+                    n.id for g in graphs for n in g.nodes if n.type not in _NOT_ANSWERABLE
+                )
+            )
             raise UsageError(
                 f"{flag}: graph {graph.id!r} has no node {node_id!r} (nodes that can wait: {known})"
             )
-        if graph.node(node_id).type in _NOT_ANSWERABLE:
-            raise UsageError(f"{flag}: node {node_id!r} is a {graph.node(node_id).type} node")
+        if owner.node(node_id).type in _NOT_ANSWERABLE:
+            raise UsageError(f"{flag}: node {node_id!r} is a {owner.node(node_id).type} node")
         data = parse_json_object(text, f"--{decision} {node_id}=") if sep else None
         verdict: Verdict = "reject" if decision == "reject" else "approve"
         planned.setdefault(node_id, []).append((verdict, data or {}))

@@ -165,6 +165,19 @@ def _plain_line(
         return f"{s.retry} {node} compensating (undoing visit {visit})"
     if kind == "node.compensated":
         return f"{s.done} {node} compensated"
+    if kind == "map.started":
+        limit = data.get("max_concurrency")
+        return f"{s.waiting} {node} mapping {data.get('items')} item(s), {limit} at a time"
+    if kind == "map.finished":
+        failed = data.get("failed") or 0
+        return f"{s.done} {node} mapped: {data.get('done')} done" + (
+            f", {failed} failed (tolerated)" if failed else ""
+        )
+    if kind == "map.item_failed":
+        return f"{s.failed} {node} item {data.get('item')} failed: {err.get('message', '')}"
+    if kind == "subgraph.started" and data.get("item") is None:
+        child, graph = data.get("child_run_id"), data.get("graph_id")
+        return f"{s.waiting} {node} started child run {child} ({graph})"
     if kind == "node.compensation_failed":
         return f"{s.failed} {node} compensation failed: {err.get('message', '')}"
     return None

@@ -69,6 +69,14 @@ def add_run_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> None
     )
     p.add_argument("graph", metavar="GRAPH.json")
     p.add_argument(
+        "--graph",
+        dest="graphs",
+        action="append",
+        default=[],
+        metavar="CHILD.json",
+        help="also register this graph, run by subgraph nodes or maps (repeatable)",
+    )
+    p.add_argument(
         "--handlers",
         required=True,
         metavar="MODULE[:ATTR]",
@@ -146,20 +154,22 @@ class _StopSignal:
 
 def _cmd_run(args: argparse.Namespace, stop: _StopSignal) -> int:
     graph = load_graph(args.graph)  # invalid graph: exit 2 with every problem
+    children = [load_graph(path) for path in args.graphs]
     payload = parse_json(args.input, "--input")
-    answers = Answers(parse_answers(args.answers, graph), interactive=sys.stdin.isatty())
+    answers = Answers(parse_answers(args.answers, graph, children), interactive=sys.stdin.isatty())
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     settings = settings_from(args, DispatcherSettings)
-    return asyncio.run(_run(args, settings, graph, payload, answers, stop))
+    return asyncio.run(_run(args, settings, graph, children, payload, answers, stop))
 
 
 async def _run(
     args: argparse.Namespace,
     settings: DispatcherSettings,
     graph: Graph,
+    children: list[Graph],
     payload: Any,
     answers: Answers,
     stop: _StopSignal,
@@ -176,7 +186,7 @@ async def _run(
             where = f"embedded server {server.url}"
         redis = await stack.enter_async_context(redis_connection(settings.redis_url or ""))
         dispatcher = await stack.enter_async_context(dispatcher_task(redis, settings))
-        queues = _queues(graph)
+        queues = _queues([graph, *children])
         pool = await stack.enter_async_context(
             worker_pool(args, settings, queues, capture=not args.verbose, grace_s=STOP_GRACE_S)
         )
@@ -189,7 +199,8 @@ async def _run(
         except WorkerStartError as e:
             code = EXIT_USAGE if e.returncode == EXIT_USAGE else EXIT_FAILED
             raise _Exit(code, f"a worker failed to start: {e}") from e
-        _check_handlers(graph, workers, args.handlers)
+        for g in (graph, *children):
+            _check_handlers(g, workers, args.handlers)
 
         client = WorkflowClient(
             redis,
@@ -197,9 +208,10 @@ async def _run(
             max_message_bytes=settings.max_message_bytes,
             retention_s=settings.retention_s,
         )
-        await client.register_graph(graph)
+        await _register(client, [*children, graph])
         run_id = clock.new_run_id()
-        async with client.subscribe(run_id) as stream:  # before submitting: miss nothing
+        # before submitting: miss nothing (child runs' events too, to answer their waits)
+        async with client.subscribe(run_id, children=bool(children)) as stream:
             await client.submit(graph.id, payload, version=graph.version, run_id=run_id)
             say.line(f"run {run_id} started")
             health = _Health(pool, dispatcher, stop)
@@ -233,8 +245,22 @@ def _quiet_nodes(graph: Graph) -> frozenset[str]:
     return frozenset(n.id for n in graph.nodes if n.type in ("start", "end"))
 
 
-def _queues(graph: Graph) -> list[str]:
-    used = {n.queue or "default" for n in graph.nodes if n.job_type is not None}
+async def _register(client: WorkflowClient, graphs: list[Graph]) -> None:
+    """Register the graphs, each after the graphs it runs as children (in the order given
+    where they do not depend on each other)."""
+    left = list(graphs)
+    done: set[str] = set()
+    while left:
+        ids = {g.id for g in left}
+        ready = [g for g in left if not any(r in ids - {g.id} for _, r, _ in g.subgraph_refs())]
+        for g in ready or left[:1]:  # a cycle: registering says what is wrong
+            await client.register_graph(g)
+            done.add(g.id)
+        left = [g for g in left if g.id not in done]
+
+
+def _queues(graphs: list[Graph]) -> list[str]:
+    used = {n.queue or "default" for g in graphs for n in g.nodes if n.job_type is not None}
     return sorted(used) or ["default"]
 
 
@@ -289,9 +315,13 @@ async def _follow(
         remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
         event = await stream.get(timeout=max(remaining, 0.0)) if remaining > 0 else None
         if event is not None:
-            say.event(event)
+            in_child = event.get("run_id") != run_id
+            if not in_child:
+                say.event(event)
+            elif event.get("type") in _CHILD_LINES:
+                say.event({**event, "node_id": f"{event['node_id']} (child run {event['run_id']})"})
             if event.get("type") == "node.waiting":
-                data = event.get("data") or {}
+                data = {**(event.get("data") or {}), "run_id": event.get("run_id")}
                 await _answer(client, run_id, answers, say, event["node_id"], data)
         if event is None or str(event.get("type", "")).startswith("run."):
             # Also the fallback when pub/sub dropped something: re-read the stored run.
@@ -301,7 +331,7 @@ async def _follow(
             if view.terminal:
                 return view
             for wait in view.waiting:
-                wait_data = {"token": wait.token, "prompt": wait.prompt}
+                wait_data = {"token": wait.token, "prompt": wait.prompt, "run_id": wait.run_id}
                 await _answer(client, run_id, answers, say, wait.node_id, wait_data)
         health.check()
         if deadline is not None and time.monotonic() >= deadline:
@@ -309,6 +339,9 @@ async def _follow(
             view = await client.get_run(run_id)
             status = view.status.value if view is not None else "unknown"
             raise _Exit(EXIT_FAILED, f"run {run_id} did not finish within {timeout:g}s ({status})")
+
+
+_CHILD_LINES = frozenset({"node.waiting", "node.approved", "node.rejected", "node.failed"})
 
 
 async def _answer(
@@ -331,7 +364,8 @@ async def _answer(
         raise _Exit(EXIT_FAILED, str(NoAnswer(node_id, wait.get("prompt"))))
     verdict, data = decision
     say.line(f"  → {verdict} {node_id}" + (f" with {compact(data)}" if data else ""))
-    await client.decide(run_id, node_id, verdict, data, actor=actor, token=token)
+    where = wait.get("run_id") or run_id  # a child run's wait is decided in that run
+    await client.decide(where, node_id, verdict, data, actor=actor, token=token)
 
 
 def _whoami() -> str:

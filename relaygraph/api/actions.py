@@ -112,8 +112,13 @@ def _shown(view: RunView, paths: Any) -> list[tuple[str, Any]]:
 
 
 def decisions_of(who: Principal, view: RunView, graph: Graph) -> list[Decision]:
-    """The run's waiting nodes, for ``who``."""
-    return [_decision(who, view, graph, w) for w in view.waiting if graph.has_node(w.node_id)]
+    """The run's own waiting nodes, for ``who`` (a child run's waits are decided on its own
+    page and in the inbox, with its graph's approvers)."""
+    return [
+        _decision(who, view, graph, w)
+        for w in view.waiting
+        if w.run_id is None and graph.has_node(w.node_id)
+    ]
 
 
 async def waiting_decisions(ctx: ApiContext, who: Principal) -> list[Decision]:
@@ -182,13 +187,29 @@ async def decide(
     if view.terminal:
         raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
     graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
-    if not graph.has_node(node_id):
+    waits = [w for w in view.waiting if w.node_id == node_id]
+    wait = next((w for w in waits if w.run_id is None), None)
+    where = run_id
+    if wait is None and waits:  # it waits in a child run: decided there, by its approvers
+        if len(waits) > 1:
+            runs = ", ".join(str(w.run_id) for w in waits[:5])
+            raise Problem(
+                409,
+                "node-not-waiting",
+                f"node {node_id!r} waits in {len(waits)} child runs of run {run_id!r} "
+                f"({runs}{', ...' if len(waits) > 5 else ''}): decide through the child run's id",
+            )
+        wait = waits[0]
+        where = wait.run_id or run_id
+        child = await ctx.client.get_run(where)
+        if child is not None:
+            graph = await ctx.client.get_graph(child.graph_id, child.graph_version)
+    if wait is None and not graph.has_node(node_id):
         raise Problem(
             404,
             "node-not-found",
             f"graph {view.graph_id!r} v{view.graph_version} has no node {node_id!r}",
         )
-    wait = next((w for w in view.waiting if w.node_id == node_id), None)
     if wait is None:
         status = view.nodes[node_id].status.value if node_id in view.nodes else "unknown"
         raise Problem(
@@ -205,9 +226,9 @@ async def decide(
             f"({', '.join(approvers) or 'none'})",
         )
     await ctx.client.decide(
-        run_id, node_id, decision, data, actor=who.name, token=wait.token, comment=comment
+        where, node_id, decision, data, actor=who.name, token=wait.token, comment=comment
     )
     ctx.metrics.decisions.labels(decision).inc()
     return Accepted(
-        run_id=run_id, node_id=node_id, visit=wait.visit, decision=decision, actor=who.name
+        run_id=where, node_id=node_id, visit=wait.visit, decision=decision, actor=who.name
     )

@@ -91,6 +91,7 @@ class PublicWait(BaseModel):
     prompt: Any = None
     since: float
     visit: int
+    run_id: str | None = None  # the child run where it waits (None: this run)
 
 
 class PublicRunView(RunView):
@@ -129,7 +130,8 @@ class DecisionBody(_Body):
 
 
 class Accepted(BaseModel):
-    """A decision was sent; its outcome shows in the run's events and status."""
+    """A decision was sent; its outcome shows in the run's events and status. ``run_id`` is
+    the run it went to: a child run's when the node waits there."""
 
     run_id: str
     node_id: str

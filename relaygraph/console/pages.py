@@ -124,6 +124,7 @@ async def run_page(request: Request, ctx: Ctx, run_id: str, fragment: bool = Fal
             svg=graph_svg(graph, statuses),
             steps=steps,
             waits=waits,
+            child_waits=[w for w in view.waiting if w.run_id is not None],
             types={n.id: n.type for n in graph.nodes},
         )
 

@@ -671,3 +671,37 @@ async def test_an_output_schema_violation_fails_the_node_naming_the_path(
     bad["nodes"][1]["output_schema"] = {"type": "nope"}
     problems = problem(await api.post("/v1/graphs", json=bad, headers=admin), 422, "invalid-graph")
     assert problems["problems"][0]["path"] == "nodes[1].output_schema"
+
+
+@pytest.mark.usefixtures("engine")
+async def test_a_child_runs_wait_is_listed_and_decided_through_the_parent(
+    api: httpx.AsyncClient,
+) -> None:
+    """A subgraph's child waits at gated's review: the parent's view lists it with the
+    child's run id, and deciding through the parent's id goes to the child, checked
+    against the child graph's approvers."""
+    parent = Graph(id="wrapper").add_nodes(
+        Node("start", type="start"),
+        Node("inner", type="subgraph", config={"graph": "gated", "input": {"what": "v3"}}),
+        Node("end", type="end"),
+    )
+    doc = parent.connect("start", "inner", "end").validate_graph().to_dict()
+    assert (await api.post("/v1/graphs", json=doc, headers=as_key("admin"))).status_code == 201
+    r = await api.post("/v1/runs", json={"graph_id": "wrapper"}, headers=as_key("submitter"))
+    run_id = r.json()["run_id"]
+    waiting = await until(api, run_id, "waiting")
+    (wait,) = waiting["waiting"]
+    child = wait["run_id"]
+    assert wait["node_id"] == "review" and child and child != run_id
+    assert waiting["status"] == "running"  # the parent itself waits for no one
+    url = f"/v1/runs/{run_id}/nodes/review/approve"
+    denied = await api.post(url, headers=as_key("bob"))
+    assert "not among node 'review'" in problem(denied, 403, "not-an-approver")["detail"]
+    ok = await api.post(url, headers=as_key("alice"))
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["run_id"] == child
+    done = await until(api, run_id, "completed")
+    assert done["output"] == {"text": ""}
+    child_doc = await run_status(api, child)
+    assert child_doc["status"] == "completed"
+    assert child_doc["nodes"]["review"]["output"]["actor"] == "alice"
