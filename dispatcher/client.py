@@ -37,6 +37,7 @@ from graph_core.events import (
     ApprovalReceived,
     CancelRequested,
     PauseRequested,
+    RerunRequested,
     ResumeRequested,
     RetryRequested,
 )
@@ -51,6 +52,7 @@ from graph_core.messages import (
     encode_inbox,
 )
 from graph_core.model import Graph
+from graph_core.paths import MISSING
 from graph_core.settings import BaseSettings
 from graph_core.state import RunRecord
 from graph_core.status import TERMINAL_RUN, RunStatus
@@ -69,6 +71,7 @@ __all__ = [
 
 GraphSource = Graph | dict[str, Any] | str | os.PathLike[str]
 POLL_INTERVAL_S = 1.0
+RERUNNABLE = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 PAUSABLE = frozenset(
     {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING}
 )  # wait(): re-read the run this often even without events
@@ -418,6 +421,34 @@ class WorkflowClient:
         await self._expect(run_id, "retry", {RunStatus.FAILED}, "only a failed run is retried")
         request = RetryRequested(run_id=run_id, actor=actor)
         await self.redis.xadd(self.keys.inbox, {"m": self._message("retry", request)})
+
+    async def rerun(
+        self,
+        run_id: str,
+        from_node: str,
+        input: Any = MISSING,
+        actor: str | None = None,
+    ) -> None:
+        """Run a completed, failed or cancelled run again from ``from_node``: that node and
+        everything downstream of it start afresh, everything upstream is kept; ``input``
+        (when given) replaces the run's input. ``RunStateError`` for a run still going,
+        ``InputError`` for a node its graph does not have."""
+        await self._expect(run_id, "rerun", RERUNNABLE, "only a finished run can be re-run")
+        run = await self.store.get_run(run_id)
+        if run is not None:
+            graph = await self.store.graph(run.graph_id, run.graph_version)
+            if not graph.has_node(from_node):
+                raise InputError(
+                    "from_node", f"graph {graph.id!r} v{graph.version} has no node {from_node!r}"
+                )
+        request = RerunRequested(
+            run_id=run_id,
+            from_node=from_node,
+            input=None if input is MISSING else _json_value("input", input),
+            new_input=input is not MISSING,
+            actor=actor,
+        )
+        await self.redis.xadd(self.keys.inbox, {"m": self._message("rerun", request)})
 
     async def _expect(
         self, run_id: str, operation: str, statuses: Collection[RunStatus], allowed: str

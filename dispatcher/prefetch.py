@@ -10,6 +10,7 @@ from graph_core.events import (
     ApprovalReceived,
     Event,
     NodeReported,
+    RerunRequested,
     RetryRequested,
     RunSubmitted,
 )
@@ -40,7 +41,7 @@ def neighbourhood(graph: Graph, event: Event) -> Prefetch:
     event's node and the targets are in, and of the loops an edge leaves. O(the node's edges
     and small joins), never O(the run)."""
     topo = topology(graph)
-    if isinstance(event, RetryRequested):  # looks at every node once: one load, not N
+    if isinstance(event, RetryRequested | RerunRequested):  # every node once: one load, not N
         return Prefetch([n.id for n in graph.nodes], [], [])
     if isinstance(event, RunSubmitted):
         first = topo.start

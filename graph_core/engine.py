@@ -39,6 +39,7 @@ from graph_core.events import (
     LeaseExpired,
     NodeReported,
     PauseRequested,
+    RerunRequested,
     ResumeRequested,
     RetryRequested,
     RunSubmitted,
@@ -88,7 +89,9 @@ class _Machine(Flow, Joins, Parallel, Maps, Subgraphs, Waits, Sagas, Pauses, Ret
             run = self.tx.maybe_run()
             if run is None:
                 return Transition(ignored=f"unknown run {event.run_id!r}")
-            if run.status in TERMINAL_RUN and not isinstance(event, RetryRequested):
+            if run.status in TERMINAL_RUN and not isinstance(
+                event, RetryRequested | RerunRequested
+            ):
                 return Transition(ignored=f"run {run.run_id!r} is already {run.status.value}")
             reason = self._dispatch(event)
         if reason is not None:
@@ -114,6 +117,8 @@ class _Machine(Flow, Joins, Parallel, Maps, Subgraphs, Waits, Sagas, Pauses, Ret
             return self._pause(event)
         if isinstance(event, RetryRequested):
             return self._retry(event)
+        if isinstance(event, RerunRequested):
+            return self._rerun(event)
         if isinstance(event, ResumeRequested):
             return self._resume(event)
         if isinstance(event, ChildFinished):

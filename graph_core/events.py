@@ -38,6 +38,7 @@ __all__ = [
     "PauseRequested",
     "ReleaseWait",
     "ReopenRun",
+    "RerunRequested",
     "ResumeRequested",
     "RetryRequested",
     "RunSubmitted",
@@ -205,6 +206,19 @@ class ChildFinished(_Msg):
     error: ErrorInfo | None = None
 
 
+class RerunRequested(_Msg):
+    """Run a finished run again from ``from_node``: that node and everything downstream of
+    it start afresh, what lies upstream is kept. ``input`` replaces the run's input when
+    ``new_input`` is set."""
+
+    kind: Literal["rerun"] = "rerun"
+    run_id: str
+    from_node: str
+    input: Any = None
+    new_input: bool = False
+    actor: str | None = None
+
+
 class LeaseExpired(_Msg):
     """A running attempt's lease lapsed: its worker died, hung, or ran past its deadline.
 
@@ -239,6 +253,7 @@ Event = Annotated[
     | PauseRequested
     | ResumeRequested
     | RetryRequested
+    | RerunRequested
     | LeaseExpired
     | FailRequested
     | ChildFinished,

@@ -46,7 +46,7 @@ class Flow(MachineBase):
             rec.backlog += 1
             self._tokens(node_id, +1, parked=True)
             return
-        if node.max_visits is not None and rec.visits >= node.max_visits:
+        if node.max_visits is not None and rec.visits - rec.base_visits >= node.max_visits:
             self._fail(
                 ErrorInfo(
                     type="MaxVisitsExceeded",

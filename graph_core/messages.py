@@ -29,6 +29,7 @@ from graph_core.events import (
     NodeReported,
     ParentRef,
     PauseRequested,
+    RerunRequested,
     ResumeRequested,
     RetryRequested,
     TimerFired,
@@ -98,6 +99,7 @@ InboxMessage = Annotated[
     | PauseRequested
     | ResumeRequested
     | RetryRequested
+    | RerunRequested
     | TimerFired
     | LeaseExpired
     | FailRequested

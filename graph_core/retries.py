@@ -1,4 +1,6 @@
-"""Retrying a failed run: it goes on from the nodes that failed, or that the failure stopped,
+"""Retrying a failed run, and re-running a finished one from a node.
+
+Retry: a failed run goes on from the nodes that failed, or that the failure stopped,
 keeping every completed node's output; no node that completed runs again.
 
 The run turns ``running`` again (``run.retried``, with the actor), its error is cleared, and
@@ -10,13 +12,15 @@ a parallel node's children is not retried this way yet: both are refused with th
 
 from __future__ import annotations
 
-from graph_core.events import ReopenRun, RetryRequested
+from graph_core.events import ReopenRun, RerunRequested, RetryRequested
 from graph_core.machine import MachineBase
+from graph_core.routing import select_edges
 from graph_core.status import NodeStatus, RunStatus
 
 __all__ = ["Retries"]
 
 _RESTART = frozenset({NodeStatus.FAILED, NodeStatus.CANCELLED})
+_RERUNNABLE = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 class Retries(MachineBase):
@@ -49,3 +53,84 @@ class Retries(MachineBase):
                 break
             self._activate(node_id, trigger=self.tx.peek(node_id).trigger)
         return None
+
+    def _rerun(self, ev: RerunRequested) -> str | None:
+        run = self.tx.run
+        if run.status not in _RERUNNABLE:
+            return (
+                f"run {run.run_id!r} is {run.status.value}: only a completed, failed or "
+                "cancelled run can be re-run"
+            )
+        if not self.g.has_node(ev.from_node):
+            return f"graph {self.g.id!r} v{self.g.version} has no node {ev.from_node!r}"
+        origin = self.g.node(ev.from_node)
+        if origin.parent is not None:
+            return (
+                f"node {origin.id!r} is a child of parallel node {origin.parent!r}: re-run "
+                "from the parallel node"
+            )
+        downstream = self._downstream(origin.id)
+        trigger = self.tx.peek(origin.id).trigger
+        for node_id in downstream:
+            self.tx.reset_node(node_id)  # as if the run never reached it (visits go on)
+            self.tx.mark_inactive(node_id)
+            for group in self.topo.join_groups.get(node_id, {}).values():
+                if len(group) > 1:
+                    for index in group:
+                        self.tx.set_arrivals(node_id, index, "")
+            for loop_id in self.topo.loops_of.get(node_id, ()):
+                self.tx.reset_loop(loop_id)
+        run.status = RunStatus.RUNNING
+        run.error = None
+        run.output = None
+        run.finished_at = None
+        run.tokens = run.live = run.waiting = 0
+        run.last_dead_end = None
+        if ev.new_input:
+            run.input = ev.input
+        self.tx.actions.append(ReopenRun())
+        self.tx.emit(
+            "run.rerun",
+            actor=ev.actor,
+            from_node=origin.id,
+            nodes=sorted(downstream),
+            new_input=ev.new_input,
+        )
+        self._resignal(downstream, origin.id)
+        self._activate(origin.id, trigger=trigger)
+        return None
+
+    def _downstream(self, origin: str) -> set[str]:
+        """``origin`` and every node reachable from it, with parallel nodes' children."""
+        seen = {origin}
+        todo = [origin]
+        while todo:
+            node_id = todo.pop()
+            nexts = [ref.edge.target for ref in self.topo.out_edges.get(node_id, [])]
+            nexts += self.topo.children.get(node_id, [])
+            for target in nexts:
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    def _resignal(self, downstream: set[str], origin: str) -> None:
+        """Joins downstream get the branch signals of their inputs from kept nodes again."""
+        for node_id in sorted(downstream - {origin}):
+            for ref in self.topo.in_edges.get(node_id, []):
+                source = ref.edge.source
+                if (
+                    source in downstream
+                    or ref.index in self.topo.back_edges
+                    or ref.index in self.topo.defer_loop
+                ):
+                    continue
+                group = self.topo.join_groups[node_id][self.topo.group_of[ref.index]]
+                if len(group) <= 1:
+                    continue
+                rec = self.tx.peek(source)
+                if rec.status == NodeStatus.COMPLETED:
+                    chosen = select_edges(self.g.node(source), self.topo.out_edges[source], self.tx)
+                    self.signals.append((ref.index, ref.index in chosen))
+                elif rec.status == NodeStatus.SKIPPED:
+                    self.signals.append((ref.index, False))

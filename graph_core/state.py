@@ -97,6 +97,7 @@ class NodeRecord(BaseModel):
     held_timer: str | None = None
     map: MapState | None = None  # a map node's current visit
     child: str | None = None  # a subgraph node's child run (of its current attempt)
+    base_visits: int = 0  # visits before the run was last re-run from here (max_visits)
 
     @property
     def is_active(self) -> bool:

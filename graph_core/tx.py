@@ -89,6 +89,15 @@ class Tx:
             self._nodes[node_id] = rec
         return rec
 
+    def reset_node(self, node_id: str) -> NodeRecord:
+        """Replace the node's record with a fresh one (a rerun), as if never reached but
+        for its visit count: new visits get new numbers (so a late report of an earlier
+        visit stays stale, and its job id stays its own)."""
+        visits = self.peek(node_id).visits
+        rec = self._nodes[node_id] = NodeRecord(visits=visits, base_visits=visits)
+        self._dirty_nodes.add(node_id)
+        return rec
+
     # --- outputs ------------------------------------------------------------------------
 
     def set_output(self, node_id: str, visit: int, value: Any) -> None:
@@ -170,6 +179,11 @@ class Tx:
             self._loops[loop_id] = rec
         self._dirty_loops.add(loop_id)
         return rec
+
+    def reset_loop(self, loop_id: int) -> None:
+        """Replace the loop's record with a fresh one (a rerun)."""
+        self._loops[loop_id] = LoopRecord()
+        self._dirty_loops.add(loop_id)
 
     def touched_loops(self) -> list[int]:
         return sorted(self._dirty_loops)

@@ -189,7 +189,11 @@ def _add_client_commands(
         help="publish on the approvals channel instead of the durable inbox",
     )
     p.set_defaults(func=cmd_approve)
+    _add_operation_commands(sub, redis_opts)
 
+
+def _add_operation_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> None:
+    """pause, resume, retry, rerun and cancel."""
     p = sub.add_parser("pause", parents=[redis_opts], help="pause a run (nothing new starts)")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", default="paused", metavar="R")
@@ -202,6 +206,18 @@ def _add_client_commands(
     p = sub.add_parser("retry", parents=[redis_opts], help="retry a failed run from its failure")
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("rerun", parents=[redis_opts], help="run a finished run again from a node")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument(
+        "--from",
+        dest="from_node",
+        required=True,
+        metavar="NODE",
+        help="this node and everything downstream run again; upstream is kept",
+    )
+    p.add_argument("--input", metavar="JSON", help="replace the run's input first")
+    p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("cancel", parents=[redis_opts], help="cancel a run")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -446,6 +462,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
     async def go(client: WorkflowClient) -> int:
         await client.retry(args.run_id, actor=os.environ.get("USER") or None)
         print(f"retry of run {args.run_id} sent; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    extra = {"input": parse_json(args.input, "--input")} if args.input is not None else {}
+
+    async def go(client: WorkflowClient) -> int:
+        actor = os.environ.get("USER") or None
+        await client.rerun(args.run_id, args.from_node, actor=actor, **extra)
+        print(f"rerun of run {args.run_id} from {args.from_node!r} sent; see `relaygraph status`")
         return EXIT_OK
 
     return _with_client(args, go)

@@ -124,6 +124,13 @@ class RunHistory(BaseModel):
     steps: list[HistoryStep]
 
 
+class RerunBody(_Body):
+    from_node: str = Field(
+        min_length=1, description="this node and everything downstream run again"
+    )
+    input: Any = Field(default=None, description="replaces the run's input, when given")
+
+
 class DecisionBody(_Body):
     data: dict[str, Any] | None = None
     comment: str | None = Field(default=None, max_length=4096)

@@ -36,6 +36,7 @@ from relaygraph.api.models import (
     LegacyRunBody,
     LegacyRunCreated,
     PublicRunView,
+    RerunBody,
     RunBody,
     RunHistory,
     RunPage,
@@ -293,6 +294,22 @@ async def retry_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     every completed output (202); a run that is not failed is 409."""
     await operate(ctx, who, run_id, "retry")
     return _json(public_document(await _view(ctx, run_id)), 202)
+
+
+@router.post(
+    "/v1/runs/{run_id}/rerun",
+    status_code=202,
+    response_model=PublicRunView,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def rerun_run(*, run_id: str, body: RerunBody, ctx: Ctx, who: Submitter) -> Response:
+    """Run a completed, failed or cancelled run again from ``from_node``: it and everything
+    downstream start afresh, everything upstream is kept; ``input``, when the body has it,
+    replaces the run's input (202). A run still going is 409; an unknown node 422."""
+    rid = run_id_param(run_id)
+    given = {"input": body.input} if "input" in body.model_fields_set else {}
+    await ctx.client.rerun(rid, body.from_node, actor=who.name, **given)
+    return _json(public_document(await _view(ctx, rid)), 202)
 
 
 @router.get(

@@ -83,6 +83,7 @@ INTERNAL = {
     "run record": {"tokens", "live", "last_dead_end"},
     "node record": {
         "trigger",
+        "base_visits",
         "backlog",
         "lost",
         "joins",

@@ -705,3 +705,36 @@ async def test_a_child_runs_wait_is_listed_and_decided_through_the_parent(
     child_doc = await run_status(api, child)
     assert child_doc["status"] == "completed"
     assert child_doc["nodes"]["review"]["output"]["actor"] == "alice"
+
+
+@pytest.mark.usefixtures("engine")
+async def test_rerun_from_a_node_with_a_new_input(api: httpx.AsyncClient) -> None:
+    r = await api.post(
+        "/v1/runs", json={"graph_id": "echo", "input": {"text": "a"}}, headers=as_key("submitter")
+    )
+    run_id = r.json()["run_id"]
+    first = await until(api, run_id, "completed")
+    assert first["output"] == {"text": "A"}
+    url = f"/v1/runs/{run_id}/rerun"
+    unknown = await api.post(url, json={"from_node": "nope"}, headers=as_key("submitter"))
+    assert "no node 'nope'" in problem(unknown, 422, "invalid-input")["detail"]
+    denied = await api.post(url, json={"from_node": "shout"}, headers=as_key("viewer"))
+    assert denied.status_code == 403
+    ok = await api.post(
+        url, json={"from_node": "shout", "input": {"text": "b"}}, headers=as_key("submitter")
+    )
+    assert ok.status_code == 202, ok.text
+
+    async def again() -> dict[str, Any] | None:
+        doc = await run_status(api, run_id)
+        return doc if doc["status"] == "completed" and doc["output"] == {"text": "B"} else None
+
+    done = await wait_for(again, timeout=15, message="the rerun")
+    assert done["nodes"]["shout"]["visits"] == 2 and done["nodes"]["start"]["visits"] == 1
+    r = await api.post("/v1/runs", json={"graph_id": "open"}, headers=as_key("submitter"))
+    waiting_id = r.json()["run_id"]
+    await until(api, waiting_id, "waiting")
+    busy = await api.post(
+        f"/v1/runs/{waiting_id}/rerun", json={"from_node": "check"}, headers=as_key("submitter")
+    )
+    assert "it is waiting" in problem(busy, 409, "run-state")["detail"]

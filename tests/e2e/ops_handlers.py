@@ -1,0 +1,39 @@
+"""Handlers for the run-operation tests (tests/e2e/test_run_operations.py): each execution is
+counted per (run, node) in Redis (``OPS_TEST_REDIS``, key prefix ``OPS_TEST_KEY``), and how
+many run at once is tracked; ``config.sleep`` holds a handler, ``config.fail_once`` fails a
+node's first execution in a run for good."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from relaygraph import HandlerRegistry, NodeContext, NonRetryableError
+
+registry = HandlerRegistry()
+_client: aioredis.Redis | None = None
+
+
+def _redis() -> aioredis.Redis:
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(os.environ["OPS_TEST_REDIS"])
+    return _client
+
+
+@registry.handler("count")
+async def count(ctx: NodeContext) -> dict[str, Any]:
+    key = os.environ["OPS_TEST_KEY"]
+    r = _redis()
+    n = await r.hincrby(f"{key}:runs", f"{ctx.run_id}:{ctx.node_id}", 1)
+    await r.incr(f"{key}:running")
+    try:
+        await asyncio.sleep(float(ctx.config.get("sleep", 0)))
+    finally:
+        await r.decr(f"{key}:running")
+    if ctx.config.get("fail_once") and n == 1:
+        raise NonRetryableError(f"{ctx.node_id} fails its first time")
+    return {"node": ctx.node_id, "n": n}

@@ -1,0 +1,157 @@
+"""Run operations on a deployment (``relaygraph up``, two worker processes), with executions
+counted by the handlers themselves: pausing a run with three nodes running, retrying a
+failed run, re-running a finished run from a middle node."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.client import RunStateError, WorkflowClient
+from dispatcher.errors import InputError
+from graph_core.model import Graph, Node
+from tests.e2e.test_examples_cli import cli_env, relaygraph_up
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HANDLERS = "tests.e2e.ops_handlers"
+
+
+@contextmanager
+def deployment(redis_url: str, prefix: str) -> Iterator[str]:
+    # the handlers' own keys: not under the deployment's prefix (its keys live there)
+    env = {**cli_env(), "OPS_TEST_REDIS": redis_url, "OPS_TEST_KEY": f"{prefix}-probe"}
+    flags = ["--redis", redis_url, "--prefix", prefix, "--handlers", HANDLERS, "--workers", "2"]
+    with relaygraph_up(flags, env=env):
+        yield prefix
+
+
+async def counts(redis: aioredis.Redis, prefix: str, run_id: str) -> dict[str, int]:
+    raw = await redis.hgetall(f"{prefix}-probe:runs")
+    mine = f"{run_id}:".encode()
+    return {k[len(mine) :].decode(): int(v) for k, v in raw.items() if k.startswith(mine)}
+
+
+def fan_graph() -> Graph:
+    """start -> fan -> (x, y, z, each 1.5 s) -> after -> end."""
+    g = Graph(id="fan").add_nodes(
+        Node("start", type="start"),
+        Node("fan", type="count", fan_out=True),
+        *[Node(n, type="count", config={"sleep": 1.5}) for n in ("x", "y", "z")],
+        Node("after", type="count"),
+        Node("end", type="end"),
+    )
+    g.connect("start", "fan")
+    for n in ("x", "y", "z"):
+        g.connect("fan", n, "after")
+    return g.connect("after", "end").validate_graph()
+
+
+def chain_graph() -> Graph:
+    """start -> a -> flaky (fails its first time for good) -> c -> end."""
+    g = Graph(id="chain").add_nodes(
+        Node("start", type="start"),
+        Node("a", type="count"),
+        Node("flaky", type="count", config={"fail_once": True}),
+        Node("c", type="count"),
+        Node("end", type="end"),
+    )
+    return g.connect("start", "a", "flaky", "c", "end").validate_graph()
+
+
+async def test_pause_with_three_nodes_running(redis_url: str, redis: aioredis.Redis) -> None:
+    prefix = f"ops-{secrets.token_hex(4)}"
+    with deployment(redis_url, prefix):
+        async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
+            await client.register_graph(fan_graph())
+            run_id = await client.submit("fan", None)
+            await wait_for(
+                lambda: _running(redis, prefix), timeout=20, message="three nodes running"
+            )
+            await client.pause(run_id, actor="ops")
+
+            async def paused() -> bool:
+                view = await client.get_run(run_id)
+                return view is not None and view.status == "paused"
+
+            await wait_for(paused, timeout=10, message="the run paused")
+            await asyncio.sleep(2.0)  # x, y and z finish meanwhile; nothing new starts
+            view = await client.get_run(run_id)
+            assert view is not None and view.status == "paused"
+            assert {n: view.nodes[n].status.value for n in ("x", "y", "z")} == dict.fromkeys(
+                ("x", "y", "z"), "completed"
+            )
+            assert view.nodes["after"].status.value == "held"
+            assert "after" not in await counts(redis, prefix, run_id)
+            with pytest.raises(RunStateError, match="only a running run"):
+                await client.pause(run_id)
+            await client.resume(run_id, actor="ops")
+            final = await client.wait(run_id, timeout=20)
+            assert final.status == "completed"
+            assert await counts(redis, prefix, run_id) == dict.fromkeys(
+                ("fan", "x", "y", "z", "after"), 1
+            )
+            types = [e["type"] for e in await client.history(run_id)]
+            assert types.count("run.paused") == 1 and types.count("run.resumed") == 1
+            with pytest.raises(RunStateError, match="completed"):
+                await client.pause(run_id)
+
+
+async def _running(redis: aioredis.Redis, prefix: str) -> bool:
+    return int(await redis.get(f"{prefix}-probe:running") or 0) >= 3
+
+
+async def test_retry_then_rerun_count_executions(redis_url: str, redis: aioredis.Redis) -> None:
+    prefix = f"ops-{secrets.token_hex(4)}"
+    with deployment(redis_url, prefix):
+        async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
+            await client.register_graph(chain_graph())
+            run_id = await client.submit("chain", {"v": 1})
+            failed = await client.wait(run_id, timeout=20)
+            assert failed.status == "failed"
+            assert await counts(redis, prefix, run_id) == {"a": 1, "flaky": 1}
+
+            await client.retry(run_id, actor="ops")
+            done = await _finished_again(client, run_id, after=failed.updated_at)
+            assert done.status == "completed"
+            # only the failed node ran again; a did not
+            assert await counts(redis, prefix, run_id) == {"a": 1, "flaky": 2, "c": 1}
+
+            with pytest.raises(InputError, match="no node 'nope'"):
+                await client.rerun(run_id, "nope")
+            await client.rerun(run_id, "flaky", input={"v": 2}, actor="ops")
+            again = await _finished_again(client, run_id, after=done.updated_at)
+            assert again.status == "completed" and again.input == {"v": 2}
+            # exactly flaky and what follows it ran again
+            assert await counts(redis, prefix, run_id) == {"a": 1, "flaky": 3, "c": 2}
+            assert again.nodes["flaky"].visits == 3
+            events = await client.history(run_id)
+            (rerun,) = [e for e in events if e["type"] == "run.rerun"]
+            assert rerun["data"]["actor"] == "ops" and rerun["data"]["from_node"] == "flaky"
+            assert [e["type"] for e in events].count("run.retried") == 1
+
+
+async def test_a_running_run_is_not_rerun(redis_url: str) -> None:
+    prefix = f"ops-{secrets.token_hex(4)}"
+    async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
+        await client.register_graph(chain_graph())
+        run_id = await client.submit("chain", None)  # no dispatcher: it stays pending
+        with pytest.raises(RunStateError, match="it is pending"):
+            await client.rerun(run_id, "a")
+
+
+async def _finished_again(client: WorkflowClient, run_id: str, after: float = 0.0) -> Any:
+    async def check() -> Any:
+        view = await client.get_run(run_id)
+        if view is not None and view.terminal and view.updated_at > after:
+            return view
+        return None
+
+    return await wait_for(check, timeout=20, message=f"run {run_id} to finish again")
