@@ -56,6 +56,7 @@ from graph_core.paths import MISSING
 from graph_core.settings import BaseSettings
 from graph_core.state import RunRecord
 from graph_core.status import TERMINAL_RUN, RunStatus
+from graph_core.triggers import next_fire, triggers_of
 
 __all__ = [
     "GraphSource",
@@ -421,6 +422,75 @@ class WorkflowClient:
         await self._expect(run_id, "retry", {RunStatus.FAILED}, "only a failed run is retried")
         request = RetryRequested(run_id=run_id, actor=actor)
         await self.redis.xadd(self.keys.inbox, {"m": self._message("retry", request)})
+
+    async def emit(
+        self, event: str, data: Any = None, *, idempotency_key: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Start a run of every graph (its latest version) whose event trigger names
+        ``event`` and whose filter matches ``data``, with ``data`` as the run's input; the
+        (graph id, run id) of each. ``idempotency_key``: emitting again with it starts
+        nothing new (each graph's run is found by the key, the graph and the trigger)."""
+        if not event or not isinstance(event, str):
+            raise InputError("event", f"must be a non-empty string, got {event!r}")
+        data = _json_value("event data", data)
+        started: list[tuple[str, str]] = []
+        members = sorted(
+            m.decode() for m in await self.redis.smembers(self.keys.event_graphs(event))
+        )
+        for graph_id in members:
+            version = await self.store.latest_version(graph_id)
+            if version is None:
+                continue
+            graph = await self.store.graph(graph_id, version)
+            specs = [t for t in triggers_of(graph) if t.type == "event" and t.event == event]
+            if not specs:  # its latest version no longer listens for it
+                await self.redis.srem(self.keys.event_graphs(event), graph_id)
+            for spec in specs:
+                if not spec.matches(data):
+                    continue
+                key = f"{idempotency_key}:{graph_id}:{spec.id}" if idempotency_key else None
+                run_id = await self.submit(graph_id, data, version=version, idempotency_key=key)
+                started.append((graph_id, run_id))
+        return started
+
+    async def triggers(self) -> list[dict[str, Any]]:
+        """Every trigger that fires, of the latest version of every graph, with the next
+        fire time of scheduled ones (and the newest tick fired): what ``relaygraph
+        triggers`` shows."""
+        latest = await self.redis.hgetall(self.keys.graph_latest)
+        fired = await self.redis.hgetall(self.keys.triggers_last)
+        now = clock.now()
+        found: list[dict[str, Any]] = []
+        for raw_id, raw_version in sorted(latest.items()):
+            graph = await self.store.graph(raw_id.decode(), int(raw_version))
+            for spec in triggers_of(graph):
+                row: dict[str, Any] = {
+                    "graph_id": graph.id,
+                    "graph_version": graph.version,
+                    "trigger_id": spec.id,
+                    "type": spec.type,
+                }
+                if spec.type == "scheduled":
+                    last = fired.get(Keys.trigger_field(graph.id, spec.id).encode())
+                    row |= {
+                        "cron": spec.cron,
+                        "timezone": spec.timezone,
+                        "catch_up": spec.catch_up,
+                        "next_fire": next_fire(spec, now),
+                        "last_fired": float(last) if last is not None else None,
+                    }
+                elif spec.type == "event":
+                    row |= {
+                        "event": spec.event,
+                        "filter": spec.filter.to_dict() if spec.filter else None,
+                    }
+                else:
+                    row |= {
+                        "path": f"/v1/hooks/{graph.id}/{spec.id}",
+                        "secret_env": spec.secret_env,
+                    }
+                found.append(row)
+        return found
 
     async def rerun(
         self,

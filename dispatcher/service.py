@@ -27,6 +27,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dispatcher.batch import BatchHandler
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor, run_tracing
+from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
+from dispatcher.schedules import Schedules
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
 from dispatcher.sweeper import sweep
@@ -117,6 +119,7 @@ class Dispatcher:
             tracing=run_tracing(settings),
         )
         self.batches = BatchHandler(self.processor)
+        self.schedules = Schedules(redis, self.keys, self.store)
         self.consumer = settings.consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
@@ -142,6 +145,7 @@ class Dispatcher:
             "approvals": self._approval_loop,
             "reclaim": self._reclaim_loop,
             "housekeeping": self._housekeeping_loop,
+            "schedules": self._schedule_loop,
         }
         tasks = [
             asyncio.create_task(self._supervise(name, loop, stop), name=name)
@@ -405,6 +409,14 @@ class Dispatcher:
             await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
+
+    async def _schedule_loop(self, stop: asyncio.Event) -> None:
+        """Scheduled triggers: submit the runs of due ticks (dispatcher/schedules.py)."""
+        while not stop.is_set():
+            if self.settings.schedules:
+                await self.schedules.tick()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=SCHEDULE_PERIOD_S)
 
     async def trim_inbox(self) -> int:
         """Delete inbox entries that every dispatcher group has read and acknowledged."""

@@ -21,3 +21,5 @@ class DispatcherSettings(BaseSettings):
     sweep_grace_s: float = Field(default=60.0, ge=1)
     # runs whose state is kept for their next event (no load round trip); 0: none
     run_cache: int = Field(default=DEFAULT_RUN_CACHE, ge=0, le=1_000_000)
+    # fire scheduled triggers (every dispatcher does, once per tick in all; false: not this one)
+    schedules: bool = True

@@ -28,6 +28,7 @@ from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
 from graph_core.paths import MISSING
 from graph_core.state import NodeRecord, RunRecord, Transition
+from graph_core.triggers import triggers_of
 
 __all__ = [
     "ApplyCall",
@@ -92,6 +93,9 @@ class RunStore:
         latest = await self.redis.hget(self.keys.graph_latest, graph.id)
         if latest is None or int(latest) < graph.version:
             await self.redis.hset(self.keys.graph_latest, graph.id, graph.version)
+        for spec in triggers_of(graph):  # emit() finds the graphs an event starts here
+            if spec.type == "event" and spec.event:
+                await self.redis.sadd(self.keys.event_graphs(spec.event), graph.id)
         return graph.version
 
     async def _check_subgraphs(self, graph: Graph) -> None:

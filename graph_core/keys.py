@@ -98,11 +98,26 @@ class Keys:
         self.runs_all = f"{p}:runs"  # zset: run id -> created (ms)
         # hash: worker process ("host:pid") -> its registration JSON, while it runs
         self.workers = f"{p}:workers"
+        # hash: trigger_field(graph, trigger) -> the newest tick fired (epoch seconds)
+        self.triggers_last = f"{p}:triggers:last"
 
     def approval_seen(self, digest: str) -> str:
         """Marks a published approval as already forwarded to the inbox (or, malformed,
         dead-lettered), so that of all the dispatchers that heard it only one does."""
         return f"{self.approvals_channel}:seen:{digest}"
+
+    @staticmethod
+    def trigger_field(graph_id: str, trigger_id: str) -> str:
+        """A scheduled trigger's field: trigger ids have no ``#``, so the last one splits."""
+        return f"{graph_id}#{trigger_id}"
+
+    def event_graphs(self, event: str) -> str:
+        """Set: the graphs whose event trigger names ``event`` (in some version)."""
+        return f"{self.prefix}:triggers:event:{event}"
+
+    def hook_seen(self, digest: str) -> str:
+        """String: a webhook call's signature already used (replays are refused)."""
+        return f"{self.prefix}:hooks:seen:{digest}"
 
     def graph_field(self, graph_id: str, version: int) -> str:
         return f"{graph_id}@{version}"

@@ -73,7 +73,8 @@ class WaitPolicy(BaseModel):
 
 
 class Trigger(BaseModel):
-    """How runs of the graph start (informational; roomkit-graph's trigger types)."""
+    """How runs of the graph start: ``manual``, or one that fires (``scheduled``, ``event``,
+    ``webhook``: graph_core.triggers reads their fields); other types are kept as they are."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
@@ -230,6 +231,7 @@ class Graph(BaseModel):
     version: int = Field(default=1, ge=1)
     description: str | None = None
     trigger: Trigger = Field(default_factory=Trigger)
+    triggers: list[Trigger] = Field(default_factory=list)  # more triggers (graph_core.triggers)
     nodes: list[Node] = Field(default_factory=list)
     edges: list[Edge] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -314,6 +316,8 @@ class Graph(BaseModel):
         if self.description is not None:
             data["description"] = self.description
         data["trigger"] = self.trigger.to_dict()
+        if self.triggers:
+            data["triggers"] = [t.to_dict() for t in self.triggers]
         data["nodes"] = [n.to_dict() for n in self.nodes]
         data["edges"] = [e.to_dict() for e in self.edges]
         if self.metadata:

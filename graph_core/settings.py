@@ -125,6 +125,7 @@ _KNOWN_ELSEWHERE = frozenset(
         "run_cache",
         "max_inbox_attempts",
         "sweep_grace_s",
+        "schedules",
         "test_redis_bin",
         "test_redis_url",
         "redis_bin",

@@ -51,7 +51,7 @@ PROBLEM_CODES: frozenset[str] = frozenset({
     "bad_path", "unknown_path_node", "nested_otherwise", "multiple_otherwise",
     "ambiguous_unconditional", "ambiguous_default",
     "unsatisfiable_join", "bad_join", "infinite_loop", "bad_escalation", "bad_delay",
-    "bad_compensation", "bad_schema", "bad_map", "bad_subgraph",
+    "bad_compensation", "bad_schema", "bad_map", "bad_subgraph", "bad_trigger",
 })
 # fmt: on
 
@@ -529,6 +529,15 @@ def _check_subgraphs(ctx: _Context) -> Iterator[Problem]:
             )
 
 
+def _check_triggers(ctx: _Context) -> Iterator[Problem]:
+    """Triggers that fire: a valid cron and time zone, an event name and a filter that
+    parses, a webhook's secret variable; ids unique."""
+    from graph_core.triggers import trigger_problems
+
+    for path, reason in trigger_problems(ctx.graph):
+        yield Problem("bad_trigger", path, reason)
+
+
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -736,6 +745,7 @@ _CHECKS = (
     _check_delays,
     _check_maps,
     _check_subgraphs,
+    _check_triggers,
     _check_compensations,
     _check_schemas,
     _check_conditions,

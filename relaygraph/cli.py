@@ -47,6 +47,7 @@ from relaygraph.cli_output import (
     format_problems,
     format_runs,
     format_status,
+    format_trigger,
     pretty,
 )
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_api.add_api_commands(sub, redis_opts)
     _add_file_commands(sub, redis_opts, json_opt)
     _add_client_commands(sub, redis_opts, json_opt)
+    _add_trigger_commands(sub, redis_opts, json_opt)
     return parser
 
 
@@ -223,6 +225,23 @@ def _add_operation_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> No
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", default="cancelled", metavar="R")
     p.set_defaults(func=cmd_cancel)
+
+
+def _add_trigger_commands(
+    sub: Any, redis_opts: argparse.ArgumentParser, json_opt: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "emit", parents=[redis_opts, json_opt], help="send an event: start the runs it triggers"
+    )
+    p.add_argument("event", metavar="EVENT")
+    p.add_argument("--data", metavar="JSON", help="the event's data: the runs' input")
+    p.add_argument("--idempotency-key", metavar="K", help="emitting again with K starts nothing")
+    p.set_defaults(func=cmd_emit)
+
+    p = sub.add_parser(
+        "triggers", parents=[redis_opts, json_opt], help="list triggers, with next fire times"
+    )
+    p.set_defaults(func=cmd_triggers)
 
 
 # --- shared helpers ---------------------------------------------------------------------
@@ -426,6 +445,38 @@ def cmd_approve(args: argparse.Namespace) -> int:
         )
         how = "published" if args.publish else "sent"
         print(f"{decision} of {args.node_id!r} in run {args.run_id} {how}; see `relaygraph status`")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    data = parse_json(args.data, "--data")
+
+    async def go(client: WorkflowClient) -> int:
+        started = await client.emit(args.event, data, idempotency_key=args.idempotency_key)
+        if args.json:
+            _print_json([{"graph_id": g, "run_id": r} for g, r in started])
+        elif not started:
+            print(f"event {args.event!r}: no trigger matched; no run started")
+        else:
+            for graph_id, run_id in started:
+                print(f"{run_id}  {graph_id}")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_triggers(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        rows = await client.triggers()
+        if args.json:
+            _print_json(rows)
+            return EXIT_OK
+        if not rows:
+            print("no graph has a trigger that fires (scheduled, event or webhook)")
+        for row in rows:
+            print(format_trigger(row))
         return EXIT_OK
 
     return _with_client(args, go)

@@ -244,3 +244,18 @@ class Progress:
             plain = _plain_line(s, kind, str(node), int(visit), at, data)
             if plain is not None:
                 self.line(f"  {plain}")
+
+
+def format_trigger(row: dict[str, Any]) -> str:
+    """One line of ``relaygraph triggers``."""
+    head = f"{row['graph_id']} v{row['graph_version']}  {row['trigger_id']} ({row['type']})"
+    if row["type"] == "scheduled":
+        catch = ", catch-up" if row.get("catch_up") else ""
+        last = f"; last fired {_when(row['last_fired'])}" if row.get("last_fired") else ""
+        return (
+            f"{head}  {row['cron']} {row['timezone']}{catch}: next {_when(row['next_fire'])}{last}"
+        )
+    if row["type"] == "event":
+        filt = f" if {compact(row['filter'], 120)}" if row.get("filter") else ""
+        return f"{head}  on event {row['event']!r}{filt}"
+    return f"{head}  POST {row['path']} (secret in ${row['secret_env']})"

@@ -70,16 +70,20 @@ class GraphCache:
         self._graphs: OrderedDict[tuple[str, int], Graph] = OrderedDict()
         self._plans: dict[tuple[str, int], dict[str, Plan]] = {}
 
-    def plan(self, graph: Graph, node: Node, spec: HandlerSpec | None) -> Plan:
+    def plan(
+        self, graph: Graph, node: Node, spec: HandlerSpec | None, *, item: bool = False
+    ) -> Plan:
         """``plan_reads`` of a node, computed once per graph version (a graph, its config
-        templates and the worker's handlers do not change); treat it as read-only."""
+        templates and the worker's handlers do not change); treat it as read-only. ``item``:
+        ``node`` is a map's inner node, run on one item (its predecessors are not read)."""
         key = (graph.id, graph.version)
         if self._graphs.get(key) is not graph:  # not this cache's graph: nothing to keep
-            return plan_reads(graph, node, spec)
+            return plan_reads(graph, node, spec, predecessors=not item)
         plans = self._plans.setdefault(key, {})
-        plan = plans.get(node.id)
+        slot = f"{node.id}|item" if item else node.id  # node ids have no '|'
+        plan = plans.get(slot)
         if plan is None:
-            plan = plans[node.id] = plan_reads(graph, node, spec)
+            plan = plans[slot] = plan_reads(graph, node, spec, predecessors=not item)
         return plan
 
     def get(self, graph_id: str, version: int) -> Graph | None:
@@ -110,13 +114,16 @@ class Plan:
     visits: set[tuple[str, int]] = field(default_factory=set)  # explicit (node, visit) reads
 
 
-def plan_reads(graph: Graph, node: Node, spec: HandlerSpec | None) -> Plan:
+def plan_reads(
+    graph: Graph, node: Node, spec: HandlerSpec | None, *, predecessors: bool = True
+) -> Plan:
     """The nodes a job is likely to read: direct predecessors (for a parallel child, its
-    parent's too), nodes named in config templates, in ``config["reads"]`` and by the
-    handler's ``reads``. O(degree + config size), never O(graph) per job."""
+    parent's too; not for a map's item, whose predecessor is usually the list it is one
+    item of), nodes named in config templates, in ``config["reads"]`` and by the handler's
+    ``reads``. O(degree + config size), never O(graph) per job."""
     topo = topology(graph)
     ids: dict[str, None] = {}
-    for target in (node.id, node.parent):
+    for target in (node.id, node.parent) if predecessors else ():
         if target is not None:
             ids.update(dict.fromkeys(ref.edge.source for ref in topo.in_edges.get(target, ())))
     wanted: list[str] = []

@@ -558,6 +558,7 @@ class _Loaded:
     graph: Graph | None  # from the cache
     raw_graph: bytes | None  # read on a cold cache
     plan: Plan  # of the cached graph (empty on a cold cache)
+    raw_item: bytes | None = None  # a map item's input, as stored
 
 
 async def _execute_pipeline(redis: Any, build: Callable[[], Any]) -> list[Any]:
@@ -603,6 +604,19 @@ def _use_preloaded(
     return run
 
 
+def _plan_for(
+    graph: Graph | None, payload: JobPayload, registry: HandlerRegistry, graph_cache: GraphCache
+) -> Plan:
+    """What the job's handler will read (empty on a cold cache): a map item's, its inner
+    node's reads without the map's predecessors (the list it is one item of)."""
+    if graph is None or not graph.has_node(payload.node_id):
+        return Plan()
+    node = graph.node(payload.node_id)
+    if payload.item is not None:
+        node = item_node(node)
+    return graph_cache.plan(graph, node, registry.spec(node.type), item=payload.item is not None)
+
+
 async def _load(
     redis: Any,
     keys: Keys,
@@ -617,10 +631,7 @@ async def _load(
     the preload's node records, the graph on a cold cache, and the caller's commands.
     None: the job is fenced off. Reads only: nothing here needs to be atomic."""
     graph = graph_cache.get(payload.graph_id, payload.graph_version)
-    node = graph.node(payload.node_id) if graph and graph.has_node(payload.node_id) else None
-    plan = Plan()
-    if graph is not None and node is not None:
-        plan = graph_cache.plan(graph, node, registry.spec(node.type))
+    plan = _plan_for(graph, payload, registry, graph_cache)
     records: dict[str, NodeRecord] = {}
     outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None
@@ -640,6 +651,10 @@ async def _load(
             queue_latest_read(pipe, rk, plan.nodes)
         if graph is None:
             pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
+        if payload.item is not None:  # a map item: its input, from the outputs hash
+            pipe.hget(
+                rk.outputs, RunKeys.item_field(payload.node_id, payload.visit, payload.item, "in")
+            )
         if before_start is not None:
             before_start(pipe)
         return pipe
@@ -653,9 +668,10 @@ async def _load(
     if read_latest:
         parse_latest_read(plan.nodes, replies.pop(0), records, outputs)
     raw_graph = replies.pop(0) if graph is None else None
+    raw_item = replies.pop(0) if payload.item is not None else None
     if run is None or (preloaded is None and _fenced(run, records, payload)):
         return None
-    return _Loaded(redis, rk, payload, run, records, outputs, graph, raw_graph, plan)
+    return _Loaded(redis, rk, payload, run, records, outputs, graph, raw_graph, plan, raw_item)
 
 
 async def _execute(
@@ -746,24 +762,33 @@ async def _map_item(
     if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
         missing = LookupError(f"map node {node.id!r} names no inner node type")
         return _failed(WorkerError(node.id, missing), node.id, retryable=False)
-    one = node.model_copy(
-        update={"type": inner["type"], "config": inner.get("config") or {}, "compensate": None}
-    )
-    raw = await loaded.redis.hget(
-        loaded.rk.outputs, RunKeys.item_field(node.id, payload.visit, item, "in")
-    )
-    if raw is None:  # the map ended meanwhile (its item fields are deleted then)
+    one = item_node(node)
+    if loaded.raw_item is None:  # the map ended meanwhile (its item fields are deleted then)
         gone = LookupError(f"item {item} of map {node.id!r} visit {payload.visit} is gone")
         return _failed(WorkerError(node.id, gone), node.id, retryable=False)
     spec = registry.spec(one.type)
     job = _Job(
         loaded.redis, loaded.rk, payload, graph, one, loaded.run, loaded.records, loaded.outputs
     )
-    plan = plan_reads(graph, one, spec)
+    plan = (
+        loaded.plan
+        if loaded.graph is not None
+        else plan_reads(graph, one, spec, predecessors=False)
+    )
     return await _prepare_and_run(
         job, registry, spec, plan, delivery, max_deliveries, span,
-        item=(orjson.loads(raw), item),
+        item=(orjson.loads(loaded.raw_item), item),
     )  # fmt: skip
+
+
+def item_node(node: Node) -> Node:
+    """A map node as its items run: its inner node's type and config under the map's id
+    (queue, timeout and retry policy are the map node's)."""
+    inner = node.config.get("node")
+    if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+        return node
+    update = {"type": inner["type"], "config": inner.get("config") or {}, "compensate": None}
+    return node.model_copy(update=update)
 
 
 @dataclass(frozen=True, slots=True)

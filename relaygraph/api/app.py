@@ -22,7 +22,7 @@ from dispatcher.connect import connect, connect_sync
 from dispatcher.fleet import FleetCollector
 from graph_core.errors import RelaygraphError
 from relaygraph import __version__
-from relaygraph.api import graphs, ops, runs
+from relaygraph.api import graphs, hooks, ops, runs
 from relaygraph.api.auth import ApiKeys
 from relaygraph.api.deps import ApiContext
 from relaygraph.api.events import EventHub
@@ -93,6 +93,7 @@ def create_app(
     app.include_router(runs.router)
     app.include_router(graphs.router)
     app.include_router(ops.router)
+    app.include_router(hooks.router)
     if console:
         from relaygraph.console import install  # Jinja2 and the templates: only when served
 
@@ -141,9 +142,11 @@ def _declare_security(app: FastAPI) -> None:
         # POST /v1/runs reads its body itself (routes in runs.py): its schema, named here
         schemas = components.setdefault("schemas", {})
         schemas["RunBody"] = RunBody.model_json_schema(ref_template="#/components/schemas/{model}")
-        for operations in doc.get("paths", {}).values():
+        for path, operations in doc.get("paths", {}).items():
             for operation in operations.values():
-                if "401" in operation.get("responses", {}):
+                if path.startswith("/v1/hooks/"):  # signed with the trigger's secret
+                    operation["security"] = []
+                elif "401" in operation.get("responses", {}):
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
         app.openapi_schema = doc
         return doc

@@ -300,7 +300,7 @@ async def retry_run(*, run_id: str, ctx: Ctx, who: Submitter) -> Response:
     "/v1/runs/{run_id}/rerun",
     status_code=202,
     response_model=PublicRunView,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def rerun_run(*, run_id: str, body: RerunBody, ctx: Ctx, who: Submitter) -> Response:
     """Run a completed, failed or cancelled run again from ``from_node``: it and everything

@@ -203,6 +203,9 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         keys.runs_by_graph("<graph_id>"),
         keys.idempotency("<idempotency_key>"),
         keys.workers,
+        keys.triggers_last,
+        keys.event_graphs("<event>"),
+        keys.hook_seen("<sha256>"),
         keys.queue("<queue>"),
         keys.queue("<queue>") + ":health-check",  # arq's, next to its queue
         keys.wake("<queue>"),
@@ -218,12 +221,15 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
     builders = {n for n in dir(Keys) if not n.startswith("_") and callable(getattr(Keys, n))}
     assert builders == {
         "approval_seen",
+        "event_graphs",
         "graph_field",  # a field of the graphs hash, not a key
+        "hook_seen",
         "idempotency",
         "queue",
         "run",
         "runs_by_graph",
         "runs_by_status",
+        "trigger_field",  # a field of the triggers' last-fired hash, not a key
         "wake",
     }
     documented = {k.replace("PREFIX", "<prefix>").replace("RUNID", "<run_id>") for k in built}

@@ -56,7 +56,8 @@ KEYS_DOC: Final = keys_document().decode()
 # (/v1/events), with a heartbeat every 15 s: a generated request would hang until its
 # timeout. tests/e2e/test_api_server.py follows them over HTTP instead.
 SSE_PATHS: Final = ["/v1/runs/{run_id}/events", "/v1/events"]
-OPEN_PATHS: Final = ["/healthz", "/readyz", "/metrics"]  # served without a key
+# served without a key (a webhook call is signed with its trigger's secret instead)
+OPEN_PATHS: Final = ["/healthz", "/readyz", "/metrics", "/v1/hooks/{graph_id}/{trigger_id}"]
 
 GRAPH_IDS: Final = ["gated", "quick", "queued"]
 NODE_IDS: Final = ["review", "start", "work"]

@@ -62,6 +62,7 @@ def bad_graph(tmp_path: Path) -> Path:
 def test_examples_exist() -> None:
     assert {p.parent.name for p in EXAMPLES} == {
         "approval",
+        "batch_triage",
         "bug_triage",
         "code_review",
         "trip_saga",
