@@ -48,13 +48,18 @@ if #jobs > 0 then
   local t = redis.call('TIME')
   due = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 end
-for j = 1, #jobs, 8 do  -- jobs, in arq's layout; a job id that exists already is a no-op
+for j = 1, #jobs, 9 do  -- jobs, in arq's layout; a job id that exists already is a no-op
   local job_key, result_key, queue_key, job_id, job, expires_ms, wake_key, token =
     jobs[j], jobs[j + 1], jobs[j + 2], jobs[j + 3], jobs[j + 4], jobs[j + 5], jobs[j + 6],
     jobs[j + 7]
   if redis.call('EXISTS', job_key, result_key) == 0 then
     redis.call('PSETEX', job_key, expires_ms, job)
-    redis.call('ZADD', queue_key, due, job_id)
+    local offset = jobs[j + 8]  -- the run's priority: its jobs sort first
+    if offset == '0' then
+      redis.call('ZADD', queue_key, due, job_id)
+    else
+      redis.call('ZADD', queue_key, string.format('%d', tonumber(due) - tonumber(offset)), job_id)
+    end
     if wake_key ~= '' then  -- wake a worker with the job's id and graph (oldest first)
       redis.call('RPUSH', wake_key, token)
       redis.call('LTRIM', wake_key, -1024, -1)

@@ -114,7 +114,16 @@ def pack_changes(
     inbox: list[str] = _inbox_messages(t, run, finished)
     for a in t.actions:
         if isinstance(a, EnqueueNode):
-            job = job_write(keys, run.run_id, run.graph_id, run.graph_version, a, now_ms, run.trace)
+            job = job_write(
+                keys,
+                run.run_id,
+                run.graph_id,
+                run.graph_version,
+                a,
+                now_ms,
+                run.trace,
+                run.priority,
+            )
             jobs += job.argv()
         elif isinstance(a, ScheduleTimer):
             # whole ms, rounded up: a timer never fires before it is due
@@ -172,6 +181,7 @@ def _inbox_messages(t: Transition, run: RunRecord, finished: bool) -> list[str]:
                 input=a.input,
                 run_id=a.run_id,
                 parent=a.parent,
+                priority=run.priority,  # a child run goes as fast as its parent
             )
             messages.append(encode_inbox(submit).decode())
         elif isinstance(a, CancelChild):

@@ -45,6 +45,7 @@ from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
 from graph_core.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_PRIORITY,
     MAX_TRACEPARENT,
     MAX_TRACESTATE,
     SubmitRequest,
@@ -221,8 +222,12 @@ class WorkflowClient:
         run_id: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Start a run of a registered graph (latest version unless ``version``); return its id.
+
+        ``priority`` (0, the default and lowest, to 100): among the ready jobs of a queue,
+        workers take those of higher-priority runs first (a run's child runs inherit it).
 
         With ``idempotency_key``, every submit with the same key returns the first run's id
         and starts nothing else (while the key is retained).
@@ -243,6 +248,10 @@ class WorkflowClient:
             raise InputError("traceparent", f"must be at most {MAX_TRACEPARENT} characters")
         if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
             raise InputError("tracestate", f"must be at most {MAX_TRACESTATE} characters")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InputError("priority", f"must be a whole number, got {priority!r}")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise InputError("priority", f"must be from 0 to {MAX_PRIORITY}, got {priority}")
         payload = _json_value("input", input)
         request = SubmitRequest(
             graph_id=graph_id,
@@ -252,6 +261,7 @@ class WorkflowClient:
             idempotency_key=idempotency_key,
             traceparent=traceparent,
             tracestate=tracestate,
+            priority=priority,
         )
         message = self._message("input", request)
         now = clock.now()
@@ -264,6 +274,7 @@ class WorkflowClient:
             created_at=now,
             updated_at=now,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         rk = self.keys.run(run_id)
         keyed = idempotency_key is not None

@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from dispatcher.queue import IN_PROGRESS_KEY_PREFIX
 from graph_core.keys import Keys
+from graph_core.messages import PRIORITY_STEP_MS
 from graph_core.status import RunStatus
 
 __all__ = ["FleetCollector", "FleetReader", "FleetSnapshot", "QueueStats"]
@@ -149,7 +150,9 @@ class FleetReader:
         )
         stats = {}
         for name, (depth, oldest) in zip(names, rows, strict=True):
-            age = max(0.0, (now_ms - float(oldest)) / 1000) if oldest else 0.0
+            # a prioritized job's score is its enqueue time less priority x PRIORITY_STEP_MS
+            waited = (now_ms - float(oldest)) % PRIORITY_STEP_MS if oldest else 0.0
+            age = max(0.0, waited / 1000)
             stats[name] = QueueStats(int(depth), age, serving.get(name, 0))
         return stats
 

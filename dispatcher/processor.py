@@ -146,6 +146,7 @@ class Processor:
             trace=self.tracing.run_trace(req, run_id) if self.tracing is not None else None,
             parent=req.parent,
             pins=await self._pins(graph),
+            priority=req.priority,
         )
 
     async def _pins(self, graph: Graph) -> dict[str, int]:

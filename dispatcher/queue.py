@@ -12,7 +12,7 @@ from typing import Final
 
 from graph_core.events import EnqueueNode, RunTrace
 from graph_core.keys import Keys
-from graph_core.messages import JobPayload, encode_arq_job, job_id, wake_token
+from graph_core.messages import PRIORITY_STEP_MS, JobPayload, encode_arq_job, job_id, wake_token
 
 __all__ = ["ABORT_KEY", "JobWrite", "job_write"]
 
@@ -34,9 +34,10 @@ class JobWrite:
     expires_ms: int
     wake_key: str
     wake_token: str
+    score_offset_ms: int = 0  # taken off the enqueue time: the run's priority
 
     def argv(self) -> list[str]:
-        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
+        """The write as apply.lua reads it: nine strings (numbers as decimal text)."""
         return [
             self.job_key,
             self.result_key,
@@ -46,6 +47,7 @@ class JobWrite:
             str(self.expires_ms),
             self.wake_key,
             self.wake_token,
+            str(self.score_offset_ms),
         ]
 
 
@@ -57,8 +59,10 @@ def job_write(
     action: EnqueueNode,
     now_ms: int,
     trace: RunTrace | None = None,
+    priority: int = 0,
 ) -> JobWrite:
-    """``trace``: the run's span (a traced run), the parent of the attempt's span."""
+    """``trace``: the run's span (a traced run), the parent of the attempt's span;
+    ``priority``: the run's (its jobs sort before those of lower-priority runs)."""
     payload = JobPayload(
         run_id=run_id,
         graph_id=graph_id,
@@ -83,4 +87,5 @@ def job_write(
         expires_ms=JOB_EXPIRES_MS,
         wake_key=keys.wake(action.queue),
         wake_token=wake_token(jid, graph_id, graph_version),
+        score_offset_ms=priority * PRIORITY_STEP_MS,
     )

@@ -154,6 +154,7 @@ class _Machine(Flow, Joins, Parallel, Maps, Subgraphs, Waits, Sagas, Pauses, Ret
                 trace=ev.trace,
                 parent=ev.parent,
                 pins=ev.pins,
+                priority=ev.priority,
             )
         )
         if ev.parent is None:

@@ -119,6 +119,7 @@ class RunSubmitted(_Msg):
     parent: ParentRef | None = None  # a child run's parent
     # graph id -> version: the subgraphs' versions, fixed when the run starts
     pins: dict[str, int] = Field(default_factory=dict)
+    priority: int = 0  # among a queue's ready jobs, those of higher priority go first
 
 
 class NodeReported(_Msg):

@@ -40,8 +40,10 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "INBOX_FIELD",
     "JOB_ID_PREFIX",
+    "MAX_PRIORITY",
     "MAX_TRACEPARENT",
     "MAX_TRACESTATE",
+    "PRIORITY_STEP_MS",
     "InboxMessage",
     "JobPayload",
     "SubmitRequest",
@@ -68,6 +70,10 @@ MAX_TRACEPARENT: Final = 256  # characters; version 00 of W3C's traceparent has 
 MAX_TRACESTATE: Final = 4096  # characters; W3C asks to pass on at least 512
 _INBOX_FIELD_B: Final = INBOX_FIELD.encode()
 _NAMED_FIELDS = 5  # how many of an entry's field names a reason lists
+MAX_PRIORITY: Final = 100  # a run's priority: 0 (the default, the lowest) to 100
+# A job's queue score is its enqueue time (ms) less priority x this: a higher priority sorts
+# first whatever its time (a step is ~115 days), and every score stays due at once.
+PRIORITY_STEP_MS: Final = 10_000_000_000
 
 
 class SubmitRequest(BaseModel):
@@ -89,6 +95,8 @@ class SubmitRequest(BaseModel):
     tracestate: str | None = Field(default=None, max_length=MAX_TRACESTATE)
     # A child run's parent (relaygraph's own: a subgraph node or a map item starts it)
     parent: ParentRef | None = None
+    # Among the ready jobs of a queue, workers take those of higher-priority runs first
+    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
 
 
 InboxMessage = Annotated[

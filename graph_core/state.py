@@ -134,6 +134,7 @@ class RunRecord(BaseModel):
     trace: RunTrace | None = None  # the run's span (tracing = "otel"), for its jobs' spans
     parent: ParentRef | None = None  # a child run's parent (a subgraph node, a map item)
     pins: dict[str, int] = Field(default_factory=dict)  # subgraph graph id -> its version
+    priority: int = 0  # its jobs' priority in their queues (0-100, higher first)
 
     def dump(self) -> bytes:
         # Every field, defaults included: services in other languages read this record.

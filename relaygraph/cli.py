@@ -157,6 +157,9 @@ def _add_client_commands(
     p.add_argument("--input", metavar="JSON", help="the run's input (JSON)")
     p.add_argument("--version", type=int, help="graph version (default: the latest)")
     p.add_argument("--idempotency-key", metavar="K", help="the same key returns the same run")
+    p.add_argument(
+        "--priority", type=int, default=0, metavar="N", help="0-100: higher runs' jobs go first"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run to finish")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S s")
     p.set_defaults(func=cmd_submit)
@@ -369,7 +372,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             registered = await client.register_graph(graph)
             graph_id, version = graph.id, version or registered
         run_id = await client.submit(
-            graph_id, payload, idempotency_key=args.idempotency_key, version=version
+            graph_id,
+            payload,
+            idempotency_key=args.idempotency_key,
+            version=version,
+            priority=args.priority,
         )
         if not args.wait:
             _print_json({"run_id": run_id}) if args.json else print(run_id)

@@ -71,6 +71,12 @@ class RunBody(_Body):
     run_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_\-]{1,128}$", description="default: a new id"
     )
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="0 (lowest) to 100: a queue's ready jobs of higher-priority runs go first",
+    )
 
 
 class LegacyRunBody(_Body):

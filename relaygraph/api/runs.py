@@ -78,6 +78,7 @@ async def _submit(
         run_id=run_id,
         traceparent=_header(headers, "traceparent", 256),
         tracestate=_header(headers, "tracestate", 4096),
+        priority=body.priority,
     )
     created = got == run_id
     if created:

@@ -37,3 +37,12 @@ async def count(ctx: NodeContext) -> dict[str, Any]:
     if ctx.config.get("fail_once") and n == 1:
         raise NonRetryableError(f"{ctx.node_id} fails its first time")
     return {"node": ctx.node_id, "n": n}
+
+
+@registry.handler("order")
+async def order(ctx: NodeContext) -> dict[str, Any]:
+    """Notes the order jobs start in (the run input's ``label``), then holds ``input.sleep``."""
+    key = os.environ["OPS_TEST_KEY"]
+    await _redis().rpush(f"{key}:order", ctx.input["label"])
+    await asyncio.sleep(float(ctx.input.get("sleep", 0)))
+    return {"label": ctx.input["label"]}

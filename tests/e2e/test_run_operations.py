@@ -25,11 +25,11 @@ HANDLERS = "tests.e2e.ops_handlers"
 
 
 @contextmanager
-def deployment(redis_url: str, prefix: str) -> Iterator[str]:
+def deployment(redis_url: str, prefix: str, *extra: str) -> Iterator[str]:
     # the handlers' own keys: not under the deployment's prefix (its keys live there)
     env = {**cli_env(), "OPS_TEST_REDIS": redis_url, "OPS_TEST_KEY": f"{prefix}-probe"}
-    flags = ["--redis", redis_url, "--prefix", prefix, "--handlers", HANDLERS, "--workers", "2"]
-    with relaygraph_up(flags, env=env):
+    flags = ["--redis", redis_url, "--prefix", prefix, "--handlers", HANDLERS]
+    with relaygraph_up([*flags, *(extra or ("--workers", "2"))], env=env):
         yield prefix
 
 
@@ -155,3 +155,34 @@ async def _finished_again(client: WorkflowClient, run_id: str, after: float = 0.
         return None
 
     return await wait_for(check, timeout=20, message=f"run {run_id} to finish again")
+
+
+def order_graph() -> Graph:
+    g = Graph(id="ordered").add_nodes(
+        Node("start", type="start"), Node("job", type="order"), Node("end", type="end")
+    )
+    return g.connect("start", "job", "end").validate_graph()
+
+
+async def test_higher_priority_jobs_start_first(redis_url: str, redis: aioredis.Redis) -> None:
+    """One worker slot, busy: jobs of high-priority runs submitted after low ones start
+    before them."""
+    prefix = f"ops-{secrets.token_hex(4)}"
+    with deployment(redis_url, prefix, "--workers", "1", "--concurrency", "1"):
+        async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
+            await client.register_graph(order_graph())
+            blocker = await client.submit("ordered", {"label": "blocker", "sleep": 1.0})
+
+            async def blocking() -> bool:
+                return await redis.llen(f"{prefix}-probe:order") >= 1
+
+            await wait_for(blocking, timeout=20, message="the blocker running")
+            runs = [await client.submit("ordered", {"label": f"low{i}"}) for i in range(3)] + [
+                await client.submit("ordered", {"label": f"high{i}"}, priority=50) for i in range(2)
+            ]
+            for run_id in [blocker, *runs]:
+                assert (await client.wait(run_id, timeout=30)).status == "completed"
+            order = [x.decode() for x in await redis.lrange(f"{prefix}-probe:order", 0, -1)]
+            assert order == ["blocker", "high0", "high1", "low0", "low1", "low2"]
+            with pytest.raises(InputError, match="priority"):
+                await client.submit("ordered", {"label": "x"}, priority=101)
