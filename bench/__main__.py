@@ -34,7 +34,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import api, delay, dispatcher_cpu, inprocess
+from bench import api, delay, dispatcher_cpu, inprocess, maps
 from bench.config import FULL, QUICK, SCENARIOS, Sizes
 from bench.ours import Ours
 from bench.peer_arq import ArqPeer
@@ -174,6 +174,8 @@ class Runner:
                 await self.guarded("relaygraph HTTP API and the Python client", self.http_api)
             if self.wants("delay"):
                 await self.guarded("relaygraph delay timers", self.delays)
+            if self.wants("map"):
+                await self.guarded("relaygraph map nodes", self.maps)
         finally:
             await asyncio.to_thread(server.stop)
 
@@ -262,6 +264,9 @@ class Runner:
 
     async def delays(self) -> None:
         self.put("delay", "ours", await delay.measure(self.url, self.sizes, self.log_dir))
+
+    async def maps(self) -> None:
+        self.put("map", "ours", await maps.measure(self.url, self.sizes, self.log_dir))
 
     async def celery(self) -> None:
         from bench.peer_celery import CeleryPeer  # imports Celery: only when it runs

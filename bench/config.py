@@ -18,6 +18,7 @@ SCENARIOS = (
     "idle",  # CPU of idle processes
     "api",  # the HTTP API (uvicorn) vs the Python client: submits/s, submit -> first event
     "delay",  # delay nodes: fired - due, and the dispatcher's CPU while delays are pending
+    "map",  # map nodes: cost per item of a 10,000-item map vs 10-item maps, memory per item
 )
 
 
@@ -46,6 +47,10 @@ class Sizes:
     delay_runs: int = 200  # runs of start -> delay (0.5-3 s) -> end, for fired - due
     delay_pending: int = 1000  # long delays pending while the dispatcher's idle CPU is read
     delay_idle_s: float = 5.0  # ... over this long, and as long with nothing pending
+    map_small_items: int = 10  # items of each small map ...
+    map_small_runs: int = 100  # ... and its runs (half before, half after the large map)
+    map_large_items: int = 10_000  # items of the one large map
+    map_max_concurrency: int = 50  # the maps' max_concurrency
     rounds: int = 3  # hop and throughput are measured this often per system, the best kept
     timeout_s: float = 300.0  # any one measurement gives up after this
 
@@ -70,6 +75,8 @@ QUICK = Sizes(
     delay_runs=30,
     delay_pending=100,
     delay_idle_s=2.0,
+    map_small_runs=20,
+    map_large_items=1000,
     rounds=1,
     timeout_s=60.0,
 )

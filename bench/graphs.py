@@ -1,8 +1,9 @@
 """The relaygraph graphs the benchmark runs: chains, fan-out/join and loops of no-op nodes,
-and a delay.
+a delay, and a map over a list of items.
 
-Every worker node has type ``noop`` (``bench.handlers``); ``start``, ``end`` and ``delay``
-are control nodes the dispatcher runs itself, so an N-node shape has N worker jobs.
+Every worker node has type ``tick`` (``bench.handlers``); ``start``, ``end``, ``delay`` and
+``map`` are control nodes the dispatcher runs itself, so an N-node shape has N worker jobs
+(a map: one job per item).
 """
 
 from __future__ import annotations
@@ -10,10 +11,25 @@ from __future__ import annotations
 from graph_core.conditions import Condition
 from graph_core.model import Edge, Graph, Node
 
-__all__ = ["DELAY_NODE", "bare", "chain", "delay", "fanout", "jobs_of", "loop", "single"]
+__all__ = [
+    "DELAY_NODE",
+    "MAKE_ITEMS",
+    "MAP_NODE",
+    "bare",
+    "chain",
+    "delay",
+    "fanout",
+    "jobs_of",
+    "loop",
+    "make_only",
+    "map_items",
+    "single",
+]
 
 NOOP = "tick"
 DELAY_NODE = "nap"
+MAKE_ITEMS = "make_items"  # the handler that returns ``list(range(input.n))``
+MAP_NODE = "each"
 
 
 def chain(n: int) -> Graph:
@@ -82,6 +98,38 @@ def delay() -> Graph:
         Node("end", type="end"),
     )
     g.connect("start", DELAY_NODE, "end")
+    return g.validate_graph()
+
+
+def map_items(max_concurrency: int) -> Graph:
+    """start -> make (returns ``list(range(input.n))``) -> each (a ``map`` running a no-op
+    ``tick`` per item, at most ``max_concurrency`` at once) -> end: 1 + n worker jobs. The
+    items come through ``make``'s output, not the run's input: the run record (which holds
+    the input) is read with every event."""
+    g = Graph(id=f"bench-map-{max_concurrency}")
+    g.add_nodes(
+        Node("start", type="start"),
+        Node("make", type=MAKE_ITEMS),
+        Node(
+            MAP_NODE,
+            type="map",
+            config={
+                "items": "{{ make.output }}",
+                "node": {"type": NOOP},
+                "max_concurrency": max_concurrency,
+            },
+        ),
+        Node("end", type="end"),
+    )
+    g.connect("start", "make", MAP_NODE, "end")
+    return g.validate_graph()
+
+
+def make_only() -> Graph:
+    """start -> make -> end: a map run without its map (what a run costs besides its items)."""
+    g = Graph(id="bench-map-none")
+    g.add_nodes(Node("start", type="start"), Node("make", type=MAKE_ITEMS), Node("end", type="end"))
+    g.connect("start", "make", "end")
     return g.validate_graph()
 
 

@@ -173,6 +173,7 @@ def build_figures(raw: Mapping[str, Any]) -> list[Figure]:
     figures += _idle(raw)
     figures += _api(raw)
     figures += _delay(raw)
+    figures += _map(raw)
     return figures
 
 
@@ -617,6 +618,130 @@ def _delay(raw: Mapping[str, Any]) -> list[Figure]:
             )
         )
     return figures
+
+
+_MAP_GOAL = Goal("<= 1.5x", "max", 1.5)  # the issue: cost per item at 10,000 vs 10 items
+
+
+def _map(raw: Mapping[str, Any]) -> list[Figure]:
+    """Map nodes: cost per item of one large map against many small ones, memory per item."""
+    cost = _get(raw, "map", "ours", "cost")
+    memory = _get(raw, "map", "ours", "memory")
+    figures: list[Figure] = []
+    if cost:
+        small, large = cost.get("small") or {}, cost.get("large") or {}
+        n, big = _count(small.get("items_per_run")), _count(large.get("items_per_run"))
+        where = (
+            f"{small.get('runs')} runs of a {n}-item map (half before, half after) vs 1 run of "
+            f"a {big}-item map, max_concurrency {cost.get('max_concurrency')}, 1 dispatcher + "
+            f"workers"
+        )
+        figures += [
+            Figure(
+                f"map: CPU per item, {big} vs {n} items",
+                "ratio",
+                "lower",
+                _num(cost.get("cpu_ratio")),
+                goals=[_MAP_GOAL],
+                note=f"{where}; server + dispatcher + workers per item, whole runs (submit, "
+                f"make, end) included: {n} items {_cpu_split(small)}, {big} items "
+                f"{_cpu_split(large)}; the map alone (runs without a map taken out): "
+                f"{_fmt(_get(small, 'map_only', 'cpu_us_per_item'))} -> "
+                f"{_fmt(_get(large, 'map_only', 'cpu_us_per_item'))} µs, ratio "
+                f"{_fmt(cost.get('map_only_cpu_ratio'))}",
+            ),
+            Figure(
+                f"map: CPU per item, {big}-item map",
+                "µs",
+                "lower",
+                _num(_get(large, "cpu_us_per_item", "total")),
+                [(f"{n}-item maps", _num(_get(small, "cpu_us_per_item", "total")))],
+                note="server + dispatcher + workers, from the submits to the last completion",
+            ),
+            Figure(
+                f"map: Redis commands per item, {big} vs {n} items",
+                "ratio",
+                "lower",
+                _num(cost.get("commands_ratio")),
+                note=f"script-internal calls included: {_fmt(small.get('commands_per_item'))} "
+                f"-> {_fmt(large.get('commands_per_item'))} per item; bytes the server sent per "
+                f"item: {_fmt(_get(small, 'net_bytes_per_item', 'out'))} -> "
+                f"{_fmt(_get(large, 'net_bytes_per_item', 'out'))}, received: "
+                f"{_fmt(_get(small, 'net_bytes_per_item', 'in'))} -> "
+                f"{_fmt(_get(large, 'net_bytes_per_item', 'in'))}",
+            ),
+            Figure(
+                f"map: items/s, {big}-item map",
+                "items/s",
+                "higher",
+                _num(large.get("items_per_s")),
+                [(f"{n}-item maps", _num(small.get("items_per_s")))],
+                note=f"{big} items in {_fmt(large.get('wall_s'))} s; {n}-item maps: "
+                f"{small.get('items')} items in {_fmt(small.get('wall_s'))} s",
+            ),
+        ]
+    if memory:
+        start = memory.get("at_start") or {}
+        items = _count(memory.get("items"))
+        first = start.get("keys_per_item") or {}
+        after = memory.get("after_keys_per_item") or {}
+        trimmed = " (the dispatcher trimmed the inbox meanwhile)"
+        figures += [
+            Figure(
+                f"map: Redis memory per item as a {items}-item map starts",
+                "bytes",
+                "lower",
+                _num(start.get("keys_bytes_per_item")),
+                [
+                    ("server used_memory", _num(start.get("used_memory_per_item"))),
+                    ("run's keys at their peak", _num(memory.get("peak_keys_bytes_per_item"))),
+                ],
+                note=f"MEMORY USAGE of the run's keys and the inbox's growth, first seen "
+                f"running {_fmt_ms(_ms(start.get('seconds_after_submit')))} ms after the "
+                f"submit ({start.get('items_done')} items done, {start.get('items_started')} "
+                f"started): outputs hash {_fmt(first.get('outputs'))} (the item inputs, one "
+                f"field each, and make's list), history {_fmt(first.get('events'))}, inbox "
+                f"{_fmt(first.get('inbox'))}; server used_memory (allocated less client "
+                f"buffers) against before the submit, peak "
+                f"{_fmt(memory.get('peak_used_memory_per_item'))}",
+            ),
+            Figure(
+                f"map: Redis memory per item left after a {items}-item map",
+                "bytes",
+                "lower",
+                _num(memory.get("after_keys_bytes_per_item")),
+                [
+                    ("without inbox", _num(memory.get("after_keys_bytes_per_item_without_inbox"))),
+                    ("server used_memory", _num(memory.get("after_used_memory_per_item"))),
+                ],
+                note=f"MEMORY USAGE per item: history {_fmt(after.get('events'))} "
+                f"({memory.get('history_entries')} entries), outputs hash "
+                f"{_fmt(after.get('outputs'))} (make's list, the map's result list and end's "
+                f"copy of it), run record {_fmt(after.get('meta'))} (the run's output), inbox "
+                f"{_fmt(after.get('inbox'))} (until its next trim)"
+                + (trimmed if memory.get("inbox_trimmed_meanwhile") else "")
+                + f"; item fields left: {memory.get('item_fields_left')}",
+            ),
+        ]
+    return figures
+
+
+def _count(value: Any) -> str:
+    v = _num(value)
+    return "?" if v is None else f"{v:.0f}"
+
+
+def _ms(seconds: Any) -> float | None:
+    v = _num(seconds)
+    return None if v is None else v * 1000
+
+
+def _cpu_split(case: Mapping[str, Any]) -> str:
+    cpu = case.get("cpu_us_per_item") or {}
+    return (
+        f"{_fmt(cpu.get('total'))} µs (server {_fmt(cpu.get('server'))}, dispatcher "
+        f"{_fmt(cpu.get('dispatcher'))}, workers {_fmt(cpu.get('workers'))})"
+    )
 
 
 def _early(accuracy: Mapping[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """The benchmark's pure parts: statistics, ratios, goal checks, the table and results.json,
-the graphs it runs, its Server-Sent Events reader and how it reads a delay's lateness from a
-run's history. No processes, no server, no timing assertions."""
+the graphs it runs, its Server-Sent Events reader, how it reads a delay's lateness from a
+run's history and how it turns map passes into per-item figures. No processes, no server,
+no timing assertions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from bench import graphs
 from bench.config import FULL, QUICK, SCENARIOS
 from bench.delay import delay_seconds, lateness
+from bench.maps import Pass, case, without_runs
 from bench.report import (
     Figure,
     Goal,
@@ -177,7 +179,10 @@ def test_quick_sizes_are_smaller_than_full() -> None:
     assert "api" in SCENARIOS
     assert QUICK.delay_runs < FULL.delay_runs
     assert QUICK.delay_pending < FULL.delay_pending
-    assert SCENARIOS[-1] == "delay"
+    assert SCENARIOS[-2:] == ("delay", "map")
+    assert QUICK.map_large_items < FULL.map_large_items == 10_000
+    assert QUICK.map_small_runs < FULL.map_small_runs
+    assert FULL.map_small_items == QUICK.map_small_items == 10
 
 
 @pytest.mark.parametrize(
@@ -196,6 +201,135 @@ def test_bench_graphs_run_their_job_count(graph: Any, jobs: int) -> None:
     result = run_local(graph, handlers, input={"seconds": 1.5})
     assert result.run.status == RunStatus.COMPLETED
     assert len(result.executions) == jobs == graphs.jobs_of(graph)
+
+
+def test_the_map_graph_runs_a_job_per_item_over_make_output() -> None:
+    handlers = {
+        graphs.NOOP: lambda node_id, config, ctx: {"i": ctx["index"]},
+        graphs.MAKE_ITEMS: lambda node_id, config, ctx: list(range(ctx["input"]["n"])),
+    }
+    result = run_local(graphs.map_items(3), handlers, input={"n": 7})
+    assert result.run.status == RunStatus.COMPLETED
+    assert len(result.executions) == 1 + 7
+    assert result.run.output == [{"i": i} for i in range(7)]
+    started = next(
+        h
+        for t in result.transitions
+        for h in t.history
+        if h.type == "map.started" and h.node_id == graphs.MAP_NODE
+    )
+    assert started.data == {"items": 7, "max_concurrency": 3}
+    none = run_local(graphs.make_only(), handlers, input={"n": 7})
+    assert none.run.status == RunStatus.COMPLETED and len(none.executions) == 1
+
+
+def map_pass(runs: int, items: int, cpu: float, commands: int) -> Pass:
+    """A pass whose CPU seconds are split 1:2:3 over server, dispatcher and workers."""
+    split = {"server": cpu / 6, "dispatcher": cpu / 3, "workers": cpu / 2, "driver": 0.5}
+    net = {"in": 100 * items, "out": 200 * items}
+    return Pass(runs, items, 1.0, split, {"hget": commands // 2, "evalsha": commands // 2}, net)
+
+
+def test_map_passes_add_up_and_give_per_item_figures() -> None:
+    both = map_pass(50, 500, 1.0, 20_000) + map_pass(50, 500, 2.0, 24_000)
+    assert (both.runs, both.items, both.wall_s) == (100, 1000, 2.0)
+    assert both.cpu_total_s == pytest.approx(3.0)  # the driver is not an item's cost
+    assert both.commands == {"hget": 22_000, "evalsha": 22_000}
+    base = map_pass(100, 0, 0.5, 8_000)  # runs without a map: 5 ms and 80 commands a run
+    figures = case(both, base)
+    assert figures["items_per_s"] == pytest.approx(500.0)
+    assert figures["cpu_us_per_item"]["total"] == pytest.approx(3000.0)
+    assert figures["cpu_us_per_item"]["workers"] == pytest.approx(1500.0)
+    assert figures["driver_cpu_us_per_item"] == pytest.approx(1000.0)
+    assert figures["commands_per_item"] == pytest.approx(44.0)
+    assert figures["net_bytes_per_item"] == {"in": 100.0, "out": 200.0}
+    assert figures["map_only"] == {
+        "cpu_us_per_item": pytest.approx(2500.0),
+        "commands_per_item": pytest.approx(36.0),
+    }
+    assert "map_only" not in case(both)
+    assert without_runs(map_pass(1, 10, 0.001, 10), base) == (0.0, 0.0)  # never below zero
+    with pytest.raises(ValueError):
+        case(base)  # no items: no per-item figure
+    with pytest.raises(ValueError):
+        without_runs(both, Pass())
+
+
+def map_raw(cpu_ratio: float) -> dict[str, Any]:
+    small = case(map_pass(100, 1000, 3.0, 52_000), map_pass(100, 0, 0.5, 8_000))
+    large = case(map_pass(1, 10_000, 30.0 * cpu_ratio, 440_000), map_pass(100, 0, 0.5, 8_000))
+    return {
+        "map": {
+            "ours": {
+                "cost": {
+                    "max_concurrency": 50,
+                    "small": small,
+                    "large": large,
+                    "cpu_ratio": cpu_ratio,
+                    "commands_ratio": 44.0 / 52.0,
+                    "map_only_cpu_ratio": 1.1,
+                },
+                "memory": {
+                    "items": 10_000,
+                    "at_start": {
+                        "seconds_after_submit": 0.05,
+                        "items_done": 3,
+                        "items_started": 53,
+                        "keys_per_item": {"outputs": 60.0, "events": 1.0, "inbox": 0.5},
+                        "keys_bytes_per_item": 61.5,
+                        "used_memory_per_item": 120.0,
+                    },
+                    "peak_keys_bytes_per_item": 700.0,
+                    "peak_used_memory_per_item": 720.0,
+                    "after_keys_per_item": {
+                        "events": 350.0,
+                        "outputs": 70.0,
+                        "meta": 30.0,
+                        "nodes": 0.1,
+                        "inbox": 200.0,
+                    },
+                    "after_keys_bytes_per_item": 650.1,
+                    "after_keys_bytes_per_item_without_inbox": 450.1,
+                    "after_used_memory_per_item": 640.0,
+                    "history_entries": 20_009,
+                    "item_fields_left": 0,
+                    "inbox_trimmed_meanwhile": False,
+                },
+            }
+        }
+    }
+
+
+def test_map_figures_report_the_cost_ratio_and_memory_per_item() -> None:
+    figures = {f.scenario: f for f in build_figures(map_raw(1.2))}
+    ratio = figures["map: CPU per item, 10000 vs 10 items"]
+    assert ratio.ours == 1.2 and ratio.unit == "ratio"
+    assert [goal_status(ratio, g) for g in ratio.goals] == [True]
+    assert "100 runs of a 10-item map" in ratio.note and "max_concurrency 50" in ratio.note
+    assert "10 items 3,000 µs (server 500, dispatcher 1,000, workers 1,500)" in ratio.note
+    cpu = figures["map: CPU per item, 10000-item map"]
+    assert cpu.ours == pytest.approx(3600.0)
+    assert cpu.peer("10-item maps") == pytest.approx(3000.0)
+    commands = figures["map: Redis commands per item, 10000 vs 10 items"]
+    assert commands.ours == pytest.approx(44.0 / 52.0)
+    assert "52.0 -> 44.0 per item" in commands.note
+    start = figures["map: Redis memory per item as a 10000-item map starts"]
+    assert start.ours == 61.5 and start.peer("run's keys at their peak") == 700.0
+    assert start.peer("server used_memory") == 120.0
+    assert "50.00 ms after the submit (3 items done, 53 started)" in start.note
+    assert "outputs hash 60.0 (the item inputs" in start.note
+    left = figures["map: Redis memory per item left after a 10000-item map"]
+    assert (left.ours, left.peer("without inbox")) == (650.1, 450.1)
+    assert "history 350 (20009 entries)" in left.note and "item fields left: 0" in left.note
+    assert "trimmed" not in left.note
+    trimmed = map_raw(1.2)
+    trimmed["map"]["ours"]["memory"]["inbox_trimmed_meanwhile"] = True
+    assert "trimmed the inbox meanwhile" in build_figures(trimmed)[-1].note
+    slow = {f.scenario: f for f in build_figures(map_raw(1.8))}
+    missed = slow["map: CPU per item, 10000 vs 10 items"]
+    assert [goal_status(missed, g) for g in missed.goals] == [False]
+    assert "<= 1.5x: MISSED" in format_table(list(slow.values()))
+    assert "map:" not in " ".join(f.scenario for f in build_figures(sample_raw()))
 
 
 def test_loop_rates_count_iterations_not_nodes() -> None:
