@@ -43,6 +43,7 @@ from graph_core.events import (
 )
 from graph_core.history import HistoryStep, history_steps, output_visits
 from graph_core.keys import DEFAULT_PREFIX, Keys, check_run_id
+from graph_core.limits import Limit, LimitError, check, parse_rate, parse_scope
 from graph_core.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_PRIORITY,
@@ -501,6 +502,58 @@ class WorkflowClient:
                         "secret_env": spec.secret_env,
                     }
                 found.append(row)
+        return found
+
+    async def set_limit(
+        self,
+        scope: str,
+        *,
+        max_running: int | None = None,
+        rate: str | float | None = None,
+        burst: float | None = None,
+    ) -> Limit:
+        """Set the fleet-wide limits of ``scope`` (a queue name, ``queue:NAME`` or
+        ``type:NAME``): at most ``max_running`` of its jobs at once across every worker,
+        and at most ``rate`` starts (``"60/min"``, ``"20/s"``, or per second as a number)
+        with ``burst`` tokens at most (default 1). Workers apply it from their next claim;
+        nothing restarts. ``LimitError`` for a bad value."""
+        name = parse_scope(scope)
+        per_s = parse_rate(rate) if isinstance(rate, str) else rate
+        if per_s is not None and per_s <= 0:
+            raise LimitError(f"rate must be more than 0, got {rate!r}")
+        limit = check(Limit(max_running=max_running, rate=per_s, burst=burst))
+        if limit.max_running is None and limit.rate is None:
+            raise LimitError("give max_running, a rate, or both (clear_limit removes them)")
+        await self.redis.hset(self.keys.limits, name, limit.encode())
+        return limit
+
+    async def clear_limit(self, scope: str) -> bool:
+        """Remove ``scope``'s limits; whether it had any."""
+        name = parse_scope(scope)
+        removed = await self.redis.hdel(self.keys.limits, name)
+        await self.redis.delete(self.keys.limit_bucket(name))
+        return bool(removed)
+
+    async def limits(self) -> dict[str, dict[str, Any]]:
+        """Every scope's limits, with its jobs running now (those holding a slot) and the
+        jobs held back in all: what ``relaygraph limits show`` prints."""
+        raw = await self.redis.hgetall(self.keys.limits)
+        throttled: dict[str, int] = {}
+        for value in (await self.redis.hgetall(self.keys.limits_throttled)).values():
+            scope = value.decode().split("|", 1)[0]
+            throttled[scope] = throttled.get(scope, 0) + 1
+        found: dict[str, dict[str, Any]] = {}
+        for name_b, spec in sorted(raw.items()):
+            name = name_b.decode()
+            limit = Limit.decode(spec.decode())
+            found[name] = {
+                "max_running": limit.max_running,
+                "rate_per_s": limit.rate,
+                "burst": limit.burst,
+                "running": await self.redis.zcard(self.keys.limit_running(name)),
+                "throttled": throttled.get(name, 0),
+                "text": limit.describe(),
+            }
         return found
 
     async def rerun(

@@ -74,6 +74,7 @@ def job_write(
         parent=action.parent,
         compensate=action.compensate,
         item=action.item,
+        type=action.type,
         traceparent=trace.traceparent if trace is not None else None,
         tracestate=trace.tracestate if trace is not None else None,
     )

@@ -199,16 +199,21 @@ async def _child_waits(store: RunStore, child_ids: list[str]) -> list[WaitView]:
 async def _mark_running(store: RunStore, run_id: str, records: dict[str, NodeRecord]) -> None:
     """Show a queued node whose job a worker has started as ``running``: the engine keeps it
     ``queued`` (starting a job sends the dispatcher nothing), but arq's in-progress key of
-    the attempt's job tells."""
+    the attempt's job tells; and one a fleet-wide limit holds back as ``throttled``."""
     queued = [(nid, rec) for nid, rec in records.items() if rec.status == NodeStatus.QUEUED]
     if not queued:
         return
     pipe = store.redis.pipeline(transaction=False)
     for nid, rec in queued:
-        pipe.exists(IN_PROGRESS_KEY_PREFIX + job_id(run_id, nid, rec.visits, rec.attempt))
-    for (_nid, rec), started in zip(queued, await pipe.execute(), strict=True):
-        if started:
+        jid = job_id(run_id, nid, rec.visits, rec.attempt)
+        pipe.exists(IN_PROGRESS_KEY_PREFIX + jid)
+        pipe.hexists(store.keys.limits_throttled, jid)
+    replies = await pipe.execute()
+    for i, (_nid, rec) in enumerate(queued):
+        if replies[2 * i]:
             rec.status = NodeStatus.RUNNING
+        elif replies[2 * i + 1]:
+            rec.status = NodeStatus.THROTTLED
 
 
 async def load_summaries(store: RunStore, run_ids: list[str]) -> list[RunSummary]:

@@ -276,6 +276,7 @@ class EnqueueNode(_Msg):
     parent: str | None = None
     compensate: bool | None = None  # True: run the node's compensation, not the node
     item: int | None = None  # a map node's item (its index): run the map's inner node
+    type: str | None = None  # the handler type the job runs (fleet-wide limits per type)
 
 
 class ScheduleTimer(_Msg):

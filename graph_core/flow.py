@@ -157,6 +157,7 @@ class Flow(MachineBase):
                 queue=queue,
                 timeout_s=node.timeout_s,
                 parent=node.parent,
+                type=node.type,
             )
         )
         self.tx.emit("node.enqueued", node.id, visit=rec.visits, attempt=rec.attempt, queue=queue)

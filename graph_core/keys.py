@@ -100,6 +100,12 @@ class Keys:
         self.workers = f"{p}:workers"
         # hash: trigger_field(graph, trigger) -> the newest tick fired (epoch seconds)
         self.triggers_last = f"{p}:triggers:last"
+        # hash: limit scope (queue:NAME, type:NAME) -> "max_running|rate|burst"; its
+        # companions (built by the claim script from this name): <limits>:running:<scope>
+        # (zset: job id -> claim ms), <limits>:bucket:<scope> (hash: tokens, ts) and
+        # <limits>:throttled (hash: job id -> "<scope>|<wake key>")
+        self.limits = f"{p}:limits"
+        self.limits_throttled = f"{p}:limits:throttled"
 
     def approval_seen(self, digest: str) -> str:
         """Marks a published approval as already forwarded to the inbox (or, malformed,
@@ -118,6 +124,14 @@ class Keys:
     def hook_seen(self, digest: str) -> str:
         """String: a webhook call's signature already used (replays are refused)."""
         return f"{self.prefix}:hooks:seen:{digest}"
+
+    def limit_running(self, scope: str) -> str:
+        """Zset: the jobs of a limited scope that hold a running slot, job id -> claim ms."""
+        return f"{self.limits}:running:{scope}"
+
+    def limit_bucket(self, scope: str) -> str:
+        """Hash: a rate-limited scope's token bucket (``tokens``, ``ts`` ms)."""
+        return f"{self.limits}:bucket:{scope}"
 
     def graph_field(self, graph_id: str, version: int) -> str:
         return f"{graph_id}@{version}"

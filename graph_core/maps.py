@@ -150,6 +150,7 @@ class Maps(MachineBase):
                 queue=queue,
                 timeout_s=node.timeout_s,
                 item=item,
+                type=node.job_type,
             )
         )
         self.tx.emit("map.item_enqueued", node.id, visit=visit, attempt=attempt, item=item)

@@ -137,6 +137,9 @@ class JobPayload(BaseModel):
     # A map node's item (its index): run the map's inner node on that item. Left out of
     # the job when None.
     item: int | None = Field(default=None, ge=0)
+    # The handler type the job runs (the node's, a map's inner node's, a compensation's):
+    # fleet-wide limits per type read it. Left out of the job when None.
+    type: str | None = None
     # The run's span (W3C Trace Context), when the run is traced: the parent of the worker's
     # span of this attempt. Left out of the job when None.
     traceparent: str | None = None

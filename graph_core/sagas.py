@@ -85,6 +85,7 @@ class Sagas(MachineBase):
                 queue=comp.queue or node.queue or "default",
                 timeout_s=comp.timeout_s,
                 compensate=True,
+                type=comp.type,
             )
         )
 

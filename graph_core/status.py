@@ -44,6 +44,7 @@ class NodeStatus(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"  # failed; a durable timer re-enqueues it
     DELAYED = "delayed"  # a delay node: a durable timer completes it when due
     HELD = "held"  # would be enqueued, but its run is paused (enqueued on resume)
+    THROTTLED = "throttled"  # run views only: queued, its job held back by a fleet-wide limit
     COMPENSATING = "compensating"  # its compensation runs (a job, like an attempt)
     COMPENSATED = "compensated"  # its compensation completed
     COMPLETED = "completed"

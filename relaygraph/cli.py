@@ -26,6 +26,7 @@ from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_grap
 from dispatcher.errors import RunNotFound
 from dispatcher.store import GraphNotFound
 from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.limits import LimitError, parse_scope
 from graph_core.model import Graph
 from graph_core.settings import SettingsError
 from graph_core.status import RunStatus
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except GraphValidationError as e:
         return _error(str(e).splitlines()[0], *format_problems(e), code=EXIT_USAGE)
-    except (UsageError, SettingsError, InputError, GraphNotFound) as e:
+    except (UsageError, SettingsError, InputError, GraphNotFound, LimitError) as e:
         return _error(str(e), code=EXIT_USAGE)
     except (RedisConnectionError, RedisTimeoutError) as e:
         where = redact_url(getattr(args, "_redis_url", None) or "")
@@ -245,6 +246,20 @@ def _add_trigger_commands(
         "triggers", parents=[redis_opts, json_opt], help="list triggers, with next fire times"
     )
     p.set_defaults(func=cmd_triggers)
+
+    p = sub.add_parser("limits", help="fleet-wide limits per queue or node type")
+    limits = p.add_subparsers(dest="limits_command", required=True, metavar="set|show|clear")
+    q = limits.add_parser("set", parents=[redis_opts], help="set a scope's limits")
+    q.add_argument("scope", metavar="QUEUE|queue:NAME|type:NAME")
+    q.add_argument("--max-running", type=int, metavar="N", help="jobs at once, fleet-wide")
+    q.add_argument("--rate", metavar="N/s|N/min|N/hour", help="job starts, a token bucket")
+    q.add_argument("--burst", type=float, metavar="N", help="the bucket's size (default 1)")
+    q.set_defaults(func=cmd_limits_set)
+    q = limits.add_parser("show", parents=[redis_opts, json_opt], help="list the limits")
+    q.set_defaults(func=cmd_limits_show)
+    q = limits.add_parser("clear", parents=[redis_opts], help="remove a scope's limits")
+    q.add_argument("scope", metavar="QUEUE|queue:NAME|type:NAME")
+    q.set_defaults(func=cmd_limits_clear)
 
 
 # --- shared helpers ---------------------------------------------------------------------
@@ -484,6 +499,40 @@ def cmd_triggers(args: argparse.Namespace) -> int:
             print("no graph has a trigger that fires (scheduled, event or webhook)")
         for row in rows:
             print(format_trigger(row))
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_limits_set(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        limit = await client.set_limit(
+            args.scope, max_running=args.max_running, rate=args.rate, burst=args.burst
+        )
+        print(f"{parse_scope(args.scope)}: {limit.describe()}")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_limits_show(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        found = await client.limits()
+        if args.json:
+            _print_json(found)
+        elif not found:
+            print("no limits")
+        for scope, row in found.items() if not args.json else ():
+            print(f"{scope}: {row['text']}; running {row['running']}, held back {row['throttled']}")
+        return EXIT_OK
+
+    return _with_client(args, go)
+
+
+def cmd_limits_clear(args: argparse.Namespace) -> int:
+    async def go(client: WorkflowClient) -> int:
+        had = await client.clear_limit(args.scope)
+        print(f"{parse_scope(args.scope)}: " + ("limits removed" if had else "had no limits"))
         return EXIT_OK
 
     return _with_client(args, go)

@@ -70,12 +70,73 @@ local function server_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
-# Claim a job: only if nobody runs it, it is still queued and it is due; then read it, count
-# the try (arq's retry key), take it off the abort set, read the fence's records and, for a
-# job planned before the claim (``ClaimPlan``), write its lease and read what it will read.
+# Fleet-wide limits (graph_core/limits.py) of a job's scopes: its queue's (ARGV[7]) and its
+# handler type's (read from the job), in the limits hash (KEYS[10]). A scope at its
+# max_running (the running zset's members whose in-progress key still exists) or out of
+# tokens holds the job back: noted in the throttled hash (KEYS[11]) with the queue's wake
+# key (KEYS[12]), so a job finishing wakes it; else its slots and tokens are taken.
+_LIMITS_LUA = """
+local function limited(limits, throttled, wake, progress_key, job_id, queue_scope, job)
+  local scopes = {queue_scope}
+  if job then
+    local ok, env = pcall(cjson.decode, job)
+    if ok and type(env) == 'table' and type(env['a']) == 'table' and type(env['a'][1]) == 'table'
+      and type(env['a'][1]['type']) == 'string' then
+      scopes[2] = 'type:' .. env['a'][1]['type']
+    end
+  end
+  local prefix = string.sub(progress_key, 1, #progress_key - #job_id)
+  local now = server_ms()
+  local take = {}
+  for _, scope in ipairs(scopes) do
+    local raw = redis.call('HGET', limits, scope)
+    if raw then
+      local m, r, b = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)$')
+      local max_running, rate, burst = tonumber(m), tonumber(r), tonumber(b) or 1
+      if max_running then
+        local running = limits .. ':running:' .. scope
+        for _, held in ipairs(redis.call('ZRANGE', running, 0, -1)) do
+          if redis.call('EXISTS', prefix .. held) == 0 then redis.call('ZREM', running, held) end
+        end
+        if redis.call('ZCARD', running) >= max_running then
+          redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
+          return {'throttled', scope, 0}
+        end
+        take[#take + 1] = {running}
+      end
+      if rate and rate > 0 then
+        local bucket = limits .. ':bucket:' .. scope
+        local got = redis.call('HMGET', bucket, 'tokens', 'ts')
+        local tokens = tonumber(got[1]) or burst
+        local since = now - (tonumber(got[2]) or now)
+        tokens = math.min(burst, tokens + math.max(0, since) * rate / 1000)
+        if tokens < 1 then
+          redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
+          return {'throttled', scope, math.ceil((1 - tokens) * 1000 / rate)}
+        end
+        take[#take + 1] = {bucket, tokens}
+      end
+    end
+  end
+  for _, t in ipairs(take) do
+    if t[2] then
+      redis.call('HSET', t[1], 'tokens', tostring(t[2] - 1), 'ts', tostring(now))
+    else
+      redis.call('ZADD', t[1], now, job_id)
+    end
+  end
+  redis.call('HDEL', throttled, job_id)
+  return false
+end
+"""
+# Claim a job: only if nobody runs it, it is still queued and it is due, and its limits let
+# it; then read it, count the try (arq's retry key), take it off the abort set, read the
+# fence's records and, for a job planned before the claim (``ClaimPlan``), write its lease
+# and read what it will read.
 _CLAIM = (
     LATEST_LUA
     + _SERVER_MS_LUA
+    + _LIMITS_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -94,7 +155,11 @@ if ARGV[4] ~= '' then
   node = redis.call('HGET', KEYS[7], ARGV[4])
 end
 if ARGV[5] ~= '' then redis.call('ZSCORE', KEYS[8], ARGV[5]) end
-local out = latest(KEYS[7], KEYS[9], ARGV, 7, {score, job, 0, 0, run, node, 0})
+local out = latest(KEYS[7], KEYS[9], ARGV, 8, {score, job, 0, 0, run, node, 0})
+if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
+  local held = limited(KEYS[10], KEYS[11], KEYS[12], KEYS[1], ARGV[1], ARGV[7], job)
+  if held then return held end
+end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[3])  -- arq checks it exists; we, whose it is
 out[3] = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], 88400)
@@ -124,6 +189,19 @@ if ARGV[2] == 'done' then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('ZREM', KEYS[5], ARGV[1])
+  -- a running slot freed: wake one job a limit holds back (on its queue's wake list)
+  if KEYS[8] ~= '' and redis.call('HLEN', KEYS[8]) > 0 then
+    for _ = 1, 3 do
+      local picked = redis.call('HRANDFIELD', KEYS[8], 1, 'WITHVALUES')
+      if #picked < 2 then break end
+      redis.call('HDEL', KEYS[8], picked[1])
+      local wake = string.match(picked[2], '|(.*)$')
+      if wake and redis.call('EXISTS', KEYS[9] .. picked[1]) == 1 then
+        redis.call('RPUSH', wake, picked[1])
+        break
+      end
+    end
+  end
   return 1
 end
 redis.call('DEL', KEYS[1])
@@ -219,6 +297,10 @@ class WakingWorker(Worker):
         self.keys = keys
         self.planner = planner
         self.wake_key = wake_key
+        self.queue_short = self.queue_name.removeprefix(f"{keys.prefix}:queue:")
+        # a rate limit held a claim back: poll again at this monotonic time (0: none)
+        self._retry_throttled_at = 0.0
+        self.throttled = 0  # claims a limit held back
         self.fallback_s = fallback_s
         self.wakeups = 0
         self.outages = 0
@@ -351,13 +433,15 @@ class WakingWorker(Worker):
             abort_jobs_ss,
         ]
         args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
+        limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
+        scope = f"queue:{self.queue_short}"
         parts = parse_job_id(job_id)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
         except RelaygraphError:
             rk = None
         if parts is None or rk is None:
-            return [*keys, "", "", "", ""], [*args, "", "", ""], None
+            return [*keys, "", "", "", "", *limits], [*args, "", "", "", scope], None
         plan = None
         if self.planner is not None and graph is not None:
             try:
@@ -365,10 +449,21 @@ class WakingWorker(Worker):
             except Exception:  # a planning bug must not stop the worker: claim plainly
                 logger.exception("planning the claim of job %s failed", job_id)
         if plan is None:
-            return [*keys, rk.meta, rk.nodes, "", ""], [*args, parts[1], "", ""], None
+            return (
+                [*keys, rk.meta, rk.nodes, "", "", *limits],
+                [*args, parts[1], "", "", scope],
+                None,
+            )
         return (
-            [*keys, rk.meta, rk.nodes, plan.lease_key, plan.outputs_key],
-            [*args, parts[1], plan.lease.decode(), str(plan.lease_expiry_ms), *plan.reads],
+            [*keys, rk.meta, rk.nodes, plan.lease_key, plan.outputs_key, *limits],
+            [
+                *args,
+                parts[1],
+                plan.lease.decode(),
+                str(plan.lease_expiry_ms),
+                scope,
+                *plan.reads,
+            ],
             plan,
         )
 
@@ -388,7 +483,8 @@ class WakingWorker(Worker):
                 logger.warning(
                     "claiming job %s failed (%s); claiming it plainly", args[0], replies[i]
                 )
-                calls[i] = ([*keys[:5], "", "", "", ""], [*args[:3], "", "", ""], None)
+                plain_keys = [*keys[:5], "", "", "", "", *keys[9:12]]
+                calls[i] = (plain_keys, [*args[:3], "", "", "", args[6]], None)
             try:
                 again = await self._evalsha_all([calls[i][:2] for i in bare])
             except (RedisConnectionError, RedisTimeoutError) as e:
@@ -415,10 +511,24 @@ class WakingWorker(Worker):
             )
         if failed:
             await self._defer(failed)
+        for reply in replies:
+            self._note_throttled(reply)
         return [
             _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
             for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
+
+    def _note_throttled(self, reply: Any) -> None:
+        """A claim a limit held back (``{'throttled', scope, wait ms}``): when the wait is
+        a rate's, poll again then (a running slot's is woken by the finish that frees it)."""
+        if not (isinstance(reply, list) and reply and reply[0] == b"throttled"):
+            return
+        self.throttled += 1
+        wait_ms = int(reply[2]) if len(reply) > 2 else 0
+        if wait_ms > 0:
+            at = time.monotonic() + wait_ms / 1000
+            if self._retry_throttled_at == 0.0 or at < self._retry_throttled_at:
+                self._retry_throttled_at = at
 
     async def _defer(self, job_ids: list[str]) -> None:
         """Move jobs whose claim failed out of the way of polls (which read the queue's oldest
@@ -630,6 +740,8 @@ class WakingWorker(Worker):
             self.queue_name,
             (writes.stream if writes else None) or "",
             (writes.lease_key if writes else None) or "",
+            self.keys.limits_throttled,
+            job_key_prefix,  # + a throttled job's id: whether it is still queued
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [
@@ -677,9 +789,16 @@ class WakingWorker(Worker):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), timeout=self.fallback_s)
             return None
-        if time.monotonic() - self._last_poll >= self.fallback_s:
+        now = time.monotonic()
+        if now - self._last_poll >= self.fallback_s:
             return None  # busy on wake-ups: poll now and then for jobs that had none
-        tokens = await self._pop_wakeups(free)
+        timeout = self.fallback_s
+        if self._retry_throttled_at:  # a rate's next token: poll when it comes
+            if now >= self._retry_throttled_at:
+                self._retry_throttled_at = 0.0
+                return None
+            timeout = min(timeout, self._retry_throttled_at - now)
+        tokens = await self._pop_wakeups(free, timeout)
         if not tokens:
             return None
         self.wakeups += 1
@@ -688,20 +807,19 @@ class WakingWorker(Worker):
             return None  # a token that is not a job id (an older dispatcher's): poll
         return wanted
 
-    async def _pop_wakeups(self, count: int) -> list[bytes]:
+    async def _pop_wakeups(self, count: int, timeout: float | None = None) -> list[bytes]:
         pool: Any = self.pool  # redis-py 5 types async results as Awaitable[T] | T
+        timeout = self.fallback_s if timeout is None else max(0.001, timeout)
         if self._blmpop:
             try:
-                got = await pool.blmpop(
-                    self.fallback_s, 1, self.wake_key, direction="LEFT", count=count
-                )
+                got = await pool.blmpop(timeout, 1, self.wake_key, direction="LEFT", count=count)
             except ResponseError as e:
                 if "unknown command" not in str(e).lower():
                     raise
                 self._blmpop = False  # Redis < 7
             else:
                 return list(got[1]) if got else []
-        got = await pool.blpop([self.wake_key], timeout=self.fallback_s)
+        got = await pool.blpop([self.wake_key], timeout=timeout)
         return [got[1]] if got else []
 
     def _release_sem_dec_counter_on_complete(self) -> None:
@@ -722,7 +840,7 @@ def _claimed_lease(claim: Claim) -> Finish | None:
 
 
 def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> Claim | None:
-    if not reply:
+    if not reply or (isinstance(reply, list) and reply[0] == b"throttled"):
         return None
     reply = list(reply)
     score, job, tries, aborted, run, node, leased = (reply + [None] * 7)[:7]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,8 +42,26 @@ async def count(ctx: NodeContext) -> dict[str, Any]:
 
 @registry.handler("order")
 async def order(ctx: NodeContext) -> dict[str, Any]:
-    """Notes the order jobs start in (the run input's ``label``), then holds ``input.sleep``."""
+    """Notes the order jobs start in (the run input's ``label``); with ``input.hold``, then
+    waits for the test's release (a push on ``<key>:release``)."""
     key = os.environ["OPS_TEST_KEY"]
     await _redis().rpush(f"{key}:order", ctx.input["label"])
-    await asyncio.sleep(float(ctx.input.get("sleep", 0)))
+    if ctx.input.get("hold"):
+        await _redis().blpop([f"{key}:release"], timeout=30)
     return {"label": ctx.input["label"]}
+
+
+@registry.handler("limited")
+async def limited(ctx: NodeContext) -> dict[str, Any]:
+    """Measures how many run at once, fleet-wide (``<key>:samples``), and when each started
+    (``<key>:starts``); holds ``config.sleep``."""
+    key = os.environ["OPS_TEST_KEY"]
+    r = _redis()
+    now = await r.incr(f"{key}:now")
+    try:
+        await r.rpush(f"{key}:samples", now)
+        await r.rpush(f"{key}:starts", repr(time.time()))
+        await asyncio.sleep(float(ctx.config.get("sleep", 0)))
+    finally:
+        await r.decr(f"{key}:now")
+    return {"ok": True}

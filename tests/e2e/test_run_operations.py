@@ -171,7 +171,7 @@ async def test_higher_priority_jobs_start_first(redis_url: str, redis: aioredis.
     with deployment(redis_url, prefix, "--workers", "1", "--concurrency", "1"):
         async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
             await client.register_graph(order_graph())
-            blocker = await client.submit("ordered", {"label": "blocker", "sleep": 1.0})
+            blocker = await client.submit("ordered", {"label": "blocker", "hold": True})
 
             async def blocking() -> bool:
                 return await redis.llen(f"{prefix}-probe:order") >= 1
@@ -180,6 +180,12 @@ async def test_higher_priority_jobs_start_first(redis_url: str, redis: aioredis.
             runs = [await client.submit("ordered", {"label": f"low{i}"}) for i in range(3)] + [
                 await client.submit("ordered", {"label": f"high{i}"}, priority=50) for i in range(2)
             ]
+
+            async def all_queued() -> bool:  # the blocker's job and the five behind it
+                return await redis.zcard(f"{prefix}:queue:default") >= 6
+
+            await wait_for(all_queued, timeout=20, message="the five jobs queued")
+            await redis.rpush(f"{prefix}-probe:release", "go")
             for run_id in [blocker, *runs]:
                 assert (await client.wait(run_id, timeout=30)).status == "completed"
             order = [x.decode() for x in await redis.lrange(f"{prefix}-probe:order", 0, -1)]

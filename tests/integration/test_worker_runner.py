@@ -1187,8 +1187,9 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     worker.planner = broken
     keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
     assert plan is None
-    assert keys[5:] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
-    assert args[3:] == ["notify", "", ""]
+    assert keys[5:9] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
+    assert keys[9:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
+    assert args[3:] == ["notify", "", "", "queue:default"]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(

@@ -245,7 +245,7 @@ def test_report_for_an_old_attempt_after_a_retry_is_ignored() -> None:
     d.submit()
     t = d.send(report("flaky", status="failed", error=BOOM))
     assert [a for a in t.actions if isinstance(a, EnqueueNode)] == [
-        EnqueueNode(node_id="flaky", visit=1, attempt=2, queue="default")
+        EnqueueNode(node_id="flaky", visit=1, attempt=2, queue="default", type="task")
     ]
     before = d.snapshot()
     stale = d.send(report("flaky", attempt=1, output="late"))
@@ -342,7 +342,7 @@ def test_lost_worker_reenqueues_without_using_up_retries() -> None:
     t = d.send(LeaseExpired(run_id=RUN, node_id="flaky", visit=1, attempt=1))
     assert t.ignored is None
     assert [a for a in t.actions if isinstance(a, EnqueueNode)] == [
-        EnqueueNode(node_id="flaky", visit=1, attempt=2, queue="default")
+        EnqueueNode(node_id="flaky", visit=1, attempt=2, queue="default", type="task")
     ]
     stale = d.send(report("flaky", attempt=1, output="zombie"))
     assert stale.ignored is not None
