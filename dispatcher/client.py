@@ -666,7 +666,9 @@ class WorkflowClient:
         ]
         if len(found) == 1:
             return found[0].run_id or run_id, found[0].token
-        if not found:
+        if not found or (token is None and node_id in view.nodes):
+            # A node of the run itself that is not waiting: a late or duplicate decision
+            # for it must not go to a child's node of the same id (a token says which).
             if token is not None and node_id in view.nodes:
                 return run_id, token  # the run itself judges it (late, or the wrong token)
             raise await self._not_waiting(run_id, node_id)

@@ -150,8 +150,11 @@ class FleetReader:
         )
         stats = {}
         for name, (depth, oldest) in zip(names, rows, strict=True):
-            # a prioritized job's score is its enqueue time less priority x PRIORITY_STEP_MS
-            waited = (now_ms - float(oldest)) % PRIORITY_STEP_MS if oldest else 0.0
+            # a prioritized job's score is its enqueue time less priority x PRIORITY_STEP_MS;
+            # a job deferred into the future has a negative wait: 0
+            waited = now_ms - float(oldest) if oldest else 0.0
+            if waited >= PRIORITY_STEP_MS:
+                waited %= PRIORITY_STEP_MS
             age = max(0.0, waited / 1000)
             stats[name] = QueueStats(int(depth), age, serving.get(name, 0))
         return stats

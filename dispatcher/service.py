@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -34,7 +35,7 @@ from dispatcher.store import RunStore
 from dispatcher.sweeper import sweep
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
-from graph_core.events import FailRequested, ignored_event
+from graph_core.events import FailRequested, ParentRef, ignored_event
 from graph_core.logfmt import log_context
 from graph_core.messages import (
     INBOX_FIELD,
@@ -325,8 +326,37 @@ class Dispatcher:
             approximate=True,
         )
         self.recorder.dead_lettered(source)
+        if source == "inbox":
+            await self._tell_parent(raw, reason)
         if entry_id is not None:
             await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
+
+    async def _tell_parent(self, raw: bytes, reason: str) -> None:
+        """A dead-lettered child run's submission, or a child run's end, would leave its
+        parent waiting for ever: the parent hears that the child failed instead."""
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                return
+            kind, parent = data.get("kind"), data.get("parent")
+            if kind == "submit" and isinstance(parent, dict) and data.get("run_id"):
+                ref = ParentRef.model_validate(parent)
+                child = str(data["run_id"])
+            elif kind == "child":
+                ref = ParentRef(
+                    run_id=data["run_id"],
+                    node_id=data["node_id"],
+                    visit=data["visit"],
+                    attempt=data["attempt"],
+                    item=data.get("item"),
+                )
+                child = str(data["child_run_id"])
+            else:
+                return
+            why = f"the child run's {'start' if kind == 'submit' else 'end'} was rejected: {reason}"
+            await self.store.child_failed(child, ref, "ChildRunRejected", why)
+        except Exception:  # best effort: the dead letter itself is kept either way
+            log.exception("could not tell a parent run about a rejected child message")
 
     # --- timers, approvals, recovery ----------------------------------------------------
 

@@ -167,9 +167,8 @@ class _Machine(Flow, Joins, Parallel, Maps, Subgraphs, Waits, Sagas, Pauses, Ret
                 parent=ev.parent.model_dump(mode="json"),
             )
         if self.g.timeout_s is not None:
-            self.tx.actions.append(
-                ScheduleTimer(timer="run_timeout", due_at=now + self.g.timeout_s)
-            )
+            self.tx.run.deadline = now + self.g.timeout_s
+            self.tx.actions.append(ScheduleTimer(timer="run_timeout", due_at=self.tx.run.deadline))
         if self.topo.start is None:
             self._fail(ErrorInfo(type="InvalidGraph", code="no_start", message="no start node"))
         else:

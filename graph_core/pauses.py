@@ -40,7 +40,12 @@ class Pauses(MachineBase):
         run.status = RunStatus.RUNNING  # handle() settles running / waiting
         self.tx.emit("run.resumed", actor=ev.actor)
         timeout = self.g.timeout_s
-        if timeout is not None and self.tx.now >= run.created_at + timeout:
+        deadline = (
+            run.deadline
+            if run.deadline is not None
+            else (run.created_at + timeout if timeout is not None else None)
+        )
+        if deadline is not None and self.tx.now >= deadline:
             self._fail(
                 ErrorInfo(
                     type="RunTimeout",

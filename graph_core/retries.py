@@ -12,7 +12,7 @@ a parallel node's children is not retried this way yet: both are refused with th
 
 from __future__ import annotations
 
-from graph_core.events import ReopenRun, RerunRequested, RetryRequested
+from graph_core.events import ReopenRun, RerunRequested, RetryRequested, ScheduleTimer
 from graph_core.machine import MachineBase
 from graph_core.routing import select_edges
 from graph_core.status import NodeStatus, RunStatus
@@ -46,6 +46,7 @@ class Retries(MachineBase):
         run.error = None
         run.output = None
         run.finished_at = None
+        self._restart_timeout()
         self.tx.actions.append(ReopenRun())
         self.tx.emit("run.retried", actor=ev.actor, nodes=restart)
         for node_id in restart:
@@ -88,6 +89,7 @@ class Retries(MachineBase):
         run.last_dead_end = None
         if ev.new_input:
             run.input = ev.input
+        self._restart_timeout()
         self.tx.actions.append(ReopenRun())
         self.tx.emit(
             "run.rerun",
@@ -96,9 +98,24 @@ class Retries(MachineBase):
             nodes=sorted(downstream),
             new_input=ev.new_input,
         )
-        self._resignal(downstream, origin.id)
+        stopped = self._resignal(downstream, origin.id)
         self._activate(origin.id, trigger=trigger)
+        for node_id in stopped:  # kept nodes a downstream join needs, but that never ended
+            if self.finished:
+                break
+            self._activate(node_id, trigger=self.tx.peek(node_id).trigger)
         return None
+
+    def _restart_timeout(self) -> None:
+        """The run's timeout counts afresh from a retry or rerun: a new timer, and the
+        earlier one (``attempt``: the restarts then) is stale when it fires."""
+        run = self.tx.run
+        run.restarts += 1
+        if self.g.timeout_s is not None:
+            run.deadline = self.tx.now + self.g.timeout_s
+            self.tx.actions.append(
+                ScheduleTimer(timer="run_timeout", due_at=run.deadline, attempt=run.restarts)
+            )
 
     def _downstream(self, origin: str) -> set[str]:
         """``origin`` and every node reachable from it, with parallel nodes' children."""
@@ -114,8 +131,11 @@ class Retries(MachineBase):
                     todo.append(target)
         return seen
 
-    def _resignal(self, downstream: set[str], origin: str) -> None:
-        """Joins downstream get the branch signals of their inputs from kept nodes again."""
+    def _resignal(self, downstream: set[str], origin: str) -> list[str]:
+        """Joins downstream get the branch signals of their inputs from kept nodes again;
+        the kept inputs that failed or were cancelled (a sibling branch the run's end
+        stopped) are returned, to run again too: the join needs their signal."""
+        stopped: list[str] = []
         for node_id in sorted(downstream - {origin}):
             for ref in self.topo.in_edges.get(node_id, []):
                 source = ref.edge.source
@@ -134,3 +154,6 @@ class Retries(MachineBase):
                     self.signals.append((ref.index, ref.index in chosen))
                 elif rec.status == NodeStatus.SKIPPED:
                     self.signals.append((ref.index, False))
+                elif rec.status in _RESTART and source not in stopped:
+                    stopped.append(source)
+        return stopped

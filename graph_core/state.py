@@ -135,6 +135,8 @@ class RunRecord(BaseModel):
     parent: ParentRef | None = None  # a child run's parent (a subgraph node, a map item)
     pins: dict[str, int] = Field(default_factory=dict)  # subgraph graph id -> its version
     priority: int = 0  # its jobs' priority in their queues (0-100, higher first)
+    deadline: float | None = None  # the graph's timeout_s from the (re)start; None: none
+    restarts: int = 0  # retries and reruns so far: its run_timeout timer's ``attempt``
 
     def dump(self) -> bytes:
         # Every field, defaults included: services in other languages read this record.

@@ -42,6 +42,7 @@ __all__ = [
     "due_ticks",
     "next_fire",
     "sign",
+    "signature_id",
     "trigger_problems",
     "triggers_of",
     "verify",
@@ -218,14 +219,25 @@ def sign(secret: str, body: bytes, at: float) -> str:
     return f"t={t},v1={mac}"
 
 
+_SIGNATURE = re.compile(r"^t=([1-9][0-9]{0,11}),v1=([0-9a-f]{64})$")
+
+
+def signature_id(header: str) -> str:
+    """What makes a signed call one call: its time and MAC, as the header must give them
+    (``verify`` accepts nothing else), so a replay cannot pass as a new call."""
+    m = _SIGNATURE.match(header.strip())
+    return f"{m.group(1)}:{m.group(2)}" if m else header
+
+
 def verify(secret: str, body: bytes, header: str | None, now: float) -> str | None:
-    """Why a webhook call's signature is refused, or None when it is good and fresh."""
+    """Why a webhook call's signature is refused, or None when it is good and fresh. The
+    header must be exactly ``t=<epoch seconds>,v1=<64 lowercase hex digits>``."""
     if not header:
         return f"no {SIGNATURE_HEADER} header"
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    t, given = parts.get("t", ""), parts.get("v1", "")
-    if not t.isdigit() or not given:
-        return f"{SIGNATURE_HEADER} must be t=<epoch seconds>,v1=<hex HMAC-SHA256>"
+    m = _SIGNATURE.match(header.strip())
+    if m is None:
+        return f"{SIGNATURE_HEADER} must be exactly t=<epoch seconds>,v1=<hex HMAC-SHA256>"
+    t, given = m.group(1), m.group(2)
     if abs(now - int(t)) > SIGNATURE_WINDOW_S:
         return f"the signature's time is more than {SIGNATURE_WINDOW_S}s away (a replay?)"
     expected = sign(secret, body, int(t)).split("v1=", 1)[1]

@@ -224,6 +224,8 @@ class Waits(MachineBase):
         if self.tx.run.status == RunStatus.PAUSED:
             return self._hold_timer(ev)
         if ev.timer == "run_timeout":
+            if ev.attempt != self.tx.run.restarts:
+                return "an earlier run timeout: the run was restarted since (retry or rerun)"
             limit = self.g.timeout_s
             self._fail(
                 ErrorInfo(

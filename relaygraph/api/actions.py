@@ -190,7 +190,9 @@ async def decide(
     waits = [w for w in view.waiting if w.node_id == node_id]
     wait = next((w for w in waits if w.run_id is None), None)
     where = run_id
-    if wait is None and waits:  # it waits in a child run: decided there, by its approvers
+    if wait is None and waits and not graph.has_node(node_id):
+        # it waits in a child run (and the run has no node of that id): decided there, by
+        # the child graph's approvers
         if len(waits) > 1:
             runs = ", ".join(str(w.run_id) for w in waits[:5])
             raise Problem(

@@ -1,6 +1,8 @@
-"""Triggers over HTTP: signed webhook calls (``POST /v1/hooks/{graph_id}/{trigger_id}``, no
-API key: the signature is the credential) and events (``POST /v1/events/{event}``, a
-submitter's key), each starting the runs its trigger names (graph_core.triggers)."""
+"""Triggers and limits over HTTP: signed webhook calls (``POST /v1/hooks/{graph_id}/
+{trigger_id}``, no API key: the signature is the credential), events (``POST
+/v1/events/{event}``, a submitter's key), each starting the runs its trigger names
+(graph_core.triggers); the triggers' list (``GET /v1/triggers``); and the fleet-wide limits
+(``GET /v1/limits``, ``PUT`` / ``DELETE /v1/limits/{scope}``, an admin's key to change)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,21 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from graph_core import clock
-from graph_core.triggers import SIGNATURE_HEADER, SIGNATURE_WINDOW_S, triggers_of, verify
-from relaygraph.api.deps import Ctx, Submitter
+from graph_core.limits import LimitError
+from graph_core.triggers import (
+    SIGNATURE_HEADER,
+    SIGNATURE_WINDOW_S,
+    signature_id,
+    triggers_of,
+    verify,
+)
+from relaygraph.api.deps import Admin, Ctx, Submitter, Viewer
 from relaygraph.api.problems import Problem, problem_responses
 
-__all__ = ["EmitBody", "Started", "router"]
+__all__ = ["EmitBody", "LimitBody", "Started", "router"]
 
 router = APIRouter(tags=["triggers"])
 
@@ -31,6 +40,12 @@ class Started(BaseModel):
 class EmitBody(BaseModel):
     data: Any = None
     idempotency_key: str | None = None
+
+
+class LimitBody(BaseModel):
+    max_running: int | None = Field(default=None, ge=1, le=100_000)
+    rate: str | None = Field(default=None, description='"N/s", "N/min" or "N/hour"')
+    burst: float | None = Field(default=None, ge=1)
 
 
 @router.post(
@@ -68,7 +83,7 @@ async def webhook(graph_id: str, trigger_id: str, request: Request, ctx: Ctx) ->
     why = verify(secret, body, header, clock.now())
     if why is not None:
         raise Problem(401, "bad-signature", why)
-    digest = hashlib.sha256((header or "").encode()).hexdigest()
+    digest = hashlib.sha256(signature_id(header or "").encode()).hexdigest()
     fresh = await ctx.redis.set(
         ctx.rkeys.hook_seen(digest), "1", nx=True, ex=2 * SIGNATURE_WINDOW_S
     )
@@ -96,3 +111,41 @@ async def emit(event: str, body: EmitBody, ctx: Ctx, who: Submitter) -> Started:
     ``data``) starts a run with ``data`` as its input; the runs started (maybe none)."""
     started = await ctx.client.emit(event, body.data, idempotency_key=body.idempotency_key)
     return Started(runs=[{"graph_id": g, "run_id": r} for g, r in started])
+
+
+@router.get("/v1/triggers", responses=problem_responses(401, 403, 503))
+async def list_triggers(ctx: Ctx, who: Viewer) -> dict[str, Any]:
+    """Every trigger that fires, of every graph's latest version, with the next fire time of
+    scheduled ones (what ``relaygraph triggers`` lists)."""
+    return {"triggers": await ctx.client.triggers()}
+
+
+@router.get("/v1/limits", responses=problem_responses(401, 403, 503))
+async def list_limits(ctx: Ctx, who: Viewer) -> dict[str, Any]:
+    """Every scope's fleet-wide limits, with its jobs running and held back now."""
+    return {"limits": await ctx.client.limits()}
+
+
+@router.put("/v1/limits/{scope}", responses=problem_responses(400, 401, 403, 413, 422, 503))
+async def set_limit(scope: str, body: LimitBody, ctx: Ctx, who: Admin) -> dict[str, Any]:
+    """Set a scope's limits (``queue:NAME``, ``type:NAME`` or a queue name): workers apply
+    them from their next claim. A bad scope or rate is 422."""
+    try:
+        limit = await ctx.client.set_limit(
+            scope, max_running=body.max_running, rate=body.rate, burst=body.burst
+        )
+    except LimitError as e:
+        raise Problem(422, "invalid-limit", str(e)) from None
+    return {"scope": scope, "limit": limit.describe()}
+
+
+@router.delete("/v1/limits/{scope}", responses=problem_responses(401, 403, 404, 422, 503))
+async def clear_limit(scope: str, ctx: Ctx, who: Admin) -> dict[str, Any]:
+    """Remove a scope's limits; 404 when it had none."""
+    try:
+        had = await ctx.client.clear_limit(scope)
+    except LimitError as e:
+        raise Problem(422, "invalid-limit", str(e)) from None
+    if not had:
+        raise Problem(404, "limit-not-found", f"{scope!r} has no limits")
+    return {"scope": scope, "cleared": True}

@@ -80,7 +80,7 @@ def test_internal_fields_are_marked_and_public_ones_are_not_for_records() -> Non
 
 
 INTERNAL = {
-    "run record": {"tokens", "live", "last_dead_end"},
+    "run record": {"tokens", "live", "last_dead_end", "restarts"},
     "node record": {
         "trigger",
         "base_visits",

@@ -738,3 +738,22 @@ async def test_rerun_from_a_node_with_a_new_input(api: httpx.AsyncClient) -> Non
         f"/v1/runs/{waiting_id}/rerun", json={"from_node": "check"}, headers=as_key("submitter")
     )
     assert "it is waiting" in problem(busy, 409, "run-state")["detail"]
+
+
+async def test_limits_and_triggers_over_http(api: httpx.AsyncClient) -> None:
+    body = {"max_running": 3, "rate": "120/min"}
+    denied = await api.put("/v1/limits/type:agent", json=body, headers=as_key("submitter"))
+    assert denied.status_code == 403
+    r = await api.put("/v1/limits/type:agent", json=body, headers=as_key("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"scope": "type:agent", "limit": "max_running 3, rate 2/s"}
+    shown = (await api.get("/v1/limits", headers=as_key("viewer"))).json()["limits"]
+    assert shown["type:agent"]["max_running"] == 3 and shown["type:agent"]["rate_per_s"] == 2
+    bad = await api.put("/v1/limits/type:agent", json={"rate": "fast"}, headers=as_key("admin"))
+    assert "N/s, N/min or N/hour" in problem(bad, 422, "invalid-limit")["detail"]
+    gone = await api.delete("/v1/limits/type:agent", headers=as_key("admin"))
+    assert gone.status_code == 200
+    again = await api.delete("/v1/limits/type:agent", headers=as_key("admin"))
+    problem(again, 404, "limit-not-found")
+    triggers = await api.get("/v1/triggers", headers=as_key("viewer"))
+    assert triggers.status_code == 200 and triggers.json() == {"triggers": []}

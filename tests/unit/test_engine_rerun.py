@@ -12,6 +12,7 @@ from graph_core.events import (
     NodeReported,
     ReopenRun,
     RerunRequested,
+    TimerFired,
 )
 from graph_core.model import Edge, Graph, Node
 from graph_core.status import NodeStatus, RunStatus
@@ -89,7 +90,7 @@ def test_a_failed_or_cancelled_run_can_be_rerun_but_not_a_running_one() -> None:
     d.fail("b", retryable=False)
     assert d.mem.run is not None and d.mem.run.status == RunStatus.FAILED
     t = rerun(d, "b")
-    assert t.ignored is None and started(t) == ["b"]
+    assert t.ignored is None and started(t) == ["b", "c"]  # c was cancelled: it runs too
 
 
 def test_rerun_names_an_unknown_node_and_refuses_a_parallel_child() -> None:
@@ -132,3 +133,31 @@ def test_a_loop_reruns_with_max_visits_counted_from_the_rerun() -> None:
     assert d.mem.run.status == RunStatus.RUNNING
     d.report("step", {"again": False})
     assert d.mem.run.status == RunStatus.COMPLETED
+
+
+def test_rerun_from_the_failed_node_restarts_the_sibling_its_failure_cancelled() -> None:
+    d = Driver(diamond())
+    d.submit()
+    d.report("a")
+    d.fail("b", retryable=False)  # c, still running, is cancelled with the run
+    assert d.mem.nodes["c"].status == NodeStatus.CANCELLED
+    t = rerun(d, "b")
+    assert started(t) == ["b", "c"]  # the join needs c's signal: c runs again too
+    d.report("b")
+    d.report("c")
+    d.report("join")
+    assert d.mem.run is not None and d.mem.run.status == RunStatus.COMPLETED
+
+
+def test_a_rerun_gets_its_own_run_timeout() -> None:
+    g = diamond().model_copy(update={"timeout_s": 100.0})
+    d = Driver(g)
+    finish_diamond(d)
+    first_deadline = d.mem.run.deadline if d.mem.run else None
+    assert first_deadline is not None
+    t = rerun(d, "b")
+    timers = [a for a in t.actions if getattr(a, "timer", None) == "run_timeout"]
+    assert len(timers) == 1 and timers[0].due_at > first_deadline
+    stale = d.send(TimerFired(run_id=RUN, timer="run_timeout"))  # the first run's timer
+    assert stale.ignored is not None and "earlier run timeout" in stale.ignored
+    assert d.mem.run is not None and d.mem.run.status == RunStatus.RUNNING

@@ -166,3 +166,6 @@ def test_webhook_signatures() -> None:
     assert "a replay" in str(verify("s3cret", body, header, now + 301))
     assert "header" in str(verify("s3cret", body, None, now))
     assert "t=<epoch" in str(verify("s3cret", body, "v1=abc", now))
+    # the same signature dressed up differently is not a new call: refused outright
+    for variant in (header + ",x=1", header + ",", f"t=0{header[2:]}", header.upper()):
+        assert "exactly" in str(verify("s3cret", body, variant, now)), variant
