@@ -14,7 +14,6 @@ from graph_core.events import (
     CancelChild,
     CancelNode,
     CancelRequested,
-    ChildFinished,
     DropTimer,
     EnqueueNode,
     FinishRun,
@@ -24,6 +23,7 @@ from graph_core.events import (
     ScheduleTimer,
     StartChild,
     TimerFired,
+    child_end,
 )
 from graph_core.keys import Keys, RunKeys
 from graph_core.messages import SubmitRequest, dumps, encode_inbox, job_id
@@ -188,18 +188,7 @@ def _inbox_messages(t: Transition, run: RunRecord, finished: bool) -> list[str]:
             cancel = CancelRequested(run_id=a.run_id, reason=a.reason, actor="parent")
             messages.append(encode_inbox(cancel).decode())
     if finished and run.parent is not None:
-        p = run.parent
-        ended = ChildFinished(
-            run_id=p.run_id,
-            node_id=p.node_id,
-            visit=p.visit,
-            attempt=p.attempt,
-            item=p.item,
-            child_run_id=run.run_id,
-            status=run.status.value,
-            output=run.output,
-            error=run.error,
-        )
+        ended = child_end(run.parent, run.run_id, run.status.value, run.output, run.error)
         messages.append(encode_inbox(ended).decode())
     return messages
 

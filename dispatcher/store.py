@@ -22,7 +22,7 @@ from dispatcher.changes import StateWrites, pack_changes, state_writes
 from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import NOTHING, Prefetch
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
-from graph_core.events import ChildFinished, ErrorInfo, ParentRef
+from graph_core.events import ErrorInfo, ParentRef, child_end
 from graph_core.keys import Keys, RunKeys
 from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
@@ -238,16 +238,8 @@ class RunStore:
         self, child_run_id: str, parent: ParentRef, error_type: str, message: str
     ) -> None:
         """Tell a parent run that its child run could not start (its graph is missing)."""
-        ended = ChildFinished(
-            run_id=parent.run_id,
-            node_id=parent.node_id,
-            visit=parent.visit,
-            attempt=parent.attempt,
-            item=parent.item,
-            child_run_id=child_run_id,
-            status="failed",
-            error=ErrorInfo(type=error_type, message=message, retryable=False),
-        )
+        error = ErrorInfo(type=error_type, message=message, retryable=False)
+        ended = child_end(parent, child_run_id, "failed", error=error)
         await self.redis.xadd(self.keys.inbox, {"m": encode_inbox(ended)})
 
     # --- applying -----------------------------------------------------------------------

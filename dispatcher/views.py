@@ -113,18 +113,7 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
     await _mark_running(store, run_id, records)
     order = await _node_order(store, run, records)
     nodes = {nid: _node_view(records.get(nid), outputs.get(nid)) for nid in order}
-    waiting = [
-        WaitView(
-            node_id=nid,
-            prompt=rec.wait.prompt,
-            token=tokens.get(nid, rec.wait.token),
-            since=rec.wait.since,
-            visit=rec.wait.visit,
-        )
-        for nid, rec in records.items()
-        if rec.status == NodeStatus.WAITING and rec.wait is not None
-    ]
-    waiting += await _child_waits(store, _children(records))
+    waiting = _waits(records, tokens) + await _child_waits(store, _children(records))
     waiting.sort(key=lambda w: w.since)
     return RunView(
         run_id=run.run_id,
@@ -144,6 +133,24 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
 
 
 MAX_CHILD_RUNS_READ = 1000  # a view reads at most this many child runs' waits
+
+
+def _waits(
+    records: dict[str, NodeRecord], tokens: dict[str, str], run_id: str | None = None
+) -> list[WaitView]:
+    """The waits of a run's records (``run_id``: a child run's, named in its parent's view)."""
+    return [
+        WaitView(
+            node_id=nid,
+            prompt=rec.wait.prompt,
+            token=tokens.get(nid, rec.wait.token),
+            since=rec.wait.since,
+            visit=rec.wait.visit,
+            run_id=run_id,
+        )
+        for nid, rec in records.items()
+        if rec.status == NodeStatus.WAITING and rec.wait is not None
+    ]
 
 
 def _children(records: dict[str, NodeRecord]) -> list[str]:
@@ -179,18 +186,7 @@ async def _child_waits(store: RunStore, child_ids: list[str]) -> list[WaitView]:
             nodes_raw, waits_raw = replies[2 * i], replies[2 * i + 1]
             records = {k.decode(): NodeRecord.model_validate_json(v) for k, v in nodes_raw.items()}
             tokens = {k.decode(): v.decode() for k, v in waits_raw.items()}
-            for nid, rec in records.items():
-                if rec.status == NodeStatus.WAITING and rec.wait is not None:
-                    waits.append(
-                        WaitView(
-                            node_id=nid,
-                            prompt=rec.wait.prompt,
-                            token=tokens.get(nid, rec.wait.token),
-                            since=rec.wait.since,
-                            visit=rec.wait.visit,
-                            run_id=child,
-                        )
-                    )
+            waits += _waits(records, tokens, child)
             below += _children(records)
         level = below
     return waits

@@ -47,6 +47,7 @@ __all__ = [
     "StartChild",
     "TimerFired",
     "TimerKind",
+    "child_end",
     "ignored_event",
 ]
 
@@ -218,6 +219,27 @@ class RerunRequested(_Msg):
     input: Any = None
     new_input: bool = False
     actor: str | None = None
+
+
+def child_end(
+    parent: ParentRef,
+    child_run_id: str,
+    status: str,
+    output: Any = None,
+    error: ErrorInfo | None = None,
+) -> ChildFinished:
+    """The message that tells ``parent``'s run its child run ended."""
+    return ChildFinished(
+        run_id=parent.run_id,
+        node_id=parent.node_id,
+        visit=parent.visit,
+        attempt=parent.attempt,
+        item=parent.item,
+        child_run_id=child_run_id,
+        status=status,
+        output=output,
+        error=error,
+    )
 
 
 class LeaseExpired(_Msg):

@@ -19,7 +19,6 @@ from graph_core.events import (
     ApprovalReceived,
     CancelChild,
     CancelRequested,
-    ChildFinished,
     EnqueueNode,
     ErrorInfo,
     Event,
@@ -30,6 +29,7 @@ from graph_core.events import (
     ScheduleTimer,
     StartChild,
     TimerFired,
+    child_end,
 )
 from graph_core.model import Graph
 from graph_core.paths import MISSING
@@ -285,24 +285,12 @@ class _Local:
         if child is None and action.graph_id == self.graph.id:
             child = self.graph
         if child is None:
-            p = action.parent
             error = ErrorInfo(
                 type="GraphNotFound",
                 message=f"graph {action.graph_id!r} is not among run_local's graphs",
                 retryable=False,
             )
-            return [
-                ChildFinished(
-                    run_id=p.run_id,
-                    node_id=p.node_id,
-                    visit=p.visit,
-                    attempt=p.attempt,
-                    item=p.item,
-                    child_run_id=action.run_id,
-                    status="failed",
-                    error=error,
-                )
-            ]
+            return [child_end(action.parent, action.run_id, "failed", error=error)]
         mem = MemoryRun()
         self.runs[action.run_id] = (child, mem)
         self.result.children[action.run_id] = mem
@@ -320,20 +308,7 @@ class _Local:
         run = mem.run
         if run is None or run.parent is None:
             return []
-        p = run.parent
-        return [
-            ChildFinished(
-                run_id=p.run_id,
-                node_id=p.node_id,
-                visit=p.visit,
-                attempt=p.attempt,
-                item=p.item,
-                child_run_id=run.run_id,
-                status=run.status.value,
-                output=run.output,
-                error=run.error,
-            )
-        ]
+        return [child_end(run.parent, run.run_id, run.status.value, run.output, run.error)]
 
 
 def _perform(

@@ -5,7 +5,6 @@ published approvals, and the version on events. The steps use plain redis-py onl
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.model import Graph, Node
+from tests.support.dispatching import serving
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,8 @@ def make_dispatcher(redis: aioredis.Redis) -> Dispatcher:
 async def dispatcher(redis: aioredis.Redis) -> AsyncIterator[Dispatcher]:
     d = make_dispatcher(redis)
     await d.store.register_graph(quick_graph())
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    await wait_for(d.ready.is_set, message="dispatcher ready")
-    yield d
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(d):
+        yield d
 
 
 async def xadd(redis: aioredis.Redis, message: dict[str, Any]) -> str:

@@ -3,7 +3,6 @@ the parent is told the child failed, instead of waiting for ever."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,7 @@ from dispatcher.client import WorkflowClient
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.model import Graph, Node
-from tests.support.waiting import wait_for
+from tests.support.dispatching import serving
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def small_messages(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Dispatcher]:
     settings = DispatcherSettings(redis_url=redis_url, max_message_bytes=4096)
-    d = Dispatcher(redis, settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    await wait_for(d.ready.is_set, message="dispatcher ready")
-    yield d
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(Dispatcher(redis, settings)) as d:
+        yield d
 
 
 async def test_a_rejected_child_start_fails_the_parent_node(

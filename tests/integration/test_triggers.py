@@ -26,6 +26,7 @@ from graph_core.model import Graph
 from graph_core.triggers import SIGNATURE_HEADER, sign
 from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env
 from tests.support.api import as_key, in_process_api
+from tests.support.dispatching import serving
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,13 +48,9 @@ def graph(gid: str, *triggers: dict[str, Any]) -> Graph:
 @pytest.fixture
 async def dispatcher(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Dispatcher]:
     # its own schedule loop off: the test drives ticks at times of its choosing
-    d = Dispatcher(redis, DispatcherSettings(redis_url=redis_url, schedules=False))
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    await wait_for(d.ready.is_set, message="dispatcher ready")
-    yield d
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    settings = DispatcherSettings(redis_url=redis_url, schedules=False)
+    async with serving(Dispatcher(redis, settings)) as d:
+        yield d
 
 
 async def runs_of(client: WorkflowClient, graph_id: str, n: int) -> list[Any]:

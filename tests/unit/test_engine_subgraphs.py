@@ -16,6 +16,7 @@ from graph_core.events import (
     FinishRun,
     RunSubmitted,
     StartChild,
+    child_end,
 )
 from graph_core.memory import MemoryRun, Waiting, run_local, view_of
 from graph_core.model import Graph, Node, RetryPolicy
@@ -228,19 +229,8 @@ class Tree:
                     self.queue.append(CancelRequested(run_id=a.run_id, reason=a.reason))
             run = mem.run
             if run is not None and run.parent and any(isinstance(a, FinishRun) for a in t.actions):
-                p = run.parent
                 self.queue.append(
-                    ChildFinished(
-                        run_id=p.run_id,
-                        node_id=p.node_id,
-                        visit=p.visit,
-                        attempt=p.attempt,
-                        item=p.item,
-                        child_run_id=run.run_id,
-                        status=run.status.value,
-                        output=run.output,
-                        error=run.error,
-                    )
+                    child_end(run.parent, run.run_id, run.status.value, run.output, run.error)
                 )
 
     def status(self, run_id: str) -> RunStatus:
