@@ -11,6 +11,7 @@ import orjson
 
 from dispatcher.queue import ABORT_KEY, job_write
 from graph_core.events import (
+    CHILD_CANCEL_ACTOR,
     CancelChild,
     CancelNode,
     CancelRequested,
@@ -185,7 +186,7 @@ def _inbox_messages(t: Transition, run: RunRecord, finished: bool) -> list[str]:
             )
             messages.append(encode_inbox(submit).decode())
         elif isinstance(a, CancelChild):
-            cancel = CancelRequested(run_id=a.run_id, reason=a.reason, actor="parent")
+            cancel = CancelRequested(run_id=a.run_id, reason=a.reason, actor=CHILD_CANCEL_ACTOR)
             messages.append(encode_inbox(cancel).decode())
     if finished and run.parent is not None:
         ended = child_end(run.parent, run.run_id, run.status.value, run.output, run.error)

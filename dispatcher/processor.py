@@ -29,6 +29,8 @@ from graph_core import clock
 from graph_core.engine import Env, advance
 from graph_core.errors import RelaygraphError
 from graph_core.events import (
+    CHILD_CANCEL_ACTOR,
+    CancelRequested,
     Event,
     RunSubmitted,
 )
@@ -127,6 +129,10 @@ class Processor:
             await self.store.child_failed(req.run_id, req.parent, "GraphNotFound", str(e))
             return Outcome(req.run_id, False, f"child run's graph is missing: {e}")
         run_id = check_run_id(req.run_id or (entry_id or clock.new_run_id()))
+        if req.parent is not None and await self.store.redis.exists(
+            self.store.keys.child_cancelled(run_id)
+        ):
+            return Outcome(run_id, False, "its parent cancelled it before it started")
         if req.idempotency_key is not None:
             # Race site: two submitters with one key. SET NX decides which run id wins. A
             # claim whose run is not created yet belongs to an entry that will be redelivered
@@ -185,6 +191,11 @@ class Processor:
         for _ in range(MAX_CONFLICTS):
             graph, view = await self._load(event)
             if graph is None:
+                if isinstance(event, CancelRequested) and event.actor == CHILD_CANCEL_ACTOR:
+                    # a parent cancelled its child before the child's submission was handled:
+                    # remembered, so that the submission starts nothing
+                    key = self.store.keys.child_cancelled(check_run_id(run_id))
+                    await self.store.redis.set(key, "1", ex=self.store.retention_s)
                 return Outcome(run_id, False, f"unknown run {run_id!r}")
             try:
                 transition = await self._compute(graph, view, event)

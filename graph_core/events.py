@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CHILD_CANCEL_ACTOR",
     "EVENT_VERSION",
     "Action",
     "ApprovalReceived",
@@ -366,6 +367,9 @@ class StartChild(_Msg):
     graph_version: int | None = None  # None: the latest when the child is submitted
     input: Any = None
     parent: ParentRef
+
+
+CHILD_CANCEL_ACTOR: Final = "parent"  # the actor of a cancel a parent run sends its child
 
 
 class CancelChild(_Msg):

@@ -121,6 +121,11 @@ class Keys:
         """Set: the graphs whose event trigger names ``event`` (in some version)."""
         return f"{self.prefix}:triggers:event:{event}"
 
+    def child_cancelled(self, run_id: str) -> str:
+        """String: a child run its parent cancelled before the child's submission was
+        handled; the submission then starts nothing (kept a retention period)."""
+        return f"{self.prefix}:child-cancelled:{run_id}"
+
     def hook_seen(self, digest: str) -> str:
         """String: a webhook call's signature already used (replays are refused)."""
         return f"{self.prefix}:hooks:seen:{digest}"

@@ -274,7 +274,8 @@ class _Local:
         if isinstance(action, StartChild):
             return self._start(action)
         if isinstance(action, CancelChild):
-            return [CancelRequested(run_id=action.run_id, reason=action.reason, actor="parent")]
+            cancel = CancelRequested(run_id=action.run_id, reason=action.reason, actor="parent")
+            return [cancel]
         if run_id != self.root and isinstance(action, EnqueueNode):  # a child's job
             scratch = LocalResult(mem, [], [])
             return [_execute(graph, mem, action, self.handlers, scratch, run_id)]

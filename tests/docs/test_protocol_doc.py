@@ -210,6 +210,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         keys.limit_bucket("<scope>"),
         keys.event_graphs("<event>"),
         keys.hook_seen("<sha256>"),
+        keys.child_cancelled("<run_id>"),
         keys.queue("<queue>"),
         keys.queue("<queue>") + ":health-check",  # arq's, next to its queue
         keys.wake("<queue>"),
@@ -225,6 +226,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
     builders = {n for n in dir(Keys) if not n.startswith("_") and callable(getattr(Keys, n))}
     assert builders == {
         "approval_seen",
+        "child_cancelled",
         "event_graphs",
         "graph_field",  # a field of the graphs hash, not a key
         "hook_seen",
