@@ -134,6 +134,11 @@ class Keys:
         """Zset: the jobs of a limited scope that hold a running slot, job id -> claim ms."""
         return f"{self.limits}:running:{scope}"
 
+    def limit_held(self, scope: str) -> str:
+        """Zset: the jobs a limit of ``scope`` holds back, job id -> when (ms): a finishing
+        job of the scope wakes the oldest."""
+        return f"{self.limits_throttled}:{scope}"
+
     def limit_bucket(self, scope: str) -> str:
         """Hash: a rate-limited scope's token bucket (``tokens``, ``ts`` ms)."""
         return f"{self.limits}:bucket:{scope}"

@@ -70,13 +70,9 @@ local function server_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
-# Fleet-wide limits (graph_core/limits.py) of a job's scopes: its queue's (ARGV[7]) and its
-# handler type's (read from the job), in the limits hash (KEYS[10]). A scope at its
-# max_running (the running zset's members whose in-progress key still exists) or out of
-# tokens holds the job back: noted in the throttled hash (KEYS[11]) with the queue's wake
-# key (KEYS[12]), so a job finishing wakes it; else its slots and tokens are taken.
-_LIMITS_LUA = """
-local function limited(limits, throttled, wake, progress_key, job_id, queue_scope, job)
+# A job's limit scopes: its queue's and its handler type's (read from the job envelope).
+_SCOPES_LUA = """
+local function scopes_of(queue_scope, job)
   local scopes = {queue_scope}
   if job then
     local ok, env = pcall(cjson.decode, job)
@@ -85,6 +81,22 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
       scopes[2] = 'type:' .. env['a'][1]['type']
     end
   end
+  return scopes
+end
+"""
+# Fleet-wide limits (graph_core/limits.py) of a job's scopes (``scopes_of``), in the limits
+# hash (KEYS[10]). A scope at its max_running (the running zset's members whose in-progress
+# key still exists) or out of tokens holds the job back: noted in the throttled hash
+# (KEYS[11]) with the queue's wake key (KEYS[12]), and in the scope's waiting zset, so that
+# a job of the scope finishing wakes the oldest held back; else its slots and tokens are
+# taken.
+_LIMITS_LUA = """
+local function hold(throttled, scope, wake, job_id, now)
+  redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
+  redis.call('ZADD', throttled .. ':' .. scope, 'NX', now, job_id)
+end
+local function limited(limits, throttled, wake, progress_key, job_id, queue_scope, job)
+  local scopes = scopes_of(queue_scope, job)
   local prefix = string.sub(progress_key, 1, #progress_key - #job_id)
   local now = server_ms()
   local take = {}
@@ -99,7 +111,7 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
           if redis.call('EXISTS', prefix .. held) == 0 then redis.call('ZREM', running, held) end
         end
         if redis.call('ZCARD', running) >= max_running then
-          redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
+          hold(throttled, scope, wake, job_id, now)
           return {'throttled', scope, 0}
         end
         take[#take + 1] = {running}
@@ -111,7 +123,7 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
         local since = now - (tonumber(got[2]) or now)
         tokens = math.min(burst, tokens + math.max(0, since) * rate / 1000)
         if tokens < 1 then
-          redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
+          hold(throttled, scope, wake, job_id, now)
           return {'throttled', scope, math.ceil((1 - tokens) * 1000 / rate)}
         end
         take[#take + 1] = {bucket, tokens}
@@ -125,7 +137,9 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
       redis.call('ZADD', t[1], now, job_id)
     end
   end
-  redis.call('HDEL', throttled, job_id)
+  if redis.call('HDEL', throttled, job_id) == 1 then
+    for _, scope in ipairs(scopes) do redis.call('ZREM', throttled .. ':' .. scope, job_id) end
+  end
   return false
 end
 """
@@ -136,6 +150,7 @@ end
 _CLAIM = (
     LATEST_LUA
     + _SERVER_MS_LUA
+    + _SCOPES_LUA
     + _LIMITS_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
@@ -179,6 +194,7 @@ return out
 # unless this worker's claim (ARGV[5]) still holds the job.
 _FINISH = (
     _SERVER_MS_LUA
+    + _SCOPES_LUA
     + """
 if ARGV[2] == 'unclaimed' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
@@ -186,22 +202,27 @@ local removed = 6 + tonumber(ARGV[6])
 for i = 7, removed do redis.call('ZREM', KEYS[7], ARGV[i]) end
 for i = removed + 1, #ARGV do redis.call('ZADD', KEYS[7], 0, ARGV[i]) end
 if ARGV[2] == 'done' then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  -- a running slot freed: wake one job a limit holds back (on its queue's wake list)
-  if KEYS[8] ~= '' and redis.call('HLEN', KEYS[8]) > 0 then
-    for _ = 1, 3 do
-      local picked = redis.call('HRANDFIELD', KEYS[8], 1, 'WITHVALUES')
-      if #picked < 2 then break end
-      redis.call('HDEL', KEYS[8], picked[1])
-      local wake = string.match(picked[2], '|(.*)$')
-      if wake and redis.call('EXISTS', KEYS[9] .. picked[1]) == 1 then
-        redis.call('RPUSH', wake, picked[1])
-        break
+  -- a running slot of the job's scopes freed: wake the oldest job each holds back (on its
+  -- queue's wake list); one gone meanwhile (claimed, cancelled) is skipped
+  if KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 1 then
+    local job = redis.call('GET', KEYS[3])
+    for _, scope in ipairs(scopes_of(KEYS[10], job)) do
+      for _ = 1, 3 do
+        local popped = redis.call('ZPOPMIN', KEYS[8] .. ':' .. scope)
+        if #popped == 0 then break end
+        local held = redis.call('HGET', KEYS[8], popped[1])
+        local wake = held and string.match(held, '|(.*)$')
+        if wake and redis.call('EXISTS', KEYS[9] .. popped[1]) == 1 then
+          redis.call('RPUSH', wake, popped[1])
+          break
+        end
+        redis.call('HDEL', KEYS[8], popped[1])
       end
     end
   end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
   return 1
 end
 redis.call('DEL', KEYS[1])
@@ -742,6 +763,7 @@ class WakingWorker(Worker):
             (writes.lease_key if writes else None) or "",
             self.keys.limits_throttled,
             job_key_prefix,  # + a throttled job's id: whether it is still queued
+            f"queue:{self.queue_short}",  # the job's queue scope (not a key)
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [

@@ -126,3 +126,23 @@ async def test_limits_through_the_cli(redis_url: str) -> None:
     async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
         with pytest.raises(LimitError, match="max_running must be from 1"):
             await client.set_limit("q", max_running=0)
+
+
+async def test_a_finishing_job_wakes_the_one_held_back(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """With the workers' fallback poll 30 s away, a job held back by max_running 1 starts
+    as soon as the running one ends: its finish wakes it."""
+    prefix = f"lim-{secrets.token_hex(4)}"
+    slow_poll = {"RELAYGRAPH_WAKE_FALLBACK_S": "30"}
+    with deployment(redis_url, prefix, "--workers", "2", env_extra=slow_poll):
+        async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
+            await client.register_graph(graph("one-at-a-time", 0.3))
+            await client.set_limit("type:limited", max_running=1)
+            started = time.monotonic()
+            runs = [await client.submit("one-at-a-time", {"i": i}) for i in range(3)]
+            for run_id in runs:
+                assert (await client.wait(run_id, timeout=20)).status == "completed"
+            assert time.monotonic() - started < 10  # not a 30 s fallback poll per job
+            samples = [int(s) for s in await redis.lrange(f"{prefix}-probe:samples", 0, -1)]
+            assert samples == [1, 1, 1]

@@ -25,9 +25,12 @@ HANDLERS = "tests.e2e.ops_handlers"
 
 
 @contextmanager
-def deployment(redis_url: str, prefix: str, *extra: str) -> Iterator[str]:
+def deployment(
+    redis_url: str, prefix: str, *extra: str, env_extra: dict[str, str] | None = None
+) -> Iterator[str]:
     # the handlers' own keys: not under the deployment's prefix (its keys live there)
     env = {**cli_env(), "OPS_TEST_REDIS": redis_url, "OPS_TEST_KEY": f"{prefix}-probe"}
+    env.update(env_extra or {})
     flags = ["--redis", redis_url, "--prefix", prefix, "--handlers", HANDLERS]
     with relaygraph_up([*flags, *(extra or ("--workers", "2"))], env=env):
         yield prefix
