@@ -515,8 +515,9 @@ class WorkflowClient:
         """Set the fleet-wide limits of ``scope`` (a queue name, ``queue:NAME`` or
         ``type:NAME``): at most ``max_running`` of its jobs at once across every worker,
         and at most ``rate`` starts (``"60/min"``, ``"20/s"``, or per second as a number)
-        with ``burst`` tokens at most (default 1). Workers apply it from their next claim;
-        nothing restarts. ``LimitError`` for a bad value."""
+        with ``burst`` tokens at most (default 1). Workers apply it within a second (they
+        look for limits that often, and skip them altogether while none is set); nothing
+        restarts. ``LimitError`` for a bad value."""
         name = parse_scope(scope)
         per_s = parse_rate(rate) if isinstance(rate, str) else rate
         if per_s is not None and per_s <= 0:
@@ -531,7 +532,9 @@ class WorkflowClient:
         """Remove ``scope``'s limits; whether it had any."""
         name = parse_scope(scope)
         removed = await self.redis.hdel(self.keys.limits, name)
-        await self.redis.delete(self.keys.limit_bucket(name))
+        await self.redis.delete(self.keys.limit_bucket(name), self.keys.limit_held(name))
+        if not await self.redis.exists(self.keys.limits):  # the last one: nothing is held
+            await self.redis.delete(self.keys.limits_throttled)
         return bool(removed)
 
     async def limits(self) -> dict[str, dict[str, Any]]:

@@ -250,6 +250,7 @@ _FINISH_TRIES: Final = 3
 _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
+LIMITS_CHECK_S: Final = 1.0  # a limit set (or the last one cleared) applies within this
 _HAND_BACK_WAIT_S: Final = 5.0  # how long a stop waits for a claim round trip it cut off
 
 
@@ -322,6 +323,10 @@ class WakingWorker(Worker):
         # a rate limit held a claim back: poll again at this monotonic time (0: none)
         self._retry_throttled_at = 0.0
         self.throttled = 0  # claims a limit held back
+        # whether any fleet-wide limit is set (read every LIMITS_CHECK_S): without one,
+        # claims and finishes skip the limits' commands altogether
+        self._limits_on = True
+        self._limits_checked = -LIMITS_CHECK_S
         self.fallback_s = fallback_s
         self.wakeups = 0
         self.outages = 0
@@ -349,6 +354,7 @@ class WakingWorker(Worker):
         await log_redis_info(self.pool, lambda *a: None)
         self.ctx["redis"] = self.pool
         self._claim_sha = await self.pool.script_load(_CLAIM)
+        await self._check_limits(time.monotonic())
         if self.on_startup:
             await self.on_startup(self.ctx)
         failures = 0
@@ -407,6 +413,12 @@ class WakingWorker(Worker):
                     t.result()  # an error in _run_claimed is a bug: surface it
         await self.heart_beat()
 
+    async def _check_limits(self, now: float) -> None:
+        if now - self._limits_checked >= LIMITS_CHECK_S:
+            self._limits_checked = now
+            pool: Any = self.pool
+            self._limits_on = bool(await pool.exists(self.keys.limits))
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's entry point for polled ids: claim and start them (see ``_start``)."""
         await self._start([(j.decode(), None) for j in job_ids])
@@ -454,7 +466,10 @@ class WakingWorker(Worker):
             abort_jobs_ss,
         ]
         args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
-        limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
+        if self._limits_on:
+            limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
+        else:  # no limit is set: the claim skips them (not even an EXISTS)
+            limits = ["", "", ""]
         scope = f"queue:{self.queue_short}"
         parts = parse_job_id(job_id)
         try:
@@ -489,6 +504,7 @@ class WakingWorker(Worker):
         )
 
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
+        await self._check_limits(time.monotonic())  # at most once a second: one EXISTS
         calls = [self._claim_call(job_id, graph) for job_id, graph in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
         # A claim that failed reading the run (a corrupt record, say) is made again without
@@ -761,7 +777,7 @@ class WakingWorker(Worker):
             self.queue_name,
             (writes.stream if writes else None) or "",
             (writes.lease_key if writes else None) or "",
-            self.keys.limits_throttled,
+            self.keys.limits_throttled if self._limits_on else "",
             job_key_prefix,  # + a throttled job's id: whether it is still queued
             f"queue:{self.queue_short}",  # the job's queue scope (not a key)
         ]

@@ -19,8 +19,11 @@ from graph_core.model import Graph, Node
 from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env
 from tests.e2e.test_run_operations import deployment
 from tests.support.waiting import wait_for
+from worker.waking import LIMITS_CHECK_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LIMITS_SEEN_S = LIMITS_CHECK_S + 0.5  # by then every worker applies a limit just set
 
 
 def graph(gid: str, sleep: float) -> Graph:
@@ -40,6 +43,7 @@ async def test_max_running_2_across_three_workers(redis_url: str, redis: aioredi
             await client.register_graph(graph("capped", 0.05))
             limit = await client.set_limit("type:limited", max_running=2)
             assert limit.describe() == "max_running 2"
+            await asyncio.sleep(LIMITS_SEEN_S)  # every worker looks for limits once a second
             runs = [await client.submit("capped", {"i": i}) for i in range(50)]
             seen_throttled = False
             for run_id in runs:
@@ -63,6 +67,7 @@ async def test_max_running_2_across_three_workers(redis_url: str, redis: aioredi
 
             # raised at runtime: more run at once, no restart
             await client.set_limit("type:limited", max_running=8)
+            await asyncio.sleep(LIMITS_SEEN_S)
             await redis.delete(f"{probe}:samples")
             more = [await client.submit("capped", {"i": i}) for i in range(40)]
             for run_id in more:
@@ -81,6 +86,7 @@ async def test_a_rate_of_20_per_second_over_5_seconds(
             await client.register_graph(graph("paced", 0.0))
             # a bucket of 2: a claim a little late on a busy machine does not lose its token
             await client.set_limit("type:limited", rate="20/s", burst=2)
+            await asyncio.sleep(LIMITS_SEEN_S)
             runs = [await client.submit("paced", {"i": i}) for i in range(130)]
 
             async def started(n: int) -> bool:
@@ -139,6 +145,7 @@ async def test_a_finishing_job_wakes_the_one_held_back(
         async with WorkflowClient.from_url(redis_url, prefix=prefix) as client:
             await client.register_graph(graph("one-at-a-time", 0.3))
             await client.set_limit("type:limited", max_running=1)
+            await asyncio.sleep(LIMITS_SEEN_S)
             started = time.monotonic()
             runs = [await client.submit("one-at-a-time", {"i": i}) for i in range(3)]
             for run_id in runs:
