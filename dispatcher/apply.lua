@@ -30,12 +30,28 @@ redis.call('ZADD', KEYS[12], score, run_id)
 
 -- hash sections (field, value, ...): nodes, outputs, joins (empty value deletes), loops,
 -- active add
+-- One HSET and one HDEL per hash (in chunks: a map's thousands of item fields stay under
+-- Lua's limit on a call's arguments), not one call per field.
+local CHUNK = 400
+local function flush(cmd, key, args)
+  if #args > 0 then redis.call(cmd, key, unpack(args)) end
+end
 for s, key in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}) do
   local list = c[10 + s]
+  local sets, dels = {}, {}
   for j = 1, #list, 2 do
     local f, v = list[j], list[j + 1]
-    if v == '' then redis.call('HDEL', key, f) else redis.call('HSET', key, f, v) end
+    if v == '' then
+      dels[#dels + 1] = f
+      if #dels >= CHUNK then flush('HDEL', key, dels); dels = {} end
+    else
+      sets[#sets + 1] = f
+      sets[#sets + 1] = v
+      if #sets >= 2 * CHUNK then flush('HSET', key, sets); sets = {} end
+    end
   end
+  flush('HSET', key, sets)
+  flush('HDEL', key, dels)
 end
 for _, f in ipairs(c[16]) do redis.call('HDEL', KEYS[6], f) end  -- active remove
 for _, e in ipairs(c[17]) do  -- history: append to the run's stream and publish live

@@ -176,8 +176,12 @@ if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
   if held then return held end
 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[3])  -- arq checks it exists; we, whose it is
-out[3] = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], 88400)
+if tries then  -- arq's try counter: counted up, or made with arq's TTL in one command
+  out[3] = redis.call('INCR', KEYS[4])
+else
+  redis.call('SET', KEYS[4], 1, 'EX', 88400)
+  out[3] = 1
+end
 if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
