@@ -30,7 +30,13 @@ from dispatcher.errors import (
 )
 from dispatcher.store import DEFAULT_RETENTION_S, GraphNotFound, RunStore
 from dispatcher.subscription import EventStream
-from dispatcher.views import RunSummary, RunView, load_run_view, load_summaries
+from dispatcher.views import (
+    RunSummary,
+    RunView,
+    child_waits_for,
+    load_run_view,
+    load_summaries,
+)
 from graph_core import clock
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
 from graph_core.events import (
@@ -662,16 +668,10 @@ class WorkflowClient:
         view = await self.get_run(run_id)
         if view is None:
             raise RunNotFound(run_id)
-        found = [
-            w
-            for w in view.waiting
-            if w.run_id is not None and w.node_id == node_id and token in (None, w.token)
-        ]
+        found = child_waits_for(view, node_id, token)
         if len(found) == 1:
             return found[0].run_id or run_id, found[0].token
-        if not found or (token is None and node_id in view.nodes):
-            # A node of the run itself that is not waiting: a late or duplicate decision
-            # for it must not go to a child's node of the same id (a token says which).
+        if not found:
             if token is not None and node_id in view.nodes:
                 return run_id, token  # the run itself judges it (late, or the wrong token)
             raise await self._not_waiting(run_id, node_id)

@@ -77,9 +77,11 @@ class Schedules:
             await self.refresh()
         now = clock.now() if now is None else now
         submitted = 0
-        for graph_id, spec in self._scheduled:
-            field = Keys.trigger_field(graph_id, spec.id)
-            raw = await self.redis.hget(self.keys.triggers_last, field)
+        if not self._scheduled:
+            return 0
+        fields = [Keys.trigger_field(graph_id, spec.id) for graph_id, spec in self._scheduled]
+        lasts = await self.redis.hmget(self.keys.triggers_last, fields)  # one read for all
+        for (graph_id, spec), field, raw in zip(self._scheduled, fields, lasts, strict=True):
             if raw is None:  # first sight: from the next tick on, nothing retroactive
                 await self.redis.hsetnx(self.keys.triggers_last, field, repr(now))
                 continue

@@ -135,6 +135,20 @@ async def load_run_view(store: RunStore, run_id: str) -> RunView | None:
 MAX_CHILD_RUNS_READ = 1000  # a view reads at most this many child runs' waits
 
 
+def child_waits_for(view: RunView, node_id: str, token: str | None = None) -> list[WaitView]:
+    """The child runs' waits that a decision on ``node_id`` made through ``view``'s run may
+    go to (with ``token``: the one it names). None without a token when the run has a
+    node of that id itself: a late or duplicate decision for it must not reach a child's
+    node of the same name."""
+    if token is None and node_id in view.nodes:
+        return []
+    return [
+        w
+        for w in view.waiting
+        if w.run_id is not None and w.node_id == node_id and token in (None, w.token)
+    ]
+
+
 def _waits(
     records: dict[str, NodeRecord], tokens: dict[str, str], run_id: str | None = None
 ) -> list[WaitView]:

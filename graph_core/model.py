@@ -244,6 +244,7 @@ class Graph(BaseModel):
 
     _index: dict[str, Node] | None = PrivateAttr(default=None)
     _topology: Any = PrivateAttr(default=None)
+    _subgraph_refs: list[tuple[str, str, int | None]] | None = PrivateAttr(default=None)
 
     # --- builder ------------------------------------------------------------------------
 
@@ -277,6 +278,7 @@ class Graph(BaseModel):
     def _invalidate(self) -> None:
         self._index = None
         self._topology = None
+        self._subgraph_refs = None
 
     # --- lookup -------------------------------------------------------------------------
 
@@ -286,7 +288,11 @@ class Graph(BaseModel):
         look nodes up several times per event."""
         private = self.__pydantic_private__
         if private is None:  # pragma: no cover - pydantic always sets it for this model
-            private = self.__pydantic_private__ = {"_index": None, "_topology": None}
+            private = self.__pydantic_private__ = {
+                "_index": None,
+                "_topology": None,
+                "_subgraph_refs": None,
+            }
         return private
 
     def _node_index(self) -> dict[str, Node]:
@@ -336,7 +342,12 @@ class Graph(BaseModel):
 
     def subgraph_refs(self) -> list[tuple[str, str, int | None]]:
         """The graphs this graph runs as child runs, where named statically (not by a
-        template): (node id, graph id, version or None for the latest), in graph order."""
+        template): (node id, graph id, version or None for the latest), in graph order.
+        Computed once per graph object (every submission of a run reads them)."""
+        cache = self.cached()
+        if cache["_subgraph_refs"] is not None:
+            found: list[tuple[str, str, int | None]] = cache["_subgraph_refs"]
+            return found
         refs = []
         for n in self.nodes:
             graph = n.config.get("graph") if n.type in ("subgraph", "map") else None
@@ -344,6 +355,7 @@ class Graph(BaseModel):
                 version = n.config.get("version")
                 pinned = version if isinstance(version, int) and n.type == "subgraph" else None
                 refs.append((n.id, graph, pinned))
+        cache["_subgraph_refs"] = refs
         return refs
 
     def compensable(self) -> list[str]:

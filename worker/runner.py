@@ -560,6 +560,13 @@ class _Loaded:
     plan: Plan  # of the cached graph (empty on a cold cache)
     raw_item: bytes | None = None  # a map item's input, as stored
 
+    def job(self, graph: Graph, node: Node) -> _Job:
+        """This job running ``node`` (the graph's, or one made for it: a compensation, a
+        map's inner node)."""
+        return _Job(
+            self.redis, self.rk, self.payload, graph, node, self.run, self.records, self.outputs
+        )
+
 
 async def _execute_pipeline(redis: Any, build: Callable[[], Any]) -> list[Any]:
     """Run the pipeline ``build`` makes; if the server lost the read script (a restart,
@@ -699,10 +706,8 @@ async def _execute(
     if payload.item is not None:
         return await _map_item(loaded, graph, node, registry, delivery, max_deliveries, span)
     spec = registry.spec(node.type)
-    job = _Job(
-        loaded.redis, loaded.rk, payload, graph, node, loaded.run, loaded.records, loaded.outputs
-    )
     plan = loaded.plan if loaded.graph is not None else graph_cache.plan(graph, node, spec)
+    job = loaded.job(graph, node)
     return await _prepare_and_run(job, registry, spec, plan, delivery, max_deliveries, span)
 
 
@@ -732,10 +737,7 @@ async def _compensate(
         }
     )
     spec = registry.spec(comp.type)
-    job = _Job(
-        loaded.redis, loaded.rk, loaded.payload, graph, undo, loaded.run, loaded.records,
-        loaded.outputs,
-    )  # fmt: skip
+    job = loaded.job(graph, undo)
     loader = StoreLoader(loaded.redis, loaded.rk, graph, loaded.run.input)
     original = await loader.load(parse_path(f"{node.id}.output"))
     plan = plan_reads(graph, undo, spec)
@@ -758,18 +760,15 @@ async def _map_item(
     from the run's outputs hash (``ctx.item``, ``ctx.index``), under the map node's id."""
     payload = loaded.payload
     item = payload.item if payload.item is not None else 0
-    inner = node.config.get("node")
-    if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+    one = item_node(node)
+    if one is node:  # no inner node: the graph's validation refuses that; stay safe anyway
         missing = LookupError(f"map node {node.id!r} names no inner node type")
         return _failed(WorkerError(node.id, missing), node.id, retryable=False)
-    one = item_node(node)
     if loaded.raw_item is None:  # the map ended meanwhile (its item fields are deleted then)
         gone = LookupError(f"item {item} of map {node.id!r} visit {payload.visit} is gone")
         return _failed(WorkerError(node.id, gone), node.id, retryable=False)
     spec = registry.spec(one.type)
-    job = _Job(
-        loaded.redis, loaded.rk, payload, graph, one, loaded.run, loaded.records, loaded.outputs
-    )
+    job = loaded.job(graph, one)
     plan = (
         loaded.plan
         if loaded.graph is not None
@@ -783,7 +782,7 @@ async def _map_item(
 
 def item_node(node: Node) -> Node:
     """A map node as its items run: its inner node's type and config under the map's id
-    (queue, timeout and retry policy are the map node's)."""
+    (queue, timeout and retry policy are the map node's); ``node`` itself if it has none."""
     inner = node.config.get("node")
     if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
         return node

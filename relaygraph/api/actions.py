@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dispatcher.views import RunView, WaitView
+from dispatcher.views import RunView, WaitView, child_waits_for
 from graph_core.errors import PathError
 from graph_core.model import Graph
 from graph_core.paths import MISSING, resolve
@@ -187,12 +187,10 @@ async def decide(
     if view.terminal:
         raise Problem(409, "run-finished", f"run {run_id!r} is already {view.status.value}")
     graph = await ctx.client.get_graph(view.graph_id, view.graph_version)
-    waits = [w for w in view.waiting if w.node_id == node_id]
-    wait = next((w for w in waits if w.run_id is None), None)
+    wait = next((w for w in view.waiting if w.node_id == node_id and w.run_id is None), None)
     where = run_id
-    if wait is None and waits and not graph.has_node(node_id):
-        # it waits in a child run (and the run has no node of that id): decided there, by
-        # the child graph's approvers
+    waits = child_waits_for(view, node_id) if wait is None else []
+    if waits:  # it waits in a child run: decided there, by the child graph's approvers
         if len(waits) > 1:
             runs = ", ".join(str(w.run_id) for w in waits[:5])
             raise Problem(

@@ -5,7 +5,6 @@ refused), and ``relaygraph triggers`` lists them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -62,6 +61,16 @@ async def runs_of(client: WorkflowClient, graph_id: str, n: int) -> list[Any]:
     return await wait_for(enough, timeout=15, message=f"{n} completed runs of {graph_id}")
 
 
+async def inbox_handled(redis: aioredis.Redis) -> None:
+    """Until the dispatchers' group has read and acknowledged every inbox entry."""
+
+    async def drained() -> bool:
+        (group,) = await redis.xinfo_groups(Keys().inbox)
+        return bool(group["lag"] == 0 and group["pending"] == 0)
+
+    await wait_for(drained, timeout=15, message="the inbox handled")
+
+
 async def test_two_dispatchers_start_one_run_per_tick(
     redis: aioredis.Redis, dispatcher: Dispatcher
 ) -> None:
@@ -79,7 +88,7 @@ async def test_two_dispatchers_start_one_run_per_tick(
         await first.tick(now=t0 + 60 * minute + 2)
         await second.tick(now=t0 + 60 * minute + 3)
     runs = await runs_of(client, "cron-a", 3)
-    await asyncio.sleep(0.3)  # nothing more comes
+    await inbox_handled(redis)  # every duplicate submission of a tick handled too
     assert len(await client.list_runs(graph_id="cron-a", limit=100)) == 3
     keys_used = set()
     for summary in runs:
@@ -93,7 +102,7 @@ async def test_two_dispatchers_start_one_run_per_tick(
     await first.tick(now=t0 + 60 * 13 + 30)
     await second.tick(now=t0 + 60 * 13 + 31)
     await runs_of(client, "cron-b", 13)
-    await asyncio.sleep(0.3)
+    await inbox_handled(redis)
     assert len(await client.list_runs(graph_id="cron-a", limit=100)) == 3
     assert len(await client.list_runs(graph_id="cron-b", limit=100)) == 13
     # and the skipped ticks stay skipped
