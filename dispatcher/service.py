@@ -52,7 +52,6 @@ log = logging.getLogger("relaygraph.dispatcher")
 
 TIMER_POLL_S = 0.25
 HOUSEKEEPING_S = 60.0  # longest wait before looking at timers and leases again
-TRIM_EVERY_S = 1.0  # acknowledged inbox entries are trimmed this often (while entries come)
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 INBOX_FIELD_B = INBOX_FIELD.encode()
 APPROVAL_SEEN_TTL_S = 600  # an identical publish within this many seconds is a duplicate
@@ -130,7 +129,7 @@ class Dispatcher:
         self._trim_inbox = redis.register_script(_TRIM_INBOX)
         self.processed = 0
         self.ready = asyncio.Event()
-        self._trimmed = 0.0  # when the inbox loop last trimmed (monotonic)
+        self._trimmed = time.monotonic()  # when the inbox loop last trimmed
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class Dispatcher:
                 raise
             for _stream, entries in reply or []:
                 await self._handle_batch(entries)
-            if reply and time.monotonic() - self._trimmed >= TRIM_EVERY_S:
+            if reply and time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
                 # what every group acknowledged goes now, not at the next housekeeping: an
                 # entry handled is memory that helps nobody (a second of them at most stays)
                 self._trimmed = time.monotonic()

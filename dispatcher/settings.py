@@ -23,3 +23,5 @@ class DispatcherSettings(BaseSettings):
     run_cache: int = Field(default=DEFAULT_RUN_CACHE, ge=0, le=1_000_000)
     # fire scheduled triggers (every dispatcher does, once per tick in all; false: not this one)
     schedules: bool = True
+    # acknowledged inbox entries are trimmed this often (seconds) while entries come
+    inbox_trim_s: float = Field(default=1.0, gt=0)

@@ -126,6 +126,7 @@ _KNOWN_ELSEWHERE = frozenset(
         "max_inbox_attempts",
         "sweep_grace_s",
         "schedules",
+        "inbox_trim_s",
         "test_redis_bin",
         "test_redis_url",
         "redis_bin",

@@ -4,6 +4,7 @@ approvals published by a plain Redis client, poison messages, durable timers."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -272,10 +273,27 @@ async def test_retry_timer_fires_after_the_dispatcher_was_down(redis: aioredis.R
     assert "node.retry_scheduled" in types
 
 
+async def test_the_inbox_loop_trims_what_it_handled(redis: aioredis.Redis) -> None:
+    d = make_dispatcher(redis)  # inbox_trim_s: 1 s by default
+    await d.store.register_graph(triage_graph())
+    w = FakeWorker(redis, d.keys, triage_handlers())
+    async with running(d, w):
+        for i in range(5):
+            await submit(redis, d, "bug-triage", f"a{i}", {})
+        for i in range(5):
+            await finished(d, f"a{i}")
+
+        async def trimmed() -> bool:
+            await submit(redis, d, "bug-triage", f"x{time.monotonic_ns()}", {})  # a batch
+            return bool(await redis.xlen(d.keys.inbox) < 10)
+
+        await wait_for(trimmed, timeout=10, interval=0.3, message="the inbox trimmed")
+
+
 async def test_handled_inbox_entries_are_trimmed_but_pending_ones_kept(
     redis: aioredis.Redis,
 ) -> None:
-    d = make_dispatcher(redis)
+    d = make_dispatcher(redis, inbox_trim_s=3600)  # trimmed only when the test says
     await d.store.register_graph(triage_graph())
     w = FakeWorker(redis, d.keys, triage_handlers())
     async with running(d, w):

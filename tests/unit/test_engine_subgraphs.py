@@ -350,3 +350,12 @@ def test_failed_children_count_against_the_tolerance() -> None:
     )
     assert result.run.status == RunStatus.FAILED
     assert result.run.error is not None and "2 of 3 items failed" in result.run.error.message
+
+
+def test_subgraph_references_follow_changes_to_the_graph() -> None:
+    g = Graph(id="grows").add_nodes(Node("start", type="start"), Node("end", type="end"))
+    g.connect("start", "end")
+    assert g.subgraph_refs() == []  # computed, and kept
+    g.add_node(Node("sub", type="subgraph", config={"graph": "leaf", "version": 2}))
+    g.add_node(Node("each", type="map", config={"items": [], "graph": "{{ input.g }}"}))
+    assert g.subgraph_refs() == [("sub", "leaf", 2)]  # a template is no static reference
