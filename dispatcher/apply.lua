@@ -19,14 +19,16 @@ local run_json, new_rev, run_id, score, channel = c[1], c[2], c[3], c[4], c[5]
 local retention, abort_key = tonumber(c[6]), c[7]
 local ack_stream, ack_group, ack_id = c[8], c[9], c[10]
 redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev, 'stamp', c[23])  -- a new stamp
+-- the run indexes: created (a new run), and the status it is in, scored by when it entered
+-- it (a write that keeps the status leaves the index alone)
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
   redis.call('ZADD', KEYS[13], score, run_id)
-end
-if KEYS[11] ~= KEYS[12] then
+  redis.call('ZADD', KEYS[12], score, run_id)
+elseif KEYS[11] ~= KEYS[12] then
   redis.call('ZREM', KEYS[11], run_id)
+  redis.call('ZADD', KEYS[12], score, run_id)
 end
-redis.call('ZADD', KEYS[12], score, run_id)
 
 -- hash sections (field, value, ...): nodes, outputs, joins (empty value deletes), loops,
 -- active add
@@ -53,7 +55,10 @@ for s, key in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}) do
   flush('HSET', key, sets)
   flush('HDEL', key, dels)
 end
-for _, f in ipairs(c[16]) do redis.call('HDEL', KEYS[6], f) end  -- active remove
+local gone = c[16]  -- active remove: one HDEL per chunk
+for lo = 1, #gone, CHUNK do
+  redis.call('HDEL', KEYS[6], unpack(gone, lo, math.min(#gone, lo + CHUNK - 1)))
+end
 for _, e in ipairs(c[17]) do  -- history: append to the run's stream and publish live
   redis.call('XADD', KEYS[7], '*', 'e', e)
   redis.call('PUBLISH', channel, e)
@@ -64,21 +69,22 @@ if #jobs > 0 then
   local t = redis.call('TIME')
   due = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 end
-for j = 1, #jobs, 9 do  -- jobs, in arq's layout; a job id that exists already is a no-op
-  local job_key, result_key, queue_key, job_id, job, expires_ms, wake_key, token =
+for j = 1, #jobs, 8 do  -- jobs, in arq's layout; a job id that exists already is a no-op
+  local job_key, queue_key, job_id, job, expires_ms, wake_key, token, offset =
     jobs[j], jobs[j + 1], jobs[j + 2], jobs[j + 3], jobs[j + 4], jobs[j + 5], jobs[j + 6],
     jobs[j + 7]
-  if redis.call('EXISTS', job_key, result_key) == 0 then
-    redis.call('PSETEX', job_key, expires_ms, job)
-    local offset = jobs[j + 8]  -- the run's priority: its jobs sort first
-    if offset == '0' then
-      redis.call('ZADD', queue_key, due, job_id)
-    else
-      redis.call('ZADD', queue_key, string.format('%d', tonumber(due) - tonumber(offset)), job_id)
-    end
-    if wake_key ~= '' then  -- wake a worker with the job's id and graph (oldest first)
-      redis.call('RPUSH', wake_key, token)
-      redis.call('LTRIM', wake_key, -1024, -1)
+  if redis.call('SET', job_key, job, 'PX', expires_ms, 'NX') then
+    local at = due  -- the run's priority (offset) sorts its jobs first
+    if offset ~= '0' then at = string.format('%d', tonumber(due) - tonumber(offset)) end
+    redis.call('ZADD', queue_key, at, job_id)
+    if wake_key ~= '' then
+      -- wake a worker with the job's id, its graph and its score (oldest first): a claim
+      -- that finds the job at that score knows it due without reading the clock
+      local head, rest = string.match(token, '^([^|]*|[^|]*)(|.*)$')
+      if head then token = head .. '@' .. at .. rest end
+      if redis.call('RPUSH', wake_key, token) > 1024 then
+        redis.call('LTRIM', wake_key, -1024, -1)
+      end
     end
   end
 end

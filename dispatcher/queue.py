@@ -14,20 +14,22 @@ from graph_core.events import EnqueueNode, RunTrace
 from graph_core.keys import Keys
 from graph_core.messages import PRIORITY_STEP_MS, JobPayload, encode_arq_job, job_id, wake_token
 
-__all__ = ["ABORT_KEY", "JobWrite", "job_write"]
+__all__ = ["ABORT_KEEP_MS", "ABORT_KEY", "JobWrite", "job_write"]
 
 # arq's fixed key names (arq.constants); arq does not namespace them.
 JOB_KEY_PREFIX: Final = "arq:job:"
-RESULT_KEY_PREFIX: Final = "arq:result:"
 IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
 ABORT_KEY: Final = "arq:abort"
 JOB_EXPIRES_MS: Final = 86_400_000  # arq's default: an unstarted job expires after a day
+# How long a cancelled job's id stays in arq's abort set: a running job's worker sees it
+# within a tenth of a second and takes it off; a queued job is fenced off by its node record
+# (and finishing a job does not look), so what is older than this is left over.
+ABORT_KEEP_MS: Final = 600_000
 
 
 @dataclass(frozen=True, slots=True)
 class JobWrite:
     job_key: str
-    result_key: str
     queue_key: str
     job_id: str
     job: bytes
@@ -37,10 +39,9 @@ class JobWrite:
     score_offset_ms: int = 0  # taken off the enqueue time: the run's priority
 
     def argv(self) -> list[str]:
-        """The write as apply.lua reads it: nine strings (numbers as decimal text)."""
+        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
         return [
             self.job_key,
-            self.result_key,
             self.queue_key,
             self.job_id,
             self.job.decode(),
@@ -81,7 +82,6 @@ def job_write(
     jid = job_id(run_id, action.node_id, action.visit, action.attempt, action.item)
     return JobWrite(
         job_key=JOB_KEY_PREFIX + jid,
-        result_key=RESULT_KEY_PREFIX + jid,
         queue_key=keys.queue(action.queue),
         job_id=jid,
         job=encode_arq_job(payload, now_ms),

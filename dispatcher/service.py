@@ -32,7 +32,7 @@ from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
 from dispatcher.schedules import Schedules
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store import RunStore
-from dispatcher.sweeper import sweep
+from dispatcher.sweeper import sweep, trim_aborts
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested, ParentRef, ignored_event
@@ -441,6 +441,7 @@ class Dispatcher:
                     self.keys.runs_by_status(status.value), "-inf", cutoff_ms
                 )
             await self._prune_all_runs(cutoff_ms)
+            await trim_aborts(self.redis)
             await self.trim_inbox()
             await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
             with contextlib.suppress(asyncio.TimeoutError):

@@ -8,6 +8,9 @@ for its attempt: the engine treats it like a lost worker and enqueues a new atte
 that was already on its way wins (the later event is fenced off), so the worst case is one
 extra run of a handler, never a lost node. A job for a finished run needs no sweeping: the
 worker's fence drops it.
+
+It also drops from arq's abort set the cancelled jobs' ids that nobody will take off it (a job
+that ended before its abort was seen), once they are ``ABORT_KEEP_MS`` old.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dispatcher.queue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
+from dispatcher.queue import ABORT_KEEP_MS, ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from graph_core import clock
 from graph_core.events import LeaseExpired
 from graph_core.keys import Keys
@@ -23,11 +26,17 @@ from graph_core.messages import encode_inbox, job_id
 from graph_core.state import NodeRecord
 from graph_core.status import NodeStatus, RunStatus
 
-__all__ = ["sweep"]
+__all__ = ["sweep", "trim_aborts"]
 
 log = logging.getLogger("relaygraph.dispatcher")
 
 BATCH = 200
+
+
+async def trim_aborts(redis: Any) -> int:
+    """Drop the abort set's entries older than ``ABORT_KEEP_MS``; how many went."""
+    cutoff = int(clock.now() * 1000) - ABORT_KEEP_MS
+    return int(await redis.zremrangebyscore(ABORT_KEY, "-inf", cutoff))
 
 
 async def sweep(redis: Any, keys: Keys, grace_s: float) -> int:

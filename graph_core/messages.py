@@ -254,21 +254,26 @@ def job_id(run_id: str, node_id: str, visit: int, attempt: int, item: int | None
     return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{where}:{attempt}"
 
 
-def wake_token(job: str, graph_id: str, graph_version: int) -> str:
-    """What the dispatcher pushes on a queue's wake-up list for a job: its id and its graph,
-    so a worker that has the graph cached plans the job's reads before claiming it.
+def wake_token(job: str, graph_id: str, graph_version: int, score: int | None = None) -> str:
+    """What the dispatcher pushes on a queue's wake-up list for a job: its id, its graph (so
+    a worker that has the graph cached plans the job's reads before claiming it) and the
+    job's queue score (``apply.lua`` adds it as ``<graph_version>@<score>``: a claim that
+    finds the job still at that score knows it is due without reading the server's clock).
     Job ids never contain ``|`` (node ids cannot); graph ids may, so the id comes last."""
-    return f"{job}|{graph_version}|{graph_id}"
+    version = str(graph_version) if score is None else f"{graph_version}@{score}"
+    return f"{job}|{version}|{graph_id}"
 
 
-def parse_wake_token(value: str) -> tuple[str, tuple[str, int] | None]:
-    """``(job id, (graph id, version) or None)`` of a wake-up token; a bare job id (an
-    older dispatcher's) has no graph."""
+def parse_wake_token(value: str) -> tuple[str, tuple[str, int] | None, int | None]:
+    """``(job id, (graph id, version) or None, score or None)`` of a wake-up token; a bare
+    job id (an older dispatcher's) has no graph, an older token no score."""
     job, sep, rest = value.partition("|")
     version, sep2, graph_id = rest.partition("|")
-    if not sep or not sep2 or not graph_id or not (version.isascii() and version.isdigit()):
-        return job, None
-    return job, (graph_id, int(version))
+    version, at, score = version.partition("@")
+    if not sep or not sep2 or not graph_id or not _digits(version):
+        return job, None, None
+    scored = bool(at) and _digits(score.removeprefix("-"))  # a garbled score: read the clock
+    return job, (graph_id, int(version)), int(score) if scored else None
 
 
 def parse_job_id(value: str) -> tuple[str, str, int, int] | None:

@@ -163,30 +163,49 @@ def _json_or_missing(raw: bytes | None) -> Any:
     return MISSING if raw is None else orjson.loads(raw)
 
 
-# ``latest(nodes_key, outputs_key, ids, first, out)`` appends to ``out`` the record of each
-# node ``ids[first..]`` and its latest output (``RunKeys.output_field`` of its
-# ``last_ok_visit``, which the record omits while it is 0): record, output, record, ...
+# ``latest(nodes_key, outputs_key, ids, first, out, lead)`` appends to ``out`` the record of
+# each node ``ids[first..]`` and its latest output (``RunKeys.output_field`` of its
+# ``last_ok_visit``, which the record omits while it is 0): record, output, record, ...; and
+# returns the record of node ``lead`` (false without one), read in the same HMGET. One HMGET
+# of the records and one of the outputs per chunk of nodes, however many there are.
 # Shared by LATEST_SCRIPT and the worker's claim script.
 LATEST_LUA = """
-local function latest(nodes_key, outputs_key, ids, first, out)
-  for i = first, #ids do
-    local nid = ids[i]
-    local rec = redis.call('HGET', nodes_key, nid)
-    local value = false
-    if rec then
-      local ok, decoded = pcall(cjson.decode, rec)  -- corrupt: the worker reports it
-      local visit = ok and type(decoded) == 'table' and decoded['last_ok_visit']
-      if type(visit) == 'number' and visit >= 1 then
-        value = redis.call('HGET', outputs_key, nid .. 'SEP' .. string.format('%d', visit))
+local function latest(nodes_key, outputs_key, ids, first, out, lead)
+  local lead_rec = false
+  local lo = first
+  repeat
+    local hi = math.min(#ids, lo + 499)
+    local names = {}
+    if lead and lo == first then names[1] = lead end
+    for i = lo, hi do names[#names + 1] = ids[i] end
+    if #names == 0 then break end
+    local recs = redis.call('HMGET', nodes_key, unpack(names))
+    local at = 0
+    if lead and lo == first then lead_rec, at = recs[1], 1 end
+    local fields, slots = {}, {}
+    for i = lo, hi do
+      local rec = recs[at + i - lo + 1]
+      out[#out + 1] = rec
+      out[#out + 1] = false
+      if rec then
+        local ok, decoded = pcall(cjson.decode, rec)  -- corrupt: the worker reports it
+        local visit = ok and type(decoded) == 'table' and decoded['last_ok_visit']
+        if type(visit) == 'number' and visit >= 1 then
+          fields[#fields + 1] = ids[i] .. 'SEP' .. string.format('%d', visit)
+          slots[#slots + 1] = #out
+        end
       end
     end
-    out[#out + 1] = rec
-    out[#out + 1] = value
-  end
-  return out
+    if #fields > 0 then
+      local values = redis.call('HMGET', outputs_key, unpack(fields))
+      for j, slot in ipairs(slots) do out[slot] = values[j] end
+    end
+    lo = hi + 1
+  until lo > #ids
+  return lead_rec
 end
 """.replace("SEP", OUTPUT_FIELD_SEP)
-LATEST_SCRIPT = LATEST_LUA + "return latest(KEYS[1], KEYS[2], ARGV, 1, {})\n"
+LATEST_SCRIPT = LATEST_LUA + "local out = {}\nlatest(KEYS[1], KEYS[2], ARGV, 1, out)\nreturn out\n"
 LATEST_SHA = hashlib.sha1(LATEST_SCRIPT.encode()).hexdigest()  # the id Redis gives the script
 
 

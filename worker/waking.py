@@ -59,7 +59,8 @@ from worker.runner import redis_unavailable
 
 __all__ = ["Claim", "ClaimPlan", "ClaimPlanner", "Finish", "WakingWorker"]
 
-_Wanted = tuple[str, tuple[str, int] | None]  # a job id, and its graph if the wake-up named it
+# a job id, and its graph and queue score if a wake-up named them
+_Wanted = tuple[str, tuple[str, int] | None, int | None]
 
 logger = logging.getLogger("relaygraph.worker")
 
@@ -143,48 +144,61 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
   return false
 end
 """
-# Claim a job: only if nobody runs it, it is still queued and it is due, and its limits let
-# it; then read it, count the try (arq's retry key), take it off the abort set, read the
-# fence's records and, for a job planned before the claim (``ClaimPlan``), write its lease
-# and read what it will read.
+# Claim a job: only if it is still queued and due, nobody runs it and its limits let it;
+# then count the try (arq's retry key), read the job and the fence's records and, for a job
+# planned before the claim (``ClaimPlan``), write its lease and read what it will read.
+# Reads come first; the first write is the in-progress key, set only if it is not (so that
+# a claim that loses the race has written nothing), and a write that fails after it (a try
+# counter that is not a count, a lease key of the wrong type) undoes the claim's writes, so
+# a failed claim leaves nothing behind.
+# ARGV[8]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
+# with the server's clock when it was queued), so the claim reads the clock only otherwise.
 _CLAIM = (
     LATEST_LUA
     + _SERVER_MS_LUA
     + _SCOPES_LUA
     + _LIMITS_LUA
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > server_ms() then return false end
--- Reads first, touching every key written below (a key of the wrong type fails here): once
--- a write has been made, nothing can fail, so a failed claim has written nothing.
+if not score then return false end
+if (ARGV[8] == '' or tonumber(score) ~= tonumber(ARGV[8]))
+    and tonumber(score) > server_ms() then
+  return false
+end
 local job = redis.call('GET', KEYS[3])
-local tries = redis.call('GET', KEYS[4])
-if tries and (#tries > 18 or not string.match(tries, '^%d+$')) then
-  return redis.error_reply('ERR the try counter ' .. KEYS[4] .. ' is not a count')
-end
 local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
-local run, node = false, false
+local out = {score, job, 0, 0, false, false, 0}
 if ARGV[4] ~= '' then
-  run = redis.call('HGET', KEYS[6], 'run')
-  node = redis.call('HGET', KEYS[7], ARGV[4])
+  out[5] = redis.call('HGET', KEYS[6], 'run')
+  out[6] = latest(KEYS[7], KEYS[9], ARGV, 9, out, ARGV[4])
 end
-if ARGV[5] ~= '' then redis.call('ZSCORE', KEYS[8], ARGV[5]) end
-local out = latest(KEYS[7], KEYS[9], ARGV, 8, {score, job, 0, 0, run, node, 0})
+if not redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2], 'NX') then return false end
 if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
   local held = limited(KEYS[10], KEYS[11], KEYS[12], KEYS[1], ARGV[1], ARGV[7], job)
-  if held then return held end
+  if held then
+    redis.call('DEL', KEYS[1])
+    return held
+  end
 end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[3])  -- arq checks it exists; we, whose it is
-if tries then  -- arq's try counter: counted up, or made with arq's TTL in one command
-  out[3] = redis.call('INCR', KEYS[4])
-else
-  redis.call('SET', KEYS[4], 1, 'EX', 88400)
+-- arq's try counter: made with arq's TTL, or counted up
+if redis.call('SET', KEYS[4], 1, 'EX', 88400, 'NX') then
   out[3] = 1
+else
+  local tries = redis.pcall('INCR', KEYS[4])
+  if type(tries) == 'table' then
+    redis.call('DEL', KEYS[1])
+    return redis.error_reply('ERR the try counter ' .. KEYS[4] .. ' is not a count')
+  end
+  out[3] = tries
 end
 if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end
 if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[8], ARGV[6], ARGV[5])
+  local added = redis.pcall('ZADD', KEYS[8], ARGV[6], ARGV[5])
+  if type(added) == 'table' then
+    redis.call('DEL', KEYS[1])
+    if out[3] == 1 then redis.call('DEL', KEYS[4]) else redis.call('DECR', KEYS[4]) end
+    return redis.error_reply('ERR writing the lease in ' .. KEYS[8] .. ': ' .. added['err'])
+  end
   out[7] = 1
 end
 return out
@@ -195,7 +209,9 @@ return out
 # to lapse now (the rest). ARGV[2]: 'done' (the job is over: its keys go), 'again' (it
 # stays queued for another delivery, ARGV[3] ms from now by the server's clock if given),
 # or 'unclaimed' (it never started: queued again, its try not counted), which does nothing
-# unless this worker's claim (ARGV[5]) still holds the job.
+# unless this worker's claim (ARGV[5]) still holds the job. arq's abort set is left alone:
+# a worker takes the jobs it aborts off it, and the dispatcher's housekeeping drops the
+# entries of jobs that ended before their abort was seen (``ABORT_KEEP_MS``).
 _FINISH = (
     _SERVER_MS_LUA
     + _SCOPES_LUA
@@ -225,7 +241,6 @@ if ARGV[2] == 'done' then
     end
   end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('ZREM', KEYS[5], ARGV[1])
   return 1
 end
@@ -425,15 +440,15 @@ class WakingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's entry point for polled ids: claim and start them (see ``_start``)."""
-        await self._start([(j.decode(), None) for j in job_ids])
+        await self._start([(j.decode(), None, None) for j in job_ids])
 
     async def _start(self, wanted: list[_Wanted]) -> None:
         """Claim as many jobs as there are free slots, in one round trip, and start the
         claimed ones; a failed claim frees its slot."""
         if not self.allow_pick_jobs:
             return
-        unique = {job_id: graph for job_id, graph in wanted if job_id not in self.tasks}
-        todo = list(unique.items())[: max(0, self.max_jobs - self.job_counter)]
+        unique = {w[0]: w for w in wanted if w[0] not in self.tasks}
+        todo = list(unique.values())[: max(0, self.max_jobs - self.job_counter)]
         if not todo:
             return
         for _ in todo:  # reserve the slots first: a claim must never outrun them
@@ -459,9 +474,10 @@ class WakingWorker(Worker):
             self.tasks[claim.job_id] = task
 
     def _claim_call(
-        self, job_id: str, graph: tuple[str, int] | None
+        self, job_id: str, graph: tuple[str, int] | None, score: int | None = None
     ) -> tuple[list[str], list[str], ClaimPlan | None]:
-        """The claim script's keys and arguments for one job, and its plan if any."""
+        """The claim script's keys and arguments for one job, and its plan if any. ``graph``
+        and ``score``: what the job's wake-up named (its graph, its queue score)."""
         keys = [
             in_progress_key_prefix + job_id,
             self.queue_name,
@@ -475,13 +491,14 @@ class WakingWorker(Worker):
         else:  # no limit is set: the claim skips them (not even an EXISTS)
             limits = ["", "", ""]
         scope = f"queue:{self.queue_short}"
+        woken = "" if score is None else str(score)
         parts = parse_job_id(job_id)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
         except RelaygraphError:
             rk = None
         if parts is None or rk is None:
-            return [*keys, "", "", "", "", *limits], [*args, "", "", "", scope], None
+            return [*keys, "", "", "", "", *limits], [*args, "", "", "", scope, woken], None
         plan = None
         if self.planner is not None and graph is not None:
             try:
@@ -491,7 +508,7 @@ class WakingWorker(Worker):
         if plan is None:
             return (
                 [*keys, rk.meta, rk.nodes, "", "", *limits],
-                [*args, parts[1], "", "", scope],
+                [*args, parts[1], "", "", scope, woken],
                 None,
             )
         return (
@@ -502,6 +519,7 @@ class WakingWorker(Worker):
                 plan.lease.decode(),
                 str(plan.lease_expiry_ms),
                 scope,
+                woken,
                 *plan.reads,
             ],
             plan,
@@ -509,7 +527,7 @@ class WakingWorker(Worker):
 
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
         await self._check_limits(time.monotonic())  # at most once a second: one EXISTS
-        calls = [self._claim_call(job_id, graph) for job_id, graph in wanted]
+        calls = [self._claim_call(job_id, graph, score) for job_id, graph, score in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
         # A claim that failed reading the run (a corrupt record, say) is made again without
         # those reads: the job then reads the run itself and reports what is wrong.
@@ -525,7 +543,7 @@ class WakingWorker(Worker):
                     "claiming job %s failed (%s); claiming it plainly", args[0], replies[i]
                 )
                 plain_keys = [*keys[:5], "", "", "", "", *keys[9:12]]
-                calls[i] = (plain_keys, [*args[:3], "", "", "", args[6]], None)
+                calls[i] = (plain_keys, [*args[:3], "", "", "", *args[6:8]], None)
             try:
                 again = await self._evalsha_all([calls[i][:2] for i in bare])
             except (RedisConnectionError, RedisTimeoutError) as e:
@@ -556,7 +574,7 @@ class WakingWorker(Worker):
             self._note_throttled(reply)
         return [
             _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
-            for (job_id, _), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
+            for (job_id, *_), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
 
     def _note_throttled(self, reply: Any) -> None:
@@ -845,7 +863,7 @@ class WakingWorker(Worker):
             return None
         self.wakeups += 1
         wanted = [parse_wake_token(t.decode()) for t in tokens]
-        if not all(parse_job_id(job_id) for job_id, _ in wanted):
+        if not all(parse_job_id(w[0]) for w in wanted):
             return None  # a token that is not a job id (an older dispatcher's): poll
         return wanted
 

@@ -341,6 +341,29 @@ async def test_sweeper_reruns_a_queued_node_whose_job_vanished(redis: aioredis.R
     assert w.executions[("lost", "triage", 1)] == 1
 
 
+async def test_housekeeping_drops_abort_entries_nobody_will_take_off(
+    redis: aioredis.Redis,
+) -> None:
+    """A finishing job does not look at arq's abort set, so a cancel that came too late to
+    stop its job leaves the job's id there: the dispatcher's housekeeping drops such ids once
+    they are ``ABORT_KEEP_MS`` old, and keeps the recent ones a worker may still act on."""
+    from dispatcher.queue import ABORT_KEEP_MS, ABORT_KEY
+    from dispatcher.sweeper import trim_aborts
+
+    now_ms = int(time.time() * 1000)
+    old = {"rg:a:n:1:1": now_ms - ABORT_KEEP_MS - 5_000, "rg:b:n:1:1": now_ms - ABORT_KEEP_MS - 1}
+    await redis.zadd(ABORT_KEY, {**old, "rg:c:n:1:1": now_ms - 1_000})
+    assert await trim_aborts(redis) == 2
+    assert await redis.zrange(ABORT_KEY, 0, -1) == [b"rg:c:n:1:1"]
+    await redis.zadd(ABORT_KEY, old)
+    async with running(make_dispatcher(redis)):  # its housekeeping runs as it starts
+
+        async def trimmed() -> bool:
+            return await redis.zcard(ABORT_KEY) == 1
+
+        await wait_for(trimmed, message="the old abort entries dropped")
+
+
 async def test_a_redelivered_raw_submit_creates_one_run_named_by_its_entry(
     redis: aioredis.Redis,
 ) -> None:

@@ -105,12 +105,37 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
     server_s, server_us = await redis.time()
     score = await redis.zscore(keys.queue("q"), jid)
     assert score == int(score) and 0 <= server_s * 1000 + server_us // 1000 - score < 5_000
-    assert await redis.lrange(keys.wake("q"), 0, -1) == [wake_token(jid, "g", BIG).encode()]
+    # the wake-up names the job's score, with which a claim knows the job due
+    [token] = await redis.lrange(keys.wake("q"), 0, -1)
+    assert token == wake_token(jid, "g", BIG, int(score)).encode()
     assert 0 < await redis.pttl(JOB_KEY_PREFIX + jid) <= 86_400_000
     [(member, due)] = await redis.zrange(keys.timers, 0, -1, withscores=True)
     assert due == int(timer_due * 1000) and b'"timer":"retry"' in member
     assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
     assert await redis.zscore(keys.runs_by_status("running"), "blob") == NOW_MS
+
+
+async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status(
+    redis: aioredis.Redis,
+) -> None:
+    """The status index is written when the status changes, not with every transition (the
+    score is when the run entered the status: the approvals inbox lists the oldest first)."""
+    keys = Keys("blobtest")
+    store = RunStore(redis, keys, retention_s=600)
+    rk = keys.run("blob")
+    running, completed = keys.runs_by_status("running"), keys.runs_by_status("completed")
+    assert await store.apply(Transition(run=_run(1)), None, None, NOW_MS, stamp=None)
+    for rev in (1, 2):  # transitions that keep the run running
+        stamp = (await redis.hget(rk.meta, "stamp")).decode()
+        later = Transition(run=_run(rev + 1))
+        assert await store.apply(later, rev, "running", NOW_MS + rev, stamp=stamp)
+    assert await redis.zscore(running, "blob") == NOW_MS
+    stamp = (await redis.hget(rk.meta, "stamp")).decode()
+    done = Transition(run=_run(4, RunStatus.COMPLETED))
+    assert await store.apply(done, 3, "running", NOW_MS + 9, stamp=stamp)
+    assert await redis.zscore(running, "blob") is None
+    assert await redis.zscore(completed, "blob") == NOW_MS + 9
+    assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
 
 
 async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(

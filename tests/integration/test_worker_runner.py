@@ -36,13 +36,14 @@ from tests.support.store_setup import (
 )
 from tests.support.waiting import wait_for
 from worker import app as worker_app
+from worker import waking
 from worker.app import build_workers, serve
 from worker.context import NodeContext, NodeResult, NonRetryableError, NotPreloaded
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry
 from worker.runner import redis_unavailable, run_node
 from worker.settings import WorkerSettings
-from worker.waking import WakingWorker
+from worker.waking import ClaimPlan, WakingWorker
 
 pytestmark = pytest.mark.integration
 
@@ -1127,6 +1128,60 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
     assert await redis.zcard(KEYS.leases) == 0
 
 
+async def test_a_wake_up_naming_a_score_the_job_no_longer_has_does_not_start_it_early(
+    redis: Any, redis_url: str
+) -> None:
+    """A wake-up names the job's queue score: a job still at it is due (the dispatcher
+    scored it with the server's clock), so its claim skips the clock. A job moved later
+    since (a retry's delay, a failed claim's deferral) is not at it: its claim reads the
+    clock and leaves it queued, untouched, until it is due."""
+    graph, registry = await _audit_then_notify(redis)
+    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    queue, wake = KEYS.queue("default"), KEYS.wake("default")
+    async with serving(settings, registry):
+        await _first_job_warms_the_cache(redis, graph)
+        jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        old = int(await redis.zscore(queue, jid))
+        await redis.zadd(queue, {jid: old + 60_000}, xx=True)
+        await redis.rpush(wake, wake_token(jid, graph.id, graph.version, old))
+        await wait_for(lambda: _drained(redis), message="the wake-up handled")
+        assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid, "arq:retry:" + jid)
+        assert await redis.zscore(queue, jid) == old + 60_000
+        assert [r.node_id for r in await inbox_reports(redis, KEYS)] == ["audit"]
+        await redis.zadd(queue, {jid: old}, xx=True)  # due again, at the score named
+        await redis.rpush(wake, wake_token(jid, graph.id, graph.version, old))
+        reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
+    assert [r.node_id for r in reports] == ["audit", "notify"]
+
+
+async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
+    redis: Any, redis_url: str
+) -> None:
+    """The lease is the claim's last write: if it fails (here the leases key holds another
+    type), the in-progress key and the try it counted are taken back, so the failed claim
+    leaves nothing behind (the worker then claims the job plainly, without a lease)."""
+    graph, _ = await _notify_ok(redis)
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    lease = b'{"kind": "lease_expired"}'
+    plan = ClaimPlan(KEYS.leases, lease, 1, None, None, KEYS.run("run1").outputs, ["triage"])
+    worker.planner = lambda *_: plan
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+    keys, args, planned = worker._claim_call(jid, (graph.id, graph.version))
+    assert planned is plan
+    await redis.set(KEYS.leases, "not a sorted set")
+    for tried in (None, b"4"):  # a first try, and a job tried before
+        if tried is not None:
+            await redis.set("arq:retry:" + jid, tried)
+        with pytest.raises(ResponseError, match="writing the lease"):
+            await redis.eval(waking._CLAIM, len(keys), *keys, *args)
+        assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+        assert await redis.get("arq:retry:" + jid) == tried
+    await redis.delete(KEYS.leases)
+    reply = await redis.eval(waking._CLAIM, len(keys), *keys, *args)
+    assert reply[2] == 5 and reply[6] == 1  # the fifth try, with its lease written
+    assert await redis.zscore(KEYS.leases, lease) == 1
+
+
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
     redis: Any, redis_url: str
 ) -> None:
@@ -1189,7 +1244,7 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     assert plan is None
     assert keys[5:9] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
     assert keys[9:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
-    assert args[3:] == ["notify", "", "", "queue:default"]
+    assert args[3:] == ["notify", "", "", "queue:default", ""]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(

@@ -54,14 +54,21 @@ def test_what_is_not_a_job_id_parses_as_none(value: str) -> None:
     node_id=st.from_regex(r"[^.\s{}|]{1,20}", fullmatch=True),
     graph_id=st.text(min_size=1, max_size=30),
     version=st.integers(min_value=1, max_value=10**9),
+    score=st.none() | st.integers(min_value=-(10**15), max_value=10**15),
 )
-def test_a_wake_token_carries_its_job_id_and_graph(
-    run_id: str, node_id: str, graph_id: str, version: int
+def test_a_wake_token_carries_its_job_id_graph_and_score(
+    run_id: str, node_id: str, graph_id: str, version: int, score: int | None
 ) -> None:
     jid = job_id(run_id, node_id, 1, 2)
-    assert parse_wake_token(wake_token(jid, graph_id, version)) == (jid, (graph_id, version))
+    token = wake_token(jid, graph_id, version, score)
+    assert parse_wake_token(token) == (jid, (graph_id, version), score)
+
+
+@pytest.mark.parametrize("value", ["rg:r:n:1:1|3@|g", "rg:r:n:1:1|3@x1|g", "rg:r:n:1:1|3@-|g"])
+def test_a_wake_token_with_a_garbled_score_keeps_its_graph(value: str) -> None:
+    assert parse_wake_token(value) == ("rg:r:n:1:1", ("g", 3), None)
 
 
 @pytest.mark.parametrize("value", ["rg:r:n:1:1", "rg:r:n:1:1|", "rg:r:n:1:1|x|g", "rg:r:n:1:1|3|"])
 def test_a_wake_token_without_a_graph_is_just_a_job_id(value: str) -> None:
-    assert parse_wake_token(value) == (value.partition("|")[0], None)
+    assert parse_wake_token(value) == (value.partition("|")[0], None, None)
