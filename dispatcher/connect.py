@@ -1,4 +1,5 @@
-"""Opening the dispatcher's and client's Redis connections from a URL (Sentinel included)."""
+"""Opening the dispatcher's and client's Redis connections from a URL (Sentinel included),
+with the fast command packer (graph_core/resp.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.sentinel import Sentinel as SyncSentinel
 
 from graph_core.redis_url import RedisTarget, parse_redis_url
+from graph_core.resp import fast_packing
 
 __all__ = ["connect", "connect_sync"]
 
@@ -18,20 +20,20 @@ def connect(url: str, **options: Any) -> Redis:
     """A client for ``url``; ``redis+sentinel://`` asks the sentinels for the master."""
     target = parse_redis_url(url)  # raises RedisUrlError naming what is wrong
     if not target.is_sentinel:
-        client: Redis = Redis.from_url(url, **options)
+        client: Redis = fast_packing(Redis.from_url(url, **options))
         return client
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels), sentinel_kwargs={"password": target.password}, **_common(target)
     )
     master: Redis = sentinel.master_for(target.master or "mymaster", db=target.db, **options)
-    return master
+    return fast_packing(master)
 
 
 def connect_sync(url: str, **options: Any) -> redis.Redis:
     """``connect`` for blocking code (a metrics scrape runs in a thread of its own)."""
     target = parse_redis_url(url)
     if not target.is_sentinel:
-        client: redis.Redis = redis.Redis.from_url(url, **options)
+        client: redis.Redis = fast_packing(redis.Redis.from_url(url, **options))
         return client
     sentinel = SyncSentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels), sentinel_kwargs={"password": target.password}, **_common(target)
@@ -39,7 +41,7 @@ def connect_sync(url: str, **options: Any) -> redis.Redis:
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         target.master or "mymaster", db=target.db, **options
     )
-    return master
+    return fast_packing(master)
 
 
 def _common(target: RedisTarget) -> dict[str, Any]:

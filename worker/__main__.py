@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: float) -> None:
     from arq.connections import create_pool
 
+    from graph_core.resp import fast_packing
     from worker.app import redis_settings_from_url, serve
 
     # Until ``serve`` installs its own handlers, a signal cancels start-up (cleanly).
@@ -129,7 +130,7 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
     # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
-    redis: Any = await create_pool(redis_settings_from_url(settings.redis_url or ""))
+    redis: Any = fast_packing(await create_pool(redis_settings_from_url(settings.redis_url or "")))
     keys = settings.keys
     host, pid = socket.gethostname(), os.getpid()
     worker_id = f"{host}:{pid}"

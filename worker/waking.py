@@ -54,6 +54,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from graph_core.messages import parse_job_id, parse_wake_token
+from graph_core.resp import fast_packing
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
 
@@ -370,6 +371,7 @@ class WakingWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
+        fast_packing(self._pool)  # redis-py's packing costs more than the rest of a claim
         await log_redis_info(self.pool, lambda *a: None)
         self.ctx["redis"] = self.pool
         self._claim_sha = await self.pool.script_load(_CLAIM)
