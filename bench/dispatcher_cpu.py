@@ -15,13 +15,12 @@ import pstats
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from bench import graphs
 from bench.config import Sizes
 from bench.procs import command_stats, round_trip, wait_until
 from bench.profiles import DISPATCHER_STAGES, summarize
 from dispatcher.client import WorkflowClient
+from dispatcher.connect import connect
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.events import NodeReported
@@ -35,7 +34,7 @@ CHAIN = 10
 
 class _Bench:
     def __init__(self, url: str) -> None:
-        self.redis: Any = aioredis.Redis.from_url(url)
+        self.redis: Any = connect(url)  # as ``relaygraph dispatcher`` connects
         self.settings = DispatcherSettings(redis_url=url, prefix=PREFIX)
         self.keys = self.settings.keys
         self.dispatcher = Dispatcher(self.redis, self.settings)

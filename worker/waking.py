@@ -361,6 +361,9 @@ class WakingWorker(Worker):
         self._interrupted: list[asyncio.Future[list[Claim | None]]] = []
         self._closing: asyncio.Future[None] | None = None
         self._claim_token = secrets.token_hex(8)  # the in-progress keys of this worker's claims
+        # finishes asked for in this turn of the event loop, sent together (``_finish_call``)
+        self._finishing: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]] = []
+        self._finish_tasks: set[asyncio.Task[None]] = set()
 
     async def main(self) -> None:
         if self._pool is None:
@@ -816,15 +819,10 @@ class WakingWorker(Worker):
             *leases,
             *(writes.lapse if writes and writes.lease_key else ()),
         ]
-        pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):
             try:
                 async with asyncio.timeout(_FINISH_TIMEOUT_S):
-                    try:
-                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
-                    except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
-                        await pool.script_load(_FINISH)
-                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                    await self._finish_call(keys, args)
                 return
             except (RedisConnectionError, RedisTimeoutError, TimeoutError):
                 if attempt == _FINISH_TRIES:
@@ -832,6 +830,61 @@ class WakingWorker(Worker):
                     logger.exception("finishing job %s failed", job_id)
                     return
                 await asyncio.sleep(0.1 * 2**attempt)
+
+    async def _finish_call(self, keys: list[str], args: list[str | bytes]) -> None:
+        """Run the finish script for one job, in one pipeline with the other finishes asked
+        for in the same turn of the event loop (the jobs of one wake-up tend to end
+        together), so a busy worker pays one round trip for several."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._finishing.append((keys, args, done))
+        if len(self._finishing) == 1:
+            loop.call_soon(self._send_finishes)
+        await done
+
+    def _send_finishes(self) -> None:
+        batch, self._finishing = self._finishing, []
+        task = asyncio.get_running_loop().create_task(self._finish_batch(batch))
+        self._finish_tasks.add(task)
+        task.add_done_callback(self._finish_tasks.discard)
+
+    async def _finish_batch(
+        self, batch: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]]
+    ) -> None:
+        pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
+        try:
+            replies = await self._finish_pipeline(pool, batch)
+            redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if redo:  # a restart or SCRIPT FLUSH: load it and go again
+                await pool.script_load(_FINISH)
+                again = await self._finish_pipeline(pool, [batch[i] for i in redo])
+                for i, reply in zip(redo, again, strict=True):
+                    replies[i] = reply
+        except Exception as e:  # the connection: every finish of the batch failed
+            for *_, done in batch:
+                if not done.done():
+                    done.set_exception(e)
+            return
+        except asyncio.CancelledError:  # the loop is being torn down
+            for *_, done in batch:
+                done.cancel()
+            raise
+        for (*_, done), reply in zip(batch, replies, strict=True):
+            if done.done():  # its caller gave up (a timeout): it tries again by itself
+                continue
+            if isinstance(reply, BaseException):
+                done.set_exception(reply)
+            else:
+                done.set_result(None)
+
+    @staticmethod
+    async def _finish_pipeline(
+        pool: Any, batch: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]]
+    ) -> list[Any]:
+        pipe = pool.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(

@@ -1182,6 +1182,32 @@ async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
     assert await redis.zscore(KEYS.leases, lease) == 1
 
 
+async def test_finishes_asked_for_together_share_one_round_trip(redis: Any, redis_url: str) -> None:
+    """Jobs that end in the same turn of the event loop (the jobs of one wake-up, often)
+    are finished by one pipeline; a server that lost the script gets it loaded again."""
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    worker._pool = redis
+    sizes: list[int] = []
+    send = WakingWorker._finish_pipeline
+
+    async def counted(pool: Any, batch: list[Any]) -> list[Any]:
+        sizes.append(len(batch))
+        return await send(pool, batch)
+
+    worker._finish_pipeline = counted  # type: ignore[method-assign]
+    jids = [job_id("run1", f"n{i}", 1, 1) for i in range(3)]
+    for jid in jids:
+        await redis.set(ARQ_JOB_KEY_PREFIX + jid, b"{}")
+        await redis.zadd(KEYS.queue("default"), {jid: 1})
+    await redis.script_flush()  # the first send meets NOSCRIPT: loaded, then sent again
+    await asyncio.gather(*(worker._finish(jid, done=True) for jid in jids))
+    assert sizes == [3, 3]
+    assert await redis.zcard(KEYS.queue("default")) == 0
+    assert not await redis.exists(*(ARQ_JOB_KEY_PREFIX + jid for jid in jids))
+    await worker._finish(jids[0], done=True)  # alone: a pipeline of one
+    assert sizes == [3, 3, 1]
+
+
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
     redis: Any, redis_url: str
 ) -> None:
