@@ -32,6 +32,7 @@ import logging
 import secrets
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
@@ -160,6 +161,9 @@ _CLAIM = (
     + _SCOPES_LUA
     + _LIMITS_LUA
     + """
+-- a job polled from the queue (no wake-up score) is often one another worker runs: a
+-- claim of it that will fail fails before its reads
+if ARGV[8] == '' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score then return false end
 if (ARGV[8] == '' or tonumber(score) ~= tonumber(ARGV[8]))
@@ -271,6 +275,8 @@ _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of i
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
 LIMITS_CHECK_S: Final = 1.0  # a limit set (or the last one cleared) applies within this
+# runs whose graph a worker remembers (``_graph_of_run``), and jobs it claimed (``_start``)
+_RUN_GRAPHS_KEPT: Final = 4096
 _HAND_BACK_WAIT_S: Final = 5.0  # how long a stop waits for a claim round trip it cut off
 
 
@@ -361,6 +367,8 @@ class WakingWorker(Worker):
         self._interrupted: list[asyncio.Future[list[Claim | None]]] = []
         self._closing: asyncio.Future[None] | None = None
         self._claim_token = secrets.token_hex(8)  # the in-progress keys of this worker's claims
+        self._run_graphs: OrderedDict[str, tuple[str, int]] = OrderedDict()  # run -> graph
+        self._claimed_here: OrderedDict[str, None] = OrderedDict()  # the latest job ids
         # finishes asked for in this turn of the event loop, sent together (``_finish_call``)
         self._finishing: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]] = []
         self._finish_tasks: set[asyncio.Task[None]] = set()
@@ -452,7 +460,14 @@ class WakingWorker(Worker):
         claimed ones; a failed claim frees its slot."""
         if not self.allow_pick_jobs:
             return
-        unique = {w[0]: w for w in wanted if w[0] not in self.tasks}
+        # a wake-up naming a job this worker claimed already (read from the queue before
+        # its wake-up came) is stale: skipped without a claim
+        recent = self._claimed_here
+        unique = {
+            w[0]: w
+            for w in wanted
+            if w[0] not in self.tasks and (w[1] is None or w[0] not in recent)
+        }
         todo = list(unique.values())[: max(0, self.max_jobs - self.job_counter)]
         if not todo:
             return
@@ -473,6 +488,9 @@ class WakingWorker(Worker):
             if claim is None:  # running elsewhere, finished, or deferred
                 self._release_sem_dec_counter_on_complete()
                 continue
+            recent[claim.job_id] = None
+            if len(recent) > _RUN_GRAPHS_KEPT:
+                recent.popitem(last=False)
             self._unstarted[claim.job_id] = claim  # a task cancelled unstarted never runs
             task = self.loop.create_task(self._run_claimed(claim))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
@@ -498,6 +516,8 @@ class WakingWorker(Worker):
         scope = f"queue:{self.queue_short}"
         woken = "" if score is None else str(score)
         parts = parse_job_id(job_id)
+        if parts is not None:  # a polled job of a run seen before: its graph is known
+            graph = self._graph_of_run(parts[0], graph)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
         except RelaygraphError:
@@ -529,6 +549,19 @@ class WakingWorker(Worker):
             ],
             plan,
         )
+
+    def _graph_of_run(self, run_id: str, graph: tuple[str, int] | None) -> tuple[str, int] | None:
+        """``graph`` (a wake-up's), remembered for the run; or the graph remembered for it,
+        so that the claim of a job read from the queue (which names no graph) is planned
+        too. A run's graph never changes; the oldest runs are forgotten first."""
+        known = self._run_graphs
+        if graph is not None:
+            known[run_id] = graph
+            known.move_to_end(run_id)
+            if len(known) > _RUN_GRAPHS_KEPT:
+                known.popitem(last=False)
+            return graph
+        return known.get(run_id)
 
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
         await self._check_limits(time.monotonic())  # at most once a second: one EXISTS
@@ -899,7 +932,8 @@ class WakingWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0:
             # Full: taking wake-ups now would steal them from an idle worker. Wait for one
-            # of our own jobs to finish (or the fallback), then poll.
+            # of our own jobs to finish (or the fallback), then poll: the queue gives the
+            # most urgent jobs first (a run's priority), where wake-ups come in order.
             self._slot_freed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), timeout=self.fallback_s)
@@ -913,13 +947,17 @@ class WakingWorker(Worker):
                 self._retry_throttled_at = 0.0
                 return None
             timeout = min(timeout, self._retry_throttled_at - now)
-        tokens = await self._pop_wakeups(free, timeout)
+        return self._woken(await self._pop_wakeups(free, timeout))
+
+    def _woken(self, tokens: list[bytes]) -> list[_Wanted] | None:
+        """The jobs wake-up ``tokens`` name; None (poll the queue) for none, or for a token
+        that is not a job id (an older dispatcher's)."""
         if not tokens:
             return None
         self.wakeups += 1
         wanted = [parse_wake_token(t.decode()) for t in tokens]
         if not all(parse_job_id(w[0]) for w in wanted):
-            return None  # a token that is not a job id (an older dispatcher's): poll
+            return None
         return wanted
 
     async def _pop_wakeups(self, count: int, timeout: float | None = None) -> list[bytes]:

@@ -1273,6 +1273,42 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     assert args[3:] == ["notify", "", "", "queue:default", ""]
 
 
+async def test_a_polled_job_of_a_run_seen_is_planned_and_a_stale_wake_up_is_skipped(
+    redis_url: str,
+) -> None:
+    """Read from the queue (a full worker polls), a job names no graph; if a wake-up named
+    its run's graph before, the worker remembers it and plans the claim all the same. The
+    wake-up of a job the worker claimed already (from the queue) is not claimed again."""
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    planned: list[str] = []
+
+    def planner(job_id: str, parts: Any, graph: tuple[str, int]) -> None:
+        planned.append(f"{job_id}@{graph[0]}")
+
+    worker.planner = planner
+    worker._claim_call("rg:run1:triage:1:1", ("triage", 1), 5)
+    worker._claim_call("rg:run1:notify:1:1", None)  # polled: the run's graph is known
+    worker._claim_call("rg:run2:notify:1:1", None)  # a run never seen: claimed plainly
+    assert planned == ["rg:run1:triage:1:1@triage", "rg:run1:notify:1:1@triage"]
+
+    asked: list[list[Any]] = []
+
+    async def claim_all(wanted: list[Any]) -> list[None]:
+        asked.append(wanted)
+        return [None] * len(wanted)
+
+    worker._claim_all = claim_all  # type: ignore[method-assign]
+    worker._claimed_here["rg:run1:notify:1:1"] = None
+    await worker._start(
+        [("rg:run1:notify:1:1", ("triage", 1), 7), ("rg:run1:other:1:1", ("triage", 1), 8)]
+    )
+    await worker._start([("rg:run1:notify:1:1", None, None)])  # polled again: a retry
+    assert asked == [
+        [("rg:run1:other:1:1", ("triage", 1), 8)],
+        [("rg:run1:notify:1:1", None, None)],
+    ]
+
+
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
     redis: Any, redis_url: str
 ) -> None:
