@@ -21,6 +21,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
 
 
+_RUNS_CACHED: Final = 1024  # Keys.run's answers kept (all dropped when full: cheap, bounded)
 OUTPUT_FIELD_SEP: Final = "#"  # output_field: node id, this, visit (Lua builds it too)
 
 
@@ -82,6 +83,7 @@ class Keys:
                 f"invalid key prefix {prefix!r}: use 1-64 letters, digits, '_', '-', '.' or ':'"
             )
         self.prefix = prefix
+        self._runs: dict[str, RunKeys] = {}  # ``run``'s latest answers (a job asks 3 times)
         p = prefix
         self.inbox = f"{p}:inbox"  # stream consumed by the dispatchers' group
         self.inbox_group = "dispatchers"
@@ -165,9 +167,14 @@ class Keys:
         return f"{self.prefix}:wake:{queue_name}"
 
     def run(self, run_id: str) -> RunKeys:
+        known = self._runs.get(run_id) if isinstance(run_id, str) else None
+        if known is not None:
+            return known
         tag = "{" + check_run_id(run_id) + "}"
         base = f"{self.prefix}:run:{tag}"
-        return RunKeys(
+        if len(self._runs) >= _RUNS_CACHED:
+            self._runs.clear()
+        rk = self._runs[run_id] = RunKeys(
             meta=f"{base}:meta",
             nodes=f"{base}:nodes",
             outputs=f"{base}:outputs",
@@ -177,3 +184,4 @@ class Keys:
             events=f"{base}:events",
             waits=f"{base}:waits",
         )
+        return rk

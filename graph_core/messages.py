@@ -51,6 +51,7 @@ __all__ = [
     "dumps",
     "encode_arq_job",
     "encode_inbox",
+    "encode_lease",
     "inbox_entry_raw",
     "job_id",
     "job_item",
@@ -228,6 +229,33 @@ def _field_name(name: bytes) -> str:
 
 def encode_inbox(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
+
+
+def encode_lease(
+    run_id: str,
+    node_id: str,
+    visit: int,
+    attempt: int,
+    deadline: float | None = None,
+    item: int | None = None,
+) -> bytes:
+    """``encode_inbox(LeaseExpired(...))``, byte for byte, without building the model: a
+    worker makes one for every job it claims (the member of the leases zset). The
+    arguments are trusted (the worker's own job ids); ``LeaseExpired`` validates on
+    parsing."""
+    fields: dict[str, Any] = {
+        "v": 1,
+        "kind": "lease_expired",
+        "run_id": run_id,
+        "node_id": node_id,
+        "visit": visit,
+        "attempt": attempt,
+    }
+    if deadline is not None:
+        fields["deadline"] = float(deadline)
+    if item is not None:
+        fields["item"] = item
+    return orjson.dumps(fields)
 
 
 def parse_approval(

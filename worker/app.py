@@ -46,13 +46,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graph_core.errors import MessageError, RelaygraphError
-from graph_core.events import LeaseExpired
 from graph_core.keys import Keys
 from graph_core.messages import (
     ARQ_FUNCTION,
     JobPayload,
     decode_arq_job,
-    encode_inbox,
+    encode_lease,
     job_item,
     parse_job_payload,
 )
@@ -128,17 +127,7 @@ def _lease_member(
     item: int | None = None,
 ) -> tuple[bytes, float | None]:
     deadline = time.time() + timeout_s if timeout_s else None
-    member = encode_inbox(
-        LeaseExpired(
-            run_id=run_id,
-            node_id=node_id,
-            visit=visit,
-            attempt=attempt,
-            deadline=deadline,
-            item=item,
-        )
-    )
-    return member, deadline
+    return encode_lease(run_id, node_id, visit, attempt, deadline, item), deadline
 
 
 def _planner(

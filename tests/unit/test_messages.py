@@ -1,4 +1,5 @@
-"""Message helpers of graph_core.messages that need no server: job ids, wake-up tokens."""
+"""Message helpers of graph_core.messages that need no server: job ids, wake-up tokens,
+leases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graph_core.messages import job_id, parse_job_id, parse_wake_token, wake_token
+from graph_core.events import LeaseExpired
+from graph_core.messages import (
+    encode_inbox,
+    encode_lease,
+    job_id,
+    parse_inbox,
+    parse_job_id,
+    parse_wake_token,
+    wake_token,
+)
 
 # --- job ids ------------------------------------------------------------------------------
 
@@ -72,3 +82,22 @@ def test_a_wake_token_with_a_garbled_score_keeps_its_graph(value: str) -> None:
 @pytest.mark.parametrize("value", ["rg:r:n:1:1", "rg:r:n:1:1|", "rg:r:n:1:1|x|g", "rg:r:n:1:1|3|"])
 def test_a_wake_token_without_a_graph_is_just_a_job_id(value: str) -> None:
     assert parse_wake_token(value) == (value.partition("|")[0], None, None)
+
+
+@given(
+    run_id=st.from_regex(r"[A-Za-z0-9_\-]{1,20}", fullmatch=True),
+    node_id=st.text(min_size=1, max_size=20),
+    visit=st.integers(min_value=1, max_value=10**9),
+    attempt=st.integers(min_value=1, max_value=10**9),
+    deadline=st.none() | st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**9),
+    item=st.none() | st.integers(min_value=0, max_value=10**9),
+)
+def test_a_lease_is_encoded_as_its_message_would_be(
+    run_id: str, node_id: str, visit: int, attempt: int, deadline: float | None, item: int | None
+) -> None:
+    message = LeaseExpired(
+        run_id=run_id, node_id=node_id, visit=visit, attempt=attempt, deadline=deadline, item=item
+    )
+    encoded = encode_lease(run_id, node_id, visit, attempt, deadline, item)
+    assert encoded == encode_inbox(message)
+    assert parse_inbox(encoded) == message
