@@ -20,13 +20,16 @@ local retention, abort_key = tonumber(c[6]), c[7]
 local ack_stream, ack_group, ack_id = c[8], c[9], c[10]
 redis.call('HSET', KEYS[1], 'run', run_json, 'rev', new_rev, 'stamp', c[23])  -- a new stamp
 -- the run indexes: created (a new run), and the status it is in, scored by when it entered
--- it (a write that keeps the status leaves the index alone)
+-- it: a write that keeps a live run's status leaves the index alone; a finished run's
+-- score is its last write, from which its retention counts (its keys' expiry, below)
 if not cur then
   redis.call('ZADD', KEYS[10], score, run_id)
   redis.call('ZADD', KEYS[13], score, run_id)
   redis.call('ZADD', KEYS[12], score, run_id)
 elseif KEYS[11] ~= KEYS[12] then
   redis.call('ZREM', KEYS[11], run_id)
+  redis.call('ZADD', KEYS[12], score, run_id)
+elseif retention and retention > 0 then
   redis.call('ZADD', KEYS[12], score, run_id)
 end
 

@@ -111,7 +111,11 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
       if max_running then
         local running = limits .. ':running:' .. scope
         for _, held in ipairs(redis.call('ZRANGE', running, 0, -1)) do
-          if redis.call('EXISTS', prefix .. held) == 0 then redis.call('ZREM', running, held) end
+          -- a slot is held while its job's in-progress key exists; this job's own entry
+          -- (left by an earlier delivery: a retry, a hand-back, a crash) is not a slot
+          if held == job_id or redis.call('EXISTS', prefix .. held) == 0 then
+            redis.call('ZREM', running, held)
+          end
         end
         if redis.call('ZCARD', running) >= max_running then
           hold(throttled, scope, wake, job_id, now)
@@ -151,8 +155,10 @@ end
 # planned before the claim (``ClaimPlan``), write its lease and read what it will read.
 # Reads come first; the first write is the in-progress key, set only if it is not (so that
 # a claim that loses the race has written nothing), and a write that fails after it (a try
-# counter that is not a count, a lease key of the wrong type) undoes the claim's writes, so
-# a failed claim leaves nothing behind.
+# counter that is not a count, a lease key of the wrong type, a limit's key of the wrong
+# type) undoes the claim's writes, so a failed claim leaves no claim behind. Only the
+# limits' bookkeeping may stay: a running slot, which frees itself (its in-progress key is
+# gone), or a rate's token, spent.
 # ARGV[8]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
 # with the server's clock when it was queued), so the claim reads the clock only otherwise.
 _CLAIM = (
@@ -179,7 +185,13 @@ if ARGV[4] ~= '' then
 end
 if not redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2], 'NX') then return false end
 if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
-  local held = limited(KEYS[10], KEYS[11], KEYS[12], KEYS[1], ARGV[1], ARGV[7], job)
+  -- a limit's key of the wrong type fails the claim (its limit bookkeeping may stay)
+  local ok, held = pcall(limited, KEYS[10], KEYS[11], KEYS[12], KEYS[1], ARGV[1], ARGV[7], job)
+  if not ok then
+    redis.call('DEL', KEYS[1])
+    local why = type(held) == 'table' and held['err'] or tostring(held)
+    return redis.error_reply('ERR checking the limits: ' .. why)
+  end
   if held then
     redis.call('DEL', KEYS[1])
     return held
@@ -196,7 +208,6 @@ else
   end
   out[3] = tries
 end
-if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end
 if ARGV[5] ~= '' then
   local added = redis.pcall('ZADD', KEYS[8], ARGV[6], ARGV[5])
   if type(added) == 'table' then
@@ -206,6 +217,7 @@ if ARGV[5] ~= '' then
   end
   out[7] = 1
 end
+if aborted then out[4] = redis.call('ZREM', KEYS[5], ARGV[1]) end  -- the last write
 return out
 """
 )
@@ -369,9 +381,6 @@ class WakingWorker(Worker):
         self._claim_token = secrets.token_hex(8)  # the in-progress keys of this worker's claims
         self._run_graphs: OrderedDict[str, tuple[str, int]] = OrderedDict()  # run -> graph
         self._claimed_here: OrderedDict[str, None] = OrderedDict()  # the latest job ids
-        # finishes asked for in this turn of the event loop, sent together (``_finish_call``)
-        self._finishing: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]] = []
-        self._finish_tasks: set[asyncio.Task[None]] = set()
 
     async def main(self) -> None:
         if self._pool is None:
@@ -852,10 +861,15 @@ class WakingWorker(Worker):
             *leases,
             *(writes.lapse if writes and writes.lease_key else ()),
         ]
+        pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         for attempt in range(1, _FINISH_TRIES + 1):
             try:
                 async with asyncio.timeout(_FINISH_TIMEOUT_S):
-                    await self._finish_call(keys, args)
+                    try:
+                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                    except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
+                        await pool.script_load(_FINISH)
+                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
                 return
             except (RedisConnectionError, RedisTimeoutError, TimeoutError):
                 if attempt == _FINISH_TRIES:
@@ -863,61 +877,6 @@ class WakingWorker(Worker):
                     logger.exception("finishing job %s failed", job_id)
                     return
                 await asyncio.sleep(0.1 * 2**attempt)
-
-    async def _finish_call(self, keys: list[str], args: list[str | bytes]) -> None:
-        """Run the finish script for one job, in one pipeline with the other finishes asked
-        for in the same turn of the event loop (the jobs of one wake-up tend to end
-        together), so a busy worker pays one round trip for several."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._finishing.append((keys, args, done))
-        if len(self._finishing) == 1:
-            loop.call_soon(self._send_finishes)
-        await done
-
-    def _send_finishes(self) -> None:
-        batch, self._finishing = self._finishing, []
-        task = asyncio.get_running_loop().create_task(self._finish_batch(batch))
-        self._finish_tasks.add(task)
-        task.add_done_callback(self._finish_tasks.discard)
-
-    async def _finish_batch(
-        self, batch: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]]
-    ) -> None:
-        pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
-        try:
-            replies = await self._finish_pipeline(pool, batch)
-            redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if redo:  # a restart or SCRIPT FLUSH: load it and go again
-                await pool.script_load(_FINISH)
-                again = await self._finish_pipeline(pool, [batch[i] for i in redo])
-                for i, reply in zip(redo, again, strict=True):
-                    replies[i] = reply
-        except Exception as e:  # the connection: every finish of the batch failed
-            for *_, done in batch:
-                if not done.done():
-                    done.set_exception(e)
-            return
-        except asyncio.CancelledError:  # the loop is being torn down
-            for *_, done in batch:
-                done.cancel()
-            raise
-        for (*_, done), reply in zip(batch, replies, strict=True):
-            if done.done():  # its caller gave up (a timeout): it tries again by itself
-                continue
-            if isinstance(reply, BaseException):
-                done.set_exception(reply)
-            else:
-                done.set_result(None)
-
-    @staticmethod
-    async def _finish_pipeline(
-        pool: Any, batch: list[tuple[list[str], list[str | bytes], asyncio.Future[None]]]
-    ) -> list[Any]:
-        pipe = pool.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.evalsha(_FINISH_SHA, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(

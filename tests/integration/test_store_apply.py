@@ -136,6 +136,13 @@ async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status
     assert await redis.zscore(running, "blob") is None
     assert await redis.zscore(completed, "blob") == NOW_MS + 9
     assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
+    # a finished run's write that sets its retention (its keys' expiry) moves its score
+    # too: the index keeps it as long as its keys live
+    stamp = (await redis.hget(rk.meta, "stamp")).decode()
+    again = Transition(run=_run(5, RunStatus.COMPLETED), actions=[FinishRun(status="completed")])
+    assert await store.apply(again, 4, "completed", NOW_MS + 20, stamp=stamp)
+    assert await redis.zscore(completed, "blob") == NOW_MS + 20
+    assert 0 < await redis.ttl(rk.meta) <= 600
 
 
 async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(

@@ -1182,30 +1182,43 @@ async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
     assert await redis.zscore(KEYS.leases, lease) == 1
 
 
-async def test_finishes_asked_for_together_share_one_round_trip(redis: Any, redis_url: str) -> None:
-    """Jobs that end in the same turn of the event loop (the jobs of one wake-up, often)
-    are finished by one pipeline; a server that lost the script gets it loaded again."""
+async def test_a_job_left_in_its_limit_running_set_does_not_hold_itself_back(
+    redis: Any, redis_url: str
+) -> None:
+    """A job's id stays in a limit's running set after its delivery ends without a 'done'
+    (a retry, a hand-back, a crash); claiming it again, its own entry is not a slot taken:
+    with ``max_running`` 1 it runs, where it held itself back."""
+    graph, _ = await _notify_ok(redis)
     [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
-    worker._pool = redis
-    sizes: list[int] = []
-    send = WakingWorker._finish_pipeline
+    worker._limits_on = True
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+    await redis.hset(KEYS.limits, "queue:default", "1||")
+    running = f"{KEYS.limits}:running:queue:default"
+    await redis.zadd(running, {jid: 1})  # an earlier delivery's entry
+    keys, args, _ = worker._claim_call(jid, None)
+    reply = await redis.eval(waking._CLAIM, len(keys), *keys, *args)
+    assert reply[0] != b"throttled" and reply[2] == 1
+    assert await redis.zrange(running, 0, -1) == [jid.encode()]  # this delivery's slot
+    other = job_id("run2", "notify", 1, 1)  # a second job waits for the slot
+    await redis.set(ARQ_JOB_KEY_PREFIX + other, encode_arq_job(job_for(graph, "notify"), 0))
+    await redis.zadd(KEYS.queue("default"), {other: 0})
+    keys, args, _ = worker._claim_call(other, None)
+    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[0] == b"throttled"
 
-    async def counted(pool: Any, batch: list[Any]) -> list[Any]:
-        sizes.append(len(batch))
-        return await send(pool, batch)
 
-    worker._finish_pipeline = counted  # type: ignore[method-assign]
-    jids = [job_id("run1", f"n{i}", 1, 1) for i in range(3)]
-    for jid in jids:
-        await redis.set(ARQ_JOB_KEY_PREFIX + jid, b"{}")
-        await redis.zadd(KEYS.queue("default"), {jid: 1})
-    await redis.script_flush()  # the first send meets NOSCRIPT: loaded, then sent again
-    await asyncio.gather(*(worker._finish(jid, done=True) for jid in jids))
-    assert sizes == [3, 3]
-    assert await redis.zcard(KEYS.queue("default")) == 0
-    assert not await redis.exists(*(ARQ_JOB_KEY_PREFIX + jid for jid in jids))
-    await worker._finish(jids[0], done=True)  # alone: a pipeline of one
-    assert sizes == [3, 3, 1]
+async def test_a_limit_key_of_the_wrong_type_fails_the_claim_leaving_no_claim(
+    redis: Any, redis_url: str
+) -> None:
+    graph, _ = await _notify_ok(redis)
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    worker._limits_on = True
+    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+    await redis.hset(KEYS.limits, "queue:default", "1||")
+    await redis.set(f"{KEYS.limits}:running:queue:default", "not a sorted set")
+    keys, args, _ = worker._claim_call(jid, None)
+    with pytest.raises(ResponseError, match="checking the limits"):
+        await redis.eval(waking._CLAIM, len(keys), *keys, *args)
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid, "arq:retry:" + jid)
 
 
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
