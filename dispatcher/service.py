@@ -442,7 +442,10 @@ class Dispatcher:
                 )
             await self._prune_all_runs(cutoff_ms)
             await trim_aborts(self.redis)
-            await self.trim_inbox()
+            if time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
+                # an idle inbox loop trims nothing: what it acknowledged last goes here
+                self._trimmed = time.monotonic()
+                await self.trim_inbox()
             await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)

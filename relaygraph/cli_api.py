@@ -22,6 +22,7 @@ from relaygraph.cli_common import (
     settings_from,
     setup_logging,
 )
+from worker.loop import run_loop
 
 __all__ = ["add_api_commands", "is_loopback"]
 
@@ -131,7 +132,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     )
     server = _server_class()(config, banner)
     with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot listen (logged why)
-        asyncio.run(server.serve())
+        run_loop(server.serve())
     if not server.started:
         print(f"relaygraph: error: could not serve on {args.host}:{args.port}", file=sys.stderr)
         return EXIT_FAILED

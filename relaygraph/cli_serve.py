@@ -29,6 +29,7 @@ from relaygraph.cli_common import (
     setup_logging,
 )
 from relaygraph.procs import ApiProcess, WorkerPool, WorkerStartError
+from worker.loop import run_loop
 
 __all__ = [
     "add_process_commands",
@@ -188,7 +189,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
             await redis.aclose()
         return EXIT_OK
 
-    return asyncio.run(go())
+    return run_loop(go())
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
@@ -238,7 +239,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "worker(s): they serve on the ports after it"
         )
     setup_logging(args.log_level, settings.log_format)
-    return asyncio.run(_up(args, settings))
+    return run_loop(_up(args, settings))
 
 
 async def _up(args: argparse.Namespace, settings: DispatcherSettings) -> int:

@@ -33,6 +33,7 @@ from graph_core.errors import RelaygraphError
 from graph_core.logfmt import stderr_handler
 from graph_core.messages import dumps
 from graph_core.settings import SettingsError, load_settings
+from worker.loop import run_loop
 from worker.registry import HandlerRegistry, RegistryLoadError, load_registry
 from worker.settings import WorkerSettings
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e))
     logging.basicConfig(level=level, handlers=[stderr_handler(settings.log_format)])
     try:
-        asyncio.run(_serve(settings, registry, args.grace))
+        run_loop(_serve(settings, registry, args.grace))
     except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before serving began
         return EXIT_OK
     except MetricsPortError as e:
