@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -304,6 +305,7 @@ def parse_wake_token(value: str) -> tuple[str, tuple[str, int] | None, int | Non
     return job, (graph_id, int(version)), int(score) if scored else None
 
 
+@functools.lru_cache(maxsize=4096)  # a worker asks twice per job; the answer never changes
 def parse_job_id(value: str) -> tuple[str, str, int, int] | None:
     """``(run_id, node_id, visit, attempt)`` of a ``job_id``, or None if ``value`` is not
     one (a map item's job too: ``job_item`` tells its item). Run ids never contain ``:``;
