@@ -110,11 +110,14 @@ local function limited(limits, throttled, wake, progress_key, job_id, queue_scop
       local max_running, rate, burst = tonumber(m), tonumber(r), tonumber(b) or 1
       if max_running then
         local running = limits .. ':running:' .. scope
-        for _, held in ipairs(redis.call('ZRANGE', running, 0, -1)) do
-          -- a slot is held while its job's in-progress key exists; this job's own entry
-          -- (left by an earlier delivery: a retry, a hand-back, a crash) is not a slot
-          if held == job_id or redis.call('EXISTS', prefix .. held) == 0 then
-            redis.call('ZREM', running, held)
+        -- a slot is held while its job's in-progress key exists; this job's own entry (left
+        -- by an earlier delivery: a retry, a hand-back, a crash) is not a slot. The entries
+        -- are checked only when they reach the limit: below it, dropping some changes nothing
+        if redis.call('ZCARD', running) >= max_running then
+          for _, held in ipairs(redis.call('ZRANGE', running, 0, -1)) do
+            if held == job_id or redis.call('EXISTS', prefix .. held) == 0 then
+              redis.call('ZREM', running, held)
+            end
           end
         end
         if redis.call('ZCARD', running) >= max_running then
@@ -357,7 +360,8 @@ class WakingWorker(Worker):
         self.keys = keys
         self.planner = planner
         self.wake_key = wake_key
-        self.queue_short = self.queue_name.removeprefix(f"{keys.prefix}:queue:")
+        # the queue's limit scope (limits per queue name)
+        self.queue_scope = "queue:" + self.queue_name.removeprefix(f"{keys.prefix}:queue:")
         # a rate limit held a claim back: poll again at this monotonic time (0: none)
         self._retry_throttled_at = 0.0
         self.throttled = 0  # claims a limit held back
@@ -506,10 +510,16 @@ class WakingWorker(Worker):
             self.tasks[claim.job_id] = task
 
     def _claim_call(
-        self, job_id: str, graph: tuple[str, int] | None, score: int | None = None
+        self,
+        job_id: str,
+        graph: tuple[str, int] | None,
+        score: int | None = None,
+        *,
+        plain: bool = False,
     ) -> tuple[list[str], list[str], ClaimPlan | None]:
         """The claim script's keys and arguments for one job, and its plan if any. ``graph``
-        and ``score``: what the job's wake-up named (its graph, its queue score)."""
+        and ``score``: what the job's wake-up named (its graph, its queue score). ``plain``:
+        without the run's reads (a claim whose reads failed is made again so)."""
         keys = [
             in_progress_key_prefix + job_id,
             self.queue_name,
@@ -522,40 +532,32 @@ class WakingWorker(Worker):
             limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
         else:  # no limit is set: the claim skips them (not even an EXISTS)
             limits = ["", "", ""]
-        scope = f"queue:{self.queue_short}"
-        woken = "" if score is None else str(score)
-        parts = parse_job_id(job_id)
+        # the run's slots: meta, nodes, leases, outputs; the node, the lease and its expiry
+        run_keys, run_args = ["", "", "", ""], ["", "", ""]
+        reads: list[str] = []
+        plan = None
+        parts = None if plain else parse_job_id(job_id)
         if parts is not None:  # a polled job of a run seen before: its graph is known
             graph = self._graph_of_run(parts[0], graph)
         try:
             rk = self.keys.run(parts[0]) if parts is not None else None
         except RelaygraphError:
             rk = None
-        if parts is None or rk is None:
-            return [*keys, "", "", "", "", *limits], [*args, "", "", "", scope, woken], None
-        plan = None
-        if self.planner is not None and graph is not None:
-            try:
-                plan = self.planner(job_id, parts, graph)
-            except Exception:  # a planning bug must not stop the worker: claim plainly
-                logger.exception("planning the claim of job %s failed", job_id)
-        if plan is None:
-            return (
-                [*keys, rk.meta, rk.nodes, "", "", *limits],
-                [*args, parts[1], "", "", scope, woken],
-                None,
-            )
+        if parts is not None and rk is not None:
+            run_keys[:2], run_args[0] = [rk.meta, rk.nodes], parts[1]
+            if self.planner is not None and graph is not None:
+                try:
+                    plan = self.planner(job_id, parts, graph)
+                except Exception:  # a planning bug must not stop the worker: claim plainly
+                    logger.exception("planning the claim of job %s failed", job_id)
+            if plan is not None:
+                run_keys[2:] = [plan.lease_key, plan.outputs_key]
+                run_args[1:] = [plan.lease.decode(), str(plan.lease_expiry_ms)]
+                reads = plan.reads
+        woken = "" if score is None else str(score)
         return (
-            [*keys, rk.meta, rk.nodes, plan.lease_key, plan.outputs_key, *limits],
-            [
-                *args,
-                parts[1],
-                plan.lease.decode(),
-                str(plan.lease_expiry_ms),
-                scope,
-                woken,
-                *plan.reads,
-            ],
+            [*keys, *run_keys, *limits],
+            [*args, *run_args, self.queue_scope, woken, *reads],
             plan,
         )
 
@@ -585,12 +587,11 @@ class WakingWorker(Worker):
         ]
         if bare:
             for i in bare:
-                keys, args, _ = calls[i]
+                job_id, _, score = wanted[i]
                 logger.warning(
-                    "claiming job %s failed (%s); claiming it plainly", args[0], replies[i]
+                    "claiming job %s failed (%s); claiming it plainly", job_id, replies[i]
                 )
-                plain_keys = [*keys[:5], "", "", "", "", *keys[9:12]]
-                calls[i] = (plain_keys, [*args[:3], "", "", "", *args[6:8]], None)
+                calls[i] = self._claim_call(job_id, None, score, plain=True)
             try:
                 again = await self._evalsha_all([calls[i][:2] for i in bare])
             except (RedisConnectionError, RedisTimeoutError) as e:
@@ -848,7 +849,7 @@ class WakingWorker(Worker):
             (writes.lease_key if writes else None) or "",
             self.keys.limits_throttled if self._limits_on else "",
             job_key_prefix,  # + a throttled job's id: whether it is still queued
-            f"queue:{self.queue_short}",  # the job's queue scope (not a key)
+            self.queue_scope,  # the job's queue scope (not a key)
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [

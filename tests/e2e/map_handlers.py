@@ -11,16 +11,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from relaygraph import HandlerRegistry, NodeContext, NonRetryableError
+from tests.e2e.handler_redis import redis_for
 
 registry = HandlerRegistry()
-_client: aioredis.Redis | None = None
 
 
 def _redis() -> aioredis.Redis:
-    global _client
-    if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["MAP_TEST_REDIS"])
-    return _client
+    return redis_for("MAP_TEST_REDIS")
 
 
 @registry.handler("numbers")

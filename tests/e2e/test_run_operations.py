@@ -85,7 +85,16 @@ async def test_pause_with_three_nodes_running(redis_url: str, redis: aioredis.Re
                 return view is not None and view.status == "paused"
 
             await wait_for(paused, timeout=10, message="the run paused")
-            await asyncio.sleep(2.0)  # x, y and z finish meanwhile; nothing new starts
+
+            async def running_ones_done() -> bool:  # the nodes running at the pause finish
+                view = await client.get_run(run_id)
+                return view is not None and all(
+                    view.nodes[n].status.value == "completed" for n in ("x", "y", "z")
+                )
+
+            await wait_for(running_ones_done, timeout=10, message="x, y and z completed")
+            # the behaviour under test: a paused run starts nothing, here for 2 s
+            await asyncio.sleep(2.0)
             view = await client.get_run(run_id)
             assert view is not None and view.status == "paused"
             assert {n: view.nodes[n].status.value for n in ("x", "y", "z")} == dict.fromkeys(

@@ -13,7 +13,6 @@ def test_run_loop_runs_a_coroutine_on_uvloop() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> str:
-        await asyncio.sleep(0)
         return type(asyncio.get_running_loop()).__module__
 
     assert run_loop(main()).startswith("uvloop")
