@@ -61,6 +61,7 @@ from graph_core.messages import (
 )
 from graph_core.model import Graph
 from graph_core.paths import MISSING
+from graph_core.retries import RERUNNABLE
 from graph_core.settings import BaseSettings
 from graph_core.state import RunRecord
 from graph_core.status import TERMINAL_RUN, RunStatus
@@ -80,7 +81,6 @@ __all__ = [
 
 GraphSource = Graph | dict[str, Any] | str | os.PathLike[str]
 POLL_INTERVAL_S = 1.0
-RERUNNABLE = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 PAUSABLE = frozenset(
     {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING}
 )  # wait(): re-read the run this often even without events
@@ -455,8 +455,7 @@ class WorkflowClient:
         members = sorted(
             m.decode() for m in await self.redis.smembers(self.keys.event_graphs(event))
         )
-        for graph_id in members:
-            version = await self.store.latest_version(graph_id)
+        for graph_id, version in (await self.store.latest_versions(members)).items():
             if version is None:
                 continue
             graph = await self.store.graph(graph_id, version)
@@ -576,14 +575,12 @@ class WorkflowClient:
         everything downstream of it start afresh, everything upstream is kept; ``input``
         (when given) replaces the run's input. ``RunStateError`` for a run still going,
         ``InputError`` for a node its graph does not have."""
-        await self._expect(run_id, "rerun", RERUNNABLE, "only a finished run can be re-run")
-        run = await self.store.get_run(run_id)
-        if run is not None:
-            graph = await self.store.graph(run.graph_id, run.graph_version)
-            if not graph.has_node(from_node):
-                raise InputError(
-                    "from_node", f"graph {graph.id!r} v{graph.version} has no node {from_node!r}"
-                )
+        run = await self._expect(run_id, "rerun", RERUNNABLE, "only a finished run can be re-run")
+        graph = await self.store.graph(run.graph_id, run.graph_version)
+        if not graph.has_node(from_node):
+            raise InputError(
+                "from_node", f"graph {graph.id!r} v{graph.version} has no node {from_node!r}"
+            )
         request = RerunRequested(
             run_id=run_id,
             from_node=from_node,
@@ -595,12 +592,14 @@ class WorkflowClient:
 
     async def _expect(
         self, run_id: str, operation: str, statuses: Collection[RunStatus], allowed: str
-    ) -> None:
+    ) -> RunRecord:
+        """The run's record, if its status is one of ``statuses``."""
         run = await self.store.get_run(check_run_id(run_id))
         if run is None:
             raise RunNotFound(run_id)
         if run.status not in statuses:
             raise RunStateError(run_id, run.status.value, operation, allowed)
+        return run
 
     async def list_runs(
         self, status: RunStatus | str | None = None, limit: int = 100, graph_id: str | None = None

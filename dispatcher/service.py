@@ -229,11 +229,10 @@ class Dispatcher:
                 raise
             for _stream, entries in reply or []:
                 await self._handle_batch(entries)
-            if reply and time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
+            if reply:
                 # what every group acknowledged goes now, not at the next housekeeping: an
                 # entry handled is memory that helps nobody (a second of them at most stays)
-                self._trimmed = time.monotonic()
-                await self.trim_inbox()
+                await self._trim_inbox_due()
 
     async def _handle_batch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Entries of one run are handled in inbox order, each seeing the state the one before
@@ -442,10 +441,7 @@ class Dispatcher:
                 )
             await self._prune_all_runs(cutoff_ms)
             await trim_aborts(self.redis)
-            if time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
-                # an idle inbox loop trims nothing: what it acknowledged last goes here
-                self._trimmed = time.monotonic()
-                await self.trim_inbox()
+            await self._trim_inbox_due()  # an idle inbox loop trims nothing
             await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
@@ -457,6 +453,12 @@ class Dispatcher:
                 await self.schedules.tick()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=SCHEDULE_PERIOD_S)
+
+    async def _trim_inbox_due(self) -> None:
+        """``trim_inbox``, at most every ``inbox_trim_s``."""
+        if time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
+            self._trimmed = time.monotonic()
+            await self.trim_inbox()
 
     async def trim_inbox(self) -> int:
         """Delete inbox entries that every dispatcher group has read and acknowledged."""

@@ -162,11 +162,13 @@ class Flow(MachineBase):
         )
         self.tx.emit("node.enqueued", node.id, visit=rec.visits, attempt=rec.attempt, queue=queue)
 
-    def _render(self, node: Node, value: Any) -> Any:
+    def _render(self, node: Node, value: Any, source: Any = None) -> Any:
+        """``value``'s templates rendered over the run (or ``source``); a template that
+        fails fails the run (``self.finished``)."""
         from graph_core.templates import render
 
         try:
-            return render(value, self.tx)
+            return render(value, self.tx if source is None else source)
         except TemplateError as e:
             self._fail(
                 ErrorInfo(type="TemplateError", code="template", node_id=node.id, message=str(e))

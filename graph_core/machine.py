@@ -38,7 +38,7 @@ class MachineBase:
     def _enqueue(self, node: Node) -> None:
         raise NotImplementedError
 
-    def _render(self, node: Node, value: Any) -> Any:
+    def _render(self, node: Node, value: Any, source: Any = None) -> Any:
         raise NotImplementedError
 
     def _complete(

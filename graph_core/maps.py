@@ -41,6 +41,7 @@ from graph_core.paths import MISSING
 from graph_core.routing import backoff_delay, is_retryable
 from graph_core.state import MapState
 from graph_core.status import NodeStatus
+from graph_core.waits import MAX_LOST_ATTEMPTS
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -57,7 +58,6 @@ MAX_CONCURRENCY: Final = 1000  # the record holds the items in flight: keep it s
 MAX_ITEMS: Final = 100_000
 MAP_KEYS: Final = frozenset({"items", "node", "graph", "max_concurrency", "tolerated_failures"})
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_LOST_LIMIT: Final = 3  # graph_core.waits.MAX_LOST_ATTEMPTS, per item
 
 
 def map_limit(value: Any) -> int:
@@ -239,7 +239,7 @@ class Maps(MachineBase):
         self.tx.emit(
             "map.item_lost", node.id, visit=ev.visit, attempt=ev.attempt, item=item, lost=lost
         )
-        if lost > _LOST_LIMIT:
+        if lost > MAX_LOST_ATTEMPTS:  # per item, as per node
             error = ErrorInfo(
                 type="WorkerLost",
                 node_id=node.id,

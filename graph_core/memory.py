@@ -16,6 +16,7 @@ from typing import Any
 
 from graph_core.engine import Env, advance
 from graph_core.events import (
+    CHILD_CANCEL_ACTOR,
     ApprovalReceived,
     CancelChild,
     CancelRequested,
@@ -274,7 +275,9 @@ class _Local:
         if isinstance(action, StartChild):
             return self._start(action)
         if isinstance(action, CancelChild):
-            cancel = CancelRequested(run_id=action.run_id, reason=action.reason, actor="parent")
+            cancel = CancelRequested(
+                run_id=action.run_id, reason=action.reason, actor=CHILD_CANCEL_ACTOR
+            )
             return [cancel]
         if run_id != self.root and isinstance(action, EnqueueNode):  # a child's job
             scratch = LocalResult(mem, [], [])

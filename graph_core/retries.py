@@ -17,10 +17,10 @@ from graph_core.machine import MachineBase
 from graph_core.routing import select_edges
 from graph_core.status import NodeStatus, RunStatus
 
-__all__ = ["Retries"]
+__all__ = ["RERUNNABLE", "Retries"]
 
 _RESTART = frozenset({NodeStatus.FAILED, NodeStatus.CANCELLED})
-_RERUNNABLE = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+RERUNNABLE = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 class Retries(MachineBase):
@@ -57,7 +57,7 @@ class Retries(MachineBase):
 
     def _rerun(self, ev: RerunRequested) -> str | None:
         run = self.tx.run
-        if run.status not in _RERUNNABLE:
+        if run.status not in RERUNNABLE:
             return (
                 f"run {run.run_id!r} is {run.status.value}: only a completed, failed or "
                 "cancelled run can be re-run"

@@ -37,7 +37,7 @@ from graph_core.model import Node
 from graph_core.paths import MISSING
 from graph_core.status import NodeStatus
 
-__all__ = ["MAX_DEPTH", "SUBGRAPH_KEYS", "Subgraphs", "child_output_source"]
+__all__ = ["MAX_DEPTH", "SUBGRAPH_KEYS", "Subgraphs"]
 
 MAX_DEPTH: Final = 10
 SUBGRAPH_KEYS: Final = frozenset({"graph", "version", "input", "output"})
@@ -65,10 +65,6 @@ class _ChildSource:
 
     def visit_count(self, node_id: str) -> int:
         return 1 if node_id == "child" else int(self._base.visit_count(node_id))
-
-
-def child_output_source(base: Any, output: Any) -> _ChildSource:
-    return _ChildSource(base, output)
 
 
 class Subgraphs(MachineBase):
@@ -177,17 +173,9 @@ class Subgraphs(MachineBase):
         if ev.status == "completed":
             output = ev.output
             if "output" in node.config:
-                from graph_core.errors import TemplateError
-                from graph_core.templates import render
-
-                try:
-                    output = render(node.config["output"], _ChildSource(self.tx, ev.output))
-                except TemplateError as e:
-                    self._fail(
-                        ErrorInfo(
-                            type="TemplateError", code="template", node_id=node.id, message=str(e)
-                        )
-                    )
+                source = _ChildSource(self.tx, ev.output)
+                output = self._render(node, node.config["output"], source)
+                if self.finished:  # the template failed the run
                     return None
             self.tx.node(node.id).child = None
             self._complete(node.id, ev.visit, output)

@@ -323,8 +323,16 @@ async def _follow(
             if event.get("type") == "node.waiting":
                 data = {**(event.get("data") or {}), "run_id": event.get("run_id")}
                 await _answer(client, run_id, answers, say, event["node_id"], data)
-        if event is None or str(event.get("type", "")).startswith("run."):
-            # Also the fallback when pub/sub dropped something: re-read the stored run.
+        root_run_event = (
+            event is not None
+            and event.get("run_id") == run_id
+            and str(event.get("type", "")).startswith("run.")
+        )
+        if event is None or root_run_event:
+            # The root run's own run events only (a child's waits come as node.waiting
+            # events; re-reading the view, which lists child waits, per child run event
+            # would cost what the run's size does). Also the fallback when pub/sub dropped
+            # something: re-read the stored run.
             view = await client.get_run(run_id)
             if view is None:
                 raise RelaygraphError(f"run {run_id!r} disappeared (was the server flushed?)")

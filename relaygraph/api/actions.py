@@ -201,7 +201,7 @@ async def decide(
             )
         wait = waits[0]
         where = wait.run_id or run_id
-        child = await ctx.client.get_run(where)
+        child = await ctx.client.store.get_run(where)  # its record: which graph it runs
         if child is not None:
             graph = await ctx.client.get_graph(child.graph_id, child.graph_version)
     if wait is None and not graph.has_node(node_id):

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from graph_core import clock
-from graph_core.limits import LimitError
+from graph_core.limits import MAX_RUNNING, LimitError
 from graph_core.triggers import (
     SIGNATURE_HEADER,
     SIGNATURE_WINDOW_S,
@@ -43,7 +43,7 @@ class EmitBody(BaseModel):
 
 
 class LimitBody(BaseModel):
-    max_running: int | None = Field(default=None, ge=1, le=100_000)
+    max_running: int | None = Field(default=None, ge=1, le=MAX_RUNNING)
     rate: str | None = Field(default=None, description='"N/s", "N/min" or "N/hour"')
     burst: float | None = Field(default=None, ge=1)
 

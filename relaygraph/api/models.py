@@ -9,6 +9,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from dispatcher.views import RunSummary, RunView
 from graph_core.history import HistoryStep
+from graph_core.messages import MAX_PRIORITY
 
 __all__ = [
     "Accepted",
@@ -74,7 +75,7 @@ class RunBody(_Body):
     priority: int = Field(
         default=0,
         ge=0,
-        le=100,
+        le=MAX_PRIORITY,
         description="0 (lowest) to 100: a queue's ready jobs of higher-priority runs go first",
     )
 

@@ -359,3 +359,16 @@ def test_subgraph_references_follow_changes_to_the_graph() -> None:
     g.add_node(Node("sub", type="subgraph", config={"graph": "leaf", "version": 2}))
     g.add_node(Node("each", type="map", config={"items": [], "graph": "{{ input.g }}"}))
     assert g.subgraph_refs() == [("sub", "leaf", 2)]  # a template is no static reference
+
+
+def test_an_output_mapping_that_cannot_render_fails_the_run_naming_the_template() -> None:
+    result = run_local(
+        parent_graph(output={"got": "{{ child.output.echo | nosuchfilter }}"}),
+        HANDLERS,
+        {"n": 3},
+        graphs={"child": child_graph()},
+    )
+    run = result.run
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None and run.error.code == "template"
+    assert run.error.node_id == "sub" and run.error.type == "TemplateError"
