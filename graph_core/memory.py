@@ -370,10 +370,9 @@ def _execute(
         fn = handlers.get(undo.type)
         node, config = node.model_copy(update={"type": undo.type}), undo.config
     elif job.item is not None:  # a map item: the map's inner node
-        inner = node.config.get("node") or {}
-        fn = handlers.get(f"node:{node.id}") or handlers.get(str(inner.get("type")))
-        node = node.model_copy(update={"type": str(inner.get("type"))})
-        config = inner.get("config") or {}
+        inner = node.item_node()
+        fn = handlers.get(f"node:{node.id}") or handlers.get(inner.type)
+        node, config = inner, inner.config
     else:
         fn = handlers.get(f"node:{node.id}") or handlers.get(node.type)
     result.executions.append((job.node_id, job.visit, job.attempt))

@@ -169,6 +169,15 @@ class Node(BaseModel):
             return kind if isinstance(kind, str) else None
         return None if self.is_control else self.type
 
+    def item_node(self) -> Node:
+        """A map node as its items run: its inner node's type and config under the map's id
+        (queue, timeout and retry policy are the map node's); the node itself if it has none."""
+        inner = self.config.get("node") if self.type == "map" else None
+        if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+            return self
+        update = {"type": inner["type"], "config": inner.get("config") or {}, "compensate": None}
+        return self.model_copy(update=update)
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "type": self.type}
         dumped = self.model_dump(mode="json", exclude_defaults=True, exclude={"id", "type"})

@@ -620,7 +620,7 @@ def _plan_for(
         return Plan()
     node = graph.node(payload.node_id)
     if payload.item is not None:
-        node = item_node(node)
+        node = node.item_node()
     return graph_cache.plan(graph, node, registry.spec(node.type), item=payload.item is not None)
 
 
@@ -760,7 +760,7 @@ async def _map_item(
     from the run's outputs hash (``ctx.item``, ``ctx.index``), under the map node's id."""
     payload = loaded.payload
     item = payload.item if payload.item is not None else 0
-    one = item_node(node)
+    one = node.item_node()
     if one is node:  # no inner node: the graph's validation refuses that; stay safe anyway
         missing = LookupError(f"map node {node.id!r} names no inner node type")
         return _failed(WorkerError(node.id, missing), node.id, retryable=False)
@@ -778,16 +778,6 @@ async def _map_item(
         job, registry, spec, plan, delivery, max_deliveries, span,
         item=(orjson.loads(loaded.raw_item), item),
     )  # fmt: skip
-
-
-def item_node(node: Node) -> Node:
-    """A map node as its items run: its inner node's type and config under the map's id
-    (queue, timeout and retry policy are the map node's); ``node`` itself if it has none."""
-    inner = node.config.get("node")
-    if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
-        return node
-    update = {"type": inner["type"], "config": inner.get("config") or {}, "compensate": None}
-    return node.model_copy(update=update)
 
 
 @dataclass(frozen=True, slots=True)

@@ -843,7 +843,7 @@ class WakingWorker(Worker):
             in_progress_key_prefix + job_id,
             retry_key_prefix + job_id,
             job_key_prefix + job_id,
-            abort_jobs_ss,
+            "",  # unused: the finish leaves arq's abort set alone (see _FINISH)
             self.queue_name,
             (writes.stream if writes else None) or "",
             (writes.lease_key if writes else None) or "",
