@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import graphs
 from bench.config import Sizes
-from bench.procs import CpuMeter, Stack, start_dispatcher, wait_until
+from bench.procs import CpuMeter, Stack, push_inbox, start_dispatcher, wait_until
 from bench.report import summarize_ms
 from dispatcher.client import WorkflowClient
 from graph_core.events import CancelRequested
@@ -100,11 +100,7 @@ class DelayBench:
 
     async def _push(self, messages: Sequence[bytes]) -> None:
         """Raw ``XADD``s into the inbox, pipelined: the driver costs the dispatcher little."""
-        for lo in range(0, len(messages), SUBMIT_CHUNK):
-            pipe = self.redis.pipeline(transaction=False)
-            for m in messages[lo : lo + SUBMIT_CHUNK]:
-                pipe.xadd(self.keys.inbox, {"m": m})
-            await pipe.execute()
+        await push_inbox(self.redis, self.keys.inbox, messages, SUBMIT_CHUNK)
 
     async def _submit(self, run_ids: Sequence[str], seconds: Sequence[float]) -> None:
         await self._push(

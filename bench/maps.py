@@ -35,6 +35,7 @@ from bench.procs import (
     CpuMeter,
     Stack,
     command_stats,
+    push_inbox,
     start_dispatcher,
     start_workers,
     used_memory,
@@ -53,7 +54,6 @@ PREFIX = "bench-map"  # a prefix of its own: the other phases' run counts stay a
 POLL_S = 0.02  # the cost passes: how often the driver looks (2 ZCARDs a look)
 START_POLL_S = 0.005  # the memory pass: how often it looks for the map's start ...
 MEMORY_POLL_S = 0.05  # ... and then reads the keys' sizes (O(fields) each) and the memory
-SUBMIT_CHUNK = 1000
 GROUPS = ("server", "dispatcher", "workers")  # the processes whose CPU is an item's cost
 TOP_COMMANDS = 12  # commands per item kept in the results, the most called first
 
@@ -182,12 +182,8 @@ class MapBench:
 
     async def _submit(self, graph: Graph, run_ids: Sequence[str], items: int) -> None:
         """Raw ``XADD``s of the documented submit message, pipelined."""
-        for lo in range(0, len(run_ids), SUBMIT_CHUNK):
-            pipe = self.redis.pipeline(transaction=False)
-            for run_id in run_ids[lo : lo + SUBMIT_CHUNK]:
-                request = SubmitRequest(graph_id=graph.id, run_id=run_id, input={"n": items})
-                pipe.xadd(self.keys.inbox, {"m": encode_inbox(request)})
-            await pipe.execute()
+        requests = [SubmitRequest(graph_id=graph.id, run_id=r, input={"n": items}) for r in run_ids]
+        await push_inbox(self.redis, self.keys.inbox, [encode_inbox(r) for r in requests])
 
     async def _count(self, status: str) -> int:
         return int(await self.redis.zcard(self.keys.runs_by_status(status)))

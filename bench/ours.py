@@ -22,6 +22,7 @@ from bench.procs import (
     CpuMeter,
     Stack,
     command_stats,
+    push_inbox,
     start_dispatcher,
     start_workers,
     used_memory,
@@ -37,7 +38,6 @@ from graph_core.state import RunRecord
 __all__ = ["Ours"]
 
 PREFIX = "relaygraph"
-SUBMIT_CHUNK = 1000
 
 
 class Ours:
@@ -101,12 +101,8 @@ class Ours:
     async def _submit(self, graph: Graph, run_ids: list[str]) -> None:
         self.jobs += graphs.jobs_of(graph) * len(run_ids)
         self.transitions += (graphs.jobs_of(graph) + 1) * len(run_ids)
-        for lo in range(0, len(run_ids), SUBMIT_CHUNK):
-            pipe = self.redis.pipeline(transaction=False)
-            for run_id in run_ids[lo : lo + SUBMIT_CHUNK]:
-                request = SubmitRequest(graph_id=graph.id, graph_version=1, run_id=run_id)
-                pipe.xadd(self.keys.inbox, {"m": encode_inbox(request)})
-            await pipe.execute()
+        requests = [SubmitRequest(graph_id=graph.id, graph_version=1, run_id=r) for r in run_ids]
+        await push_inbox(self.redis, self.keys.inbox, [encode_inbox(r) for r in requests])
 
     async def _count(self, status: str) -> int:
         return int(await self.redis.zcard(self.keys.runs_by_status(status)))

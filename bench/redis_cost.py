@@ -30,6 +30,7 @@ from bench import graphs
 from bench.procs import (
     Stack,
     cpu_seconds,
+    push_inbox,
     start_dispatcher,
     start_server,
     start_workers,
@@ -109,11 +110,11 @@ async def main(runs: int) -> None:
         await redis.config_resetstat()
         pid = int((await redis.info("server"))["process_id"])
         cpu0, stats0 = cpu_seconds(pid), await redis.info("stats")
-        pipe = redis.pipeline(transaction=False)
-        for i in range(runs):
-            request = SubmitRequest(graph_id=graph.id, graph_version=1, run_id=f"cost-{i}")
-            pipe.xadd(keys.inbox, {"m": encode_inbox(request)})
-        await pipe.execute()
+        requests = [
+            SubmitRequest(graph_id=graph.id, graph_version=1, run_id=f"cost-{i}")
+            for i in range(runs)
+        ]
+        await push_inbox(redis, keys.inbox, [encode_inbox(r) for r in requests])
 
         async def finished() -> bool:
             stack.check()
