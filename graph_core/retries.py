@@ -16,6 +16,7 @@ from graph_core.events import ReopenRun, RerunRequested, RetryRequested, Schedul
 from graph_core.machine import MachineBase
 from graph_core.routing import select_edges
 from graph_core.status import NodeStatus, RunStatus
+from graph_core.topology import reachable
 
 __all__ = ["RERUNNABLE", "Retries"]
 
@@ -119,17 +120,7 @@ class Retries(MachineBase):
 
     def _downstream(self, origin: str) -> set[str]:
         """``origin`` and every node reachable from it, with parallel nodes' children."""
-        seen = {origin}
-        todo = [origin]
-        while todo:
-            node_id = todo.pop()
-            nexts = [ref.edge.target for ref in self.topo.out_edges.get(node_id, [])]
-            nexts += self.topo.children.get(node_id, [])
-            for target in nexts:
-                if target not in seen:
-                    seen.add(target)
-                    todo.append(target)
-        return seen
+        return reachable(self.topo, [origin])
 
     def _resignal(self, downstream: set[str], origin: str) -> list[str]:
         """Joins downstream get the branch signals of their inputs from kept nodes again;

@@ -7,11 +7,12 @@ component (loop) it belongs to. Everything here is O(graph) once, O(1) per looku
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from graph_core.model import Edge, Graph
 
-__all__ = ["Topology", "topology"]
+__all__ = ["Topology", "reachable", "topology"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,22 @@ def topology(graph: Graph) -> Topology:
         return cached
     topo = cache["_topology"] = _compute(graph)
     return topo
+
+
+def reachable(topo: Topology, starts: Iterable[str]) -> set[str]:
+    """``starts`` and the nodes reachable from them along edges; a parent's children come
+    with it."""
+    seen = set(starts)
+    todo = list(seen)
+    while todo:
+        node_id = todo.pop()
+        nexts = [ref.edge.target for ref in topo.out_edges.get(node_id, ())]
+        nexts += topo.children.get(node_id, ())
+        for target in nexts:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
 
 
 def _compute(graph: Graph) -> Topology:

@@ -33,7 +33,7 @@ from graph_core.parsing import ParseReport
 from graph_core.paths import parse_path
 from graph_core.schemas import schema_problem
 from graph_core.subgraphs import SUBGRAPH_KEYS
-from graph_core.topology import Topology, topology
+from graph_core.topology import Topology, reachable, topology
 
 __all__ = ["PROBLEM_CODES", "validate", "validate_graph", "validate_report"]
 
@@ -294,27 +294,13 @@ def _check_start_end(ctx: _Context) -> Iterator[Problem]:
 # --- reachability ----------------------------------------------------------------------------
 
 
-def _reachable(ctx: _Context, starts: Iterable[str]) -> set[str]:
-    """Nodes reachable from ``starts`` along edges; a parent's children come with it."""
-    seen = set(starts)
-    todo = list(seen)
-    while todo:
-        nid = todo.pop()
-        nexts = [r.edge.target for r in ctx.topo.out_edges.get(nid, ())] + ctx.children(nid)
-        for nxt in nexts:
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
-
-
 def _check_reachability(ctx: _Context) -> Iterator[Problem]:
     if ctx.start is None:
         return  # missing_start / multiple_starts already say why nothing can be reached
     if any(t is None for _, t in ctx.loose):
         return  # an edge whose target did not parse may be the way to any node
     # A dropped edge into a node may have been the way to it: count such nodes as reached.
-    seen = _reachable(ctx, [ctx.start, *(t for _, t in ctx.loose if t in ctx.by_id)])
+    seen = reachable(ctx.topo, [ctx.start, *(t for _, t in ctx.loose if t in ctx.by_id)])
     for node_id, node in ctx.by_id.items():
         # A child is reachable exactly when its parent is: report the parent (or bad_parent).
         if node_id not in seen and node.parent is None and not ctx.is_broken(node_id, "parent"):
