@@ -550,19 +550,22 @@ class WorkflowClient:
         for value in (await self.redis.hgetall(self.keys.limits_throttled)).values():
             scope = value.decode().split("|", 1)[0]
             throttled[scope] = throttled.get(scope, 0) + 1
-        found: dict[str, dict[str, Any]] = {}
-        for name_b, spec in sorted(raw.items()):
-            name = name_b.decode()
-            limit = Limit.decode(spec.decode())
-            found[name] = {
+        specs = {name.decode(): Limit.decode(spec.decode()) for name, spec in sorted(raw.items())}
+        pipe = self.redis.pipeline(transaction=False)
+        for name in specs:
+            pipe.zcard(self.keys.limit_running(name))
+        running = await pipe.execute() if specs else []
+        return {
+            name: {
                 "max_running": limit.max_running,
                 "rate_per_s": limit.rate,
                 "burst": limit.burst,
-                "running": await self.redis.zcard(self.keys.limit_running(name)),
+                "running": held,
                 "throttled": throttled.get(name, 0),
                 "text": limit.describe(),
             }
-        return found
+            for (name, limit), held in zip(specs.items(), running, strict=True)
+        }
 
     async def rerun(
         self,

@@ -116,7 +116,7 @@ class RunStore:
                     )
                 )
                 continue
-            cycle = await self._path_back(child, graph.id, [graph.id, ref])
+            cycle = await self._path_back(child, graph.id, [graph.id, ref], set())
             if cycle is not None:
                 problems.append(
                     Problem(
@@ -135,20 +135,24 @@ class RunStore:
             raise GraphNotFound(graph_id, None)
         return await self.graph(graph_id, found)
 
-    async def _path_back(self, graph: Graph, target: str, path: list[str]) -> list[str] | None:
-        """The chain of static child graphs from ``graph`` back to ``target``, if any."""
+    async def _path_back(
+        self, graph: Graph, target: str, path: list[str], seen: set[tuple[str, int | None]]
+    ) -> list[str] | None:
+        """The chain of static child graphs from ``graph`` back to ``target``, if any.
+        ``seen``: the references searched already (a graph reached twice is read once)."""
         if len(path) > 32:  # deeper than any run may nest: not a cycle worth chasing
             return None
         for _, ref, version in graph.subgraph_refs():
             if ref == target:
                 return [*path, ref]
-            if ref in path:
+            if ref in path or (ref, version) in seen:
                 continue  # a cycle that does not pass through target: its own graphs' problem
+            seen.add((ref, version))
             try:
                 child = await self._graph_ref(ref, version)
             except GraphNotFound:
                 continue
-            found = await self._path_back(child, target, [*path, ref])
+            found = await self._path_back(child, target, [*path, ref], seen)
             if found is not None:
                 return found
         return None
