@@ -62,9 +62,17 @@ local gone = c[16]  -- active remove: one HDEL per chunk
 for lo = 1, #gone, CHUNK do
   redis.call('HDEL', KEYS[6], unpack(gone, lo, math.min(#gone, lo + CHUNK - 1)))
 end
-for _, e in ipairs(c[17]) do  -- history: append to the run's stream and publish live
-  redis.call('XADD', KEYS[7], '*', 'e', e)
-  redis.call('PUBLISH', channel, e)
+-- history: each event's key -> JSON text (HISTORY_FIELDS, graph_core/events.py) appended
+-- to the run's stream, and published live as one JSON object, run id first
+local h, head = c[17], c[27]
+for j = 1, #h, 7 do
+  local v, kind, at, node, visit, attempt, data =
+    h[j], h[j + 1], h[j + 2], h[j + 3], h[j + 4], h[j + 5], h[j + 6]
+  redis.call('XADD', KEYS[7], '*', 'v', v, 'type', kind, 'at', at, 'node_id', node,
+    'visit', visit, 'attempt', attempt, 'data', data)
+  redis.call('PUBLISH', channel, head .. '"v":' .. v .. ',"type":' .. kind .. ',"at":' .. at
+    .. ',"node_id":' .. node .. ',"visit":' .. visit .. ',"attempt":' .. attempt
+    .. ',"data":' .. data .. '}')
 end
 local jobs = c[18]
 local due = nil  -- the jobs' score: the server's clock (ms), the one a worker's claim reads
@@ -105,6 +113,13 @@ for _, m in ipairs(c[26] or {}) do  -- inbox messages: child runs started, cance
   redis.call('XADD', ack_stream, '*', 'm', m)
 end
 if retention and retention > 0 then  -- finished: the run's keys expire after retention
+  -- A stream's newest node keeps the 4 KB the server allocated ahead for it, so a short
+  -- history would hold ~4 KB for the whole retention: rewrite it at its size (one node
+  -- holds up to 100 entries; a longer history's older nodes were trimmed to size already).
+  if redis.call('XLEN', KEYS[7]) <= 100 then
+    local dumped = redis.call('DUMP', KEYS[7])
+    if dumped then redis.call('RESTORE', KEYS[7], 0, dumped, 'REPLACE') end
+  end
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
 end
 if ack_id ~= '' then  -- the inbox entry is acknowledged with the change it caused

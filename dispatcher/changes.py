@@ -25,6 +25,7 @@ from graph_core.events import (
     StartChild,
     TimerFired,
     child_end,
+    history_values,
 )
 from graph_core.keys import Keys, RunKeys
 from graph_core.messages import SubmitRequest, dumps, encode_inbox, job_id
@@ -103,9 +104,9 @@ def pack_changes(
     active_add: list[str] = []
     for nid, visit in w.active_add.items():
         active_add += (nid, str(visit))
-    history = [
-        dumps({"run_id": run.run_id, **h.model_dump(mode="json")}).decode() for h in t.history
-    ]
+    history: list[str] = []  # each event's HISTORY_FIELDS values, one event after another
+    for h in t.history:
+        history += history_values(h)
     jobs: list[str] = []
     timers: list[str] = []
     waits: list[str] = []
@@ -166,6 +167,8 @@ def pack_changes(
             dropped,
             "1" if any(isinstance(a, ReopenRun) for a in t.actions) else "",
             inbox,
+            # the published events' start: the run id, which their stream entries leave out
+            '{"run_id":' + dumps(run.run_id).decode() + ",",
         ]
     )
 

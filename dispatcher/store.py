@@ -22,7 +22,7 @@ from dispatcher.changes import StateWrites, pack_changes, state_writes
 from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import NOTHING, Prefetch
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
-from graph_core.events import ErrorInfo, ParentRef, child_end
+from graph_core.events import ErrorInfo, ParentRef, child_end, history_event
 from graph_core.keys import Keys, RunKeys
 from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
@@ -372,7 +372,7 @@ class RunStore:
 
     async def history(self, run_id: str, count: int | None = None) -> list[dict[str, Any]]:
         entries = await self.redis.xrange(self.keys.run(run_id).events, count=count)
-        return [orjson.loads(fields[b"e"]) for _, fields in entries]
+        return [history_event(run_id, fields) for _, fields in entries]
 
     async def list_runs(
         self, status: str | None = None, limit: int = 100, graph_id: str | None = None

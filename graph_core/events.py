@@ -12,13 +12,16 @@ event types or new keys (docs/protocol.md, "Events").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CHILD_CANCEL_ACTOR",
     "EVENT_VERSION",
+    "HISTORY_FIELDS",
     "Action",
     "ApprovalReceived",
     "CancelChild",
@@ -49,6 +52,9 @@ __all__ = [
     "TimerFired",
     "TimerKind",
     "child_end",
+    "history_event",
+    "history_json",
+    "history_values",
     "ignored_event",
 ]
 
@@ -407,6 +413,49 @@ class HistoryEvent(BaseModel):
     visit: int | None = None
     attempt: int | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+#: The fields of a history stream entry, in order: one per key of the event's envelope but
+#: ``run_id`` (the stream's key names the run), each holding that key's JSON text. The
+#: stream stores the names once per node of up to 100 entries, so an entry costs the
+#: values alone (docs/protocol.md, "History").
+HISTORY_FIELDS: Final = ("v", "type", "at", "node_id", "visit", "attempt", "data")
+_FIELD_NAMES: Final = frozenset(f.encode() for f in HISTORY_FIELDS)
+# Entries written before the fields above hold the whole published JSON in one field.
+_LEGACY_FIELD: Final = b"e"
+
+
+def history_values(event: HistoryEvent) -> list[str]:
+    """The JSON texts of ``event``'s keys, in ``HISTORY_FIELDS`` order: what apply.lua
+    stores as the event's stream entry and joins into the JSON it publishes."""
+    d = event.model_dump(mode="json")
+    return [orjson.dumps(d[k]).decode() for k in HISTORY_FIELDS]
+
+
+def history_json(run_id: str, fields: Mapping[bytes, bytes]) -> bytes:
+    """The JSON text of the event that one entry of run ``run_id``'s history stream holds
+    (``XRANGE``'s field -> value mapping), key for key the text that was published on the
+    events channel. Reads entries of both layouts: one field per key, and the whole JSON
+    in field ``e``."""
+    legacy = fields.get(_LEGACY_FIELD)
+    if legacy is not None:
+        return legacy
+    parts = [b'{"run_id":', orjson.dumps(run_id)]
+    for name, value in fields.items():
+        # a name of its own (a newer version's key) is quoted properly, not trusted
+        key = b'"' + name + b'"' if name in _FIELD_NAMES else orjson.dumps(name.decode())
+        parts += (b",", key, b":", value)
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def history_event(run_id: str, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """The event that one entry of run ``run_id``'s history stream holds (``history_json``,
+    parsed). ``orjson.JSONDecodeError`` if the entry is not one relaygraph wrote."""
+    event = orjson.loads(history_json(run_id, fields))
+    if not isinstance(event, dict):
+        raise orjson.JSONDecodeError("a history entry is not a JSON object", "", 0)
+    return event
 
 
 def ignored_event(

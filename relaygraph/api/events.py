@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from redis.exceptions import RedisError
 
+from graph_core.events import history_event
 from graph_core.keys import Keys, RunKeys
 
 __all__ = ["HEARTBEAT_S", "EventHub", "all_events", "check_event_id", "run_events"]
@@ -159,7 +160,9 @@ async def run_events(
         try:
             while True:
                 done = False
-                async for frame, entry_id, terminal in _read_after(redis, keys.events, last):
+                async for frame, entry_id, terminal in _read_after(
+                    redis, run_id, keys.events, last
+                ):
                     yield frame
                     last, done = entry_id, terminal
                 if done:
@@ -168,7 +171,7 @@ async def run_events(
                 if not news and await _over(redis, keys):
                     # Gone, or finished with its terminal event before ``after`` (a client
                     # resuming after the end): nothing more will come.
-                    async for frame, _, _ in _read_after(redis, keys.events, last):
+                    async for frame, _, _ in _read_after(redis, run_id, keys.events, last):
                         yield frame
                     return
                 if beat < 0:
@@ -181,15 +184,15 @@ async def run_events(
 
 
 async def _read_after(
-    redis: Any, stream_key: str, last: str
+    redis: Any, run_id: str, stream_key: str, last: str
 ) -> AsyncIterator[tuple[bytes, str, bool]]:
-    """The frames of the history after entry ``last``, in batches: (frame, its id, whether
-    it is the run's terminal event)."""
+    """The frames of run ``run_id``'s history after entry ``last``, in batches: (frame, its
+    id, whether it is the run's terminal event)."""
     while True:
         entries = await redis.xrange(stream_key, min=f"({last}", count=READ_BATCH)
         for entry_id, fields in entries:
             last = entry_id.decode()
-            event = orjson.loads(fields[b"e"])
+            event = history_event(run_id, fields)
             kind = event.get("type")
             yield _frame(event, last, kind), last, kind in TERMINAL_EVENTS
         if len(entries) < READ_BATCH:

@@ -75,6 +75,7 @@ class Raw:
 
     def __init__(self, redis: aioredis.Redis, run_id: str) -> None:
         self.redis = redis
+        self.run_id = run_id
         self.base = f"{PREFIX}:run:{{{run_id}}}"
 
     async def meta(self) -> dict[str, str]:
@@ -94,9 +95,12 @@ class Raw:
         return raw.decode() if raw is not None else None
 
     async def history(self) -> list[dict[str, Any]]:
+        # as documented: one field per key of the event, each its JSON; the run id is the key's
         entries = await self.redis.xrange(f"{self.base}:events")
-        assert all(set(fields) == {b"e"} for _, fields in entries)
-        return [json.loads(fields[b"e"]) for _, fields in entries]
+        return [
+            {"run_id": self.run_id, **{k.decode(): json.loads(v) for k, v in fields.items()}}
+            for _, fields in entries
+        ]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from graph_core.events import history_event
 from tests.support.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -418,7 +419,7 @@ def test_plain_redis_publish_with_the_token_from_status_json(up: list[str]) -> N
             timeout=30,
             message="run completed",
         )
-        types = [orjson.loads(f[b"e"])["type"] for _, f in client.xrange(history)]
+        types = [history_event(run_id, f)["type"] for _, f in client.xrange(history)]
     finally:
         events.close()
         client.close()

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from graph_core.events import history_event
 from graph_core.keys import Keys
 from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN
@@ -140,7 +140,7 @@ class Observer:
 
     async def history(self, run_id: str) -> list[dict[str, Any]]:
         entries = await self.redis.xrange(self.keys.run(run_id).events)
-        return [orjson.loads(fields[b"e"]) for _, fields in entries]
+        return [history_event(run_id, fields) for _, fields in entries]
 
     async def pending(self) -> int:
         """Inbox entries delivered to a dispatcher and not acknowledged yet."""

@@ -3,6 +3,7 @@ value must land in Redis byte for byte, and every number exactly, however large.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -12,13 +13,18 @@ import redis.asyncio as aioredis
 from dispatcher.queue import ABORT_KEY, JOB_KEY_PREFIX
 from dispatcher.store import RunStore
 from graph_core.events import (
+    HISTORY_FIELDS,
     CancelNode,
     EnqueueNode,
     FinishRun,
     HistoryEvent,
     PauseForApproval,
     ReleaseWait,
+    ReopenRun,
     ScheduleTimer,
+    history_event,
+    history_json,
+    history_values,
 )
 from graph_core.keys import Keys
 from graph_core.messages import decode_arq_job, dumps, job_id, wake_token
@@ -93,9 +99,13 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
     assert await redis.hget(rk.active, "n:1") == str(BIG).encode()
     assert await redis.hget(rk.waits, "h") == b'tok"\\'
     [(_, fields)] = await redis.xrange(rk.events)
-    published = dumps({"run_id": "blob", **t.history[0].model_dump(mode="json")})
-    assert fields == {b"e": published}
-    assert orjson.loads(fields[b"e"])["data"] == NASTY
+    event = t.history[0].model_dump(mode="json")
+    # one field per key of the event, each its JSON text; the key names the run
+    assert fields == {k.encode(): dumps(v) for k, v in event.items()}
+    assert list(fields) == [k.encode() for k in HISTORY_FIELDS]
+    assert orjson.loads(fields[b"data"]) == NASTY
+    # ... which reads back as the JSON that was published
+    assert history_json("blob", fields) == dumps({"run_id": "blob", **event})
 
     jid = job_id("blob", "n:1", 7, 1)
     job = await redis.get(JOB_KEY_PREFIX + jid)
@@ -187,3 +197,64 @@ async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
     assert 0 < await redis.ttl(rk.meta) <= 600
     pending = await redis.xpending(keys.inbox, keys.inbox_group)
     assert pending["pending"] == 0
+
+
+async def test_a_finished_runs_history_is_rewritten_at_its_size(redis: aioredis.Redis) -> None:
+    """A stream's newest node keeps the ~4 KB the server allocates ahead for it; the apply
+    that finishes a run rewrites a short history at its size. The entries, their ids, the
+    expiry and a follower blocked on the stream all come through it."""
+    keys = Keys("blobtest")
+    store = RunStore(redis, keys, retention_s=600)
+    rk = keys.run("blob")
+    await redis.delete(*rk.all())
+
+    def step(rev: int, n: int) -> Transition:
+        history = [
+            HistoryEvent(type="node.completed", at=1.5 + i, node_id=f"n{i}", visit=1, attempt=1)
+            for i in range(n)
+        ]
+        status = RunStatus.COMPLETED if n == 1 else RunStatus.RUNNING
+        actions = [FinishRun(status="completed")] if n == 1 else []
+        return Transition(run=_run(rev, status), history=history, actions=actions)
+
+    assert await store.apply(step(1, 20), None, None, NOW_MS, stamp=None)
+    before = await redis.memory_usage(rk.events, samples=0)
+    [(last, _)] = await redis.xrevrange(rk.events, count=1)
+    follower = asyncio.create_task(redis.xread({rk.events: last}, block=10_000))
+    await asyncio.sleep(0)  # the follower blocks before the run finishes
+    stamp = (await redis.hget(rk.meta, "stamp")).decode()
+    kept = await redis.xrange(rk.events)
+    assert await store.apply(step(2, 1), 1, "running", NOW_MS + 1, stamp=stamp)
+
+    after = await redis.xrange(rk.events)
+    assert after[:-1] == kept and len(after) == 21
+    assert history_event("blob", after[-1][1])["type"] == "node.completed"
+    [[_, [(entry_id, fields)]]] = await asyncio.wait_for(follower, 10)
+    assert (entry_id, fields) == after[-1]
+    assert await redis.memory_usage(rk.events, samples=0) < before - 1000
+    assert 0 < await redis.ttl(rk.events) <= 600
+    # a finished run that goes on (a retry) appends to the rewritten history
+    stamp = (await redis.hget(rk.meta, "stamp")).decode()
+    again = Transition(
+        run=_run(3),
+        history=[HistoryEvent(type="run.retried", at=9.5)],
+        actions=[ReopenRun()],
+    )
+    assert await store.apply(again, 2, "completed", NOW_MS + 2, stamp=stamp)
+    [(_, fields)] = await redis.xrevrange(rk.events, count=1)
+    assert history_event("blob", fields)["type"] == "run.retried"
+    assert await redis.ttl(rk.events) == -1 and await redis.xlen(rk.events) == 22
+
+
+async def test_history_entries_of_the_earlier_layout_still_read(redis: aioredis.Redis) -> None:
+    """Runs started before the per-key layout hold the whole event in field ``e``; a history
+    can mix both (a run in flight through an upgrade)."""
+    keys = Keys("blobtest")
+    rk = keys.run("mixed")
+    await redis.delete(rk.events)
+    old = {"run_id": "mixed", "v": 1, "type": "run.started", "at": 1.5, "data": {}}
+    await redis.xadd(rk.events, {"e": dumps(old)})
+    new = HistoryEvent(type="node.enqueued", at=2.5, node_id="a", visit=1, attempt=1)
+    await redis.xadd(rk.events, dict(zip(HISTORY_FIELDS, history_values(new), strict=True)))
+    events = await RunStore(redis, keys).history("mixed")
+    assert events == [old, {"run_id": "mixed", **new.model_dump(mode="json")}]
