@@ -52,6 +52,7 @@ class StateWrites:
     text stored: what the dispatcher's run cache takes over once the apply succeeded."""
 
     run: str  # the run record
+    record: RunRecord  # the record ``run`` is the text of (the transition's own: not shared)
     rev: int  # the revision the apply sets
     stamp: str  # the stamp the apply sets (``new_stamp``)
     nodes: dict[str, str]
@@ -65,6 +66,7 @@ def state_writes(t: Transition, run: RunRecord) -> StateWrites:
     """The records ``t`` writes (``run``: its run record), serialized once, with a new stamp."""
     return StateWrites(
         run=run.dump().decode(),
+        record=run,
         rev=run.rev,
         stamp=new_stamp(),
         nodes={nid: rec.dump().decode() for nid, rec in t.nodes.items()},

@@ -33,7 +33,6 @@ from typing import Final
 from dispatcher.changes import StateWrites
 from dispatcher.loaded import RedisView, RunState
 from dispatcher.prefetch import Prefetch
-from graph_core.state import RunRecord
 from graph_core.status import TERMINAL_RUN, RunStatus
 
 __all__ = ["DEFAULT_RUN_CACHE", "MAX_RECORDS", "STALE_LIMIT", "RunCache"]
@@ -109,7 +108,7 @@ class RunCache:
         if moved or (view.rev is not None and writes.rev != view.rev + 1):
             self.evict(run_id)  # another computation of this run replaced the state meanwhile
             return
-        record = RunRecord.model_validate_json(writes.run)
+        record = writes.record  # as written: no need to parse the text again
         if record.status in TERMINAL_RUN:
             self.evict(run_id)  # no more events to apply
             return

@@ -428,8 +428,20 @@ _LEGACY_FIELD: Final = b"e"
 def history_values(event: HistoryEvent) -> list[str]:
     """The JSON texts of ``event``'s keys, in ``HISTORY_FIELDS`` order: what apply.lua
     stores as the event's stream entry and joins into the JSON it publishes."""
-    d = event.model_dump(mode="json")
-    return [orjson.dumps(d[k]).decode() for k in HISTORY_FIELDS]
+    dumps = orjson.dumps
+    try:  # the fields as they are: JSON types already, as the engine emits them
+        data = dumps(event.data)
+    except TypeError:  # a value orjson cannot write (a set, a model): pydantic's JSON form
+        data = dumps(event.model_dump(mode="json")["data"])
+    return [
+        dumps(event.v).decode(),
+        dumps(event.type).decode(),
+        dumps(event.at).decode(),
+        dumps(event.node_id).decode(),
+        dumps(event.visit).decode(),
+        dumps(event.attempt).decode(),
+        data.decode(),
+    ]
 
 
 def history_json(run_id: str, fields: Mapping[bytes, bytes]) -> bytes:

@@ -91,3 +91,13 @@ def test_a_key_of_a_later_version_is_kept_and_quoted() -> None:
 def test_an_entry_relaygraph_did_not_write_is_an_error(fields: dict[bytes, Any]) -> None:
     with pytest.raises(orjson.JSONDecodeError):
         history_event("r", fields)
+
+
+def test_data_orjson_cannot_write_is_stored_in_its_json_form() -> None:
+    event = HistoryEvent(type="node.completed", at=1.5, data={"tags": {"a"}, "n": {1: b"x"}})
+    assert history_values(event)[6] == '{"tags":["a"],"n":{"1":"x"}}'
+
+
+def test_the_fields_are_the_events_keys_in_order() -> None:
+    # a key added to HistoryEvent must be added to HISTORY_FIELDS, history_values and apply.lua
+    assert tuple(HistoryEvent.model_fields) == HISTORY_FIELDS

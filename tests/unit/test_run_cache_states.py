@@ -20,8 +20,10 @@ def _run(rev: int) -> RunRecord:
 
 
 def _writes(rev: int, stamp: str, nodes: dict[str, NodeStatus]) -> StateWrites:
+    run = _run(rev)
     return StateWrites(
-        run=_run(rev).dump().decode(),
+        run=run.dump().decode(),
+        record=run,
         rev=rev,
         stamp=stamp,
         nodes={n: NodeRecord(status=s).dump().decode() for n, s in nodes.items()},
