@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graph_core.errors import MessageError, RelaygraphError
-from graph_core.keys import Keys
+from graph_core.keys import Keys, RunKeys
 from graph_core.messages import (
     ARQ_FUNCTION,
     JobPayload,
@@ -142,10 +142,14 @@ def _planner(
     ) -> ClaimPlan | None:
         graph = graphs.get(*graph_ref)
         run_id, node_id, visit, attempt = parts
-        if graph is None or not graph.has_node(node_id) or job_item(job_id) is not None:
-            return None  # a map item's job leases and reads for itself
+        if graph is None or not graph.has_node(node_id):
+            return None
         node = graph.node(node_id)
-        member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s)
+        item = job_item(job_id)
+        # a map item: leased with the map node's timeout, reading its input and what the
+        # map's inner node reads (but the list the item is one of)
+        runs = node.item_node() if item is not None else node
+        member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s, item)
         return ClaimPlan(
             lease_key=keys.leases,
             lease=member,
@@ -153,7 +157,8 @@ def _planner(
             deadline=deadline,
             timeout_s=node.timeout_s,
             outputs_key=keys.run(run_id).outputs,
-            reads=graphs.plan(graph, node, registry.spec(node.type)).nodes,
+            reads=graphs.plan(graph, runs, registry.spec(runs.type), item=item is not None).nodes,
+            item_field=(RunKeys.item_field(node_id, visit, item, "in") if item is not None else ""),
         )
 
     return plan
@@ -199,7 +204,8 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         latest = None
         if claim.plan is not None and claim.latest is not None:
             latest = (claim.plan.reads, claim.latest)
-        preloaded = Preloaded(claim.run, claim.node, latest)
+        item = claim.plan is not None and bool(claim.plan.item_field)
+        preloaded = Preloaded(claim.run, claim.node, latest, item, claim.item)
     try:
         done = await execute_node(
             state.redis,

@@ -369,6 +369,8 @@ class Preloaded:
     node: bytes | None
     # the records and latest outputs (pairs, as LATEST_SCRIPT returns them) of these nodes
     latest: tuple[list[str], list[Any]] | None = None
+    item_read: bool = False  # a map item's input was read (``item``; None: the field is gone)
+    item: bytes | None = None
 
 
 PipelineHook = Callable[[Any], None]
@@ -624,6 +626,13 @@ def _plan_for(
     return graph_cache.plan(graph, node, registry.spec(node.type), item=payload.item is not None)
 
 
+def _item_to_read(payload: JobPayload, preloaded: Preloaded | None) -> str | None:
+    """A map item's field of its input in the outputs hash, unless its claim read it."""
+    if payload.item is None or (preloaded is not None and preloaded.item_read):
+        return None
+    return RunKeys.item_field(payload.node_id, payload.visit, payload.item, "in")
+
+
 async def _load(
     redis: Any,
     keys: Keys,
@@ -643,6 +652,7 @@ async def _load(
     outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None
     read_latest = bool(plan.nodes)
+    item_field = _item_to_read(payload, preloaded)
     if preloaded is not None:
         run = _use_preloaded(preloaded, payload, plan, records, outputs)
         if run is None:
@@ -658,10 +668,8 @@ async def _load(
             queue_latest_read(pipe, rk, plan.nodes)
         if graph is None:
             pipe.hget(keys.graphs, keys.graph_field(payload.graph_id, payload.graph_version))
-        if payload.item is not None:  # a map item: its input, from the outputs hash
-            pipe.hget(
-                rk.outputs, RunKeys.item_field(payload.node_id, payload.visit, payload.item, "in")
-            )
+        if item_field is not None:
+            pipe.hget(rk.outputs, item_field)
         if before_start is not None:
             before_start(pipe)
         return pipe
@@ -675,7 +683,9 @@ async def _load(
     if read_latest:
         parse_latest_read(plan.nodes, replies.pop(0), records, outputs)
     raw_graph = replies.pop(0) if graph is None else None
-    raw_item = replies.pop(0) if payload.item is not None else None
+    raw_item = preloaded.item if preloaded is not None else None  # the claim's read
+    if item_field is not None:
+        raw_item = replies.pop(0)
     if run is None or (preloaded is None and _fenced(run, records, payload)):
         return None
     return _Loaded(redis, rk, payload, run, records, outputs, graph, raw_graph, plan, raw_item)

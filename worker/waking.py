@@ -164,6 +164,9 @@ end
 # gone), or a rate's token, spent.
 # ARGV[8]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
 # with the server's clock when it was queued), so the claim reads the clock only otherwise.
+# ARGV[9]: a planned map item's field of its input in the outputs hash ('': none); the
+# nodes the job will read follow from ARGV[10]. The reply: score, job, tries, aborted, run,
+# node, leased, then the reads' record and output pairs, then the item's input if asked.
 _CLAIM = (
     LATEST_LUA
     + _SERVER_MS_LUA
@@ -184,7 +187,8 @@ local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
 local out = {score, job, 0, 0, false, false, 0}
 if ARGV[4] ~= '' then
   out[5] = redis.call('HGET', KEYS[6], 'run')
-  out[6] = latest(KEYS[7], KEYS[9], ARGV, 9, out, ARGV[4])
+  out[6] = latest(KEYS[7], KEYS[9], ARGV, 10, out, ARGV[4])
+  if ARGV[9] ~= '' then out[#out + 1] = redis.call('HGET', KEYS[9], ARGV[9]) end
 end
 if not redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2], 'NX') then return false end
 if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
@@ -312,6 +316,7 @@ class ClaimPlan:
     timeout_s: float | None  # the node's, as the lease assumed it
     outputs_key: str
     reads: list[str]  # node ids
+    item_field: str = ""  # a map item's: its input's field in the outputs hash
 
 
 # (job id, its parts, (graph id, version)) -> a plan, or None to claim plainly
@@ -333,6 +338,7 @@ class Claim:
     plan: ClaimPlan | None = None
     leased: bool = False  # the claim wrote plan.lease
     latest: list[Any] | None = None  # plan.reads' records and latest outputs, as pairs
+    item: bytes | None = None  # plan.item_field's value (None: no such field, or not read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +541,7 @@ class WakingWorker(Worker):
         # the run's slots: meta, nodes, leases, outputs; the node, the lease and its expiry
         run_keys, run_args = ["", "", "", ""], ["", "", ""]
         reads: list[str] = []
+        item_field = ""
         plan = None
         parts = None if plain else parse_job_id(job_id)
         if parts is not None:  # a polled job of a run seen before: its graph is known
@@ -553,11 +560,11 @@ class WakingWorker(Worker):
             if plan is not None:
                 run_keys[2:] = [plan.lease_key, plan.outputs_key]
                 run_args[1:] = [plan.lease.decode(), str(plan.lease_expiry_ms)]
-                reads = plan.reads
+                reads, item_field = plan.reads, plan.item_field
         woken = "" if score is None else str(score)
         return (
             [*keys, *run_keys, *limits],
-            [*args, *run_args, self.queue_scope, woken, *reads],
+            [*args, *run_args, self.queue_scope, woken, item_field, *reads],
             plan,
         )
 
@@ -957,6 +964,9 @@ def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> 
         return None
     reply = list(reply)
     score, job, tries, aborted, run, node, leased = (reply + [None] * 7)[:7]
+    item = None
+    if plan is not None and plan.item_field:
+        item = reply.pop() if len(reply) > 7 + 2 * len(plan.reads) else None
     return Claim(
         job_id=job_id,
         score=int(float(score)),
@@ -969,4 +979,5 @@ def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> 
         plan=plan,
         leased=bool(leased),
         latest=reply[7:] if plan is not None else None,
+        item=item,
     )

@@ -22,10 +22,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from graph_core.events import LeaseExpired, NodeReported
-from graph_core.keys import Keys
-from graph_core.messages import encode_arq_job, job_id, parse_inbox, wake_token
+from graph_core.keys import Keys, RunKeys
+from graph_core.messages import JobPayload, encode_arq_job, job_id, parse_inbox, wake_token
 from graph_core.model import Edge, Graph, Node
-from graph_core.status import RunStatus
+from graph_core.state import MapState, NodeRecord
+from graph_core.status import NodeStatus, RunStatus
 from tests.support.store_setup import (
     completed,
     inbox_reports,
@@ -39,9 +40,10 @@ from worker import app as worker_app
 from worker import waking
 from worker.app import build_workers, serve
 from worker.context import NodeContext, NodeResult, NonRetryableError, NotPreloaded
+from worker.heartbeat import Heartbeat
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry
-from worker.runner import redis_unavailable, run_node
+from worker.runner import Preloaded, execute_node, redis_unavailable, run_node
 from worker.settings import WorkerSettings
 from worker.waking import ClaimPlan, WakingWorker
 
@@ -1283,7 +1285,7 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     assert plan is None
     assert keys[5:9] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
     assert keys[9:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
-    assert args[3:] == ["notify", "", "", "queue:default", ""]
+    assert args[3:] == ["notify", "", "", "queue:default", "", ""]  # ..., woken, item field
 
 
 async def test_a_polled_job_of_a_run_seen_is_planned_and_a_stale_wake_up_is_skipped(
@@ -1374,3 +1376,114 @@ async def _worker_idle(redis: Any) -> bool:
     """A client is blocked in BLMPOP: the worker is idle, waiting on its wake-up list."""
     clients = await redis.client_list()
     return any(c.get("cmd") in ("blmpop", "blpop") for c in clients)
+
+
+class _NoRedis:
+    """A Redis client that must not be used: a job that has all it needs makes no call
+    (an empty pipeline is made, and not sent)."""
+
+    def pipeline(self, transaction: bool = True) -> _NoRedis:
+        return self
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected Redis call: {name}")
+
+
+async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
+    redis: Any, redis_url: str
+) -> None:
+    """A map item's claim is planned like a node's: it writes the item's lease and reads the
+    item's input and the records its inner node reads, so the item's handler starts right
+    after the claim, with no other round trip."""
+    graph = Graph(
+        id="squares",
+        nodes=[
+            Node("start", type="start"),
+            Node("conf", type="agent"),
+            Node("numbers", type="agent"),
+            Node(
+                "each",
+                type="map",
+                config={
+                    "items": "{{ numbers.output }}",
+                    "node": {"type": "square", "config": {"factor": "{{ conf.output.factor }}"}},
+                },
+            ),
+            Node("end", type="end"),
+        ],
+        edges=[
+            Edge("start", "conf"),
+            Edge("conf", "numbers"),
+            Edge("numbers", "each"),
+            Edge("each", "end"),
+        ],
+    )
+    running = MapState(total=2, limit=2, tolerated=0, next=2, running={0: 1, 1: 1})
+    rk = await setup_run(
+        redis,
+        KEYS,
+        graph,
+        nodes={
+            "conf": completed(),
+            "numbers": completed(),
+            "each": NodeRecord(status=NodeStatus.RUNNING, visits=1, attempt=1, map=running),
+        },
+        outputs={("conf", 1): {"factor": 3}, ("numbers", 1): [5, 6]},
+    )
+    await redis.hset(rk.outputs, RunKeys.item_field("each", 1, 1, "in"), b"6")
+    registry = HandlerRegistry()
+    registry.register("square", lambda ctx: {"sq": ctx.item**2, "factor": ctx.config["factor"]})
+    graphs = GraphCache()
+    graphs.put(graph)
+    heartbeat = Heartbeat(None, KEYS.leases, lease_s=30, heartbeat_s=10, arq_lease_s=60)  # type: ignore[arg-type]
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), registry)
+    assert isinstance(worker, WakingWorker)
+    worker.planner = worker_app._planner(KEYS, registry, graphs, heartbeat)
+    now_ms = int(time.time() * 1000)
+    claims = {}
+    for item in (0, 1):  # item 0's input is gone (the map ended meanwhile): read as missing
+        payload = JobPayload(
+            run_id="run1",
+            graph_id=graph.id,
+            graph_version=graph.version,
+            node_id="each",
+            visit=1,
+            attempt=1,
+            item=item,
+            type="square",
+        )
+        jid = job_id("run1", "each", 1, 1, item)
+        await redis.psetex(ARQ_JOB_KEY_PREFIX + jid, 60_000, encode_arq_job(payload, now_ms))
+        await redis.zadd(KEYS.queue("default"), {jid: now_ms})
+        keys, args, plan = worker._claim_call(jid, (graph.id, graph.version))
+        assert plan is not None and plan.reads == ["conf"]
+        assert plan.item_field == RunKeys.item_field("each", 1, item, "in")
+        # the lease the item would write for itself, the one the dispatcher reads back
+        assert plan.lease == worker_app._lease_member("run1", "each", 1, 1, None, item)[0]
+        claim = waking._claim(
+            jid, await redis.eval(waking._CLAIM, len(keys), *keys, *args), loaded=True, plan=plan
+        )
+        assert claim is not None and claim.leased
+        assert await redis.zscore(KEYS.leases, plan.lease) is not None
+        claims[item] = (payload, claim)
+    assert claims[0][1].item is None and claims[1][1].item == b"6"
+
+    payload, claim = claims[1]
+    assert claim.plan is not None and claim.latest is not None
+    preloaded = Preloaded(claim.run, claim.node, (claim.plan.reads, claim.latest), True, claim.item)
+    done = await execute_node(
+        _NoRedis(),  # type: ignore[arg-type]
+        KEYS,
+        registry,
+        payload,
+        graphs,
+        WorkerSettings(redis_url=redis_url),
+        preloaded=preloaded,
+    )
+    assert done is not None
+    report = done[0]
+    assert report.status == "completed", report
+    assert report.item == 1 and report.output == {"sq": 36, "factor": 3}
