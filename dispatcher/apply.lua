@@ -116,9 +116,11 @@ if retention and retention > 0 then  -- finished: the run's keys expire after re
   -- A stream's newest node keeps the 4 KB the server allocated ahead for it, so a short
   -- history would hold ~4 KB for the whole retention: rewrite it at its size (one node
   -- holds up to 100 entries; a longer history's older nodes were trimmed to size already).
+  -- Only memory is at stake: where DUMP or RESTORE is refused (an ACL user without
+  -- @dangerous, a managed server that disables them), the history stays as it is.
   if redis.call('XLEN', KEYS[7]) <= 100 then
-    local dumped = redis.call('DUMP', KEYS[7])
-    if dumped then redis.call('RESTORE', KEYS[7], 0, dumped, 'REPLACE') end
+    local dumped = redis.pcall('DUMP', KEYS[7])
+    if type(dumped) == 'string' then redis.pcall('RESTORE', KEYS[7], 0, dumped, 'REPLACE') end
   end
   for k = 1, 8 do redis.call('EXPIRE', KEYS[k], retention) end
 end

@@ -52,7 +52,9 @@ class StateWrites:
     text stored: what the dispatcher's run cache takes over once the apply succeeded."""
 
     run: str  # the run record
-    record: RunRecord  # the record ``run`` is the text of (the transition's own: not shared)
+    # the record ``run`` is the text of: the transition's, which nothing changes once it
+    # is applied (the run cache keeps it; the outcome and tracing read it)
+    record: RunRecord
     rev: int  # the revision the apply sets
     stamp: str  # the stamp the apply sets (``new_stamp``)
     nodes: dict[str, str]

@@ -421,6 +421,13 @@ class HistoryEvent(BaseModel):
 #: values alone (docs/protocol.md, "History").
 HISTORY_FIELDS: Final = ("v", "type", "at", "node_id", "visit", "attempt", "data")
 _FIELD_NAMES: Final = frozenset(f.encode() for f in HISTORY_FIELDS)
+# orjson writes datetimes, dataclasses and subclasses of str, int, dict and list its own
+# way; with these options it refuses them instead, and pydantic's JSON form is used
+_PLAIN_ONLY: Final = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 # Entries written before the fields above hold the whole published JSON in one field.
 _LEGACY_FIELD: Final = b"e"
 
@@ -430,8 +437,8 @@ def history_values(event: HistoryEvent) -> list[str]:
     stores as the event's stream entry and joins into the JSON it publishes."""
     dumps = orjson.dumps
     try:  # the fields as they are: JSON types already, as the engine emits them
-        data = dumps(event.data)
-    except TypeError:  # a value orjson cannot write (a set, a model): pydantic's JSON form
+        data = dumps(event.data, option=_PLAIN_ONLY)
+    except TypeError:  # anything else (a set, a model, a datetime): pydantic's JSON form
         data = dumps(event.model_dump(mode="json")["data"])
     return [
         dumps(event.v).decode(),
@@ -455,7 +462,10 @@ def history_json(run_id: str, fields: Mapping[bytes, bytes]) -> bytes:
     parts = [b'{"run_id":', orjson.dumps(run_id)]
     for name, value in fields.items():
         # a name of its own (a newer version's key) is quoted properly, not trusted
-        key = b'"' + name + b'"' if name in _FIELD_NAMES else orjson.dumps(name.decode())
+        if name in _FIELD_NAMES:
+            key = b'"' + name + b'"'
+        else:
+            key = orjson.dumps(name.decode(errors="backslashreplace"))
         parts += (b",", key, b":", value)
     parts.append(b"}")
     return b"".join(parts)

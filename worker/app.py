@@ -65,6 +65,7 @@ from worker.runner import (
     PipelineHook,
     Preloaded,
     execute_node,
+    job_plan,
     redis_unavailable,
 )
 from worker.settings import WorkerSettings
@@ -148,7 +149,6 @@ def _planner(
         item = job_item(job_id)
         # a map item: leased with the map node's timeout, reading its input and what the
         # map's inner node reads (but the list the item is one of)
-        runs = node.item_node() if item is not None else node
         member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s, item)
         return ClaimPlan(
             lease_key=keys.leases,
@@ -157,11 +157,21 @@ def _planner(
             deadline=deadline,
             timeout_s=node.timeout_s,
             outputs_key=keys.run(run_id).outputs,
-            reads=graphs.plan(graph, runs, registry.spec(runs.type), item=item is not None).nodes,
+            reads=job_plan(graph, node_id, item is not None, registry, graphs).nodes,
             item_field=(RunKeys.item_field(node_id, visit, item, "in") if item is not None else ""),
         )
 
     return plan
+
+
+def preloaded_by(claim: Claim | None) -> Preloaded | None:
+    """What the claim script read for the job (None: nothing; the job reads for itself)."""
+    if claim is None or not claim.loaded:
+        return None
+    latest = None
+    if claim.plan is not None and claim.latest is not None:
+        latest = (claim.plan.reads, claim.latest)
+    return Preloaded(claim.run, claim.node, latest, claim.item_read, claim.item)
 
 
 async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
@@ -199,13 +209,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
             pipe.zadd(leases, {member: expiry_ms})
 
     heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
-    preloaded = None
-    if claim is not None and claim.loaded:
-        latest = None
-        if claim.plan is not None and claim.latest is not None:
-            latest = (claim.plan.reads, claim.latest)
-        item = claim.plan is not None and bool(claim.plan.item_field)
-        preloaded = Preloaded(claim.run, claim.node, latest, item, claim.item)
+    preloaded = preloaded_by(claim)
     try:
         done = await execute_node(
             state.redis,

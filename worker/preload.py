@@ -75,15 +75,16 @@ class GraphCache:
     ) -> Plan:
         """``plan_reads`` of a node, computed once per graph version (a graph, its config
         templates and the worker's handlers do not change); treat it as read-only. ``item``:
-        ``node`` is a map's inner node, run on one item (its predecessors are not read)."""
+        ``node`` is a map node and the job runs its inner node on one item (the map's
+        predecessors are not read); ``spec`` is then the inner node's handler's."""
         key = (graph.id, graph.version)
         if self._graphs.get(key) is not graph:  # not this cache's graph: nothing to keep
-            return plan_reads(graph, node, spec, predecessors=not item)
+            return _plan_of(graph, node, spec, item)
         plans = self._plans.setdefault(key, {})
         slot = f"{node.id}|item" if item else node.id  # node ids have no '|'
         plan = plans.get(slot)
         if plan is None:
-            plan = plans[slot] = plan_reads(graph, node, spec, predecessors=not item)
+            plan = plans[slot] = _plan_of(graph, node, spec, item)
         return plan
 
     def get(self, graph_id: str, version: int) -> Graph | None:
@@ -112,6 +113,12 @@ class GraphCache:
 class Plan:
     nodes: list[str] = field(default_factory=list)  # nodes whose latest output to load
     visits: set[tuple[str, int]] = field(default_factory=set)  # explicit (node, visit) reads
+
+
+def _plan_of(graph: Graph, node: Node, spec: HandlerSpec | None, item: bool) -> Plan:
+    if item:  # the map's inner node, on one item: not the list it is one item of
+        return plan_reads(graph, node.item_node(), spec, predecessors=False)
+    return plan_reads(graph, node, spec)
 
 
 def plan_reads(

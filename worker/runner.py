@@ -613,17 +613,21 @@ def _use_preloaded(
     return run
 
 
-def _plan_for(
-    graph: Graph | None, payload: JobPayload, registry: HandlerRegistry, graph_cache: GraphCache
+def job_plan(
+    graph: Graph | None,
+    node_id: str,
+    item: bool,
+    registry: HandlerRegistry,
+    graph_cache: GraphCache,
 ) -> Plan:
-    """What the job's handler will read (empty on a cold cache): a map item's, its inner
-    node's reads without the map's predecessors (the list it is one item of)."""
-    if graph is None or not graph.has_node(payload.node_id):
+    """What a job's handler will read (empty on a cold cache): a node's, or for a map's
+    ``item``, its inner node's reads without the map's predecessors (the list it is one
+    item of). The claim's plan and the job's own reads both come from here."""
+    if graph is None or not graph.has_node(node_id):
         return Plan()
-    node = graph.node(payload.node_id)
-    if payload.item is not None:
-        node = node.item_node()
-    return graph_cache.plan(graph, node, registry.spec(node.type), item=payload.item is not None)
+    node = graph.node(node_id)
+    spec = registry.spec((node.job_type or node.type) if item else node.type)
+    return graph_cache.plan(graph, node, spec, item=item)
 
 
 def _item_to_read(payload: JobPayload, preloaded: Preloaded | None) -> str | None:
@@ -647,7 +651,7 @@ async def _load(
     the preload's node records, the graph on a cold cache, and the caller's commands.
     None: the job is fenced off. Reads only: nothing here needs to be atomic."""
     graph = graph_cache.get(payload.graph_id, payload.graph_version)
-    plan = _plan_for(graph, payload, registry, graph_cache)
+    plan = job_plan(graph, payload.node_id, payload.item is not None, registry, graph_cache)
     records: dict[str, NodeRecord] = {}
     outputs: dict[tuple[str, int], Any] = {}
     run: RunRecord | None = None

@@ -338,7 +338,8 @@ class Claim:
     plan: ClaimPlan | None = None
     leased: bool = False  # the claim wrote plan.lease
     latest: list[Any] | None = None  # plan.reads' records and latest outputs, as pairs
-    item: bytes | None = None  # plan.item_field's value (None: no such field, or not read)
+    item_read: bool = False  # the claim read plan.item_field ...
+    item: bytes | None = None  # ... and found this (None: no such field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -964,9 +965,9 @@ def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> 
         return None
     reply = list(reply)
     score, job, tries, aborted, run, node, leased = (reply + [None] * 7)[:7]
-    item = None
-    if plan is not None and plan.item_field:
-        item = reply.pop() if len(reply) > 7 + 2 * len(plan.reads) else None
+    item, item_read = None, False
+    if plan is not None and plan.item_field and len(reply) > 7 + 2 * len(plan.reads):
+        item, item_read = reply.pop(), True
     return Claim(
         job_id=job_id,
         score=int(float(score)),
@@ -979,5 +980,6 @@ def _claim(job_id: str, reply: Any, *, loaded: bool, plan: ClaimPlan | None) -> 
         plan=plan,
         leased=bool(leased),
         latest=reply[7:] if plan is not None else None,
+        item_read=item_read,
         item=item,
     )

@@ -187,12 +187,17 @@ async def _read_after(
     redis: Any, run_id: str, stream_key: str, last: str
 ) -> AsyncIterator[tuple[bytes, str, bool]]:
     """The frames of run ``run_id``'s history after entry ``last``, in batches: (frame, its
-    id, whether it is the run's terminal event)."""
+    id, whether it is the run's terminal event). An entry relaygraph did not write is
+    skipped (and logged): a client resuming after it must not meet it again and again."""
     while True:
         entries = await redis.xrange(stream_key, min=f"({last}", count=READ_BATCH)
         for entry_id, fields in entries:
             last = entry_id.decode()
-            event = history_event(run_id, fields)
+            try:
+                event = history_event(run_id, fields)
+            except orjson.JSONDecodeError as e:
+                log.warning("run %s: skipping history entry %s, not an event: %s", run_id, last, e)
+                continue
             kind = event.get("type")
             yield _frame(event, last, kind), last, kind in TERMINAL_EVENTS
         if len(entries) < READ_BATCH:

@@ -97,6 +97,8 @@ class Raw:
     async def history(self) -> list[dict[str, Any]]:
         # as documented: one field per key of the event, each its JSON; the run id is the key's
         entries = await self.redis.xrange(f"{self.base}:events")
+        documented = ["v", "type", "at", "node_id", "visit", "attempt", "data"]
+        assert all([k.decode() for k in fields] == documented for _, fields in entries)
         return [
             {"run_id": self.run_id, **{k.decode(): json.loads(v) for k, v in fields.items()}}
             for _, fields in entries

@@ -16,7 +16,10 @@ import redis.asyncio as aioredis
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.conditions import Condition as C
+from graph_core.events import HISTORY_FIELDS, HistoryEvent, history_values
+from graph_core.keys import Keys
 from graph_core.model import Edge, Graph, Node
+from relaygraph.api.events import _read_after
 from tests.support.api import ROLES, as_key, in_process_api
 from tests.support.waiting import wait_for
 from worker.app import serve
@@ -757,3 +760,26 @@ async def test_limits_and_triggers_over_http(api: httpx.AsyncClient) -> None:
     problem(again, 404, "limit-not-found")
     triggers = await api.get("/v1/triggers", headers=as_key("viewer"))
     assert triggers.status_code == 200 and triggers.json() == {"triggers": []}
+
+
+async def test_an_event_stream_reads_both_entry_layouts_and_skips_garbage(
+    redis: aioredis.Redis,
+) -> None:
+    """A run's history may hold entries of the earlier layout (the whole event in field
+    ``e``) and, written by hand, entries that are no event: those are skipped, so a client
+    resuming after one does not meet it again and again."""
+    rk = Keys("sse-layouts").run("mixed")
+    await redis.delete(rk.events)
+    old = {"run_id": "mixed", "v": 1, "type": "run.started", "at": 1.5, "data": {}}
+    first = (await redis.xadd(rk.events, {"e": json.dumps(old)})).decode()
+    bad = (await redis.xadd(rk.events, {"type": "not json"})).decode()
+    end = HistoryEvent(type="run.completed", at=2.5)
+    last = (
+        await redis.xadd(rk.events, dict(zip(HISTORY_FIELDS, history_values(end), strict=True)))
+    ).decode()
+    frames = [f async for f in _read_after(redis, "mixed", rk.events, "0-0")]
+    assert [(entry_id, terminal) for _, entry_id, terminal in frames] == [
+        (first, False),
+        (last, True),
+    ]
+    assert b"event: run.completed" in frames[1][0] and bad not in [f[1] for f in frames]

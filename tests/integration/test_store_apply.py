@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from dispatcher.queue import ABORT_KEY, JOB_KEY_PREFIX
 from dispatcher.store import RunStore
@@ -83,8 +84,13 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
         ],
         history=[HistoryEvent(type="node.completed", at=1.25, node_id="n:1", data=NASTY)],
     )
+    channel = redis.pubsub()
+    await channel.subscribe(keys.events_channel)
+    assert (await channel.get_message(timeout=5))["type"] == "subscribe"
     assert await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)
     assert not await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)  # it exists now
+    published = await channel.get_message(timeout=5)
+    await channel.aclose()
 
     meta = await redis.hgetall(rk.meta)
     stamp = meta.pop(b"stamp")
@@ -104,8 +110,11 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
     assert fields == {k.encode(): dumps(v) for k, v in event.items()}
     assert list(fields) == [k.encode() for k in HISTORY_FIELDS]
     assert orjson.loads(fields[b"data"]) == NASTY
-    # ... which reads back as the JSON that was published
-    assert history_json("blob", fields) == dumps({"run_id": "blob", **event})
+    # the channel carries the event's JSON as it always did (joined by the script), and
+    # the entry reads back as that same text
+    assert published is not None
+    assert published["data"] == dumps({"run_id": "blob", **event})
+    assert history_json("blob", fields) == published["data"]
 
     jid = job_id("blob", "n:1", 7, 1)
     job = await redis.get(JOB_KEY_PREFIX + jid)
@@ -258,3 +267,49 @@ async def test_history_entries_of_the_earlier_layout_still_read(redis: aioredis.
     await redis.xadd(rk.events, dict(zip(HISTORY_FIELDS, history_values(new), strict=True)))
     events = await RunStore(redis, keys).history("mixed")
     assert events == [old, {"run_id": "mixed", **new.model_dump(mode="json")}]
+
+
+async def test_a_run_finishes_for_a_user_without_dangerous_commands(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """deploy/README's ACL user has ``+@all -@dangerous``: no RESTORE. The apply that
+    finishes a run still does all it must (state, expiry, acknowledgement); only the
+    history's rewrite at its size is left out."""
+    user, password = "rg-no-dangerous", "pw-7c1e"
+    await redis.acl_setuser(
+        user,
+        enabled=True,
+        reset=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@dangerous", "+info"],
+    )
+    limited = aioredis.Redis.from_url(redis_url, username=user, password=password)
+    try:
+        keys = Keys("acltest")
+        store = RunStore(limited, keys, retention_s=600)
+        rk = keys.run("blob")
+        await redis.delete(*rk.all(), keys.inbox)
+        await redis.xgroup_create(keys.inbox, keys.inbox_group, "0", mkstream=True)
+        entry = (await redis.xadd(keys.inbox, {"m": b"{}"})).decode()
+        await redis.xreadgroup(keys.inbox_group, "c", {keys.inbox: ">"})
+        with pytest.raises(NoPermissionError):
+            await limited.restore("acltest:probe", 0, b"x")
+        started = Transition(run=_run(1), history=[HistoryEvent(type="run.started", at=1.0)])
+        assert await store.apply(started, None, None, NOW_MS, stamp=None)
+        stamp = (await redis.hget(rk.meta, "stamp")).decode()
+        done = Transition(
+            run=_run(2, RunStatus.COMPLETED),
+            history=[HistoryEvent(type="run.completed", at=2.0)],
+            actions=[FinishRun(status="completed")],
+        )
+        assert await store.apply(done, 1, "running", NOW_MS + 1, ack=entry, stamp=stamp)
+        assert await redis.hget(rk.meta, "rev") == b"2"
+        assert [e["type"] for e in await store.history("blob")] == ["run.started", "run.completed"]
+        assert 0 < await redis.ttl(rk.events) <= 600 and 0 < await redis.ttl(rk.meta) <= 600
+        assert (await redis.xpending(keys.inbox, keys.inbox_group))["pending"] == 0
+        assert await redis.memory_usage(rk.events, samples=0) > 4000  # not rewritten
+    finally:
+        await limited.aclose()
+        await redis.acl_deluser(user)

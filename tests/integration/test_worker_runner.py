@@ -43,7 +43,7 @@ from worker.context import NodeContext, NodeResult, NonRetryableError, NotPreloa
 from worker.heartbeat import Heartbeat
 from worker.preload import GraphCache
 from worker.registry import HandlerRegistry
-from worker.runner import Preloaded, execute_node, redis_unavailable, run_node
+from worker.runner import execute_node, redis_unavailable, run_node
 from worker.settings import WorkerSettings
 from worker.waking import ClaimPlan, WakingWorker
 
@@ -1407,6 +1407,7 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
             Node(
                 "each",
                 type="map",
+                timeout_s=30,
                 config={
                     "items": "{{ numbers.output }}",
                     "node": {"type": "square", "config": {"factor": "{{ conf.output.factor }}"}},
@@ -1454,6 +1455,7 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
             attempt=1,
             item=item,
             type="square",
+            timeout_s=30,  # the map node's, as the dispatcher enqueues an item
         )
         jid = job_id("run1", "each", 1, 1, item)
         await redis.psetex(ARQ_JOB_KEY_PREFIX + jid, 60_000, encode_arq_job(payload, now_ms))
@@ -1461,29 +1463,35 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
         keys, args, plan = worker._claim_call(jid, (graph.id, graph.version))
         assert plan is not None and plan.reads == ["conf"]
         assert plan.item_field == RunKeys.item_field("each", 1, item, "in")
-        # the lease the item would write for itself, the one the dispatcher reads back
-        assert plan.lease == worker_app._lease_member("run1", "each", 1, 1, None, item)[0]
+        # the item's own lease (the LeaseExpired the dispatcher reads back), with the map
+        # node's timeout: the one the job keeps (relaygraph_run_node compares the timeouts)
+        assert plan.timeout_s == payload.timeout_s
+        lease = LeaseExpired.model_validate_json(plan.lease)
+        assert (lease.node_id, lease.visit, lease.attempt, lease.item) == ("each", 1, 1, item)
+        assert lease.deadline is not None and 0 < lease.deadline - time.time() <= 30
         claim = waking._claim(
             jid, await redis.eval(waking._CLAIM, len(keys), *keys, *args), loaded=True, plan=plan
         )
-        assert claim is not None and claim.leased
+        assert claim is not None and claim.leased and claim.item_read
         assert await redis.zscore(KEYS.leases, plan.lease) is not None
         claims[item] = (payload, claim)
     assert claims[0][1].item is None and claims[1][1].item == b"6"
 
-    payload, claim = claims[1]
-    assert claim.plan is not None and claim.latest is not None
-    preloaded = Preloaded(claim.run, claim.node, (claim.plan.reads, claim.latest), True, claim.item)
-    done = await execute_node(
-        _NoRedis(),  # type: ignore[arg-type]
-        KEYS,
-        registry,
-        payload,
-        graphs,
-        WorkerSettings(redis_url=redis_url),
-        preloaded=preloaded,
-    )
-    assert done is not None
-    report = done[0]
-    assert report.status == "completed", report
-    assert report.item == 1 and report.output == {"sq": 36, "factor": 3}
+    reports = {}
+    for item, (payload, claim) in claims.items():
+        done = await execute_node(
+            _NoRedis(),  # type: ignore[arg-type]
+            KEYS,
+            registry,
+            payload,
+            graphs,
+            WorkerSettings(redis_url=redis_url),
+            preloaded=worker_app.preloaded_by(claim),
+        )
+        assert done is not None
+        reports[item] = done[0]
+    assert reports[1].status == "completed", reports[1]
+    assert reports[1].item == 1 and reports[1].output == {"sq": 36, "factor": 3}
+    gone = reports[0]  # its input is gone: it fails for good, as when it reads for itself
+    assert gone.status == "failed" and gone.error is not None and not gone.error.retryable
+    assert "item 0 of map 'each' visit 1 is gone" in gone.error.message
