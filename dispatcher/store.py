@@ -10,6 +10,7 @@ the stamp of the write, see ``dispatcher.changes.new_stamp``),
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ __all__ = [
     "RunStore",
     "StoreError",
 ]
+
+log = logging.getLogger("relaygraph.dispatcher")
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 
@@ -371,8 +374,18 @@ class RunStore:
         return {p: orjson.loads(r) for p, r in zip(visits, raws, strict=True) if r is not None}
 
     async def history(self, run_id: str, count: int | None = None) -> list[dict[str, Any]]:
+        """The run's history events, oldest first (``count``: the first ones only). An
+        entry relaygraph did not write (added by hand) is skipped and logged: it must not
+        hide the events around it."""
         entries = await self.redis.xrange(self.keys.run(run_id).events, count=count)
-        return [history_event(run_id, fields) for _, fields in entries]
+        events = []
+        for entry_id, fields in entries:
+            try:
+                events.append(history_event(run_id, fields))
+            except orjson.JSONDecodeError as e:
+                entry = entry_id.decode()
+                log.warning("run %s: skipping history entry %s, not an event: %s", run_id, entry, e)
+        return events
 
     async def list_runs(
         self, status: str | None = None, limit: int = 100, graph_id: str | None = None

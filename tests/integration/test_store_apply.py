@@ -255,18 +255,24 @@ async def test_a_finished_runs_history_is_rewritten_at_its_size(redis: aioredis.
     assert await redis.ttl(rk.events) == -1 and await redis.xlen(rk.events) == 22
 
 
-async def test_history_entries_of_the_earlier_layout_still_read(redis: aioredis.Redis) -> None:
+async def test_history_entries_of_the_earlier_layout_still_read(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     """Runs started before the per-key layout hold the whole event in field ``e``; a history
-    can mix both (a run in flight through an upgrade)."""
+    can mix both (a run in flight through an upgrade). An entry that is no event (added by
+    hand) is skipped and logged, not an error that hides the rest."""
     keys = Keys("blobtest")
     rk = keys.run("mixed")
     await redis.delete(rk.events)
     old = {"run_id": "mixed", "v": 1, "type": "run.started", "at": 1.5, "data": {}}
     await redis.xadd(rk.events, {"e": dumps(old)})
+    bad = (await redis.xadd(rk.events, {"type": "not json"})).decode()
     new = HistoryEvent(type="node.enqueued", at=2.5, node_id="a", visit=1, attempt=1)
     await redis.xadd(rk.events, dict(zip(HISTORY_FIELDS, history_values(new), strict=True)))
-    events = await RunStore(redis, keys).history("mixed")
+    with caplog.at_level("WARNING", logger="relaygraph.dispatcher"):
+        events = await RunStore(redis, keys).history("mixed")
     assert events == [old, {"run_id": "mixed", **new.model_dump(mode="json")}]
+    assert f"skipping history entry {bad}, not an event" in caplog.text
 
 
 async def test_a_run_finishes_for_a_user_without_dangerous_commands(
