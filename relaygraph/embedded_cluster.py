@@ -122,8 +122,13 @@ class EmbeddedCluster:
         """The cluster as a running node sees it (``CLUSTER NODES``)."""
         for server in self.servers:
             if server.running:
-                with contextlib.suppress(redis.RedisError):
-                    return _parse_nodes(self._admin(server).execute_command("CLUSTER", "NODES"))
+                admin = self._admin(server)
+                try:
+                    return _parse_nodes(admin.execute_command("CLUSTER", "NODES"))
+                except redis.RedisError:
+                    continue
+                finally:
+                    admin.close()
         raise EmbeddedServerError("no node of the cluster answers CLUSTER NODES")
 
     def primary_for(self, slot: int) -> int:
@@ -258,15 +263,20 @@ class EmbeddedCluster:
             return "no node runs"
         owners = [_slot_owners(nodes) for _, nodes in views]
         for (port, _), seen in zip(views, owners, strict=True):
-            if len(seen) < SLOTS:
-                return f"node on port {port} sees {len(seen)} of {SLOTS} slots served"
+            covered = -1  # the last slot served without a gap from slot 0
+            for lo, hi, _ in seen:
+                if lo != covered + 1:
+                    break
+                covered = hi
+            if covered != SLOTS - 1:
+                return f"node on port {port} sees slot {covered + 1} unserved (or served twice)"
             if seen != owners[0]:
                 return f"node on port {port} disagrees with port {views[0][0]} on slot owners"
         running = {s.port for s in self.servers if s.running}
         replicas_seen = sum(
             1 for n in views[0][1] if n.role == "replica" and n.port in running and not n.failed
         )
-        replicas_running = len(running) - len({p for p in owners[0].values()})
+        replicas_running = len(running) - len({port for _, _, port in owners[0]})
         if replicas_seen < replicas_running:
             return f"{replicas_seen} of {replicas_running} running replicas attached"
         return ""
@@ -304,13 +314,11 @@ def _parse_nodes(text: bytes | str) -> list[ClusterNode]:
     return nodes
 
 
-def _slot_owners(nodes: list[ClusterNode]) -> dict[int, int]:
-    """slot -> port of the healthy primary serving it (slots no one serves are absent)."""
-    owners: dict[int, int] = {}
-    for node in nodes:
-        if node.role != "primary" or node.failed:
-            continue
-        for lo, hi in node.slots:
-            for slot in range(lo, hi + 1):
-                owners[slot] = node.port
-    return owners
+def _slot_owners(nodes: list[ClusterNode]) -> list[tuple[int, int, int]]:
+    """(first slot, last slot, port) of every range a healthy primary serves, sorted."""
+    return sorted(
+        (lo, hi, node.port)
+        for node in nodes
+        if node.role == "primary" and not node.failed
+        for lo, hi in node.slots
+    )
