@@ -8,12 +8,15 @@ from typing import Any
 import redis
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
-from graph_core.redis_url import RedisTarget, parse_redis_url
+from graph_core.redis_url import RedisTarget, check_not_cluster, parse_redis_url
 from graph_core.resp import fast_packing
 
-__all__ = ["connect", "connect_sync"]
+__all__ = ["connect", "connect_sync", "refuse_cluster"]
 
 
 def connect(url: str, **options: Any) -> Redis:
@@ -42,6 +45,17 @@ def connect_sync(url: str, **options: Any) -> redis.Redis:
         target.master or "mymaster", db=target.db, **options
     )
     return fast_packing(master)
+
+
+async def refuse_cluster(redis: Any) -> None:
+    """``ClusterUnsupported`` if the server is a Redis Cluster node, before anything else
+    meets a MOVED or CROSSSLOT reply. Where ``INFO`` is refused (an ACL, a managed server)
+    or the server cannot be reached, this says nothing: the caller's own commands will."""
+    try:
+        info = await redis.info("cluster")
+    except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
+        return
+    check_not_cluster(info)
 
 
 def _common(target: RedisTarget) -> dict[str, Any]:

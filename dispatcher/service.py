@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
+from dispatcher.connect import refuse_cluster
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
@@ -136,6 +137,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
+        await refuse_cluster(self.redis)
         await self._ensure_group()
         with serving(self.metrics, self.settings):
             await self._serve(stop)

@@ -9,13 +9,23 @@ be percent-encoded. Unknown query options are errors.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlparse
 
 from graph_core.errors import RelaygraphError
 
-__all__ = ["RedisTarget", "RedisUrlError", "parse_redis_url", "redact"]
+__all__ = [
+    "ClusterUnsupported",
+    "RedisTarget",
+    "RedisUrlError",
+    "check_not_cluster",
+    "is_cluster_reply",
+    "parse_redis_url",
+    "redact",
+]
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 _SSL_CERT_REQS = frozenset({"none", "optional", "required"})
@@ -26,6 +36,35 @@ class RedisUrlError(RelaygraphError):
         self.url = redact(url)
         self.reason = reason
         super().__init__(f"bad Redis URL {self.url!r}: {reason}")
+
+
+class ClusterUnsupported(RelaygraphError):
+    """The server is a Redis Cluster node, and relaygraph does not run on a cluster yet."""
+
+    def __init__(self, where: str = "") -> None:
+        super().__init__(
+            f"the Redis server{' at ' + where if where else ''} is a Redis Cluster node "
+            "(cluster mode on): relaygraph does not run on Redis Cluster yet (its scripts touch "
+            "keys of several hash slots). Use a single primary, with replicas and Sentinel "
+            "(redis+sentinel://) for failover; docs/cluster-plan.md tracks cluster support"
+        )
+
+
+# What a cluster node answers a client that is not cluster-aware: a key in another node's
+# slot (MOVED, ASK), keys of several slots in one call (CROSSSLOT), slots unserved.
+_CLUSTER_REPLY: Final = re.compile(r"\b(MOVED \d+ |ASK \d+ |CROSSSLOT |CLUSTERDOWN )")
+
+
+def is_cluster_reply(error: BaseException | str) -> bool:
+    """Whether an error reply (or its text) is one only a Redis Cluster node gives."""
+    return _CLUSTER_REPLY.search(str(error)) is not None
+
+
+def check_not_cluster(info: Mapping[str, Any], where: str = "") -> None:
+    """Raise ``ClusterUnsupported`` if ``INFO cluster`` (as a client parses it) says the
+    server runs in cluster mode."""
+    if str(info.get("cluster_enabled", "0")) == "1":
+        raise ClusterUnsupported(where)
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_graph
+from dispatcher.connect import refuse_cluster
 from dispatcher.errors import RunNotFound
 from dispatcher.store import GraphNotFound
 from graph_core.errors import GraphValidationError, RelaygraphError
 from graph_core.limits import LimitError, parse_scope
 from graph_core.model import Graph
+from graph_core.redis_url import ClusterUnsupported, is_cluster_reply
 from graph_core.settings import SettingsError
 from graph_core.status import RunStatus
 from relaygraph import __version__, cli_api, cli_run, cli_serve
@@ -80,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RedisConnectionError, RedisTimeoutError) as e:
         where = redact_url(getattr(args, "_redis_url", None) or "")
         return _error(f"cannot reach Redis{' at ' + where if where else ''}: {e}")
+    except ResponseError as e:
+        if not is_cluster_reply(e):
+            raise
+        return _error(str(ClusterUnsupported(redact_url(getattr(args, "_redis_url", None) or ""))))
     except RelaygraphError as e:
         return _error(str(e))
 
@@ -271,6 +278,7 @@ def _with_client(args: argparse.Namespace, fn: Callable[[WorkflowClient], Awaita
 
     async def go() -> int:
         async with WorkflowClient.from_settings(settings) as client:
+            await refuse_cluster(client.redis)  # before a first write lands on one node
             return await fn(client)
 
     return asyncio.run(go())

@@ -115,6 +115,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             "or RELAYGRAPH_API_KEYS, or pass --insecure to let anyone in"
         )
     setup_logging(args.log_level, settings.log_format)
+    run_loop(_refuse_cluster(url))  # said plainly here, not in uvicorn's start-up traceback
     app = create_app(settings, keys)
     config = uvicorn.Config(
         app,
@@ -137,6 +138,16 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"relaygraph: error: could not serve on {args.host}:{args.port}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _refuse_cluster(url: str) -> None:
+    from dispatcher.connect import connect, refuse_cluster
+
+    redis = connect(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        await refuse_cluster(redis)
+    finally:
+        await redis.aclose()
 
 
 def _server_class() -> type[Any]:

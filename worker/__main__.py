@@ -32,6 +32,7 @@ from graph_core import clock
 from graph_core.errors import RelaygraphError
 from graph_core.logfmt import stderr_handler
 from graph_core.messages import dumps
+from graph_core.redis_url import ClusterUnsupported, is_cluster_reply
 from graph_core.settings import SettingsError, load_settings
 from worker.loop import run_loop
 from worker.registry import HandlerRegistry, RegistryLoadError, load_registry
@@ -114,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetricsPortError as e:
         return _fail(str(e))
     except (OSError, RedisError, RelaygraphError) as e:
+        if is_cluster_reply(e):  # a command met a cluster node before the worker's check
+            e = ClusterUnsupported()
         return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
     return EXIT_OK
 

@@ -55,6 +55,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from graph_core.messages import parse_job_id, parse_wake_token
+from graph_core.redis_url import check_not_cluster
 from graph_core.resp import fast_packing
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
@@ -393,6 +394,15 @@ class WakingWorker(Worker):
         self._run_graphs: OrderedDict[str, tuple[str, int]] = OrderedDict()  # run -> graph
         self._claimed_here: OrderedDict[str, None] = OrderedDict()  # the latest job ids
 
+    async def _refuse_cluster(self) -> None:
+        """``ClusterUnsupported`` on a Redis Cluster node, before a claim meets CROSSSLOT
+        (an ``INFO`` refused or failing says nothing: the worker's own commands will)."""
+        try:
+            info = await self.pool.info("cluster")
+        except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
+            return
+        check_not_cluster(info)
+
     async def main(self) -> None:
         if self._pool is None:
             self._pool = await create_pool(
@@ -404,6 +414,7 @@ class WakingWorker(Worker):
             )
         fast_packing(self._pool)  # redis-py's packing costs more than the rest of a claim
         await log_redis_info(self.pool, lambda *a: None)
+        await self._refuse_cluster()
         self.ctx["redis"] = self.pool
         self._claim_sha = await self.pool.script_load(_CLAIM)
         await self._check_limits(time.monotonic())

@@ -18,7 +18,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.client import WorkflowClient
-from dispatcher.connect import connect, connect_sync
+from dispatcher.connect import connect, connect_sync, refuse_cluster
 from dispatcher.fleet import FleetCollector
 from graph_core.errors import RelaygraphError
 from relaygraph import __version__
@@ -69,6 +69,7 @@ def create_app(
                     socket_connect_timeout=timeout,
                 )
                 stack.push_async_callback(client_redis.aclose)
+            await refuse_cluster(client_redis)
             client = WorkflowClient(
                 client_redis,
                 prefix=settings.prefix,

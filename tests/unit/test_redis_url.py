@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ResponseError
 
 from dispatcher.connect import connect
-from graph_core.redis_url import RedisUrlError, parse_redis_url, redact
+from graph_core.redis_url import (
+    ClusterUnsupported,
+    RedisUrlError,
+    check_not_cluster,
+    is_cluster_reply,
+    parse_redis_url,
+    redact,
+)
 from graph_core.settings import BaseSettings, SettingsError, load_settings
 
 
@@ -66,3 +74,42 @@ async def test_sentinel_url_gives_a_client_that_asks_the_sentinels() -> None:
         assert pool.service_name == "primary"
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "MOVED 6656 127.0.0.1:7001",
+        "ASK 12 10.0.0.2:6379",
+        "CROSSSLOT Keys in request don't hash to the same slot",
+        "CLUSTERDOWN The cluster is down",
+        "Command # 1 (HGET relaygraph:run:{abc}:meta run) of pipeline caused error: "
+        "('MOVED 7638 127.0.0.1:51627',)",
+    ],
+)
+def test_the_replies_only_a_cluster_gives_are_recognised(reply: str) -> None:
+    assert is_cluster_reply(reply)
+    assert is_cluster_reply(ResponseError(reply))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "ERR unknown command 'TASK 12 x'",
+        "NOSCRIPT No matching script",
+        "ERR value MOVED is not an integer",
+    ],
+)
+def test_other_error_replies_are_not_taken_for_a_clusters(reply: str) -> None:
+    assert not is_cluster_reply(reply)
+
+
+def test_a_server_in_cluster_mode_is_refused_naming_where_and_what_to_use() -> None:
+    check_not_cluster({"cluster_enabled": 0})
+    check_not_cluster({})  # a server too old to say
+    for enabled in (1, "1"):
+        with pytest.raises(ClusterUnsupported) as e:
+            check_not_cluster({"cluster_enabled": enabled}, "redis://h:7000/0")
+        assert "redis://h:7000/0 is a Redis Cluster node" in str(e.value)
+        assert "redis+sentinel://" in str(e.value)
