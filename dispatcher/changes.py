@@ -86,13 +86,21 @@ def pack_changes(
     now_ms: int,
     ack: str | None,
     retention_s: int,
+    declared: list[str],
     writes: StateWrites | None = None,
 ) -> bytes:
     """The change set as one JSON array for apply.lua: redis-py frames one argument
     instead of 40-70. Only strings and flat lists of strings: numbers go as strings
     (cjson would turn them into doubles), stored values as the exact JSON text they
-    are stored as. ``writes``: ``state_writes(t, run)``, if the caller has it already."""
+    are stored as. ``writes``: ``state_writes(t, run)``, if the caller has it already.
+
+    ``declared``: the script's KEYS, its first 13 the run's keys and indexes. The other keys
+    the change touches are added to it (the script names every key it touches): the inbox
+    (14), arq's abort set (15), then the jobs' keys, queues and wake lists, once each,
+    which the change set gives by their index."""
     w = writes if writes is not None else state_writes(t, run)
+    declared += (keys.inbox, ABORT_KEY)
+    declare = _Declare(declared)
     finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
     score = str(now_ms)
     nodes: list[str] = []
@@ -130,7 +138,7 @@ def pack_changes(
                 run.trace,
                 run.priority,
             )
-            jobs += job.argv()
+            jobs += job.argv(declare)
         elif isinstance(a, ScheduleTimer):
             # whole ms, rounded up: a timer never fires before it is due
             due_ms = math.ceil(a.due_at * 1000)
@@ -151,8 +159,6 @@ def pack_changes(
             score,
             keys.events_channel,
             str(retention_s if finished else 0),
-            ABORT_KEY,
-            keys.inbox,
             keys.inbox_group,
             ack or "",
             nodes,
@@ -175,6 +181,21 @@ def pack_changes(
             '{"run_id":' + dumps(run.run_id).decode() + ",",
         ]
     )
+
+
+class _Declare:
+    """Adds a key to a script's KEYS (once) and gives its index there, as text."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.index = {key: str(i) for i, key in enumerate(keys, 1)}
+
+    def __call__(self, key: str) -> str:
+        i = self.index.get(key)
+        if i is None:
+            self.keys.append(key)
+            i = self.index[key] = str(len(self.keys))
+        return i
 
 
 def _inbox_messages(t: Transition, run: RunRecord, finished: bool) -> list[str]:

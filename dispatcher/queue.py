@@ -7,6 +7,7 @@ Swapping the queue library means changing this module and the worker's ``app``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,15 +39,16 @@ class JobWrite:
     wake_token: str
     score_offset_ms: int = 0  # taken off the enqueue time: the run's priority
 
-    def argv(self) -> list[str]:
-        """The write as apply.lua reads it: eight strings (numbers as decimal text)."""
+    def argv(self, declare: Callable[[str], str]) -> list[str]:
+        """The write as apply.lua reads it: eight strings (numbers as decimal text). The
+        keys go into the script's KEYS: ``declare`` adds one and gives its index there."""
         return [
-            self.job_key,
-            self.queue_key,
+            declare(self.job_key),
+            declare(self.queue_key),
             self.job_id,
             self.job.decode(),
             str(self.expires_ms),
-            self.wake_key,
+            declare(self.wake_key) if self.wake_key else "0",
             self.wake_token,
             str(self.score_offset_ms),
         ]

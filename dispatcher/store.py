@@ -338,7 +338,7 @@ class RunStore:
         ]
         rev = str(expected_rev) if expected_rev is not None else "-1"
         writes = state_writes(t, run)
-        changes = pack_changes(self.keys, t, run, now_ms, ack, self.retention_s, writes)
+        changes = pack_changes(self.keys, t, run, now_ms, ack, self.retention_s, keys, writes)
         return (keys, [rev, changes, stamp or ""]), writes
 
     # --- read models --------------------------------------------------------------------

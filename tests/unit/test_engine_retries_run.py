@@ -122,7 +122,7 @@ def test_a_retry_makes_the_apply_persist_the_runs_keys() -> None:
     fail(d, "b")
     t = retry(d)
     assert d.mem.run is not None
-    packed = orjson.loads(pack_changes(Keys(), t, d.mem.run, 0, None, 3600))
-    assert packed[24] == "1"  # apply.lua: PERSIST the run's keys (their retention was set)
-    plain = orjson.loads(pack_changes(Keys(), d.report("c"), d.mem.run, 0, None, 3600))
-    assert plain[24] == ""
+    packed = orjson.loads(pack_changes(Keys(), t, d.mem.run, 0, None, 3600, []))
+    assert packed[22] == "1"  # apply.lua: PERSIST the run's keys (their retention was set)
+    plain = orjson.loads(pack_changes(Keys(), d.report("c"), d.mem.run, 0, None, 3600, []))
+    assert plain[22] == ""
