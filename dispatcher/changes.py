@@ -184,11 +184,15 @@ def pack_changes(
 
 
 class _Declare:
-    """Adds a key to a script's KEYS (once) and gives its index there, as text."""
+    """Adds a key to a script's KEYS (once) and gives its index there, as text. Only the
+    keys it added are looked up: the jobs' keys, queues and wake lists are none of the run's
+    keys and indexes the list starts with."""
+
+    __slots__ = ("index", "keys")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
-        self.index = {key: str(i) for i, key in enumerate(keys, 1)}
+        self.index: dict[str, str] = {}
 
     def __call__(self, key: str) -> str:
         i = self.index.get(key)
