@@ -89,9 +89,10 @@ local function scopes_of(queue_scope, job)
 end
 """
 # Fleet-wide limits (graph_core/limits.py) of a job's scopes (``scopes_of``), in the limits
-# hash (KEYS[10]). A scope at its max_running (the running zset's members whose in-progress
-# key still exists) or out of tokens holds the job back: noted in the throttled hash
-# (KEYS[11]) with the queue's wake key (KEYS[12]), and in the scope's waiting zset, so that
+# hash (the claim's first limits key). A scope at its max_running (the running zset's members
+# whose in-progress key still exists) or out of tokens holds the job back: noted in the
+# throttled hash (the second) with the queue's wake key (the third), and in the scope's
+# waiting zset, so that
 # a job of the scope finishing wakes the oldest held back; else its slots and tokens are
 # taken.
 _LIMITS_LUA = """
@@ -163,6 +164,10 @@ end
 # type) undoes the claim's writes, so a failed claim leaves no claim behind. Only the
 # limits' bookkeeping may stay: a running slot, which frees itself (its in-progress key is
 # gone), or a rate's token, spent.
+# KEYS: 1 in-progress, 2 queue, 3 job, 4 try counter, 5 arq's abort set; then, for a job
+# that names its run (ARGV[4], its node, is not ''), 6 the run's meta, 7 its nodes, 8 the
+# leases, 9 its outputs; then, while a limit is set, the limits, their held-back jobs and the
+# queue's wake list. Only keys the script may touch: none is a placeholder.
 # ARGV[8]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
 # with the server's clock when it was queued), so the claim reads the clock only otherwise.
 # ARGV[9]: a planned map item's field of its input in the outputs hash ('': none); the
@@ -192,9 +197,11 @@ if ARGV[4] ~= '' then
   if ARGV[9] ~= '' then out[#out + 1] = redis.call('HGET', KEYS[9], ARGV[9]) end
 end
 if not redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2], 'NX') then return false end
-if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 1 then
+local lim = ARGV[4] ~= '' and 10 or 6  -- the limits' keys, after the run's if it has any
+if KEYS[lim] and redis.call('EXISTS', KEYS[lim]) == 1 then
   -- a limit's key of the wrong type fails the claim (its limit bookkeeping may stay)
-  local ok, held = pcall(limited, KEYS[10], KEYS[11], KEYS[12], KEYS[1], ARGV[1], ARGV[7], job)
+  local ok, held = pcall(
+    limited, KEYS[lim], KEYS[lim + 1], KEYS[lim + 2], KEYS[1], ARGV[1], ARGV[7], job)
   if not ok then
     redis.call('DEL', KEYS[1])
     local why = type(held) == 'table' and held['err'] or tostring(held)
@@ -230,43 +237,46 @@ return out
 """
 )
 # A job's end, as arq's finish_job would write it, plus the job's own writes: its report on
-# the inbox (ARGV[4]), the removal of its leases (ARGV[6] of them, from ARGV[7]) and leases
+# the inbox (ARGV[4]), the removal of its leases (ARGV[8] of them, from ARGV[9]) and leases
 # to lapse now (the rest). ARGV[2]: 'done' (the job is over: its keys go), 'again' (it
 # stays queued for another delivery, ARGV[3] ms from now by the server's clock if given),
 # or 'unclaimed' (it never started: queued again, its try not counted), which does nothing
 # unless this worker's claim (ARGV[5]) still holds the job. arq's abort set is left alone:
 # a worker takes the jobs it aborts off it, and the dispatcher's housekeeping drops the
 # entries of jobs that ended before their abort was seen (``ABORT_KEEP_MS``).
+# KEYS: 1 in-progress, 2 try counter, 3 job, 4 queue, 5 inbox, 6 leases, 7 the limits' held
+# back jobs (their hash). ARGV[6]: arq's job key prefix; ARGV[7]: the queue's limit scope
+# ('': limits are off).
 _FINISH = (
     _SERVER_MS_LUA
     + _SCOPES_LUA
     + """
 if ARGV[2] == 'unclaimed' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
-if ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'm', ARGV[4]) end
-local removed = 6 + tonumber(ARGV[6])
-for i = 7, removed do redis.call('ZREM', KEYS[7], ARGV[i]) end
-for i = removed + 1, #ARGV do redis.call('ZADD', KEYS[7], 0, ARGV[i]) end
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[5], '*', 'm', ARGV[4]) end
+local removed = 8 + tonumber(ARGV[8])
+for i = 9, removed do redis.call('ZREM', KEYS[6], ARGV[i]) end
+for i = removed + 1, #ARGV do redis.call('ZADD', KEYS[6], 0, ARGV[i]) end
 if ARGV[2] == 'done' then
   -- a running slot of the job's scopes freed: wake the oldest job each holds back (on its
   -- queue's wake list); one gone meanwhile (claimed, cancelled) is skipped
-  if KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 1 then
+  if ARGV[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
     local job = redis.call('GET', KEYS[3])
-    for _, scope in ipairs(scopes_of(KEYS[10], job)) do
+    for _, scope in ipairs(scopes_of(ARGV[7], job)) do
       for _ = 1, 3 do
-        local popped = redis.call('ZPOPMIN', KEYS[8] .. ':' .. scope)
+        local popped = redis.call('ZPOPMIN', KEYS[7] .. ':' .. scope)
         if #popped == 0 then break end
-        local held = redis.call('HGET', KEYS[8], popped[1])
+        local held = redis.call('HGET', KEYS[7], popped[1])
         local wake = held and string.match(held, '|(.*)$')
-        if wake and redis.call('EXISTS', KEYS[9] .. popped[1]) == 1 then
+        if wake and redis.call('EXISTS', ARGV[6] .. popped[1]) == 1 then
           redis.call('RPUSH', wake, popped[1])
           break
         end
-        redis.call('HDEL', KEYS[8], popped[1])
+        redis.call('HDEL', KEYS[7], popped[1])
       end
     end
   end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   return 1
 end
 redis.call('DEL', KEYS[1])
@@ -274,7 +284,7 @@ if ARGV[2] == 'unclaimed' then
   local tries = tonumber(redis.call('GET', KEYS[2]) or '')
   if tries and tries > 0 then redis.call('DECR', KEYS[2]) end
 elseif ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[5], 'XX', server_ms() + tonumber(ARGV[3]), ARGV[1])
+  redis.call('ZADD', KEYS[4], 'XX', server_ms() + tonumber(ARGV[3]), ARGV[1])
 end
 return 1
 """
@@ -546,12 +556,13 @@ class WakingWorker(Worker):
             abort_jobs_ss,
         ]
         args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
-        if self._limits_on:
-            limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
-        else:  # no limit is set: the claim skips them (not even an EXISTS)
-            limits = ["", "", ""]
-        # the run's slots: meta, nodes, leases, outputs; the node, the lease and its expiry
-        run_keys, run_args = ["", "", "", ""], ["", "", ""]
+        # while no limit is set, the claim skips them (not even an EXISTS)
+        limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
+        if not self._limits_on:
+            limits = []
+        # the run's keys: meta, nodes, leases, outputs; the node, the lease and its expiry
+        run_keys: list[str] = []
+        run_args = ["", "", ""]
         reads: list[str] = []
         item_field = ""
         plan = None
@@ -563,7 +574,8 @@ class WakingWorker(Worker):
         except RelaygraphError:
             rk = None
         if parts is not None and rk is not None:
-            run_keys[:2], run_args[0] = [rk.meta, rk.nodes], parts[1]
+            run_keys = [rk.meta, rk.nodes, self.keys.leases, rk.outputs]
+            run_args[0] = parts[1]
             if self.planner is not None and graph is not None:
                 try:
                     plan = self.planner(job_id, parts, graph)
@@ -858,17 +870,14 @@ class WakingWorker(Worker):
         another delivery, and ``unclaim`` (it never started) takes back the try its claim
         counted. Connection errors and timeouts are retried: every write here is idempotent,
         and a report written twice is ignored by the dispatcher."""
-        keys = [
+        keys = [  # every key the script may touch, named even where unused (a cluster)
             in_progress_key_prefix + job_id,
             retry_key_prefix + job_id,
             job_key_prefix + job_id,
-            "",  # unused: the finish leaves arq's abort set alone (see _FINISH)
             self.queue_name,
-            (writes.stream if writes else None) or "",
-            (writes.lease_key if writes else None) or "",
-            self.keys.limits_throttled if self._limits_on else "",
-            job_key_prefix,  # + a throttled job's id: whether it is still queued
-            self.queue_scope,  # the job's queue scope (not a key)
+            (writes.stream if writes else None) or self.keys.inbox,
+            (writes.lease_key if writes else None) or self.keys.leases,
+            self.keys.limits_throttled,
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [
@@ -877,6 +886,8 @@ class WakingWorker(Worker):
             str(requeue_ms) if requeue_ms and not done else "",
             (writes.message if writes and writes.stream else None) or "",
             self._claim_token if unclaim else "",
+            job_key_prefix,  # + a held-back job's id: whether it is still queued
+            self.queue_scope if self._limits_on else "",  # '': no limit is set
             str(len(leases)),
             *leases,
             *(writes.lapse if writes and writes.lease_key else ()),

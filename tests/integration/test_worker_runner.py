@@ -1208,6 +1208,23 @@ async def test_a_job_left_in_its_limit_running_set_does_not_hold_itself_back(
     assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[0] == b"throttled"
 
 
+async def test_a_limit_holds_back_a_job_whose_id_names_no_run(redis: Any, redis_url: str) -> None:
+    """A job arq queued by hand (its id names no run) is claimed without the run's keys:
+    the limits' keys then follow arq's, and its queue's limit still applies."""
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    worker._limits_on = True
+    await redis.hset(KEYS.limits, "queue:default", "1||")
+    for jid in ("by-hand-1", "by-hand-2"):
+        await redis.set(ARQ_JOB_KEY_PREFIX + jid, b"{}")
+        await redis.zadd(KEYS.queue("default"), {jid: 0})
+    keys, args, _ = worker._claim_call("by-hand-1", None)
+    assert keys[5:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
+    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[2] == 1  # claimed
+    keys, args, _ = worker._claim_call("by-hand-2", None)
+    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[0] == b"throttled"
+    assert await redis.zrange(f"{KEYS.limits}:running:queue:default", 0, -1) == [b"by-hand-1"]
+
+
 async def test_a_limit_key_of_the_wrong_type_fails_the_claim_leaving_no_claim(
     redis: Any, redis_url: str
 ) -> None:
@@ -1283,7 +1300,8 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     worker.planner = broken
     keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
     assert plan is None
-    assert keys[5:9] == [KEYS.run("run1").meta, KEYS.run("run1").nodes, "", ""]
+    run1 = KEYS.run("run1")
+    assert keys[5:9] == [run1.meta, run1.nodes, KEYS.leases, run1.outputs]  # no placeholder
     assert keys[9:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
     assert args[3:] == ["notify", "", "", "queue:default", "", ""]  # ..., woken, item field
 
