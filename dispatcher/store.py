@@ -43,6 +43,7 @@ __all__ = [
 log = logging.getLogger("relaygraph.dispatcher")
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
+_LIST_BATCH = 500  # index members read at once when listing a graph's runs in a status
 
 ApplyCall = tuple[list[str], list[str | bytes]]  # apply.lua's keys and arguments
 
@@ -391,21 +392,7 @@ class RunStore:
         self, status: str | None = None, limit: int = 100, graph_id: str | None = None
     ) -> list[str]:
         """Run ids, newest first: by creation, or by the time they entered ``status``."""
-        if status and graph_id:
-            # The runs of one graph in one status: intersect the two indexes, keeping the
-            # status index's scores (a read-only command: no temporary key).
-            pairs = await self.redis.zinter(
-                {self.keys.runs_by_status(status): 1, self.keys.runs_by_graph(graph_id): 0},
-                withscores=True,
-            )
-            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            return [i.decode() for i, _ in pairs[:limit]]
-        if graph_id:
-            key = self.keys.runs_by_graph(graph_id)
-        else:
-            key = self.keys.runs_by_status(status) if status else self.keys.runs_all
-        ids = await self.redis.zrevrange(key, 0, limit - 1)
-        return [i.decode() for i in ids]
+        return [run_id for run_id, _ in await self.page_runs(status, graph_id, limit)]
 
     async def page_runs(
         self,
@@ -418,27 +405,63 @@ class RunStore:
         ``before`` (the last (score, run id) of the previous page) in the index's newest-first
         order. Runs created meanwhile sort before ``before``, so pages stay stable."""
         if status and graph_id:
-            pairs = await self.redis.zinter(
-                {self.keys.runs_by_status(status): 1, self.keys.runs_by_graph(graph_id): 0},
-                withscores=True,
-            )
+            return await self._page_of_both(status, graph_id, limit, before)
+        if graph_id:
+            key = self.keys.runs_by_graph(graph_id)
         else:
-            if graph_id:
-                key = self.keys.runs_by_graph(graph_id)
-            else:
-                key = self.keys.runs_by_status(status) if status else self.keys.runs_all
-            if before is None:
-                pairs = await self.redis.zrevrange(key, 0, limit - 1, withscores=True)
-            else:
-                # Members with the cursor's score come in reverse lexical order: fetch them
-                # all with the page, then drop the ones at or before the cursor.
-                ties = await self.redis.zcount(key, before[0], before[0])
-                pairs = await self.redis.zrevrangebyscore(
-                    key, before[0], "-inf", start=0, num=limit + ties, withscores=True
-                )
+            key = self.keys.runs_by_status(status) if status else self.keys.runs_all
+        return await self._after(key, before, limit)
+
+    async def _after(
+        self, key: str, before: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` members of index ``key`` after ``before``, newest first."""
+        if before is None:
+            pairs = await self.redis.zrevrange(key, 0, count - 1, withscores=True)
+            return sorted(((m.decode(), int(sc)) for m, sc in pairs), key=_newest, reverse=True)
+        # Members with the cursor's score come in reverse lexical order: fetch them all with
+        # the page, then drop the ones at or before the cursor.
+        ties = await self.redis.zcount(key, before[0], before[0])
+        pairs = await self.redis.zrevrangebyscore(
+            key, before[0], "-inf", start=0, num=count + ties, withscores=True
+        )
         page = sorted(((m.decode(), int(sc)) for m, sc in pairs), key=_newest, reverse=True)
-        if before is not None:
-            page = [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])]
+        return [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])][:count]
+
+    async def _page_of_both(
+        self, status: str, graph_id: str, limit: int, before: tuple[int, str] | None
+    ) -> list[tuple[str, int]]:
+        """The runs of one graph in one status, in the status index's order. The smaller
+        index is read in batches and each batch looked up in the other (single-key commands,
+        as a cluster needs): a walk of the status index stops once the page is full; a
+        smaller graph index is read whole (its runs in the status are at most its size)."""
+        by_status, by_graph = self.keys.runs_by_status(status), self.keys.runs_by_graph(graph_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(by_status)
+        pipe.zcard(by_graph)
+        in_status, in_graph = await pipe.execute()
+        page: list[tuple[str, int]] = []
+        if in_graph < in_status:
+            for start in range(0, in_graph, _LIST_BATCH):
+                ids = await self.redis.zrange(by_graph, start, start + _LIST_BATCH - 1)
+                scores = await self.redis.zmscore(by_status, ids) if ids else []
+                page += [
+                    (m.decode(), int(sc))
+                    for m, sc in zip(ids, scores, strict=True)
+                    if sc is not None
+                ]
+            page.sort(key=_newest, reverse=True)
+            if before is not None:
+                page = [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])]
+            return page[:limit]
+        cursor = before
+        while len(page) < limit:
+            batch = await self._after(by_status, cursor, _LIST_BATCH)
+            if not batch:
+                break
+            ours = await self.redis.zmscore(by_graph, [m for m, _ in batch])
+            page += [pair for pair, g in zip(batch, ours, strict=True) if g is not None]
+            cursor = (batch[-1][1], batch[-1][0])
         return page[:limit]
 
     async def oldest_in_status(self, status: str, limit: int) -> list[str]:
