@@ -9,14 +9,19 @@ import redis
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
-from graph_core.redis_url import RedisTarget, check_not_cluster, parse_redis_url
+from graph_core.redis_url import (
+    RedisTarget,
+    check_not_cluster,
+    is_unavailable_reply,
+    parse_redis_url,
+)
 from graph_core.resp import fast_packing
 
-__all__ = ["connect", "connect_sync", "refuse_cluster"]
+__all__ = ["connect", "connect_sync", "redis_unavailable", "refuse_cluster"]
 
 
 def connect(url: str, **options: Any) -> Redis:
@@ -45,6 +50,17 @@ def connect_sync(url: str, **options: Any) -> redis.Redis:
         target.master or "mymaster", db=target.db, **options
     )
     return fast_packing(master)
+
+
+def redis_unavailable(e: BaseException) -> bool:
+    """An error that says Redis cannot serve now, nothing about the request: unreachable,
+    timed out, a replica after a failover (READONLY), out of memory, loading, busy with a
+    script, no replica in sync (``min-replicas-to-write``), a failed save that stops writes.
+    A later try may succeed. (The worker has the same rule: ``worker.runner``.)"""
+    unavailable = RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError
+    if isinstance(e, unavailable | OSError):
+        return True
+    return isinstance(e, ResponseError) and is_unavailable_reply(e)
 
 
 async def refuse_cluster(redis: Any) -> None:

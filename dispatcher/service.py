@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
-from dispatcher.connect import refuse_cluster
+from dispatcher.connect import redis_unavailable, refuse_cluster
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
@@ -138,7 +138,12 @@ class Dispatcher:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
         await refuse_cluster(self.redis)
-        await self._ensure_group()
+        try:
+            await self._ensure_group()
+        except ResponseError as e:  # it answers, but cannot serve now (out of memory, ...)
+            if not redis_unavailable(e):
+                raise
+            log.warning("Redis cannot serve yet (%s): the inbox loop waits for it", e)
         with serving(self.metrics, self.settings):
             await self._serve(stop)
 
@@ -174,14 +179,17 @@ class Dispatcher:
     async def _supervise(
         self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
     ) -> None:
-        """Run ``loop``; when Redis goes away (restart, failover), wait and start it again."""
+        """Run ``loop``; when Redis goes away or cannot serve for now (a restart, a
+        failover, out of memory, no replica in sync), wait and start it again."""
         failures = 0
         while not stop.is_set():
             started = time.monotonic()
             try:
                 await loop(stop)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
+                if not redis_unavailable(e):
+                    raise
                 # The server may have restarted (or failed over) and lost our latest writes:
                 # a run cached at a revision it no longer has must be loaded again. (The
                 # stamps apply.lua checks catch what a silent reconnect hides from us.)
@@ -190,7 +198,7 @@ class Dispatcher:
                     failures = 0
                 delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("%s loop lost Redis (%s); retrying in %.2fs", name, e, delay)
+                log.warning("%s loop: Redis unavailable (%s); retrying in %.2fs", name, e, delay)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
@@ -262,6 +270,8 @@ class Dispatcher:
                     with _log_ids(message):
                         await self._dead_letter("inbox", raw, str(result), entry_id)
                 elif isinstance(result, Exception):
+                    if redis_unavailable(result):  # not the entry's fault: do not count it
+                        raise result  # the loop waits and reads its pending entries again
                     with _log_ids(message):
                         log.error(
                             "error handling inbox entry %s; it stays pending for retry",

@@ -23,6 +23,7 @@ __all__ = [
     "RedisUrlError",
     "check_not_cluster",
     "is_cluster_reply",
+    "is_unavailable_reply",
     "parse_redis_url",
     "redact",
 ]
@@ -58,6 +59,20 @@ _CLUSTER_REPLY: Final = re.compile(r"\b(MOVED \d+ |ASK \d+ |CROSSSLOT |CLUSTERDO
 def is_cluster_reply(error: BaseException | str) -> bool:
     """Whether an error reply (or its text) is one only a Redis Cluster node gives."""
     return _CLUSTER_REPLY.search(str(error)) is not None
+
+
+# Replies of a server that cannot serve now (a long script, a failover, a restart, a failed
+# background save that stops writes, no replica in sync under min-replicas-to-write), also
+# as a script passes them on (Redis 6: "... @user_script: 1: -READONLY You can't write ...").
+_UNAVAILABLE_REPLY: Final = re.compile(
+    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|MISCONF|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
+)
+
+
+def is_unavailable_reply(error: BaseException | str) -> bool:
+    """Whether an error reply (or its text) says the server cannot serve now, nothing about
+    the request: a later try may succeed."""
+    return _UNAVAILABLE_REPLY.search(str(error)) is not None
 
 
 def check_not_cluster(info: Mapping[str, Any], where: str = "") -> None:

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from graph_core.logfmt import log_context
 from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.paths import MISSING, parse_path
+from graph_core.redis_url import is_unavailable_reply
 from graph_core.schemas import violation
 from graph_core.settings import BaseSettings
 from graph_core.state import NodeRecord, RunRecord
@@ -75,12 +75,6 @@ __all__ = [
 logger = logging.getLogger("relaygraph.worker")
 
 DEFAULT_MAX_DELIVERIES: Final = 5  # a job started this often without finishing is failed
-# Replies of a server that cannot serve now (a long script, a failover, a restart, a failed
-# background save that stops writes), also as a script passes them on (Redis 6:
-# "... @user_script: 1: -READONLY You can't write ...").
-_UNAVAILABLE_REPLY: Final = re.compile(
-    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|MISCONF|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
-)
 
 
 def redis_unavailable(e: BaseException) -> bool:
@@ -89,7 +83,7 @@ def redis_unavailable(e: BaseException) -> bool:
     again later instead of failing its node."""
     if isinstance(e, RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError):
         return True
-    return isinstance(e, ResponseError) and _UNAVAILABLE_REPLY.search(str(e)) is not None
+    return isinstance(e, ResponseError) and is_unavailable_reply(e)
 
 
 _MAX_ERROR_MESSAGE: Final = 2000  # characters of an exception message kept in a report

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, RunStateError
 from dispatcher.store import GraphNotFound, StoreError
 from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.redis_url import is_unavailable_reply
 from relaygraph.api.models import ProblemDetails
 
 __all__ = [
@@ -133,8 +134,8 @@ def as_problem(error: Exception) -> Problem | None:
     if isinstance(error, Problem):
         return error
     if isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError) or (
-        isinstance(error, ResponseError) and str(error).startswith(_UNAVAILABLE)
-    ):  # unreachable, or a replica / a server out of memory or still loading (a failover)
+        isinstance(error, ResponseError) and is_unavailable_reply(error)
+    ):  # unreachable, or a replica / a server out of memory, loading, without replicas
         return Problem(503, "redis-unavailable", f"Redis is unavailable: {error}")
     if isinstance(error, PydanticValidationError):
         return Problem(422, "invalid-input", _pydantic_detail(error))
@@ -158,9 +159,6 @@ def as_problem(error: Exception) -> Problem | None:
     if isinstance(error, InputError | RelaygraphError):
         return Problem(422, "invalid-input", str(error))
     return None
-
-
-_UNAVAILABLE: Final = ("OOM", "MASTERDOWN", "LOADING", "BUSY", "READONLY", "TRYAGAIN")
 
 
 def _pydantic_detail(error: PydanticValidationError) -> str:

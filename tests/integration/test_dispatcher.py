@@ -400,3 +400,37 @@ async def test_a_raw_submit_with_a_bad_run_id_claims_nothing(redis: aioredis.Red
 async def submit_keyed(redis: aioredis.Redis, d: Dispatcher, run_id: str, key: str) -> None:
     msg = SubmitRequest(graph_id="bug-triage", run_id=run_id, idempotency_key=key)
     await redis.xadd(d.keys.inbox, {"m": encode_inbox(msg)})
+
+
+async def test_a_server_out_of_memory_stops_no_dispatcher_and_fails_no_run(
+    server_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real server that refuses writes (over its ``maxmemory``) while a dispatcher starts
+    and serves: it says so and waits, and the run submitted before goes on once memory is
+    back; nothing is dead-lettered."""
+    server = server_factory()
+    redis = aioredis.Redis.from_url(server.url)
+    d = make_dispatcher(redis, max_inbox_attempts=2)
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        await d.store.register_graph(triage_graph())
+        await submit(redis, d, "bug-triage", "before-oom", {"title": "t", "body": "b"})
+        await redis.config_set("maxmemory", 1)  # every write is refused: OOM
+        with caplog.at_level("WARNING", logger="relaygraph.dispatcher"):
+            task = asyncio.create_task(d.run(stop))
+
+            def waited() -> bool:
+                return sum("Redis unavailable" in r.getMessage() for r in caplog.records) >= 3
+
+            await wait_for(waited, timeout=10, message="the dispatcher to retry")
+        assert not task.done() and await run_status(d, "before-oom") is None
+        assert "cannot serve yet" in caplog.text  # at start: the inbox's group waits too
+        await redis.config_set("maxmemory", 0)
+        await wait_for(lambda: run_status(d, "before-oom"), timeout=15, message="the run")
+        assert await redis.xlen(d.keys.deadletter) == 0
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, timeout=10)
+        await redis.aclose()

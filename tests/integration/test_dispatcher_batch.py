@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from dispatcher import batch as batch_module
 from dispatcher import processor as processor_module
@@ -509,3 +510,47 @@ async def _all_exist(d: Dispatcher, run_ids: list[str]) -> bool:
         if run is None or run.status.value == "pending":
             return False
     return True
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        ReadOnlyError("You can't write against a read only replica."),  # a failover
+        ResponseError("NOREPLICAS Not enough good replicas to write."),
+    ],
+    ids=["oom", "readonly", "noreplicas"],
+)
+async def test_an_apply_refused_by_a_server_that_cannot_serve_now_is_retried_not_counted(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, refusal: Exception
+) -> None:
+    """A server out of memory, demoted to a replica or short of replicas refuses the
+    applies for a while: no entry's fault. The dispatcher waits and tries again; nothing is
+    counted towards dead-lettering (2 attempts here), no run is failed as poisoned."""
+    settings = DispatcherSettings(consumer="refused", claim_idle_s=0.1, max_inbox_attempts=2)
+    d = Dispatcher(redis, settings)
+    await d.store.register_graph(busy_graph())
+    refusals = 0
+    real = d.store.apply_many
+
+    async def apply_many(calls: Sequence[ApplyCall]) -> list[bool | Exception]:
+        nonlocal refusals
+        if refusals < 4:  # twice the attempts that would dead-letter an entry
+            refusals += 1
+            return [refusal for _ in calls]
+        return await real(calls)
+
+    monkeypatch.setattr(d.store, "apply_many", apply_many)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(d.run(stop))
+    try:
+        await push(redis, d, [_submit("patient", 1)])
+        await wait_for(lambda: _all_exist(d, ["patient"]), message="the run", timeout=15)
+        assert refusals == 4 and not serving.done()
+        run = await d.store.get_run("patient")
+        assert run is not None and run.status.value == "running"
+        assert await redis.xlen(d.keys.deadletter) == 0
+        assert await redis.hlen(d.keys.inbox_attempts) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, timeout=10)

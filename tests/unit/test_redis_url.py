@@ -12,6 +12,7 @@ from graph_core.redis_url import (
     RedisUrlError,
     check_not_cluster,
     is_cluster_reply,
+    is_unavailable_reply,
     parse_redis_url,
     redact,
 )
@@ -113,3 +114,30 @@ def test_a_server_in_cluster_mode_is_refused_naming_where_and_what_to_use() -> N
             check_not_cluster({"cluster_enabled": enabled}, "redis://h:7000/0")
         assert "redis://h:7000/0 is a Redis Cluster node" in str(e.value)
         assert "redis+sentinel://" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "unavailable"),
+    [
+        ("READONLY You can't write against a read only replica.", True),
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("MISCONF Errors writing to the AOF file", True),
+        ("LOADING Redis is loading the dataset in memory", True),
+        (
+            "Error running script (call to f_0c1d): @user_script:12: "
+            "@user_script: 12: -READONLY You can't write against a read only replica.",
+            True,
+        ),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("ERR value is not an integer or out of range", False),
+        ("ERR unknown field 'READONLY'", False),
+    ],
+)
+def test_replies_of_a_server_that_cannot_serve_now_are_told_apart(
+    reply: str, unavailable: bool
+) -> None:
+    from relaygraph.api.problems import as_problem
+
+    assert is_unavailable_reply(reply) is unavailable
+    problem = as_problem(ResponseError(reply))
+    assert (problem is not None and problem.status == 503) is unavailable
