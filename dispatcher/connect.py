@@ -58,7 +58,7 @@ def redis_unavailable(e: BaseException) -> bool:
     script, no replica in sync (``min-replicas-to-write``), a failed save that stops writes.
     A later try may succeed. (The worker has the same rule: ``worker.runner``.)"""
     unavailable = RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError
-    if isinstance(e, unavailable | OSError):
+    if isinstance(e, unavailable):
         return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
@@ -141,8 +141,8 @@ class Dispatcher:
         try:
             await self._ensure_group()
         except ResponseError as e:  # it answers, but cannot serve now (out of memory, ...)
-            if not redis_unavailable(e):
-                raise
+            if isinstance(e, ReadOnlyError) or not redis_unavailable(e):
+                raise  # a replica at start: the URL names no primary (a failover later waits)
             log.warning("Redis cannot serve yet (%s): the inbox loop waits for it", e)
         with serving(self.metrics, self.settings):
             await self._serve(stop)
@@ -188,8 +188,8 @@ class Dispatcher:
                 await loop(stop)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
-                if not redis_unavailable(e):
-                    raise
+                if isinstance(e, ResponseError) and not redis_unavailable(e):
+                    raise  # an error reply that says something is wrong, not "not now"
                 # The server may have restarted (or failed over) and lost our latest writes:
                 # a run cached at a revision it no longer has must be loaded again. (The
                 # stamps apply.lua checks catch what a silent reconnect hides from us.)

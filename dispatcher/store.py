@@ -442,20 +442,19 @@ class RunStore:
         in_status, in_graph = await pipe.execute()
         page: list[tuple[str, int]] = []
         if in_graph < in_status:
-            for start in range(0, in_graph, _LIST_BATCH):
-                ids = await self.redis.zrange(by_graph, start, start + _LIST_BATCH - 1)
-                scores = await self.redis.zmscore(by_status, ids) if ids else []
+            cursor = None  # by (score, id), not by rank: a run pruned meanwhile shifts no other
+            while batch := await self._after(by_graph, cursor, _LIST_BATCH):
+                scores = await self.redis.zmscore(by_status, [m for m, _ in batch])
                 page += [
-                    (m.decode(), int(sc))
-                    for m, sc in zip(ids, scores, strict=True)
-                    if sc is not None
+                    (m, int(sc)) for (m, _), sc in zip(batch, scores, strict=True) if sc is not None
                 ]
+                cursor = (batch[-1][1], batch[-1][0])
             page.sort(key=_newest, reverse=True)
             if before is not None:
                 page = [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])]
             return page[:limit]
         cursor = before
-        while len(page) < limit:
+        while len(page) < limit:  # the status index from the cursor, newest first
             batch = await self._after(by_status, cursor, _LIST_BATCH)
             if not batch:
                 break

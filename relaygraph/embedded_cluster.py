@@ -77,23 +77,30 @@ class EmbeddedCluster:
         self.node_timeout_ms = node_timeout_ms
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
+        self._binary = binary
+        self._extra_args = tuple(extra_args)
         self.servers: list[EmbeddedServer] = []
         self._bus_ports: list[int] = []
         for _ in range(primaries * (1 + replicas)):
-            bus_port = _free_port(self.host)  # not port + 10000: that may be past 65535
-            args = [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-port", str(bus_port),
-                # a replica may take over however long it was cut off from its primary
-                "--cluster-replica-validity-factor", "0",
-                "--repl-diskless-sync-delay", "0",  # a replica syncs at once
-                *extra_args,
-            ]  # fmt: skip
-            self.servers.append(EmbeddedServer(binary, extra_args=args))
+            server, bus_port = self._node()
+            self.servers.append(server)
             self._bus_ports.append(bus_port)
         self._ids: list[str] = []
+
+    def _node(self) -> tuple[EmbeddedServer, int]:
+        """A node's server (not started) and its cluster bus port."""
+        bus_port = _free_port(self.host)  # not port + 10000: that may be past 65535
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--cluster-port", str(bus_port),
+            # a replica may take over however long it was cut off from its primary
+            "--cluster-replica-validity-factor", "0",
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once
+            *self._extra_args,
+        ]  # fmt: skip
+        return EmbeddedServer(self._binary, extra_args=args), bus_port
 
     # -- what callers read -------------------------------------------------------------
 
@@ -152,14 +159,26 @@ class EmbeddedCluster:
     def start(self) -> Self:
         """Start every node, join them into one cluster and wait until it is healthy."""
         try:
-            for server in self.servers:
-                server.start()
+            for i in range(len(self.servers)):
+                self._start_node(i)
             self._join()
             self.wait_ok(self.startup_timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_node(self, i: int) -> None:
+        """Start node ``i``; its bus port may be taken meanwhile: then with a new one."""
+        for attempt in range(3):
+            try:
+                self.servers[i].start()
+                return
+            except EmbeddedServerError:
+                if attempt == 2:
+                    raise
+                self.servers[i].stop()
+                self.servers[i], self._bus_ports[i] = self._node()
 
     def stop(self) -> None:
         """Stop every node and remove their directories. Idempotent."""
@@ -261,18 +280,20 @@ class EmbeddedCluster:
                 admin.close()
         if not views:
             return "no node runs"
+        running = {s.port for s in self.servers if s.running}
         owners = [_slot_owners(nodes) for _, nodes in views]
         for (port, _), seen in zip(views, owners, strict=True):
             covered = -1  # the last slot served without a gap from slot 0
-            for lo, hi, _ in seen:
+            for lo, hi, owner in seen:
                 if lo != covered + 1:
-                    break
+                    return f"node on port {port} sees slot {covered + 1} unserved or served twice"
+                if owner not in running:  # killed, and not yet noticed: no failover yet
+                    return f"node on port {port} has slots {lo}-{hi} on stopped port {owner}"
                 covered = hi
             if covered != SLOTS - 1:
-                return f"node on port {port} sees slot {covered + 1} unserved (or served twice)"
+                return f"node on port {port} sees slot {covered + 1} unserved"
             if seen != owners[0]:
                 return f"node on port {port} disagrees with port {views[0][0]} on slot owners"
-        running = {s.port for s in self.servers if s.running}
         replicas_seen = sum(
             1 for n in views[0][1] if n.role == "replica" and n.port in running and not n.failed
         )

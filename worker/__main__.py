@@ -126,6 +126,7 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
 
     from graph_core.resp import fast_packing
     from worker.app import redis_settings_from_url, serve
+    from worker.waking import refuse_cluster
 
     # Until ``serve`` installs its own handlers, a signal cancels start-up (cleanly).
     loop = asyncio.get_running_loop()
@@ -146,6 +147,7 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
         "started_at": clock.now(),
     }
     try:
+        await refuse_cluster(redis)  # before the registration is written
         await redis.hset(keys.workers, worker_id, dumps(record))
         await serve(settings, registry, grace_s=grace_s)
     finally:

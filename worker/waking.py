@@ -60,7 +60,7 @@ from graph_core.resp import fast_packing
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
 
-__all__ = ["Claim", "ClaimPlan", "ClaimPlanner", "Finish", "WakingWorker"]
+__all__ = ["Claim", "ClaimPlan", "ClaimPlanner", "Finish", "WakingWorker", "refuse_cluster"]
 
 # a job id, and its graph and queue score if a wake-up named them
 _Wanted = tuple[str, tuple[str, int] | None, int | None]
@@ -364,6 +364,17 @@ class Finish:
     lapse: tuple[bytes, ...] = ()  # leases (in lease_key) to make lapse now
 
 
+async def refuse_cluster(redis: Any) -> None:
+    """``ClusterUnsupported`` on a Redis Cluster node, before the worker writes anything (an
+    ``INFO`` refused or failing says nothing: the worker's own commands will). The
+    dispatcher's twin is ``dispatcher.connect.refuse_cluster`` (neither imports the other)."""
+    try:
+        info = await redis.info("cluster")
+    except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
+        return
+    check_not_cluster(info)
+
+
 class WakingWorker(Worker):
     def __init__(
         self,
@@ -404,15 +415,6 @@ class WakingWorker(Worker):
         self._run_graphs: OrderedDict[str, tuple[str, int]] = OrderedDict()  # run -> graph
         self._claimed_here: OrderedDict[str, None] = OrderedDict()  # the latest job ids
 
-    async def _refuse_cluster(self) -> None:
-        """``ClusterUnsupported`` on a Redis Cluster node, before a claim meets CROSSSLOT
-        (an ``INFO`` refused or failing says nothing: the worker's own commands will)."""
-        try:
-            info = await self.pool.info("cluster")
-        except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
-            return
-        check_not_cluster(info)
-
     async def main(self) -> None:
         if self._pool is None:
             self._pool = await create_pool(
@@ -424,7 +426,7 @@ class WakingWorker(Worker):
             )
         fast_packing(self._pool)  # redis-py's packing costs more than the rest of a claim
         await log_redis_info(self.pool, lambda *a: None)
-        await self._refuse_cluster()
+        await refuse_cluster(self.pool)
         self.ctx["redis"] = self.pool
         self._claim_sha = await self.pool.script_load(_CLAIM)
         await self._check_limits(time.monotonic())

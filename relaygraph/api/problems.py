@@ -18,14 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError as PydanticValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dispatcher.connect import redis_unavailable
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, RunStateError
 from dispatcher.store import GraphNotFound, StoreError
 from graph_core.errors import GraphValidationError, RelaygraphError
-from graph_core.redis_url import is_unavailable_reply
 from relaygraph.api.models import ProblemDetails
 
 __all__ = [
@@ -133,9 +133,8 @@ def as_problem(error: Exception) -> Problem | None:
     """The problem a library error means, or None for one the API does not expect."""
     if isinstance(error, Problem):
         return error
-    if isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError) or (
-        isinstance(error, ResponseError) and is_unavailable_reply(error)
-    ):  # unreachable, or a replica / a server out of memory, loading, without replicas
+    if redis_unavailable(error):
+        # unreachable, or a replica / a server out of memory, loading, without replicas
         return Problem(503, "redis-unavailable", f"Redis is unavailable: {error}")
     if isinstance(error, PydanticValidationError):
         return Problem(422, "invalid-input", _pydantic_detail(error))

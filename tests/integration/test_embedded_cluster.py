@@ -99,3 +99,12 @@ def test_a_killed_primary_is_replaced_by_its_replica_and_keeps_acknowledged_writ
 def test_a_cluster_that_cannot_be_is_refused_naming_why(kwargs: dict[str, int], named: str) -> None:
     with pytest.raises(EmbeddedServerError, match=named):
         EmbeddedCluster(**kwargs)
+
+
+def test_a_cluster_with_a_primary_killed_and_no_replica_is_not_healthy() -> None:
+    """Right after the kill the others still name the dead node as the slots' owner: that is
+    not healthy (no failover happened), and without a replica it never becomes so."""
+    with EmbeddedCluster(primaries=2) as cluster:
+        cluster.kill(1)
+        with pytest.raises(EmbeddedServerError, match=f"port {cluster.ports[1]}|unserved"):
+            cluster.wait_ok(timeout=1.0)

@@ -155,10 +155,12 @@ class KeyAudit:
                 pipe.execute_command("COMMAND GETKEYS", *command)
             replies = await pipe.execute(raise_on_error=False)
             for command, reply in zip(order, replies, strict=True):
-                # str: redis-py decodes these replies (str_if_bytes); keys here are ASCII
-                keys_of[command] = (
-                    [] if isinstance(reply, Exception) else [k.encode() for k in reply]
-                )
+                if isinstance(reply, Exception):
+                    if "no key arguments" not in str(reply):  # not a keyless command: say so
+                        raise AssertionError(f"COMMAND GETKEYS {command!r}: {reply}")
+                    keys_of[command] = []
+                else:  # str: redis-py decodes these replies (str_if_bytes); keys are ASCII
+                    keys_of[command] = [k.encode() for k in reply]
             for call in self.calls:
                 name = names.get(call.sha, f"script {call.sha[:8]}")
                 declared = set(call.declared)

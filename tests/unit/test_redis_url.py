@@ -141,3 +141,12 @@ def test_replies_of_a_server_that_cannot_serve_now_are_told_apart(
     assert is_unavailable_reply(reply) is unavailable
     problem = as_problem(ResponseError(reply))
     assert (problem is not None and problem.status == 503) is unavailable
+
+
+def test_a_server_out_of_memory_is_a_503_though_redis_py_drops_the_oom_word() -> None:
+    from redis.exceptions import OutOfMemoryError
+
+    from relaygraph.api.problems import as_problem
+
+    problem = as_problem(OutOfMemoryError("command not allowed when used memory > 'maxmemory'."))
+    assert problem is not None and (problem.status, problem.slug) == (503, "redis-unavailable")
