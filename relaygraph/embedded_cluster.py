@@ -85,7 +85,6 @@ class EmbeddedCluster:
             server, bus_port = self._node()
             self.servers.append(server)
             self._bus_ports.append(bus_port)
-        self._ids: list[str] = []
 
     def _node(self) -> tuple[EmbeddedServer, int]:
         """A node's server (not started) and its cluster bus port."""
@@ -197,14 +196,7 @@ class EmbeddedCluster:
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node says ``cluster_state:ok`` and agrees on the owner
         of every slot, with every replica linked to its primary."""
-        deadline = time.monotonic() + timeout
-        problem = "not checked yet"
-        while time.monotonic() < deadline:
-            problem = self._health()
-            if not problem:
-                return
-            time.sleep(0.05)
-        raise EmbeddedServerError(f"the cluster did not become healthy in {timeout}s: {problem}")
+        _until(self._health, "the cluster to become healthy", timeout)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -225,16 +217,16 @@ class EmbeddedCluster:
     def _join(self) -> None:
         admins = [self._admin(s) for s in self.servers]
         try:
-            self._ids = [a.execute_command("CLUSTER", "MYID").decode() for a in admins]
+            ids = [a.execute_command("CLUSTER", "MYID").decode() for a in admins]
             n = self.primaries
             for i in range(n):
                 lo, hi = i * SLOTS // n, (i + 1) * SLOTS // n - 1
                 admins[i].execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
             for server, bus_port in zip(self.servers[1:], self._bus_ports[1:], strict=True):
                 admins[0].execute_command("CLUSTER", "MEET", self.host, server.port, bus_port)
-            self._until(lambda: self._everyone_known(admins), "the nodes to meet")
+            _until(lambda: self._everyone_known(admins), "the nodes to meet", self.startup_timeout)
             for r, admin in enumerate(admins[n:]):
-                primary = self._ids[r % n]
+                primary = ids[r % n]
                 admin.execute_command("CLUSTER", "REPLICATE", primary)
         finally:
             for admin in admins:
@@ -246,15 +238,6 @@ class EmbeddedCluster:
             if len(known) < len(admins):
                 return f"node {i} knows {len(known)} of {len(admins)} nodes"
         return ""
-
-    def _until(self, check: Callable[[], str], what: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        problem = check()
-        while problem:
-            if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"timed out waiting for {what}: {problem}")
-            time.sleep(0.02)
-            problem = check()
 
     def _health(self) -> str:
         """'' when healthy, else what is not yet."""
@@ -301,6 +284,17 @@ class EmbeddedCluster:
         if replicas_seen < replicas_running:
             return f"{replicas_seen} of {replicas_running} running replicas attached"
         return ""
+
+
+def _until(check: Callable[[], str], what: str, timeout: float) -> None:
+    """Poll ``check`` ('' when done, else what is not yet) until done or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    problem = check()
+    while problem:
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(f"timed out after {timeout}s waiting for {what}: {problem}")
+        time.sleep(0.02)
+        problem = check()
 
 
 def _parse_nodes(text: bytes | str) -> list[ClusterNode]:

@@ -22,7 +22,7 @@ from tests.faults.graphs import CHAIN_NODES, chain_graph, expected_output
 from tests.faults.observe import REDIS_DOWN
 from tests.support.servers import ServerFactory
 from tests.support.tcpproxy import TcpProxy
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,10 +39,7 @@ def pair(server_factory: ServerFactory) -> Iterator[tuple[Any, Any, TcpProxy]]:
     def linked() -> bool:
         return admin.info("replication").get("master_link_status") == "up"
 
-    deadline = time.monotonic() + 10
-    while not linked():
-        assert time.monotonic() < deadline, "the replica did not link to its primary"
-        time.sleep(0.02)
+    wait_until_sync(linked, timeout=10, message="the replica to link to its primary")
     with TcpProxy(primary.port) as proxy:
         yield primary, replica, proxy
     admin.close()

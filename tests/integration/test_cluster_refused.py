@@ -97,3 +97,27 @@ async def test_a_single_server_or_a_user_who_may_not_run_info_is_not_refused(
     finally:
         await limited.aclose()
         await redis.acl_deluser(user)
+
+
+def test_where_info_is_refused_the_cli_names_the_cluster_from_its_replies(
+    cluster: EmbeddedCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who may not run INFO: the start-up check cannot tell, so the CLI reads the
+    first MOVED or CROSSSLOT reply for what it is, and says the same, without a traceback."""
+    user, password = "rg-no-info", "pw-5d1c"
+    nodes = [redis.Redis(port=p) for p in cluster.ports]
+    for node in nodes:
+        node.acl_setuser(
+            user, enabled=True, reset=True, passwords=[f"+{password}"], keys=["*"],
+            channels=["*"], commands=["+@all", "-info"],
+        )  # fmt: skip
+    url = cluster.url.replace("redis://", f"redis://{user}:{password}@")
+    try:
+        assert main(["register", GRAPH, "--redis", url]) == 1
+        err = capsys.readouterr().err
+        assert SAID in err and "Traceback" not in err, err
+    finally:
+        for node in nodes:
+            node.acl_deluser(user)
+            node.flushall()  # what the register wrote before its first MOVED
+            node.close()

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 __all__ = ["Call", "KeyAudit", "family", "script_names"]
 
 _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_END = b"keyaudit: end of the recording"
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b"}
 
 
@@ -96,14 +97,22 @@ class KeyAudit:
         self.calls: list[Call] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._ended = asyncio.Event()  # the marker `stop` sends came through
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch())
         await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
+        """Stop once MONITOR has shown everything sent before: a marker command sent now
+        comes through after all of it."""
         if self._task is not None:
-            await asyncio.sleep(0.2)  # the last lines in flight
+            client = aioredis.Redis.from_url(self.url)
+            try:
+                await client.echo(_END)
+            finally:
+                await client.aclose()
+            await asyncio.wait_for(self._ended.wait(), 10)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -130,6 +139,8 @@ class KeyAudit:
                     continue
                 current = None
                 name = args[0].upper()
+                if name == b"ECHO" and args[1:] == [_END]:
+                    self._ended.set()
                 if name in (b"EVALSHA", b"EVAL") and len(args) >= 3:
                     sha = args[1].decode()
                     if name == b"EVAL":
