@@ -38,7 +38,7 @@ from bench.procs import (
 )
 from graph_core.keys import Keys
 from graph_core.messages import SubmitRequest, encode_inbox
-from worker import preload, waking
+from worker import limits, preload, waking
 
 PREFIX = "relaygraph"
 CHAIN = 10
@@ -51,6 +51,8 @@ def _scripts() -> dict[str, str]:
         "apply.lua": apply,
         "claim": waking._CLAIM,
         "finish": waking._FINISH,
+        "acquire (limits)": limits.ACQUIRE,
+        "release (limits)": limits.RELEASE,
         "reads (LATEST_SCRIPT)": preload.LATEST_SCRIPT,
     }
     return {hashlib.sha1(src.encode()).hexdigest(): name for name, src in named.items()}

@@ -552,8 +552,9 @@ class WorkflowClient:
             throttled[scope] = throttled.get(scope, 0) + 1
         specs = {name.decode(): Limit.decode(spec.decode()) for name, spec in sorted(raw.items())}
         pipe = self.redis.pipeline(transaction=False)
-        for name in specs:
-            pipe.zcard(self.keys.limit_running(name))
+        now_ms = int(time.time() * 1000)
+        for name in specs:  # a slot is scored with its expiry: one lapsed is a dead worker's
+            pipe.zcount(self.keys.limit_running(name), now_ms, "+inf")
         running = await pipe.execute() if specs else []
         return {
             name: {

@@ -103,9 +103,10 @@ class Keys:
         # hash: trigger_field(graph, trigger) -> the newest tick fired (epoch seconds)
         self.triggers_last = f"{p}:triggers:last"
         # hash: limit scope (queue:NAME, type:NAME) -> "max_running|rate|burst"; its
-        # companions (built by the claim script from this name): <limits>:running:<scope>
-        # (zset: job id -> claim ms), <limits>:bucket:<scope> (hash: tokens, ts) and
-        # <limits>:throttled (hash: job id -> "<scope>|<wake key>")
+        # companions, all touched by worker/limits.py's scripts only: <limits>:running:<scope>
+        # (zset: job id -> when its slot lapses, ms), <limits>:bucket:<scope> (hash: tokens,
+        # ts), <limits>:throttled (hash: job id -> "<scope>|<wake key>") and
+        # <limits>:throttled:<scope> (zset: job id -> when held back, ms)
         self.limits = f"{p}:limits"
         self.limits_throttled = f"{p}:limits:throttled"
 
@@ -133,7 +134,8 @@ class Keys:
         return f"{self.prefix}:hooks:seen:{digest}"
 
     def limit_running(self, scope: str) -> str:
-        """Zset: the jobs of a limited scope that hold a running slot, job id -> claim ms."""
+        """Zset: the jobs of a limited scope that hold a running slot, job id -> when the
+        slot lapses unless renewed (ms, the server's clock)."""
         return f"{self.limits}:running:{scope}"
 
     def limit_held(self, scope: str) -> str:

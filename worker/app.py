@@ -208,7 +208,13 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         def before_start(pipe: Any) -> None:
             pipe.zadd(leases, {member: expiry_ms})
 
-    heartbeat.hold(member, in_progress_key_prefix + job_id if job_id else None, deadline)
+    heartbeat.hold(
+        member,
+        in_progress_key_prefix + job_id if job_id else None,
+        deadline,
+        job_id=job_id or "",
+        slots=claim.slots if claim is not None else (),
+    )
     preloaded = preloaded_by(claim)
     try:
         done = await execute_node(

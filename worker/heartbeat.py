@@ -3,7 +3,8 @@
 Each running attempt holds a lease: a member of the ``leases`` zset (the ``LeaseExpired``
 message itself) scored with its expiry. A daemon thread with its own synchronous connection
 renews every lease of this process every ``heartbeat_s``, and also renews arq's in-progress
-key. Renewal never goes past the attempt's deadline (``timeout_s``): a handler that overruns
+key and the job's running slots under a fleet-wide limit (worker/limits.py), which lapse
+with it. Renewal never goes past the attempt's deadline (``timeout_s``): a handler that overruns
 lets its lease lapse, and the dispatcher fails the attempt with ``TimeoutError`` even if this
 process is wedged. If the process dies, renewals stop and the lease lapses within ``lease_s``.
 """
@@ -21,6 +22,8 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
+from worker.limits import RENEW
+
 __all__ = ["Heartbeat", "sync_client"]
 
 logger = logging.getLogger("relaygraph.worker")
@@ -30,6 +33,8 @@ logger = logging.getLogger("relaygraph.worker")
 class _Held:
     arq_key: str | None
     deadline: float | None  # epoch seconds; renewal stops here
+    job_id: str = ""
+    slots: tuple[str, ...] = ()  # the running zsets the job holds a slot in (as job_id)
 
 
 class Heartbeat:
@@ -57,9 +62,17 @@ class Heartbeat:
         t = (time.time() if now is None else now) + self.lease_s
         return t if deadline is None else min(t, deadline)
 
-    def hold(self, member: bytes, arq_key: str | None, deadline: float | None) -> None:
+    def hold(
+        self,
+        member: bytes,
+        arq_key: str | None,
+        deadline: float | None,
+        *,
+        job_id: str = "",
+        slots: tuple[str, ...] = (),
+    ) -> None:
         with self._lock:
-            self._held[member] = _Held(arq_key, deadline)
+            self._held[member] = _Held(arq_key, deadline, job_id, slots if job_id else ())
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="relaygraph-heartbeat", daemon=True
@@ -93,6 +106,8 @@ class Heartbeat:
     def _beat(self, held: list[tuple[bytes, _Held]]) -> None:
         now = time.time()
         pipe = self._client.pipeline(transaction=False)
+        slots: list[str] = []
+        holders: list[str] = []
         for member, h in held:
             if h.deadline is not None and now >= h.deadline:
                 continue  # overran its timeout: let the lease lapse so the dispatcher acts
@@ -100,6 +115,10 @@ class Heartbeat:
             pipe.zadd(self._leases_key, {member: int(self.expiry(h.deadline, now) * 1000)}, xx=True)
             if h.arq_key is not None:
                 pipe.pexpire(h.arq_key, self._arq_lease_ms)
+            slots += h.slots
+            holders += [h.job_id] * len(h.slots)
+        if slots:  # by the server's clock, as the slots were taken
+            pipe.eval(RENEW, len(slots), *slots, str(self._arq_lease_ms), *holders)
         pipe.execute()
         self.beats += 1
 

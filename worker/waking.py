@@ -34,7 +34,7 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from arq.connections import create_pool, log_redis_info
@@ -57,6 +57,7 @@ from graph_core.keys import Keys
 from graph_core.messages import parse_job_id, parse_wake_token
 from graph_core.redis_url import check_not_cluster
 from graph_core.resp import fast_packing
+from worker.limits import ACQUIRE, RELEASE, SERVER_MS_LUA, Gate
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
 
@@ -67,124 +68,31 @@ _Wanted = tuple[str, tuple[str, int] | None, int | None]
 
 logger = logging.getLogger("relaygraph.worker")
 
-# The server's clock in ms: the clock of every queue score (apply.lua writes them with it).
-_SERVER_MS_LUA = """
-local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-# A job's limit scopes: its queue's and its handler type's (read from the job envelope).
-_SCOPES_LUA = """
-local function scopes_of(queue_scope, job)
-  local scopes = {queue_scope}
-  if job then
-    local ok, env = pcall(cjson.decode, job)
-    if ok and type(env) == 'table' and type(env['a']) == 'table' and type(env['a'][1]) == 'table'
-      and type(env['a'][1]['type']) == 'string' then
-      scopes[2] = 'type:' .. env['a'][1]['type']
-    end
-  end
-  return scopes
-end
-"""
-# Fleet-wide limits (graph_core/limits.py) of a job's scopes (``scopes_of``), in the limits
-# hash (the claim's first limits key). A scope at its max_running (the running zset's members
-# whose in-progress key still exists) or out of tokens holds the job back: noted in the
-# throttled hash (the second) with the queue's wake key (the third), and in the scope's
-# waiting zset, so that
-# a job of the scope finishing wakes the oldest held back; else its slots and tokens are
-# taken.
-_LIMITS_LUA = """
-local function hold(throttled, scope, wake, job_id, now)
-  redis.call('HSET', throttled, job_id, scope .. '|' .. wake)
-  redis.call('ZADD', throttled .. ':' .. scope, 'NX', now, job_id)
-end
-local function limited(limits, throttled, wake, progress_key, job_id, queue_scope, job)
-  local scopes = scopes_of(queue_scope, job)
-  local prefix = string.sub(progress_key, 1, #progress_key - #job_id)
-  local now = server_ms()
-  local take = {}
-  for _, scope in ipairs(scopes) do
-    local raw = redis.call('HGET', limits, scope)
-    if raw then
-      local m, r, b = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)$')
-      local max_running, rate, burst = tonumber(m), tonumber(r), tonumber(b) or 1
-      if max_running then
-        local running = limits .. ':running:' .. scope
-        -- a slot is held while its job's in-progress key exists; this job's own entry (left
-        -- by an earlier delivery: a retry, a hand-back, a crash) is not a slot. The entries
-        -- are checked only when they reach the limit: below it, dropping some changes nothing
-        if redis.call('ZCARD', running) >= max_running then
-          for _, held in ipairs(redis.call('ZRANGE', running, 0, -1)) do
-            if held == job_id or redis.call('EXISTS', prefix .. held) == 0 then
-              redis.call('ZREM', running, held)
-            end
-          end
-        end
-        if redis.call('ZCARD', running) >= max_running then
-          hold(throttled, scope, wake, job_id, now)
-          return {'throttled', scope, 0}
-        end
-        take[#take + 1] = {running}
-      end
-      if rate and rate > 0 then
-        local bucket = limits .. ':bucket:' .. scope
-        local got = redis.call('HMGET', bucket, 'tokens', 'ts')
-        local tokens = tonumber(got[1]) or burst
-        local since = now - (tonumber(got[2]) or now)
-        tokens = math.min(burst, tokens + math.max(0, since) * rate / 1000)
-        if tokens < 1 then
-          hold(throttled, scope, wake, job_id, now)
-          return {'throttled', scope, math.ceil((1 - tokens) * 1000 / rate)}
-        end
-        take[#take + 1] = {bucket, tokens}
-      end
-    end
-  end
-  for _, t in ipairs(take) do
-    if t[2] then
-      redis.call('HSET', t[1], 'tokens', tostring(t[2] - 1), 'ts', tostring(now))
-    else
-      redis.call('ZADD', t[1], now, job_id)
-    end
-  end
-  if redis.call('HDEL', throttled, job_id) == 1 then
-    for _, scope in ipairs(scopes) do redis.call('ZREM', throttled .. ':' .. scope, job_id) end
-  end
-  return false
-end
-"""
-# Claim a job: only if it is still queued and due, nobody runs it and its limits let it;
-# then count the try (arq's retry key), read the job and the fence's records and, for a job
-# planned before the claim (``ClaimPlan``), write its lease and read what it will read.
-# Reads come first; the first write is the in-progress key, set only if it is not (so that
-# a claim that loses the race has written nothing), and a write that fails after it (a try
-# counter that is not a count, a lease key of the wrong type, a limit's key of the wrong
-# type) undoes the claim's writes, so a failed claim leaves no claim behind. Only the
-# limits' bookkeeping may stay: a running slot, which frees itself (its in-progress key is
-# gone), or a rate's token, spent.
+# Claim a job: only if it is still queued and due and nobody runs it; then count the try
+# (arq's retry key), read the job and the fence's records and, for a job planned before the
+# claim (``ClaimPlan``), write its lease and read what it will read. Reads come first; the
+# first write is the in-progress key, set only if it is not (so that a claim that loses the
+# race has written nothing), and a write that fails after it (a try counter that is not a
+# count, a lease key of the wrong type) undoes the claim's writes, so a failed claim leaves
+# no claim behind. Fleet-wide limits are taken after the claim, apart (worker/limits.py).
 # KEYS: 1 in-progress, 2 queue, 3 job, 4 try counter, 5 arq's abort set; then, for a job
 # that names its run (ARGV[4], its node, is not ''), 6 the run's meta, 7 its nodes, 8 the
-# leases, 9 its outputs; then, while a limit is set, the limits, their held-back jobs and the
-# queue's wake list. Only keys the script may touch: none is a placeholder.
-# ARGV[8]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
+# leases, 9 its outputs. Only keys the script may touch: none is a placeholder.
+# ARGV[7]: the score the job's wake-up named: a job still at it is due (apply.lua scored it
 # with the server's clock when it was queued), so the claim reads the clock only otherwise.
-# ARGV[9]: a planned map item's field of its input in the outputs hash ('': none); the
-# nodes the job will read follow from ARGV[10]. The reply: score, job, tries, aborted, run,
+# ARGV[8]: a planned map item's field of its input in the outputs hash ('': none); the
+# nodes the job will read follow from ARGV[9]. The reply: score, job, tries, aborted, run,
 # node, leased, then the reads' record and output pairs, then the item's input if asked.
 _CLAIM = (
     LATEST_LUA
-    + _SERVER_MS_LUA
-    + _SCOPES_LUA
-    + _LIMITS_LUA
+    + SERVER_MS_LUA
     + """
 -- a job polled from the queue (no wake-up score) is often one another worker runs: a
 -- claim of it that will fail fails before its reads
-if ARGV[8] == '' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if ARGV[7] == '' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score then return false end
-if (ARGV[8] == '' or tonumber(score) ~= tonumber(ARGV[8]))
+if (ARGV[7] == '' or tonumber(score) ~= tonumber(ARGV[7]))
     and tonumber(score) > server_ms() then
   return false
 end
@@ -193,25 +101,10 @@ local aborted = redis.call('ZSCORE', KEYS[5], ARGV[1])
 local out = {score, job, 0, 0, false, false, 0}
 if ARGV[4] ~= '' then
   out[5] = redis.call('HGET', KEYS[6], 'run')
-  out[6] = latest(KEYS[7], KEYS[9], ARGV, 10, out, ARGV[4])
-  if ARGV[9] ~= '' then out[#out + 1] = redis.call('HGET', KEYS[9], ARGV[9]) end
+  out[6] = latest(KEYS[7], KEYS[9], ARGV, 9, out, ARGV[4])
+  if ARGV[8] ~= '' then out[#out + 1] = redis.call('HGET', KEYS[9], ARGV[8]) end
 end
 if not redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2], 'NX') then return false end
-local lim = ARGV[4] ~= '' and 10 or 6  -- the limits' keys, after the run's if it has any
-if KEYS[lim] and redis.call('EXISTS', KEYS[lim]) == 1 then
-  -- a limit's key of the wrong type fails the claim (its limit bookkeeping may stay)
-  local ok, held = pcall(
-    limited, KEYS[lim], KEYS[lim + 1], KEYS[lim + 2], KEYS[1], ARGV[1], ARGV[7], job)
-  if not ok then
-    redis.call('DEL', KEYS[1])
-    local why = type(held) == 'table' and held['err'] or tostring(held)
-    return redis.error_reply('ERR checking the limits: ' .. why)
-  end
-  if held then
-    redis.call('DEL', KEYS[1])
-    return held
-  end
-end
 -- arq's try counter: made with arq's TTL, or counted up
 if redis.call('SET', KEYS[4], 1, 'EX', 88400, 'NX') then
   out[3] = 1
@@ -237,44 +130,24 @@ return out
 """
 )
 # A job's end, as arq's finish_job would write it, plus the job's own writes: its report on
-# the inbox (ARGV[4]), the removal of its leases (ARGV[8] of them, from ARGV[9]) and leases
+# the inbox (ARGV[4]), the removal of its leases (ARGV[6] of them, from ARGV[7]) and leases
 # to lapse now (the rest). ARGV[2]: 'done' (the job is over: its keys go), 'again' (it
 # stays queued for another delivery, ARGV[3] ms from now by the server's clock if given),
 # or 'unclaimed' (it never started: queued again, its try not counted), which does nothing
 # unless this worker's claim (ARGV[5]) still holds the job. arq's abort set is left alone:
 # a worker takes the jobs it aborts off it, and the dispatcher's housekeeping drops the
-# entries of jobs that ended before their abort was seen (``ABORT_KEEP_MS``).
-# KEYS: 1 in-progress, 2 try counter, 3 job, 4 queue, 5 inbox, 6 leases, 7 the limits' held
-# back jobs (their hash). ARGV[6]: arq's job key prefix; ARGV[7]: the queue's limit scope
-# ('': limits are off).
+# entries of jobs that ended before their abort was seen (``ABORT_KEEP_MS``). The job's
+# running slots, if a limit gave it any, are freed apart (worker/limits.py ``RELEASE``).
+# KEYS: 1 in-progress, 2 try counter, 3 job, 4 queue, 5 inbox, 6 leases.
 _FINISH = (
-    _SERVER_MS_LUA
-    + _SCOPES_LUA
+    SERVER_MS_LUA
     + """
 if ARGV[2] == 'unclaimed' and redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[5], '*', 'm', ARGV[4]) end
-local removed = 8 + tonumber(ARGV[8])
-for i = 9, removed do redis.call('ZREM', KEYS[6], ARGV[i]) end
+local removed = 6 + tonumber(ARGV[6])
+for i = 7, removed do redis.call('ZREM', KEYS[6], ARGV[i]) end
 for i = removed + 1, #ARGV do redis.call('ZADD', KEYS[6], 0, ARGV[i]) end
 if ARGV[2] == 'done' then
-  -- a running slot of the job's scopes freed: wake the oldest job each holds back (on its
-  -- queue's wake list); one gone meanwhile (claimed, cancelled) is skipped
-  if ARGV[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
-    local job = redis.call('GET', KEYS[3])
-    for _, scope in ipairs(scopes_of(ARGV[7], job)) do
-      for _ = 1, 3 do
-        local popped = redis.call('ZPOPMIN', KEYS[7] .. ':' .. scope)
-        if #popped == 0 then break end
-        local held = redis.call('HGET', KEYS[7], popped[1])
-        local wake = held and string.match(held, '|(.*)$')
-        if wake and redis.call('EXISTS', ARGV[6] .. popped[1]) == 1 then
-          redis.call('RPUSH', wake, popped[1])
-          break
-        end
-        redis.call('HDEL', KEYS[7], popped[1])
-      end
-    end
-  end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
   return 1
@@ -291,20 +164,21 @@ return 1
 )
 # Move jobs (ARGV[2..]) still in the queue (KEYS[1]) to ARGV[1] ms from now, server clock.
 _DEFER = (
-    _SERVER_MS_LUA
+    SERVER_MS_LUA
     + """
 local at = server_ms() + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', at, ARGV[i]) end
 return 1
 """
 )
-_FINISH_SHA: Final = hashlib.sha1(_FINISH.encode()).hexdigest()  # the id Redis gives it
+_SHAS: Final = {
+    s: hashlib.sha1(s.encode()).hexdigest() for s in (_CLAIM, _FINISH, ACQUIRE, RELEASE)
+}
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
 _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
-LIMITS_CHECK_S: Final = 1.0  # a limit set (or the last one cleared) applies within this
 # runs whose graph a worker remembers (``_graph_of_run``), and jobs it claimed (``_start``)
 _RUN_GRAPHS_KEPT: Final = 4096
 _HAND_BACK_WAIT_S: Final = 5.0  # how long a stop waits for a claim round trip it cut off
@@ -351,6 +225,7 @@ class Claim:
     latest: list[Any] | None = None  # plan.reads' records and latest outputs, as pairs
     item_read: bool = False  # the claim read plan.item_field ...
     item: bytes | None = None  # ... and found this (None: no such field)
+    slots: tuple[str, ...] = ()  # the running zsets a limit gave it a slot in
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,20 +264,18 @@ class WakingWorker(Worker):
         self.keys = keys
         self.planner = planner
         self.wake_key = wake_key
-        # the queue's limit scope (limits per queue name)
+        # the queue's limit scope (limits per queue name); a running slot lives as long as
+        # an in-progress key, renewed with it
         self.queue_scope = "queue:" + self.queue_name.removeprefix(f"{keys.prefix}:queue:")
+        self.gate = Gate(keys, self.queue_scope, wake_key)
+        self._slots: dict[str, list[str]] = {}  # job id -> the scopes it holds a slot in
         # a rate limit held a claim back: poll again at this monotonic time (0: none)
         self._retry_throttled_at = 0.0
         self.throttled = 0  # claims a limit held back
-        # whether any fleet-wide limit is set (read every LIMITS_CHECK_S): without one,
-        # claims and finishes skip the limits' commands altogether
-        self._limits_on = True
-        self._limits_checked = -LIMITS_CHECK_S
         self.fallback_s = fallback_s
         self.wakeups = 0
         self.outages = 0
         self._slot_freed = asyncio.Event()
-        self._claim_sha = ""
         self._blmpop = True  # BLMPOP (Redis 7+); BLPOP on older servers
         self._last_poll = 0.0
         self._last_abort_check = 0.0
@@ -428,8 +301,8 @@ class WakingWorker(Worker):
         await log_redis_info(self.pool, lambda *a: None)
         await refuse_cluster(self.pool)
         self.ctx["redis"] = self.pool
-        self._claim_sha = await self.pool.script_load(_CLAIM)
-        await self._check_limits(time.monotonic())
+        await self.pool.script_load(_CLAIM)
+        await self.gate.refresh(self.pool)
         if self.on_startup:
             await self.on_startup(self.ctx)
         failures = 0
@@ -487,12 +360,6 @@ class WakingWorker(Worker):
                 if not t.cancelled():  # cancelled: the worker is stopping
                     t.result()  # an error in _run_claimed is a bug: surface it
         await self.heart_beat()
-
-    async def _check_limits(self, now: float) -> None:
-        if now - self._limits_checked >= LIMITS_CHECK_S:
-            self._limits_checked = now
-            pool: Any = self.pool
-            self._limits_on = bool(await pool.exists(self.keys.limits))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's entry point for polled ids: claim and start them (see ``_start``)."""
@@ -558,10 +425,6 @@ class WakingWorker(Worker):
             abort_jobs_ss,
         ]
         args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
-        # while no limit is set, the claim skips them (not even an EXISTS)
-        limits = [self.keys.limits, self.keys.limits_throttled, self.wake_key]
-        if not self._limits_on:
-            limits = []
         # the run's keys: meta, nodes, leases, outputs; the node, the lease and its expiry
         run_keys: list[str] = []
         run_args = ["", "", ""]
@@ -588,11 +451,7 @@ class WakingWorker(Worker):
                 run_args[1:] = [plan.lease.decode(), str(plan.lease_expiry_ms)]
                 reads, item_field = plan.reads, plan.item_field
         woken = "" if score is None else str(score)
-        return (
-            [*keys, *run_keys, *limits],
-            [*args, *run_args, self.queue_scope, woken, item_field, *reads],
-            plan,
-        )
+        return [*keys, *run_keys], [*args, *run_args, woken, item_field, *reads], plan
 
     def _graph_of_run(self, run_id: str, graph: tuple[str, int] | None) -> tuple[str, int] | None:
         """``graph`` (a wake-up's), remembered for the run; or the graph remembered for it,
@@ -608,7 +467,7 @@ class WakingWorker(Worker):
         return known.get(run_id)
 
     async def _claim_all(self, wanted: list[_Wanted]) -> list[Claim | None]:
-        await self._check_limits(time.monotonic())  # at most once a second: one EXISTS
+        await self.gate.refresh(self.pool)  # at most once a second: one HKEYS
         calls = [self._claim_call(job_id, graph, score) for job_id, graph, score in wanted]
         replies = await self._evalsha_all([(keys, args) for keys, args, _ in calls])
         # A claim that failed reading the run (a corrupt record, say) is made again without
@@ -651,12 +510,66 @@ class WakingWorker(Worker):
             )
         if failed:
             await self._defer(failed)
-        for reply in replies:
-            self._note_throttled(reply)
-        return [
+        claims = [
             _claim(job_id, reply, loaded=bool(args[3]), plan=plan)
             for (job_id, *_), reply, (_, args, plan) in zip(wanted, replies, calls, strict=True)
         ]
+        return await self._take_limits(claims) if self.gate.on else claims
+
+    async def _take_limits(self, claims: list[Claim | None]) -> list[Claim | None]:
+        """Take the fleet-wide limits of the claims whose scopes have any; hand back to
+        their queue (try not counted) the jobs a limit holds back, and those whose limits
+        could not be checked (a key of the wrong type: moved back as a failed claim is)."""
+        limited = [
+            (i, scopes)
+            for i, c in enumerate(claims)
+            if c is not None
+            and c.job is not None
+            and not c.aborted
+            and (scopes := self.gate.scopes(c.job))
+        ]
+        if not limited:
+            return claims
+        slot_ms = int(self.in_progress_timeout_s * 1000)  # a running slot lapses with the claim
+        calls = [
+            self.gate.acquire_call(claim.job_id, scopes, slot_ms)
+            for i, scopes in limited
+            if (claim := claims[i]) is not None
+        ]
+        replies = await self._evalsha_all(calls, ACQUIRE)
+        back: list[Claim] = []
+        failed: list[str] = []
+        for (i, scopes), reply in zip(limited, replies, strict=True):
+            claim = claims[i]
+            assert claim is not None
+            if reply is None:
+                self._slots[claim.job_id] = scopes
+                claims[i] = replace(claim, slots=self.gate.running_keys(scopes))
+                continue
+            back.append(claim)
+            claims[i] = None
+            if isinstance(reply, Exception):
+                if not redis_unavailable(reply):
+                    failed.append(claim.job_id)
+                logger.error("checking the limits of job %s failed: %s", claim.job_id, reply)
+            else:
+                self._note_throttled(reply)
+        await asyncio.gather(
+            *(
+                self._settle(
+                    self._finish(c.job_id, done=False, unclaim=True, writes=_claimed_lease(c))
+                )
+                for c in back
+            )
+        )
+        if failed:
+            await self._defer(failed)
+        # a job a release woke while it was still claimed here: its wake-up found it taken
+        pool: Any = self.pool
+        held = [c.job_id for c in back if c.job_id not in failed]
+        if held and (woken := await self.gate.unheld(pool, held)):
+            await pool.rpush(self.wake_key, *woken)
+        return claims
 
     def _note_throttled(self, reply: Any) -> None:
         """A claim a limit held back (``{'throttled', scope, wait ms}``): when the wait is
@@ -679,15 +592,19 @@ class WakingWorker(Worker):
         except RedisError as e:
             logger.warning("could not move jobs %s back in their queue: %s", job_ids, e)
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """Run the claim script once per call, pipelined: each call's reply, or the error it
-        got (one job's error spares the others). A lost connection raises. If the server
-        lost the script (a restart or SCRIPT FLUSH), it is loaded and those calls run again."""
-        replies = await self._pipelined(calls)
+    async def _evalsha_all(
+        self, calls: list[tuple[list[str], list[str]]], source: str = _CLAIM
+    ) -> list[Any]:
+        """Run a script (the claim's unless told) once per call, pipelined: each call's
+        reply, or the error it got (one job's error spares the others). A lost connection
+        raises. If the server lost the script (a restart or SCRIPT FLUSH), it is loaded and
+        those calls run again."""
+        sha = _SHAS[source]
+        replies = await self._pipelined(sha, calls)
         redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if redo:
-            self._claim_sha = await self.pool.script_load(_CLAIM)
-            again = await self._pipelined([calls[i] for i in redo])
+            await self.pool.script_load(source)
+            again = await self._pipelined(sha, [calls[i] for i in redo])
             for i, reply in zip(redo, again, strict=True):
                 replies[i] = reply
         for reply in replies:
@@ -695,10 +612,10 @@ class WakingWorker(Worker):
                 raise reply
         return replies
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+    async def _pipelined(self, sha: str, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
         pipe = self.pool.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(self._claim_sha, len(keys), *keys, *args)
+            pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     def _job_call(self, claim: Claim) -> tuple[Function, tuple[Any, ...], dict[str, Any], int]:
@@ -879,7 +796,6 @@ class WakingWorker(Worker):
             self.queue_name,
             (writes.stream if writes else None) or self.keys.inbox,
             (writes.lease_key if writes else None) or self.keys.leases,
-            self.keys.limits_throttled,
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [
@@ -888,28 +804,51 @@ class WakingWorker(Worker):
             str(requeue_ms) if requeue_ms and not done else "",
             (writes.message if writes and writes.stream else None) or "",
             self._claim_token if unclaim else "",
-            job_key_prefix,  # + a held-back job's id: whether it is still queued
-            self.queue_scope if self._limits_on else "",  # '': no limit is set
             str(len(leases)),
             *leases,
             *(writes.lapse if writes and writes.lease_key else ()),
         ]
+        if await self._eval_retried(_FINISH, keys, args, f"finishing job {job_id}") is None:
+            return  # the in-progress key, the lease and any running slot lapse
+        scopes = self._slots.pop(job_id, None)
+        if scopes:  # a limit's running slots: free them, and wake the jobs they held back
+            free_keys, free_args = self.gate.release_call(job_id, scopes)
+            what = f"freeing the running slots of job {job_id}"
+            woken = await self._eval_retried(RELEASE, free_keys, free_args, what)
+            if woken:
+                await self._wake(woken)
+
+    async def _wake(self, woken: list[bytes]) -> None:
+        """Push jobs held back by a limit on their queues' wake lists (RELEASE's reply:
+        wake list, job id, ...). Best effort: a job not woken is found by a poll."""
+        pool: Any = self.pool
+        pipe = pool.pipeline(transaction=False)
+        for wake, job_id in zip(woken[::2], woken[1::2], strict=True):
+            pipe.rpush(wake, job_id)
+        try:
+            await pipe.execute()
+        except RedisError as e:
+            logger.warning("waking jobs a limit held back failed: %s", e)
+
+    async def _eval_retried(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
+        """Run a script whose writes are idempotent, trying again on a lost connection or a
+        timeout: its reply, or None once ``_FINISH_TRIES`` failed (logged)."""
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
+        sha = _SHAS[source]
         for attempt in range(1, _FINISH_TRIES + 1):
             try:
                 async with asyncio.timeout(_FINISH_TIMEOUT_S):
                     try:
-                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
+                        return await pool.evalsha(sha, len(keys), *keys, *args)
                     except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
-                        await pool.script_load(_FINISH)
-                        await pool.evalsha(_FINISH_SHA, len(keys), *keys, *args)
-                return
+                        await pool.script_load(source)
+                        return await pool.evalsha(sha, len(keys), *keys, *args)
             except (RedisConnectionError, RedisTimeoutError, TimeoutError):
                 if attempt == _FINISH_TRIES:
-                    # The in-progress key and the lease lapse: the job runs again elsewhere.
-                    logger.exception("finishing job %s failed", job_id)
-                    return
+                    logger.exception("%s failed", what)
+                    return None
                 await asyncio.sleep(0.1 * 2**attempt)
+        return None
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
@@ -1184,60 +1185,184 @@ async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
     assert await redis.zscore(KEYS.leases, lease) == 1
 
 
-async def test_a_job_left_in_its_limit_running_set_does_not_hold_itself_back(
+async def _limited_worker(redis: Any, redis_url: str, *limits: tuple[str, str]) -> WakingWorker:
+    """A worker whose pool is the test's client, with ``limits`` (scope, spec) set and seen."""
+    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    assert isinstance(worker, WakingWorker)
+    worker._pool = redis
+    for scope, spec in limits:
+        await redis.hset(KEYS.limits, scope, spec)
+    await worker.gate.refresh(redis)
+    return worker
+
+
+async def _queued_job(redis: Any, graph: Graph, run_id: str, node_id: str = "notify") -> str:
+    jid = job_id(run_id, node_id, 1, 1)
+    job = job_for(graph, node_id, run_id=run_id)
+    job = job.model_copy(update={"type": graph.node(node_id).type})  # as the dispatcher's
+    await redis.set(ARQ_JOB_KEY_PREFIX + jid, encode_arq_job(job, 0))
+    await redis.zadd(KEYS.queue("default"), {jid: 0})
+    return jid
+
+
+async def test_a_limit_is_taken_after_the_claim_and_a_job_held_back_is_handed_back(
     redis: Any, redis_url: str
 ) -> None:
-    """A job's id stays in a limit's running set after its delivery ends without a 'done'
-    (a retry, a hand-back, a crash); claiming it again, its own entry is not a slot taken:
-    with ``max_running`` 1 it runs, where it held itself back."""
+    """max_running 1: the first job takes the slot (scored with its expiry, as long as its
+    in-progress key lives); the second is held back: handed back to its queue with its try
+    not counted and nothing left claimed, noted as held back with its queue's wake list."""
     graph, _ = await _notify_ok(redis)
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
-    worker._limits_on = True
-    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-    await redis.hset(KEYS.limits, "queue:default", "1||")
-    running = f"{KEYS.limits}:running:queue:default"
-    await redis.zadd(running, {jid: 1})  # an earlier delivery's entry
-    keys, args, _ = worker._claim_call(jid, None)
-    reply = await redis.eval(waking._CLAIM, len(keys), *keys, *args)
-    assert reply[0] != b"throttled" and reply[2] == 1
-    assert await redis.zrange(running, 0, -1) == [jid.encode()]  # this delivery's slot
-    other = job_id("run2", "notify", 1, 1)  # a second job waits for the slot
-    await redis.set(ARQ_JOB_KEY_PREFIX + other, encode_arq_job(job_for(graph, "notify"), 0))
-    await redis.zadd(KEYS.queue("default"), {other: 0})
-    keys, args, _ = worker._claim_call(other, None)
-    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[0] == b"throttled"
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    first = await _queued_job(redis, graph, "run1")
+    second = await _queued_job(redis, graph, "run2")
+    running = KEYS.limit_running("queue:default")
+    before = int(time.time() * 1000)
+    [claim] = await worker._claim_all([(first, None, None)])
+    assert claim is not None and claim.slots == (running,)
+    expiry = await redis.zscore(running, first)
+    assert before + 2_000 < expiry < int(time.time() * 1000) + 4_000  # job_lease_s: 3 s
+    assert await worker._claim_all([(second, None, None)]) == [None]
+    assert worker.throttled == 1
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)
+    assert await redis.get("arq:retry:" + second) in (None, b"0")  # its try not counted
+    assert await redis.zscore(KEYS.queue("default"), second) == 0  # keeps its place
+    assert (
+        await redis.hget(KEYS.limits_throttled, second)
+        == b"queue:default|" + KEYS.wake("default").encode()
+    )
+    assert await redis.zscore(KEYS.limit_held("queue:default"), second) is not None
+    assert await redis.zrange(running, 0, -1) == [first.encode()]
+
+
+async def test_a_running_slot_left_by_an_earlier_delivery_or_a_dead_worker_takes_no_slot(
+    redis: Any, redis_url: str
+) -> None:
+    """A job's own entry (an earlier delivery's: a retry, a crash) is not a slot it waits
+    for, and an entry whose expiry has passed (its worker died, nothing renewed it) is
+    dropped: with max_running 1 both jobs run in turn."""
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    first = await _queued_job(redis, graph, "run1")
+    running = KEYS.limit_running("queue:default")
+    far = int(time.time() * 1000) + 60_000
+    await redis.zadd(running, {first: far})  # an earlier delivery's, not yet lapsed
+    [claim] = await worker._claim_all([(first, None, None)])
+    assert claim is not None and claim.tries == 1
+    assert await redis.zrange(running, 0, -1) == [first.encode()]
+    await redis.zadd(running, {first: 1})  # as if its worker died long ago
+    second = await _queued_job(redis, graph, "run2")
+    [claim] = await worker._claim_all([(second, None, None)])
+    assert claim is not None
+    assert await redis.zrange(running, 0, -1) == [second.encode()]
 
 
 async def test_a_limit_holds_back_a_job_whose_id_names_no_run(redis: Any, redis_url: str) -> None:
-    """A job arq queued by hand (its id names no run) is claimed without the run's keys:
-    the limits' keys then follow arq's, and its queue's limit still applies."""
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
-    worker._limits_on = True
-    await redis.hset(KEYS.limits, "queue:default", "1||")
+    """A job arq queued by hand (its id names no run, its envelope no handler type) is
+    claimed without the run's keys; its queue's limit still applies."""
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"), ("type:x", "1||"))
     for jid in ("by-hand-1", "by-hand-2"):
         await redis.set(ARQ_JOB_KEY_PREFIX + jid, b"{}")
         await redis.zadd(KEYS.queue("default"), {jid: 0})
-    keys, args, _ = worker._claim_call("by-hand-1", None)
-    assert keys[5:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
-    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[2] == 1  # claimed
-    keys, args, _ = worker._claim_call("by-hand-2", None)
-    assert (await redis.eval(waking._CLAIM, len(keys), *keys, *args))[0] == b"throttled"
-    assert await redis.zrange(f"{KEYS.limits}:running:queue:default", 0, -1) == [b"by-hand-1"]
+    keys, _, _ = worker._claim_call("by-hand-1", None)
+    assert len(keys) == 5  # arq's keys only: no run, no limit
+    assert worker.gate.scopes(b"{}") == ["queue:default"]
+    [claim] = await worker._claim_all([("by-hand-1", None, None)])
+    assert claim is not None
+    assert await worker._claim_all([("by-hand-2", None, None)]) == [None]
+    assert await redis.zrange(KEYS.limit_running("queue:default"), 0, -1) == [b"by-hand-1"]
 
 
-async def test_a_limit_key_of_the_wrong_type_fails_the_claim_leaving_no_claim(
+async def test_a_handler_types_limit_applies_to_its_jobs_only(redis: Any, redis_url: str) -> None:
+    """``type:notify`` at max_running 1 holds back a second notify job, not an agent's."""
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("type:notify", "1||"))
+    notify = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2)]
+    audit = await _queued_job(redis, graph, "run3", "audit")
+    claims = await worker._claim_all([(j, None, None) for j in (*notify, audit)])
+    assert [c is not None for c in claims] == [True, False, True]
+    assert claims[0] is not None and claims[0].slots == (KEYS.limit_running("type:notify"),)
+    assert claims[2] is not None and claims[2].slots == ()
+    assert worker.gate.scopes(None) == []
+
+
+async def test_a_limit_key_of_the_wrong_type_hands_the_job_back_and_defers_it(
     redis: Any, redis_url: str
 ) -> None:
     graph, _ = await _notify_ok(redis)
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
-    worker._limits_on = True
-    jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-    await redis.hset(KEYS.limits, "queue:default", "1||")
-    await redis.set(f"{KEYS.limits}:running:queue:default", "not a sorted set")
-    keys, args, _ = worker._claim_call(jid, None)
-    with pytest.raises(ResponseError, match="checking the limits"):
-        await redis.eval(waking._CLAIM, len(keys), *keys, *args)
-    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid, "arq:retry:" + jid)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    jid = await _queued_job(redis, graph, "run1")
+    await redis.set(KEYS.limit_running("queue:default"), "not a sorted set")
+    assert await worker._claim_all([(jid, None, None)]) == [None]
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
+    assert await redis.get("arq:retry:" + jid) in (None, b"0")
+    assert await redis.zscore(KEYS.queue("default"), jid) > time.time() * 1000  # a minute on
+
+
+async def test_a_finish_frees_the_slot_and_wakes_the_oldest_job_held_back(
+    redis: Any, redis_url: str
+) -> None:
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    jobs = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2, 3)]
+    claims = await worker._claim_all([(j, None, None) for j in jobs])
+    assert [c is not None for c in claims] == [True, False, False]
+    wake = KEYS.wake("default")
+    await redis.delete(wake)
+    await worker._finish(jobs[0], done=True)
+    assert await redis.zcard(KEYS.limit_running("queue:default")) == 0
+    assert await redis.lrange(wake, 0, -1) == [jobs[1].encode()]  # the oldest held back
+    assert not await redis.hexists(KEYS.limits_throttled, jobs[1])
+    assert await redis.hexists(KEYS.limits_throttled, jobs[2])  # still waits its turn
+    [claim] = await worker._claim_all([(jobs[1], None, None)])
+    assert claim is not None and claim.slots
+
+
+async def test_a_job_woken_while_still_claimed_here_is_woken_again_once_handed_back(
+    redis: Any, redis_url: str
+) -> None:
+    """The slot frees between a job's hold and its hand-back: the release pops it and wakes
+    it, but a wake-up then finds it still claimed. The worker sees its note gone once it
+    has handed it back, and wakes it again, so it does not wait for a poll."""
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    first, second = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2)]
+    assert (await worker._claim_all([(first, None, None)]))[0] is not None
+    wake = KEYS.wake("default")
+    await redis.delete(wake)
+    evalsha_all = worker._evalsha_all
+
+    async def release_meanwhile(calls: Any, source: str = waking._CLAIM) -> list[Any]:
+        replies = await evalsha_all(calls, source)
+        if source is waking.ACQUIRE:  # another worker finishes the first job now
+            keys, args = worker.gate.release_call(first, ["queue:default"])
+            woken = await redis.eval(waking.RELEASE, len(keys), *keys, *args)
+            assert woken == [wake.encode(), second.encode()]
+            assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)  # still claimed
+        return replies
+
+    worker._evalsha_all = release_meanwhile  # type: ignore[method-assign]
+    assert await worker._claim_all([(second, None, None)]) == [None]
+    assert await redis.lrange(wake, 0, -1) == [second.encode()]  # pushed after the hand-back
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)
+
+
+def test_the_heartbeat_renews_a_jobs_running_slots_by_the_servers_clock(
+    redis_url: str,
+) -> None:
+    sync = SyncRedis.from_url(redis_url)
+    try:
+        running = KEYS.limit_running("queue:default")
+        sync.zadd(running, {"job-1": 5})
+        heartbeat = Heartbeat(sync, KEYS.leases, lease_s=3, heartbeat_s=1, arq_lease_s=3)
+        heartbeat.hold(b"lease-1", None, None, job_id="job-1", slots=(running,))
+        heartbeat.hold(b"lease-2", None, None, job_id="gone", slots=(running,))
+        heartbeat._beat(list(heartbeat._held.items()))
+        seconds, micros = sync.time()
+        now_ms = seconds * 1000 + micros // 1000
+        assert now_ms + 2_500 < sync.zscore(running, "job-1") <= now_ms + 3_000
+        assert sync.zscore(running, "gone") is None  # released already: not brought back
+    finally:
+        sync.close()
 
 
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
@@ -1301,9 +1426,8 @@ async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: st
     keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
     assert plan is None
     run1 = KEYS.run("run1")
-    assert keys[5:9] == [run1.meta, run1.nodes, KEYS.leases, run1.outputs]  # no placeholder
-    assert keys[9:] == [KEYS.limits, KEYS.limits_throttled, KEYS.wake("default")]
-    assert args[3:] == ["notify", "", "", "queue:default", "", ""]  # ..., woken, item field
+    assert keys[5:] == [run1.meta, run1.nodes, KEYS.leases, run1.outputs]  # no placeholder
+    assert args[3:] == ["notify", "", "", "", ""]  # node, lease, expiry, woken, item field
 
 
 async def test_a_polled_job_of_a_run_seen_is_planned_and_a_stale_wake_up_is_skipped(

@@ -58,7 +58,7 @@ class Call:
 def script_names() -> dict[str, str]:
     """sha1 -> name, for every script relaygraph runs (arq's own are unnamed)."""
     from dispatcher import client, fleet, schedules, service
-    from worker import preload, waking
+    from worker import limits, preload, waking
 
     apply = importlib.resources.files("dispatcher").joinpath("apply.lua").read_text()
     named = {
@@ -72,6 +72,9 @@ def script_names() -> dict[str, str]:
         "claim": waking._CLAIM,
         "finish": waking._FINISH,
         "defer": waking._DEFER,
+        "acquire": limits.ACQUIRE,
+        "release": limits.RELEASE,
+        "renew": limits.RENEW,
         "latest": preload.LATEST_SCRIPT,
     }
     return {hashlib.sha1(src.encode()).hexdigest(): name for name, src in named.items()}
