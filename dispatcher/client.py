@@ -552,7 +552,8 @@ class WorkflowClient:
             throttled[scope] = throttled.get(scope, 0) + 1
         specs = {name.decode(): Limit.decode(spec.decode()) for name, spec in sorted(raw.items())}
         pipe = self.redis.pipeline(transaction=False)
-        now_ms = int(time.time() * 1000)
+        seconds, micros = await self.redis.time()  # the clock the slots are scored by
+        now_ms = seconds * 1000 + micros // 1000
         for name in specs:  # a slot is scored with its expiry: one lapsed is a dead worker's
             pipe.zcount(self.keys.limit_running(name), now_ms, "+inf")
         running = await pipe.execute() if specs else []

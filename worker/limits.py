@@ -100,12 +100,14 @@ return false
 # A job's end: free its running slots and pop, in each of its scopes, the oldest job held
 # back (one whose note is gone, woken already or claimed since, is skipped; three at most).
 # KEYS: 1 the held-back jobs' hash; then, for each scope, its running zset and its
-# held-back zset. ARGV[1]: the job id. The reply: wake list, job id, ... for the worker to
-# push.
+# held-back zset. ARGV[1]: the job id ('': free nothing, only pop). The reply: wake list,
+# job id, the scope's position (1, 2...), ... for the worker to push (it cannot see here
+# whether a job still exists: one gone, cancelled while held back, is popped for nothing,
+# and the worker pops again in that scope).
 RELEASE: Final = """
 local woken = {}
 for k = 2, #KEYS, 2 do
-  redis.call('ZREM', KEYS[k], ARGV[1])
+  if ARGV[1] ~= '' then redis.call('ZREM', KEYS[k], ARGV[1]) end
   for _ = 1, 3 do
     local popped = redis.call('ZPOPMIN', KEYS[k + 1])
     if #popped == 0 then break end
@@ -115,6 +117,7 @@ for k = 2, #KEYS, 2 do
       redis.call('HDEL', KEYS[1], popped[1])
       woken[#woken + 1] = wake
       woken[#woken + 1] = popped[1]
+      woken[#woken + 1] = k / 2
       break
     end
   end
@@ -187,6 +190,7 @@ class Gate:
         return keys, [job_id, str(slot_ms), self.wake_key, *scopes]
 
     def release_call(self, job_id: str, scopes: list[str]) -> tuple[list[str], list[str]]:
+        """RELEASE's keys and arguments; ``job_id`` '' pops held-back jobs, frees nothing."""
         keys = [self.keys.limits_throttled]
         for scope in scopes:
             keys += [self.keys.limit_running(scope), self.keys.limit_held(scope)]

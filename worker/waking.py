@@ -536,7 +536,10 @@ class WakingWorker(Worker):
             for i, scopes in limited
             if (claim := claims[i]) is not None
         ]
-        replies = await self._evalsha_all(calls, ACQUIRE)
+        try:
+            replies: list[Any] = await self._evalsha_all(calls, ACQUIRE)
+        except RedisError as e:  # connection lost: hand the limited claims back (or let lapse)
+            replies = [e] * len(calls)
         back: list[Claim] = []
         failed: list[str] = []
         for (i, scopes), reply in zip(limited, replies, strict=True):
@@ -549,7 +552,8 @@ class WakingWorker(Worker):
             back.append(claim)
             claims[i] = None
             if isinstance(reply, Exception):
-                if not redis_unavailable(reply):
+                lost = isinstance(reply, RedisConnectionError | RedisTimeoutError)
+                if not (lost or redis_unavailable(reply)):  # a key of the wrong type, say
                     failed.append(claim.job_id)
                 logger.error("checking the limits of job %s failed: %s", claim.job_id, reply)
             else:
@@ -567,8 +571,11 @@ class WakingWorker(Worker):
         # a job a release woke while it was still claimed here: its wake-up found it taken
         pool: Any = self.pool
         held = [c.job_id for c in back if c.job_id not in failed]
-        if held and (woken := await self.gate.unheld(pool, held)):
-            await pool.rpush(self.wake_key, *woken)
+        try:
+            if held and (woken := await self.gate.unheld(pool, held)):
+                await pool.rpush(self.wake_key, *woken)
+        except RedisError as e:  # best effort: a poll finds them
+            logger.warning("checking held-back jobs failed: %s", e)
         return claims
 
     def _note_throttled(self, reply: Any) -> None:
@@ -808,25 +815,46 @@ class WakingWorker(Worker):
             *leases,
             *(writes.lapse if writes and writes.lease_key else ()),
         ]
-        if await self._eval_retried(_FINISH, keys, args, f"finishing job {job_id}") is None:
+        scopes = self._slots.pop(job_id, None)  # a limit's running slots, if it took any
+        ended = await self._eval_retried(_FINISH, keys, args, f"finishing job {job_id}")
+        if ended is None:
             return  # the in-progress key, the lease and any running slot lapse
-        scopes = self._slots.pop(job_id, None)
-        if scopes:  # a limit's running slots: free them, and wake the jobs they held back
+        if scopes and not (unclaim and ended == 0):  # 0: the claim is another worker's now
             free_keys, free_args = self.gate.release_call(job_id, scopes)
             what = f"freeing the running slots of job {job_id}"
             woken = await self._eval_retried(RELEASE, free_keys, free_args, what)
             if woken:
-                await self._wake(woken)
+                await self._wake(scopes, woken)
 
-    async def _wake(self, woken: list[bytes]) -> None:
+    async def _wake(self, scopes: list[str], woken: list[Any]) -> None:
         """Push jobs held back by a limit on their queues' wake lists (RELEASE's reply:
-        wake list, job id, ...). Best effort: a job not woken is found by a poll."""
+        wake list, job id, scope position, ...). A popped job that is gone (cancelled while
+        held back) wakes nobody: its scope is popped again, three times at most. Best
+        effort: a job not woken is found by a poll."""
         pool: Any = self.pool
-        pipe = pool.pipeline(transaction=False)
-        for wake, job_id in zip(woken[::2], woken[1::2], strict=True):
-            pipe.rpush(wake, job_id)
         try:
-            await pipe.execute()
+            for _ in range(3):
+                popped = list(zip(woken[::3], woken[1::3], woken[2::3], strict=True))
+                pipe = pool.pipeline(transaction=False)
+                for _, job_id, _ in popped:
+                    pipe.exists(job_key_prefix + job_id.decode())
+                alive = await pipe.execute()
+                pipe = pool.pipeline(transaction=False)
+                for (wake, job_id, _), live in zip(popped, alive, strict=True):
+                    if live:
+                        pipe.rpush(wake, job_id)
+                await pipe.execute()
+                gone = [
+                    scopes[int(n) - 1]
+                    for (*_, n), live in zip(popped, alive, strict=True)
+                    if not live
+                ]
+                if not gone:
+                    return
+                keys, args = self.gate.release_call("", gone)
+                woken = await self._eval_retried(RELEASE, keys, args, "waking held-back jobs")
+                if not woken:
+                    return
         except RedisError as e:
             logger.warning("waking jobs a limit held back failed: %s", e)
 

@@ -1336,7 +1336,7 @@ async def test_a_job_woken_while_still_claimed_here_is_woken_again_once_handed_b
         if source is waking.ACQUIRE:  # another worker finishes the first job now
             keys, args = worker.gate.release_call(first, ["queue:default"])
             woken = await redis.eval(waking.RELEASE, len(keys), *keys, *args)
-            assert woken == [wake.encode(), second.encode()]
+            assert woken == [wake.encode(), second.encode(), 1]  # 1: the first scope
             assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)  # still claimed
         return replies
 
@@ -1344,6 +1344,58 @@ async def test_a_job_woken_while_still_claimed_here_is_woken_again_once_handed_b
     assert await worker._claim_all([(second, None, None)]) == [None]
     assert await redis.lrange(wake, 0, -1) == [second.encode()]  # pushed after the hand-back
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)
+
+
+async def test_a_job_cancelled_while_held_back_wakes_nobody_the_next_one_is_woken(
+    redis: Any, redis_url: str
+) -> None:
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    jobs = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2, 3)]
+    await worker._claim_all([(j, None, None) for j in jobs])
+    await redis.delete(ARQ_JOB_KEY_PREFIX + jobs[1])  # cancelled: apply.lua drops its job
+    await redis.zrem(KEYS.queue("default"), jobs[1])
+    wake = KEYS.wake("default")
+    await redis.delete(wake)
+    await worker._finish(jobs[0], done=True)
+    assert await redis.lrange(wake, 0, -1) == [jobs[2].encode()]
+    assert await redis.hlen(KEYS.limits_throttled) == 0
+
+
+async def test_a_hand_back_after_the_claim_lapsed_frees_no_slot_of_the_job_now_running(
+    redis: Any, redis_url: str
+) -> None:
+    """This worker's claim lapsed (a stop that waited long) and another worker claimed the
+    job and took the slot: handing it back here changes nothing, the slot stays taken."""
+    graph, _ = await _notify_ok(redis)
+    here = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    there = await _limited_worker(redis, redis_url)
+    jid = await _queued_job(redis, graph, "run1")
+    [claim] = await here._claim_all([(jid, None, None)])
+    assert claim is not None
+    await redis.delete(ARQ_IN_PROGRESS_PREFIX + jid)  # lapsed
+    [theirs] = await there._claim_all([(jid, None, None)])
+    assert theirs is not None and theirs.slots
+    await here._hand_back(claim)
+    assert await redis.zrange(KEYS.limit_running("queue:default"), 0, -1) == [jid.encode()]
+    assert jid not in here._slots
+
+
+async def test_claims_stand_when_the_check_for_a_job_woken_meanwhile_fails(
+    redis: Any, redis_url: str
+) -> None:
+    graph, _ = await _notify_ok(redis)
+    worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
+    jobs = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2)]
+
+    async def unreachable(*_: Any) -> list[str]:
+        raise RedisConnectionError("connection lost")
+
+    worker.gate.unheld = unreachable  # type: ignore[method-assign]
+    claims = await worker._claim_all([(j, None, None) for j in jobs])
+    assert claims[0] is not None and claims[1] is None  # the first runs, the second waits
+    assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jobs[0])
+    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jobs[1])
 
 
 def test_the_heartbeat_renews_a_jobs_running_slots_by_the_servers_clock(
