@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from dispatcher.queue import ABORT_KEY, job_write
+from dispatcher.queue import job_write
 from graph_core.events import (
     CHILD_CANCEL_ACTOR,
     CancelChild,
@@ -28,7 +28,7 @@ from graph_core.events import (
     history_values,
 )
 from graph_core.keys import Keys, RunKeys
-from graph_core.messages import SubmitRequest, dumps, encode_inbox, job_id
+from graph_core.messages import SubmitRequest, dumps, encode_inbox
 from graph_core.state import RunRecord, Transition
 from graph_core.status import TERMINAL_RUN
 
@@ -99,7 +99,8 @@ def pack_changes(
     (14), arq's abort set (15), then the jobs' keys, queues and wake lists, once each,
     which the change set gives by their index."""
     w = writes if writes is not None else state_writes(t, run)
-    declared += (keys.inbox, ABORT_KEY)
+    shard = keys.shard_for(run.run_id)
+    declared += (shard.inbox, shard.abort)
     declare = _Declare(declared)
     finished = run.status in TERMINAL_RUN and any(isinstance(a, FinishRun) for a in t.actions)
     score = str(now_ms)
@@ -150,7 +151,7 @@ def pack_changes(
         elif isinstance(a, ReleaseWait):
             releases.append(a.node_id)
         elif isinstance(a, CancelNode):
-            aborts.append(job_id(run.run_id, a.node_id, a.visit, a.attempt, a.item))
+            aborts.append(keys.job_id(run.run_id, a.node_id, a.visit, a.attempt, a.item))
     return orjson.dumps(
         [
             w.run,

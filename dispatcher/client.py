@@ -283,18 +283,9 @@ class WorkflowClient:
             idempotency_key=idempotency_key,
             priority=priority,
         )
-        rk = self.keys.run(run_id)
         keyed = idempotency_key is not None
         outcome, winner = await self._submit(
-            keys=[
-                # without a key, KEYS[1] is unused: the meta key stands in (same slot)
-                self.keys.idempotency(idempotency_key) if idempotency_key else rk.meta,
-                rk.meta,
-                self.keys.runs_all,
-                self.keys.runs_by_status(RunStatus.PENDING.value),
-                self.keys.inbox,
-                self.keys.runs_by_graph(graph_id),
-            ],
+            keys=self._submit_keys(run_id, graph_id, idempotency_key),
             args=[
                 run_id,
                 record.dump(),
@@ -408,9 +399,28 @@ class WorkflowClient:
         )
         message = self._message("approval data", approval)
         if durable:
-            await self.redis.xadd(self.keys.inbox, {"m": message})
+            await self._to_inbox(run_id, message)
         else:
             await self.redis.publish(self.keys.approvals_channel, message)
+
+    def _submit_keys(self, run_id: str, graph_id: str, idempotency_key: str | None) -> list[str]:
+        """The submit script's keys: the idempotency key (a single key of its own), then the
+        run's meta and its shard's indexes and inbox (the run's slot)."""
+        rk = self.keys.run(run_id)
+        shard = self.keys.shard_for(run_id)
+        return [
+            # without a key, KEYS[1] is unused: the meta key stands in (same slot)
+            self.keys.idempotency(idempotency_key) if idempotency_key else rk.meta,
+            rk.meta,
+            shard.runs_all,
+            shard.runs_by_status(RunStatus.PENDING.value),
+            shard.inbox,
+            shard.runs_by_graph(graph_id),
+        ]
+
+    async def _to_inbox(self, run_id: str, message: bytes) -> None:
+        """Send a message about run ``run_id`` to the inbox of the run's shard."""
+        await self.redis.xadd(self.keys.shard_for(run_id).inbox, {"m": message})
 
     async def cancel(
         self, run_id: str, reason: str = "cancelled", actor: str | None = None
@@ -419,27 +429,27 @@ class WorkflowClient:
         if not await self.redis.hexists(self.keys.run(check_run_id(run_id)).meta, "run"):
             raise RunNotFound(run_id)
         request = CancelRequested(run_id=run_id, reason=reason, actor=actor)
-        await self.redis.xadd(self.keys.inbox, {"m": self._message("cancel", request)})
+        await self._to_inbox(run_id, self._message("cancel", request))
 
     async def pause(self, run_id: str, reason: str = "paused", actor: str | None = None) -> None:
         """Hold the run: running nodes finish, nothing new starts, timers wait until
         ``resume``. ``RunStateError`` unless it is pending, running or waiting."""
         await self._expect(run_id, "pause", PAUSABLE, "only a running run can be paused")
         request = PauseRequested(run_id=run_id, reason=reason, actor=actor)
-        await self.redis.xadd(self.keys.inbox, {"m": self._message("pause", request)})
+        await self._to_inbox(run_id, self._message("pause", request))
 
     async def resume(self, run_id: str, actor: str | None = None) -> None:
         """Go on with a paused run. ``RunStateError`` unless it is paused."""
         await self._expect(run_id, "resume", {RunStatus.PAUSED}, "only a paused run resumes")
         request = ResumeRequested(run_id=run_id, actor=actor)
-        await self.redis.xadd(self.keys.inbox, {"m": self._message("resume", request)})
+        await self._to_inbox(run_id, self._message("resume", request))
 
     async def retry(self, run_id: str, actor: str | None = None) -> None:
         """Go on with a failed run from the nodes that failed or that its failure stopped,
         keeping every completed output. ``RunStateError`` unless it is failed."""
         await self._expect(run_id, "retry", {RunStatus.FAILED}, "only a failed run is retried")
         request = RetryRequested(run_id=run_id, actor=actor)
-        await self.redis.xadd(self.keys.inbox, {"m": self._message("retry", request)})
+        await self._to_inbox(run_id, self._message("retry", request))
 
     async def emit(
         self, event: str, data: Any = None, *, idempotency_key: str | None = None
@@ -593,7 +603,7 @@ class WorkflowClient:
             new_input=input is not MISSING,
             actor=actor,
         )
-        await self.redis.xadd(self.keys.inbox, {"m": self._message("rerun", request)})
+        await self._to_inbox(run_id, self._message("rerun", request))
 
     async def _expect(
         self, run_id: str, operation: str, statuses: Collection[RunStatus], allowed: str

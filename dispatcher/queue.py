@@ -13,7 +13,7 @@ from typing import Final
 
 from graph_core.events import EnqueueNode, RunTrace
 from graph_core.keys import Keys
-from graph_core.messages import PRIORITY_STEP_MS, JobPayload, encode_arq_job, job_id, wake_token
+from graph_core.messages import PRIORITY_STEP_MS, JobPayload, encode_arq_job, wake_token
 
 __all__ = ["ABORT_KEEP_MS", "ABORT_KEY", "JobWrite", "job_write"]
 
@@ -81,14 +81,15 @@ def job_write(
         traceparent=trace.traceparent if trace is not None else None,
         tracestate=trace.tracestate if trace is not None else None,
     )
-    jid = job_id(run_id, action.node_id, action.visit, action.attempt, action.item)
+    jid = keys.job_id(run_id, action.node_id, action.visit, action.attempt, action.item)
+    shard = keys.shard_for(run_id)  # the job's keys, queue and wake list share the run's slot
     return JobWrite(
         job_key=JOB_KEY_PREFIX + jid,
-        queue_key=keys.queue(action.queue),
+        queue_key=shard.queue(action.queue),
         job_id=jid,
         job=encode_arq_job(payload, now_ms),
         expires_ms=JOB_EXPIRES_MS,
-        wake_key=keys.wake(action.queue),
+        wake_key=shard.wake(action.queue),
         wake_token=wake_token(jid, graph_id, graph_version),
         score_offset_ms=priority * PRIORITY_STEP_MS,
     )

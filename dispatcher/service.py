@@ -409,10 +409,11 @@ class Dispatcher:
                 await pubsub.aclose()
 
     async def _approval_published(self, raw: bytes) -> None:
-        seen = self.keys.approval_seen(hashlib.sha256(raw).hexdigest())
+        digest = hashlib.sha256(raw).hexdigest()
         try:
             approval = parse_approval(raw, self.settings.max_message_bytes)
         except MessageError as e:
+            seen = self.keys.shard(0).approval_seen(digest)  # no run to tell its shard
             # Race site: every dispatcher hears the publish; the seen key (SET NX) lets one of
             # them dead-letter it. Losing a dead letter to a crash here is harmless.
             if await self.redis.set(seen, b"1", nx=True, ex=APPROVAL_SEEN_TTL_S):
@@ -420,8 +421,9 @@ class Dispatcher:
             return
         # Every dispatcher hears a publish; one script call marks it seen and puts one copy in
         # the durable inbox, atomically (a crash between the two would lose the approval).
+        shard = self.keys.shard_for(approval.run_id)
         await self._forward_approval(
-            keys=[seen, self.keys.inbox],
+            keys=[shard.approval_seen(digest), shard.inbox],
             args=[approval.model_dump_json().encode(), APPROVAL_SEEN_TTL_S],
         )
 

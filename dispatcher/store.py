@@ -329,13 +329,14 @@ class RunStore:
         if run is None:
             raise StoreError("a transition without a run record cannot be applied")
         rk = self.keys.run(run.run_id)
+        shard = self.keys.shard_for(run.run_id)  # the run's keys and these share its slot
         keys = [
             *rk.all(),
-            self.keys.timers,
-            self.keys.runs_all,
-            self.keys.runs_by_status(old_status or run.status.value),
-            self.keys.runs_by_status(run.status.value),
-            self.keys.runs_by_graph(run.graph_id),
+            shard.timers,
+            shard.runs_all,
+            shard.runs_by_status(old_status or run.status.value),
+            shard.runs_by_status(run.status.value),
+            shard.runs_by_graph(run.graph_id),
         ]
         rev = str(expected_rev) if expected_rev is not None else "-1"
         writes = state_writes(t, run)

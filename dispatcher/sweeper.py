@@ -22,7 +22,7 @@ from dispatcher.queue import ABORT_KEEP_MS, ABORT_KEY, IN_PROGRESS_KEY_PREFIX, J
 from graph_core import clock
 from graph_core.events import LeaseExpired
 from graph_core.keys import Keys
-from graph_core.messages import encode_inbox, job_id
+from graph_core.messages import encode_inbox
 from graph_core.state import NodeRecord
 from graph_core.status import NodeStatus, RunStatus
 
@@ -70,13 +70,13 @@ async def _sweep_run(redis: Any, keys: Keys, run_id: str, grace_s: float) -> int
         if rec.status != NodeStatus.QUEUED or (rec.started_at or now) > now - grace_s:
             continue
         node_id = raw_node.decode()
-        jid = job_id(run_id, node_id, rec.visits, rec.attempt)
+        jid = keys.job_id(run_id, node_id, rec.visits, rec.attempt)
         lease = encode_inbox(
             LeaseExpired(run_id=run_id, node_id=node_id, visit=rec.visits, attempt=rec.attempt)
         )
         pipe = redis.pipeline(transaction=False)
         pipe.exists(JOB_KEY_PREFIX + jid, IN_PROGRESS_KEY_PREFIX + jid)
-        pipe.zscore(keys.leases, lease)
+        pipe.zscore(keys.shard_for(run_id).leases, lease)
         present, leased = await pipe.execute()
         if present or leased is not None:
             continue

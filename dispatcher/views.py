@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict
 from dispatcher.queue import IN_PROGRESS_KEY_PREFIX
 from dispatcher.store import GraphNotFound, RunStore, StoreError
 from graph_core.events import ErrorInfo
-from graph_core.messages import job_id
 from graph_core.state import NodeRecord, RunRecord
 from graph_core.status import TERMINAL_RUN, NodeStatus, RunStatus
 
@@ -215,7 +214,7 @@ async def _mark_running(store: RunStore, run_id: str, records: dict[str, NodeRec
         return
     pipe = store.redis.pipeline(transaction=False)
     for nid, rec in queued:
-        jid = job_id(run_id, nid, rec.visits, rec.attempt)
+        jid = store.keys.job_id(run_id, nid, rec.visits, rec.attempt)
         pipe.exists(IN_PROGRESS_KEY_PREFIX + jid)
         pipe.hexists(store.keys.limits_throttled, jid)
     replies = await pipe.execute()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from graph_core.errors import RelaygraphError
+from graph_core.messages import job_id
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -159,6 +160,7 @@ class ShardKeys:
     shard's slot (with its runs' keys)."""
 
     shard: int
+    tag: str  # the shard's hash tag ('' on one server)
     base: str  # "<prefix>" on one server; "<prefix>:{<tag>}" sharded
     inbox: str  # stream consumed by the dispatchers' group
     # zset: timer member -> due time (ms)
@@ -172,9 +174,11 @@ class ShardKeys:
 
     @classmethod
     def of(cls, prefix: str, shard: int, shards: int) -> ShardKeys:
-        base = prefix if shards == 0 else f"{prefix}:{{{shard_tag(shard, shards)}}}"
+        tag = shard_tag(shard, shards) if shards else ""
+        base = f"{prefix}:{{{tag}}}" if tag else prefix
         return cls(
             shard=shard,
+            tag=tag,
             base=base,
             inbox=f"{base}:inbox",
             timers=f"{base}:timers",
@@ -345,6 +349,13 @@ class Keys:
 
     def wake(self, queue_name: str) -> str:
         return (self._single or self._per_shard("a wake list")).wake(queue_name)
+
+    def job_id(
+        self, run_id: str, node_id: str, visit: int, attempt: int, item: int | None = None
+    ) -> str:
+        """An attempt's arq job id (``graph_core.messages.job_id``), which arq's job keys
+        are named after: sharded, it carries the run's shard tag."""
+        return job_id(run_id, node_id, visit, attempt, item, self.shard_for(run_id).tag)
 
     def run(self, run_id: str) -> RunKeys:
         """A run's keys: ``<prefix>:run:{<run_id>}:...`` on one server, and sharded

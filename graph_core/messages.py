@@ -276,11 +276,16 @@ def parse_approval(
 JOB_ID_PREFIX: Final = "rg:"
 
 
-def job_id(run_id: str, node_id: str, visit: int, attempt: int, item: int | None = None) -> str:
+def job_id(
+    run_id: str, node_id: str, visit: int, attempt: int, item: int | None = None, tag: str = ""
+) -> str:
     """Deterministic arq job id: a duplicate enqueue of the same attempt is a no-op. A map
-    item's job names its item after the visit (``visit.item``: node ids have no dots)."""
+    item's job names its item after the visit (``visit.item``: node ids have no dots).
+    ``tag``: the run's shard tag in the sharded layout (``Keys.job_id`` gives it), put
+    first as ``rg:{<tag>}:``, so that arq's keys of the job share the run's cluster slot."""
     where = str(visit) if item is None else f"{visit}.{item}"
-    return f"{JOB_ID_PREFIX}{run_id}:{node_id}:{where}:{attempt}"
+    shard = f"{{{tag}}}:" if tag else ""
+    return f"{JOB_ID_PREFIX}{shard}{run_id}:{node_id}:{where}:{attempt}"
 
 
 def wake_token(job: str, graph_id: str, graph_version: int, score: int | None = None) -> str:
@@ -312,7 +317,13 @@ def parse_job_id(value: str) -> tuple[str, str, int, int] | None:
     node ids may, so the node id is what lies between."""
     if not value.startswith(JOB_ID_PREFIX):
         return None
-    run_id, sep, rest = value[len(JOB_ID_PREFIX) :].partition(":")
+    body = value[len(JOB_ID_PREFIX) :]
+    if body.startswith("{"):  # a shard's tag (run ids have no braces)
+        end = body.find("}:")
+        if end < 2:
+            return None
+        body = body[end + 2 :]
+    run_id, sep, rest = body.partition(":")
     parts = rest.rsplit(":", 2)
     if not run_id or not sep or len(parts) != 3 or not parts[0]:
         return None

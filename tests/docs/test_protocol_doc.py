@@ -232,6 +232,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         "graph_field",  # a field of the graphs hash, not a key
         "hook_seen",
         "idempotency",
+        "job_id",  # an arq job id (arq names its keys after it), documented with arq's keys
         "limit_bucket",
         "limit_held",
         "limit_running",
@@ -239,6 +240,8 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         "run",
         "runs_by_graph",
         "runs_by_status",
+        "shard",  # a shard's keys: on one server, the ones above (sharded: cluster-plan.md)
+        "shard_for",
         "trigger_field",  # a field of the triggers' last-fired hash, not a key
         "wake",
     }
