@@ -147,10 +147,12 @@ class WorkflowClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retention_s: int = DEFAULT_RETENTION_S,
         owns_redis: bool = False,
+        shards: int = 0,
     ) -> None:
+        """``shards``: the deployment's key layout (0: one server; docs/cluster-plan.md)."""
         # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
         self.redis: Any = redis
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, shards)
         self.max_message_bytes = max_message_bytes
         self.store = RunStore(redis, self.keys, retention_s=retention_s)
         self._owns_redis = owns_redis
@@ -164,6 +166,7 @@ class WorkflowClient:
         prefix: str = DEFAULT_PREFIX,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retention_s: int = DEFAULT_RETENTION_S,
+        shards: int = 0,
     ) -> WorkflowClient:
         """A client with its own connection pool (closed by ``aclose``)."""
         redis = connect(url)
@@ -173,6 +176,7 @@ class WorkflowClient:
             max_message_bytes=max_message_bytes,
             retention_s=retention_s,
             owns_redis=True,
+            shards=shards,
         )
 
     @classmethod
@@ -183,6 +187,7 @@ class WorkflowClient:
         return cls.from_url(
             settings.redis_url,
             prefix=settings.prefix,
+            shards=settings.shards,
             max_message_bytes=settings.max_message_bytes,
             retention_s=retention,
         )
@@ -248,9 +253,9 @@ class WorkflowClient:
             if version is None:
                 raise GraphNotFound(graph_id, None)
         await self.store.graph(graph_id, version)  # raises GraphNotFound
-        run_id = check_run_id(run_id) if run_id is not None else clock.new_run_id()
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
             raise InputError("idempotency key", "must be 1 to 256 characters")
+        run_id = check_run_id(run_id) if run_id is not None else self._new_run_id(idempotency_key)
         if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
             raise InputError("traceparent", f"must be at most {MAX_TRACEPARENT} characters")
         if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
@@ -284,8 +289,24 @@ class WorkflowClient:
             priority=priority,
         )
         keyed = idempotency_key is not None
+        submit_keys = self._submit_keys(run_id, graph_id, idempotency_key)
+        if (
+            idempotency_key is not None
+            and self.keys.sharded
+            and self.keys.idempotency_shard(idempotency_key) is not self.keys.shard_for(run_id)
+        ):
+            # sharded, with a run id of the caller's in another shard than the key's: the
+            # key is claimed apart, first (a crash right after leaves it naming no run until
+            # it expires; a run id left to the client is put in the key's shard instead)
+            key = submit_keys[0]
+            won = await self.redis.set(key, run_id, nx=True, ex=self.store.retention_s)
+            if not won:
+                existing = (await self.redis.get(key) or b"").decode()
+                if existing and existing != run_id:
+                    return existing
+            keyed, submit_keys[0] = False, submit_keys[1]
         outcome, winner = await self._submit(
-            keys=self._submit_keys(run_id, graph_id, idempotency_key),
+            keys=submit_keys,
             args=[
                 run_id,
                 record.dump(),
@@ -402,6 +423,16 @@ class WorkflowClient:
             await self._to_inbox(run_id, message)
         else:
             await self.redis.publish(self.keys.approvals_channel, message)
+
+    def _new_run_id(self, idempotency_key: str | None) -> str:
+        """A new run id; sharded with a submission key, one in the key's shard, so that
+        the key and the run share a slot and the submit stays one atomic script."""
+        run_id = clock.new_run_id()
+        if idempotency_key is not None and self.keys.sharded:
+            want = self.keys.idempotency_shard(idempotency_key)
+            while self.keys.shard_for(run_id) is not want:
+                run_id = clock.new_run_id()
+        return run_id
 
     def _submit_keys(self, run_id: str, graph_id: str, idempotency_key: str | None) -> list[str]:
         """The submit script's keys: the idempotency key (a single key of its own), then the

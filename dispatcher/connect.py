@@ -13,6 +13,8 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
 from graph_core.redis_url import (
     RedisTarget,
     check_not_cluster,
@@ -61,6 +63,20 @@ def redis_unavailable(e: BaseException) -> bool:
     if isinstance(e, unavailable):
         return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
+
+
+async def check_layout(redis: Any, keys: Keys) -> None:
+    """Record the key layout if none is (the first process of a deployment), else refuse
+    one that differs: processes with different layouts would not see each other's keys.
+    The worker's twin is ``worker.waking.check_layout``."""
+    try:
+        await redis.set(keys.layout, str(keys.shards), nx=True)
+    except ResponseError as e:  # out of memory, say: recorded by a later process
+        if not redis_unavailable(e):
+            raise
+    problem = keys.layout_problem(await redis.get(keys.layout))
+    if problem is not None:
+        raise RelaygraphError(problem)
 
 
 async def refuse_cluster(redis: Any) -> None:

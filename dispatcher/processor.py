@@ -130,7 +130,7 @@ class Processor:
             return Outcome(req.run_id, False, f"child run's graph is missing: {e}")
         run_id = check_run_id(req.run_id or (entry_id or clock.new_run_id()))
         if req.parent is not None and await self.store.redis.exists(
-            self.store.keys.child_cancelled(run_id)
+            self.store.keys.shard_for(run_id).child_cancelled(run_id)
         ):
             return Outcome(run_id, False, "its parent cancelled it before it started")
         if req.idempotency_key is not None:
@@ -194,7 +194,7 @@ class Processor:
                 if isinstance(event, CancelRequested) and event.actor == CHILD_CANCEL_ACTOR:
                     # a parent cancelled its child before the child's submission was handled:
                     # remembered, so that the submission starts nothing
-                    key = self.store.keys.child_cancelled(check_run_id(run_id))
+                    key = self.store.keys.shard_for(run_id).child_cancelled(check_run_id(run_id))
                     await self.store.redis.set(key, "1", ex=self.store.retention_s)
                 return Outcome(run_id, False, f"unknown run {run_id!r}")
             try:

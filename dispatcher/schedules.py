@@ -98,5 +98,6 @@ class Schedules:
         request = SubmitRequest(
             graph_id=graph_id, input=spec.input, idempotency_key=tick_key(graph_id, spec.id, tick)
         )
-        await self.redis.xadd(self.keys.inbox, {"m": encode_inbox(request)})
+        # no run id yet (the entry id names the run): shard 0's inbox, which hands it on
+        await self.redis.xadd(self.keys.shard(0).inbox, {"m": encode_inbox(request)})
         log.info("trigger %s of graph %r: tick %s due", spec.id, graph_id, int(tick))

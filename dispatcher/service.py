@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
-from dispatcher.connect import redis_unavailable, refuse_cluster
+from dispatcher.connect import check_layout, redis_unavailable, refuse_cluster
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
@@ -37,6 +38,7 @@ from dispatcher.sweeper import sweep, trim_aborts
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested, ParentRef, ignored_event
+from graph_core.keys import ShardKeys
 from graph_core.logfmt import log_context
 from graph_core.messages import (
     INBOX_FIELD,
@@ -130,7 +132,9 @@ class Dispatcher:
         self._trim_inbox = redis.register_script(_TRIM_INBOX)
         self.processed = 0
         self.ready = asyncio.Event()
-        self._trimmed = time.monotonic()  # when the inbox loop last trimmed
+        # the shards this dispatcher serves (on one server, the only one): every shard
+        self.serving = [self.keys.shard(k) for k in range(max(1, self.keys.shards))]
+        self._trimmed = dict.fromkeys(range(len(self.serving)), time.monotonic())  # per shard
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -138,6 +142,7 @@ class Dispatcher:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
         await refuse_cluster(self.redis)
+        await check_layout(self.redis, self.keys)
         try:
             await self._ensure_group()
         except ResponseError as e:  # it answers, but cannot serve now (out of memory, ...)
@@ -148,11 +153,14 @@ class Dispatcher:
             await self._serve(stop)
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        loops = {
-            "inbox": self._inbox_loop,
-            "timers": self._timer_loop,
+        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {}
+        for shard in self.serving:  # a shard's inbox, timers and leases: loops of its own
+            of = f"[{shard.shard}]" if self.keys.sharded else ""
+            loops["inbox" + of] = functools.partial(self._inbox_loop, shard=shard)
+            loops["timers" + of] = functools.partial(self._timer_loop, shard=shard)
+            loops["reclaim" + of] = functools.partial(self._reclaim_loop, shard=shard)
+        loops |= {
             "approvals": self._approval_loop,
-            "reclaim": self._reclaim_loop,
             "housekeeping": self._housekeeping_loop,
             "schedules": self._schedule_loop,
         }
@@ -202,63 +210,75 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(
-                self.keys.inbox, self.keys.inbox_group, "0", mkstream=True
-            )
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+    async def _ensure_group(self, shard: ShardKeys | None = None) -> None:
+        """The dispatchers' group on ``shard``'s inbox (default: every shard served)."""
+        for inbox in [shard.inbox] if shard else [s.inbox for s in self.serving]:
+            try:
+                await self.redis.xgroup_create(inbox, self.keys.inbox_group, "0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
 
     # --- inbox --------------------------------------------------------------------------
 
-    async def _inbox_loop(self, stop: asyncio.Event) -> None:
-        await self._ensure_group()
+    async def _inbox_loop(self, stop: asyncio.Event, shard: ShardKeys) -> None:
+        await self._ensure_group(shard)
         # First, entries this consumer read before a crash or disconnect and never acked.
         own = await self.redis.xreadgroup(
-            self.keys.inbox_group, self.consumer, {self.keys.inbox: "0"}, count=1000
+            self.keys.inbox_group, self.consumer, {shard.inbox: "0"}, count=1000
         )
         for _stream, entries in own or []:
             live = [(eid, f) for eid, f in entries if f]
             if live:
-                await self._handle_batch(live)
+                await self._handle_batch(live, shard)
         while not stop.is_set():
             try:
                 reply = await self.redis.xreadgroup(
                     self.keys.inbox_group,
                     self.consumer,
-                    {self.keys.inbox: ">"},
+                    {shard.inbox: ">"},
                     count=self.settings.batch,
                     block=500,
                 )
             except ResponseError as e:
                 if "NOGROUP" in str(e):  # the stream was deleted (FLUSHALL); recreate it
-                    await self._ensure_group()
+                    await self._ensure_group(shard)
                     continue
                 raise
             for _stream, entries in reply or []:
-                await self._handle_batch(entries)
+                await self._handle_batch(entries, shard)
             if reply:
                 # what every group acknowledged goes now, not at the next housekeeping: an
                 # entry handled is memory that helps nobody (a second of them at most stays)
-                await self._trim_inbox_due()
+                await self._trim_inbox_due(shard)
 
-    async def _handle_batch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _handle_batch(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]], shard: ShardKeys | None = None
+    ) -> None:
         """Entries of one run are handled in inbox order, each seeing the state the one before
         left; entries of different runs together, in rounds: a round takes the next entry of
         every run in the batch, so its runs are loaded in one round trip and its transitions
-        applied in another (``BatchHandler.handle_many``)."""
+        applied in another (``BatchHandler.handle_many``). ``shard``: whose inbox they come
+        from (default: the first served); an entry about a run of another shard is handed
+        on to that shard's inbox (its write acknowledges the entry in the run's inbox)."""
+        shard = shard or self.serving[0]
         runs: dict[str, deque[tuple[bytes, bytes, Any]]] = {}
+        elsewhere: list[tuple[bytes, bytes, str]] = []
         for entry_id, fields in entries:
             try:
                 message = parse_inbox_entry(fields, self.settings.max_message_bytes)
             except MessageError as e:
-                await self._dead_letter("inbox", inbox_entry_raw(fields), str(e), entry_id)
+                raw = inbox_entry_raw(fields)
+                await self._dead_letter("inbox", raw, str(e), entry_id, shard)
                 continue
             raw = fields[INBOX_FIELD_B]
             run = getattr(message, "run_id", None) or entry_id.decode()  # a submit's run id
+            if self.keys.sharded and self.keys.shard_for(run).shard != shard.shard:
+                elsewhere.append((entry_id, raw, run))
+                continue
             runs.setdefault(run, deque()).append((entry_id, raw, message))
+        if elsewhere:
+            await self._hand_on(elsewhere, shard)
         while runs:
             round_ = [queue.popleft() for queue in runs.values()]
             runs = {run: queue for run, queue in runs.items() if queue}
@@ -268,7 +288,7 @@ class Dispatcher:
                 if isinstance(result, RelaygraphError):
                     # A clean refusal (unknown graph, corrupt stored record): poison, not a crash.
                     with _log_ids(message):
-                        await self._dead_letter("inbox", raw, str(result), entry_id)
+                        await self._dead_letter("inbox", raw, str(result), entry_id, shard)
                 elif isinstance(result, Exception):
                     if redis_unavailable(result):  # not the entry's fault: do not count it
                         raise result  # the loop waits and reads its pending entries again
@@ -278,14 +298,31 @@ class Dispatcher:
                             entry_id,
                             exc_info=result,
                         )
-                        await self._count_failure(entry_id, raw, message)
+                        await self._count_failure(entry_id, raw, message, shard)
                 else:
                     self.processed += 1
                     if not result.acked or not result.applied:
                         settled.append((entry_id, message, result))
-            await self._acknowledge(settled)
+            await self._acknowledge(settled, shard)
 
-    async def _acknowledge(self, handled: list[tuple[bytes, Any, Outcome]]) -> None:
+    async def _hand_on(self, entries: list[tuple[bytes, bytes, str]], shard: ShardKeys) -> None:
+        """Move entries about runs of other shards to their runs' inboxes, then acknowledge
+        them here. A submission named by its entry id gets that id as its run id, so a
+        crash between the two writes only sends a duplicate (which changes nothing)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, raw, run in entries:
+            message = raw
+            if run == entry_id.decode():
+                data = orjson.loads(raw)
+                data["run_id"] = run
+                message = orjson.dumps(data)
+            pipe.xadd(self.keys.shard_for(run).inbox, {INBOX_FIELD: message})
+        await pipe.execute()
+        await self.redis.xack(shard.inbox, self.keys.inbox_group, *(e for e, _, _ in entries))
+
+    async def _acknowledge(
+        self, handled: list[tuple[bytes, Any, Outcome]], shard: ShardKeys
+    ) -> None:
         """Acknowledge entries whose outcome was not acknowledged with a change, and announce
         those that changed nothing: one round trip."""
         if not handled:
@@ -293,7 +330,7 @@ class Dispatcher:
         pipe = self.redis.pipeline(transaction=False)
         unacked = [entry_id for entry_id, _, outcome in handled if not outcome.acked]
         if unacked:
-            pipe.xack(self.keys.inbox, self.keys.inbox_group, *unacked)
+            pipe.xack(shard.inbox, self.keys.inbox_group, *unacked)
         for _, message, outcome in handled:
             if not outcome.applied:
                 pipe.publish(self.keys.events_channel, self._ignored_event(message, outcome))
@@ -307,13 +344,15 @@ class Dispatcher:
         log.info("ignored %s for run %s: %s", kind, outcome.run_id, outcome.reason, extra=ids)
         return dumps(ignored_event(outcome.run_id, clock.now(), kind, outcome.reason, node_id))
 
-    async def _count_failure(self, entry_id: bytes, raw: bytes, message: Any) -> None:
-        attempts_key = self.keys.inbox_attempts
+    async def _count_failure(
+        self, entry_id: bytes, raw: bytes, message: Any, shard: ShardKeys
+    ) -> None:
+        attempts_key = shard.inbox_attempts
         attempts = await self.redis.hincrby(attempts_key, entry_id, 1)
         if attempts < self.settings.max_inbox_attempts:
             return
         reason = f"handling failed {attempts} times"
-        await self._dead_letter("inbox", raw, reason, entry_id)
+        await self._dead_letter("inbox", raw, reason, entry_id, shard)
         await self.redis.hdel(attempts_key, entry_id)
         run_id = getattr(message, "run_id", None)
         if run_id:
@@ -333,8 +372,15 @@ class Dispatcher:
             log.exception("run %s: could not be marked failed", run_id)
 
     async def _dead_letter(
-        self, source: str, raw: bytes, reason: str, entry_id: bytes | None
+        self,
+        source: str,
+        raw: bytes,
+        reason: str,
+        entry_id: bytes | None,
+        shard: ShardKeys | None = None,
     ) -> None:
+        """Keep a rejected message in the dead letter stream; ``entry_id``: its entry in
+        ``shard``'s inbox, acknowledged."""
         log.warning("dead-lettered a %s message: %s", source, reason)
         await self.redis.xadd(
             self.keys.deadletter,
@@ -346,7 +392,8 @@ class Dispatcher:
         if source == "inbox":
             await self._tell_parent(raw, reason)
         if entry_id is not None:
-            await self.redis.xack(self.keys.inbox, self.keys.inbox_group, entry_id)
+            inbox = (shard or self.serving[0]).inbox
+            await self.redis.xack(inbox, self.keys.inbox_group, entry_id)
 
     async def _tell_parent(self, raw: bytes, reason: str) -> None:
         """A dead-lettered child run's submission, or a child run's end, would leave its
@@ -377,17 +424,18 @@ class Dispatcher:
 
     # --- timers, approvals, recovery ----------------------------------------------------
 
-    async def _timer_loop(self, stop: asyncio.Event) -> None:
-        """Move due timers and lapsed leases into the inbox; sleep until the next is due."""
+    async def _timer_loop(self, stop: asyncio.Event, shard: ShardKeys) -> None:
+        """Move a shard's due timers and lapsed leases into its inbox; sleep until the next
+        is due."""
         while not stop.is_set():
             now_ms = int(clock.now() * 1000)
             moved = 0
-            for zset in (self.keys.timers, self.keys.leases):
-                moved += await self._move_timers(keys=[zset, self.keys.inbox], args=[now_ms, 100])
+            for zset in (shard.timers, shard.leases):
+                moved += await self._move_timers(keys=[zset, shard.inbox], args=[now_ms, 100])
             if moved:
                 continue
             wait = TIMER_POLL_S
-            for zset in (self.keys.timers, self.keys.leases):
+            for zset in (shard.timers, shard.leases):
                 nxt = await self.redis.zrange(zset, 0, 0, withscores=True)
                 if nxt:
                     wait = max(0.0, min(wait, nxt[0][1] / 1000 - clock.now()))
@@ -427,7 +475,7 @@ class Dispatcher:
             args=[approval.model_dump_json().encode(), APPROVAL_SEEN_TTL_S],
         )
 
-    async def _reclaim_loop(self, stop: asyncio.Event) -> None:
+    async def _reclaim_loop(self, stop: asyncio.Event, shard: ShardKeys) -> None:
         idle_ms = int(self.settings.claim_idle_s * 1000)
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -437,26 +485,27 @@ class Dispatcher:
             if stop.is_set():
                 return
             reply = await self.redis.xautoclaim(
-                self.keys.inbox, self.keys.inbox_group, self.consumer, idle_ms, "0-0", count=100
+                shard.inbox, self.keys.inbox_group, self.consumer, idle_ms, "0-0", count=100
             )
             entries = reply[1] if reply else []
             live = [(eid, f) for eid, f in entries if f]
             if live:
                 log.info("reclaimed %d inbox entries left pending by another dispatcher", len(live))
-                await self._handle_batch(live)
+                await self._handle_batch(live, shard)
 
     async def _housekeeping_loop(self, stop: asyncio.Event) -> None:
         """Drop finished runs whose keys expired (retention) from the run indexes."""
         while not stop.is_set():
             cutoff_ms = int((clock.now() - self.settings.retention_s) * 1000)
-            for status in TERMINAL_RUN:
-                await self.redis.zremrangebyscore(
-                    self.keys.runs_by_status(status.value), "-inf", cutoff_ms
-                )
-            await self._prune_all_runs(cutoff_ms)
-            await trim_aborts(self.redis)
-            await self._trim_inbox_due()  # an idle inbox loop trims nothing
-            await sweep(self.redis, self.keys, grace_s=self.settings.sweep_grace_s)
+            for shard in self.serving:
+                for status in TERMINAL_RUN:
+                    await self.redis.zremrangebyscore(
+                        shard.runs_by_status(status.value), "-inf", cutoff_ms
+                    )
+                await self._prune_all_runs(cutoff_ms, shard)
+                await trim_aborts(self.redis, shard)
+                await self._trim_inbox_due(shard)  # an idle inbox loop trims nothing
+                await sweep(self.redis, self.keys, self.settings.sweep_grace_s, shard)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_S)
 
@@ -468,25 +517,29 @@ class Dispatcher:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=SCHEDULE_PERIOD_S)
 
-    async def _trim_inbox_due(self) -> None:
-        """``trim_inbox``, at most every ``inbox_trim_s``."""
-        if time.monotonic() - self._trimmed >= self.settings.inbox_trim_s:
-            self._trimmed = time.monotonic()
-            await self.trim_inbox()
+    async def _trim_inbox_due(self, shard: ShardKeys) -> None:
+        """``trim_inbox`` of ``shard``, at most every ``inbox_trim_s``."""
+        if time.monotonic() - self._trimmed[shard.shard] >= self.settings.inbox_trim_s:
+            self._trimmed[shard.shard] = time.monotonic()
+            await self._trim(shard)
 
     async def trim_inbox(self) -> int:
-        """Delete inbox entries that every dispatcher group has read and acknowledged."""
+        """Delete inbox entries that every dispatcher group has read and acknowledged (in
+        every shard served)."""
+        return sum([await self._trim(shard) for shard in self.serving])
+
+    async def _trim(self, shard: ShardKeys) -> int:
         try:
-            return int(await self._trim_inbox(keys=[self.keys.inbox]))
+            return int(await self._trim_inbox(keys=[shard.inbox]))
         except ResponseError:  # no stream or no group yet
             return 0
 
-    async def _prune_all_runs(self, cutoff_ms: int) -> None:
+    async def _prune_all_runs(self, cutoff_ms: int, shard: ShardKeys) -> None:
         # The all-runs and per-graph indexes are scored by creation; an old entry is dropped
         # once its meta is gone.
-        indexes = [self.keys.runs_all]
+        indexes = [shard.runs_all]
         graph_ids = await self.redis.hkeys(self.keys.graph_latest)
-        indexes += [self.keys.runs_by_graph(g.decode()) for g in graph_ids]
+        indexes += [shard.runs_by_graph(g.decode()) for g in graph_ids]
         for index in indexes:
             old = await self.redis.zrangebyscore(index, "-inf", cutoff_ms, 0, 500)
             for run_id in old:

@@ -248,7 +248,7 @@ class RunStore:
         """Tell a parent run that its child run could not start (its graph is missing)."""
         error = ErrorInfo(type=error_type, message=message, retryable=False)
         ended = child_end(parent, child_run_id, "failed", error=error)
-        await self.redis.xadd(self.keys.inbox, {"m": encode_inbox(ended)})
+        await self.redis.xadd(self.keys.shard_for(parent.run_id).inbox, {"m": encode_inbox(ended)})
 
     # --- applying -----------------------------------------------------------------------
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dispatcher.queue import ABORT_KEEP_MS, ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
+from dispatcher.queue import ABORT_KEEP_MS, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from graph_core import clock
 from graph_core.events import LeaseExpired
-from graph_core.keys import Keys
+from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import encode_inbox
 from graph_core.state import NodeRecord
 from graph_core.status import NodeStatus, RunStatus
@@ -33,20 +33,22 @@ log = logging.getLogger("relaygraph.dispatcher")
 BATCH = 200
 
 
-async def trim_aborts(redis: Any) -> int:
-    """Drop the abort set's entries older than ``ABORT_KEEP_MS``; how many went."""
+async def trim_aborts(redis: Any, shard: ShardKeys) -> int:
+    """Drop a shard's abort set's entries older than ``ABORT_KEEP_MS``; how many went."""
     cutoff = int(clock.now() * 1000) - ABORT_KEEP_MS
-    return int(await redis.zremrangebyscore(ABORT_KEY, "-inf", cutoff))
+    return int(await redis.zremrangebyscore(shard.abort, "-inf", cutoff))
 
 
-async def sweep(redis: Any, keys: Keys, grace_s: float) -> int:
-    """Check every live run once; return how many nodes were handed back."""
+async def sweep(redis: Any, keys: Keys, grace_s: float, shard: ShardKeys | None = None) -> int:
+    """Check every live run (of ``shard``; on one server, of the fleet) once; return how
+    many nodes were handed back."""
     repaired = 0
+    shard = shard or keys.shard(0)
     for status in (RunStatus.RUNNING, RunStatus.WAITING):
         cursor = 0
         while True:
             cursor, entries = await redis.zscan(
-                keys.runs_by_status(status.value), cursor, count=BATCH
+                shard.runs_by_status(status.value), cursor, count=BATCH
             )
             for raw_run_id, _score in entries:
                 repaired += await _sweep_run(redis, keys, raw_run_id.decode(), grace_s)
@@ -87,6 +89,6 @@ async def _sweep_run(redis: Any, keys: Keys, run_id: str, grace_s: float) -> int
             rec.visits,
             rec.attempt,
         )
-        await redis.xadd(keys.inbox, {"m": lease})
+        await redis.xadd(keys.shard_for(run_id).inbox, {"m": lease})
         repaired += 1
     return repaired

@@ -236,6 +236,9 @@ class Keys:
         self.deadletter = f"{p}:deadletter"  # stream of rejected messages, with reasons
         self.approvals_channel = f"{p}:approvals"
         self.events_channel = f"{p}:events"
+        # string: the deployment's shard count (0: one server's layout), set by the first
+        # process to start; every later one must have the same (``layout_problem``)
+        self.layout = f"{p}:layout"
         self.graphs = f"{p}:graphs"  # hash: graph_field(id, version) -> graph JSON
         self.graph_latest = f"{p}:graphs:latest"  # hash: graph id -> latest version
         # hash: worker process ("host:pid") -> its registration JSON, while it runs
@@ -254,6 +257,18 @@ class Keys:
     @property
     def sharded(self) -> bool:
         return self.shards > 0
+
+    def layout_problem(self, stored: bytes | str | None) -> str | None:
+        """What is wrong with running this layout where ``self.layout`` holds ``stored``
+        (None: nothing, or it agrees)."""
+        text = stored.decode() if isinstance(stored, bytes) else stored
+        if text is None or text == str(self.shards):
+            return None
+        return (
+            f"{self.layout} says this deployment's keys are laid out in {text} shards "
+            f"(0: one server's layout), but this process was started with {self.shards} "
+            "(RELAYGRAPH_SHARDS): start every process of a deployment with the same"
+        )
 
     def shard(self, shard: int) -> ShardKeys:
         """Shard ``shard``'s keys (0 on one server: the fleet's)."""
@@ -341,8 +356,15 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         """String: the id of the run that holds submission key ``key`` (the key verbatim),
-        claimed with SET NX and expiring a retention period after the claim."""
+        claimed with SET NX and expiring a retention period after the claim. Sharded, it is
+        in the shard ``idempotency_shard`` names, where a client puts the key's run."""
+        if self.shards:
+            return f"{self.idempotency_shard(key).base}:idem:{key}"
         return f"{self.prefix}:idem:{key}"
+
+    def idempotency_shard(self, key: str) -> ShardKeys:
+        """The shard of submission key ``key`` (``crc32(key) mod S``, as a run id's)."""
+        return self.shard(shard_of(key, self.shards))
 
     def queue(self, name: str) -> str:
         return (self._single or self._per_shard("a queue")).queue(name)

@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graph_core.errors import RelaygraphError
-from graph_core.keys import DEFAULT_PREFIX, Keys
+from graph_core.keys import DEFAULT_PREFIX, MAX_SHARDS, Keys
 from graph_core.redis_url import RedisUrlError, parse_redis_url
 
 __all__ = ["BaseSettings", "SettingsError", "load_settings"]
@@ -31,6 +31,9 @@ class BaseSettings(BaseModel):
 
     redis_url: str | None = None  # None: `relaygraph run` starts an embedded server
     prefix: str = DEFAULT_PREFIX
+    # the key layout: 0, one server's; N, N shards (for Redis Cluster, in progress:
+    # docs/cluster-plan.md). Every process of a deployment must use the same.
+    shards: int = Field(default=0, ge=0, le=MAX_SHARDS)
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     # Prometheus exposition on this port (every address); None: no metrics are collected
     metrics_port: int | None = Field(default=None, gt=0, lt=65536)
@@ -60,7 +63,7 @@ class BaseSettings(BaseModel):
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.prefix)
+        return Keys(self.prefix, self.shards)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.client import WorkflowClient, load_graph
+from dispatcher.connect import check_layout
 from dispatcher.settings import DispatcherSettings
 from dispatcher.subscription import EventStream
 from dispatcher.views import RunView
@@ -207,7 +208,9 @@ async def _run(
             prefix=settings.prefix,
             max_message_bytes=settings.max_message_bytes,
             retention_s=settings.retention_s,
+            shards=settings.shards,
         )
+        await check_layout(redis, client.keys)
         await _register(client, [*children, graph])
         run_id = clock.new_run_id()
         # before submitting: miss nothing (child runs' events too, to answer their waits)

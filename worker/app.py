@@ -53,6 +53,7 @@ from graph_core.messages import (
     decode_arq_job,
     encode_lease,
     job_item,
+    parse_job_id,
     parse_job_payload,
 )
 from graph_core.redis_url import RedisUrlError, parse_redis_url
@@ -151,7 +152,7 @@ def _planner(
         # map's inner node reads (but the list the item is one of)
         member, deadline = _lease_member(run_id, node_id, visit, attempt, node.timeout_s, item)
         return ClaimPlan(
-            lease_key=keys.leases,
+            lease_key=keys.shard_for(run_id).leases,
             lease=member,
             lease_expiry_ms=int(heartbeat.expiry(deadline) * 1000),
             deadline=deadline,
@@ -186,8 +187,10 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
     state: _WorkerState = ctx[_STATE]
     job_id: str | None = ctx.get("job_id")
     claim: Claim | None = ctx.get("claim")
-    leases = state.keys.leases
     planned = claim.plan if claim is not None and claim.leased else None
+    parts = parse_job_id(job_id) if job_id else None
+    shard = state.keys.shard_for(parts[0]) if parts else state.keys.shard(0)
+    leases = shard.leases  # the job's run's (its id names it; a payload could lie)
     try:
         job = parse_job_payload(payload)
     except MessageError as e:
@@ -212,6 +215,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         member,
         in_progress_key_prefix + job_id if job_id else None,
         deadline,
+        leases_key=leases,
         job_id=job_id or "",
         slots=claim.slots if claim is not None else (),
     )
@@ -250,7 +254,7 @@ async def relaygraph_run_node(ctx: dict[str, Any], payload: Any) -> Finish:
         raise
     heartbeat.release(member)
     message = done[1] if done is not None else None
-    return Finish(state.keys.inbox, message, leases, held)
+    return Finish(shard.inbox, message, leases, held)
 
 
 def _serialize(data: dict[str, Any]) -> bytes:
@@ -327,7 +331,7 @@ def build_workers(
     tracing = node_tracing(settings)
     heartbeat = Heartbeat(
         sync_client(redis_settings),
-        keys.leases,
+        keys.shard(0).leases,  # each lease names its own: its run's shard's
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
         arq_lease_s=settings.job_lease_s,
@@ -336,7 +340,7 @@ def build_workers(
     for name in settings.queues:
         worker = WakingWorker(
             keys=keys,
-            wake_key=keys.wake(name),
+            queue=name,
             planner=_planner(keys, registry, graphs, heartbeat),
             fallback_s=settings.wake_fallback_s,
             functions=[
@@ -348,7 +352,7 @@ def build_workers(
                     keep_result=0,
                 )
             ],
-            queue_name=keys.queue(name),
+            queue_name=keys.shard(0).queue(name),  # arq's (its health check is named after it)
             redis_settings=redis_settings,
             burst=burst,
             on_startup=_startup(

@@ -35,6 +35,7 @@ class _Held:
     deadline: float | None  # epoch seconds; renewal stops here
     job_id: str = ""
     slots: tuple[str, ...] = ()  # the running zsets the job holds a slot in (as job_id)
+    leases_key: str = ""  # the lease's zset ('': the heartbeat's own)
 
 
 class Heartbeat:
@@ -68,11 +69,15 @@ class Heartbeat:
         arq_key: str | None,
         deadline: float | None,
         *,
+        leases_key: str = "",
         job_id: str = "",
         slots: tuple[str, ...] = (),
     ) -> None:
+        """Renew ``member`` (in ``leases_key``, default the heartbeat's) and ``arq_key``
+        until ``deadline``; and ``job_id``'s running ``slots``."""
         with self._lock:
-            self._held[member] = _Held(arq_key, deadline, job_id, slots if job_id else ())
+            held = _Held(arq_key, deadline, job_id, slots if job_id else (), leases_key)
+            self._held[member] = held
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="relaygraph-heartbeat", daemon=True
@@ -112,7 +117,8 @@ class Heartbeat:
             if h.deadline is not None and now >= h.deadline:
                 continue  # overran its timeout: let the lease lapse so the dispatcher acts
             # XX: a lease the dispatcher already took over (expired) is never brought back.
-            pipe.zadd(self._leases_key, {member: int(self.expiry(h.deadline, now) * 1000)}, xx=True)
+            expiry_ms = int(self.expiry(h.deadline, now) * 1000)
+            pipe.zadd(h.leases_key or self._leases_key, {member: expiry_ms}, xx=True)
             if h.arq_key is not None:
                 pipe.pexpire(h.arq_key, self._arq_lease_ms)
             slots += h.slots

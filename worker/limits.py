@@ -141,10 +141,9 @@ class Gate:
     """One worker queue's view of the limits: which scopes have one (read from Redis at
     most every ``LIMITS_CHECK_S``), and the calls that take and free them."""
 
-    def __init__(self, keys: Keys, queue_scope: str, wake_key: str) -> None:
+    def __init__(self, keys: Keys, queue_scope: str) -> None:
         self.keys = keys
         self.queue_scope = queue_scope
-        self.wake_key = wake_key
         self.limited: frozenset[str] = frozenset()  # the scopes that have a limit
         self._checked = -LIMITS_CHECK_S
         self._typed = False  # some handler type has a limit: a job's type must be read
@@ -177,9 +176,10 @@ class Gate:
         return tuple(self.keys.limit_running(s) for s in scopes)
 
     def acquire_call(
-        self, job_id: str, scopes: list[str], slot_ms: int
+        self, job_id: str, scopes: list[str], slot_ms: int, wake_key: str
     ) -> tuple[list[str], list[str]]:
-        """ACQUIRE's keys and arguments; ``slot_ms``: how long a slot lives unrenewed."""
+        """ACQUIRE's keys and arguments; ``slot_ms``: how long a slot lives unrenewed;
+        ``wake_key``: the wake list of the job's queue (in its run's shard)."""
         keys = [self.keys.limits, self.keys.limits_throttled]
         for scope in scopes:
             keys += [
@@ -187,7 +187,7 @@ class Gate:
                 self.keys.limit_bucket(scope),
                 self.keys.limit_held(scope),
             ]
-        return keys, [job_id, str(slot_ms), self.wake_key, *scopes]
+        return keys, [job_id, str(slot_ms), wake_key, *scopes]
 
     def release_call(self, job_id: str, scopes: list[str]) -> tuple[list[str], list[str]]:
         """RELEASE's keys and arguments; ``job_id`` '' pops held-back jobs, frees nothing."""

@@ -311,16 +311,18 @@ def _find_unencodable(value: Any, where: str) -> tuple[str, str] | None:
     return None if _encodes(value) else (where, type(value).__name__)
 
 
-async def send_report(redis: Any, keys: Keys, data: bytes) -> None:
-    """XADD the report, retrying connection hiccups (a duplicate report is harmless)."""
+async def send_report(redis: Any, keys: Keys, data: bytes, run_id: str) -> None:
+    """XADD the report to the run's inbox, retrying connection hiccups (a duplicate report
+    is harmless)."""
+    inbox = keys.shard_for(run_id).inbox
     for attempt in range(1, _REPORT_TRIES + 1):
         try:
-            await redis.xadd(keys.inbox, {"m": data})
+            await redis.xadd(inbox, {"m": data})
             return
         except (RedisConnectionError, RedisTimeoutError):
             if attempt == _REPORT_TRIES:
                 raise
-            logger.warning("reporting to %s failed (try %d), retrying", keys.inbox, attempt)
+            logger.warning("reporting to %s failed (try %d), retrying", inbox, attempt)
             await asyncio.sleep(0.1 * 2**attempt)
 
 
@@ -407,7 +409,7 @@ async def run_node(
     if done is None:
         return None
     report, data = done
-    await send_report(redis, keys, data)
+    await send_report(redis, keys, data, report.run_id)
     return report
 
 

@@ -39,7 +39,6 @@ from typing import Any, Final
 
 from arq.connections import create_pool, log_redis_info
 from arq.constants import (
-    abort_jobs_ss,
     in_progress_key_prefix,
     job_key_prefix,
     retry_key_prefix,
@@ -53,7 +52,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError
-from graph_core.keys import Keys
+from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import parse_job_id, parse_wake_token
 from graph_core.redis_url import check_not_cluster
 from graph_core.resp import fast_packing
@@ -250,24 +249,43 @@ async def refuse_cluster(redis: Any) -> None:
     check_not_cluster(info)
 
 
+async def check_layout(redis: Any, keys: Keys) -> None:
+    """``dispatcher.connect.check_layout``'s twin: record the key layout, or refuse one
+    that differs from the deployment's."""
+    try:
+        await redis.set(keys.layout, str(keys.shards), nx=True)
+    except ResponseError as e:  # out of memory, say: recorded by a later process
+        if not redis_unavailable(e):
+            raise
+    problem = keys.layout_problem(await redis.get(keys.layout))
+    if problem is not None:
+        raise RelaygraphError(problem)
+
+
 class WakingWorker(Worker):
     def __init__(
         self,
         *args: Any,
         keys: Keys,
-        wake_key: str,
+        queue: str,
         fallback_s: float,
         planner: ClaimPlanner | None = None,
         **kwargs: Any,
     ):
+        """``queue``: the queue's name; its jobs wait in every shard's queue of that name
+        (one on one server: arq's ``queue_name``)."""
         super().__init__(*args, **kwargs)
         self.keys = keys
         self.planner = planner
-        self.wake_key = wake_key
+        self.shards = [keys.shard(k) for k in range(max(1, keys.shards))]
+        self.queue = queue
+        self.queues = [shard.queue(queue) for shard in self.shards]
+        self.wake_keys = [shard.wake(queue) for shard in self.shards]
+        self.wake_key = self.wake_keys[0]
         # the queue's limit scope (limits per queue name); a running slot lives as long as
         # an in-progress key, renewed with it
-        self.queue_scope = "queue:" + self.queue_name.removeprefix(f"{keys.prefix}:queue:")
-        self.gate = Gate(keys, self.queue_scope, wake_key)
+        self.queue_scope = "queue:" + queue
+        self.gate = Gate(keys, self.queue_scope)
         self._slots: dict[str, list[str]] = {}  # job id -> the scopes it holds a slot in
         # a rate limit held a claim back: poll again at this monotonic time (0: none)
         self._retry_throttled_at = 0.0
@@ -277,6 +295,10 @@ class WakingWorker(Worker):
         self.outages = 0
         self._slot_freed = asyncio.Event()
         self._blmpop = True  # BLMPOP (Redis 7+); BLPOP on older servers
+        # sharded: each shard's pending blocking pop of wake-ups, and those popped but not
+        # taken yet (``_pop_sharded``)
+        self._waiting: dict[str, asyncio.Future[list[bytes]]] = {}
+        self._spare: list[bytes] = []
         self._last_poll = 0.0
         self._last_abort_check = 0.0
         # Claims made but not yet running, and claim round trips a stop interrupted: close()
@@ -300,6 +322,7 @@ class WakingWorker(Worker):
         fast_packing(self._pool)  # redis-py's packing costs more than the rest of a claim
         await log_redis_info(self.pool, lambda *a: None)
         await refuse_cluster(self.pool)
+        await check_layout(self.pool, self.keys)
         self.ctx["redis"] = self.pool
         await self.pool.script_load(_CLAIM)
         await self.gate.refresh(self.pool)
@@ -337,13 +360,22 @@ class WakingWorker(Worker):
             if self.burst and self.max_burst_jobs >= 0:
                 count = min(count, self.max_burst_jobs - self._jobs_started())
             if count > 0:
-                job_ids = await self.pool.zrangebyscore(
-                    self.queue_name,
-                    min=float("-inf"),
-                    max=timestamp_ms(),
-                    start=self._queue_read_offset,
-                    num=count,
-                )
+                pipe = self.pool.pipeline(transaction=False)
+                for queue in self.queues:  # each shard's, oldest first
+                    pipe.zrangebyscore(
+                        queue,
+                        min=float("-inf"),
+                        max=timestamp_ms(),
+                        start=self._queue_read_offset,
+                        num=count,
+                        withscores=len(self.queues) > 1,
+                    )
+                read = await pipe.execute()
+                if len(self.queues) == 1:
+                    job_ids = read[0]
+                else:  # the most urgent of every shard's: by score, as one queue would give
+                    due = sorted((score, j) for got in read for j, score in got)
+                    job_ids = [j for _, j in due[:count]]
                 await self.start_jobs(job_ids)
         await self._housekeeping(force=True)
 
@@ -417,12 +449,13 @@ class WakingWorker(Worker):
         """The claim script's keys and arguments for one job, and its plan if any. ``graph``
         and ``score``: what the job's wake-up named (its graph, its queue score). ``plain``:
         without the run's reads (a claim whose reads failed is made again so)."""
+        shard = self._shard_of(job_id)
         keys = [
             in_progress_key_prefix + job_id,
-            self.queue_name,
+            shard.queue(self.queue),
             job_key_prefix + job_id,
             retry_key_prefix + job_id,
-            abort_jobs_ss,
+            shard.abort,
         ]
         args = [job_id, str(int(self.in_progress_timeout_s * 1000)), self._claim_token]
         # the run's keys: meta, nodes, leases, outputs; the node, the lease and its expiry
@@ -439,7 +472,7 @@ class WakingWorker(Worker):
         except RelaygraphError:
             rk = None
         if parts is not None and rk is not None:
-            run_keys = [rk.meta, rk.nodes, self.keys.leases, rk.outputs]
+            run_keys = [rk.meta, rk.nodes, shard.leases, rk.outputs]
             run_args[0] = parts[1]
             if self.planner is not None and graph is not None:
                 try:
@@ -452,6 +485,13 @@ class WakingWorker(Worker):
                 reads, item_field = plan.reads, plan.item_field
         woken = "" if score is None else str(score)
         return [*keys, *run_keys], [*args, *run_args, woken, item_field, *reads], plan
+
+    def _shard_of(self, job_id: str) -> ShardKeys:
+        """The shard of a job's run (its id names it); the first for any other job."""
+        if not self.keys.sharded:
+            return self.shards[0]
+        parts = parse_job_id(job_id)
+        return self.keys.shard_for(parts[0]) if parts is not None else self.shards[0]
 
     def _graph_of_run(self, run_id: str, graph: tuple[str, int] | None) -> tuple[str, int] | None:
         """``graph`` (a wake-up's), remembered for the run; or the graph remembered for it,
@@ -532,7 +572,9 @@ class WakingWorker(Worker):
             return claims
         slot_ms = int(self.in_progress_timeout_s * 1000)  # a running slot lapses with the claim
         calls = [
-            self.gate.acquire_call(claim.job_id, scopes, slot_ms)
+            self.gate.acquire_call(
+                claim.job_id, scopes, slot_ms, self._shard_of(claim.job_id).wake(self.queue)
+            )
             for i, scopes in limited
             if (claim := claims[i]) is not None
         ]
@@ -573,7 +615,10 @@ class WakingWorker(Worker):
         held = [c.job_id for c in back if c.job_id not in failed]
         try:
             if held and (woken := await self.gate.unheld(pool, held)):
-                await pool.rpush(self.wake_key, *woken)
+                pipe = pool.pipeline(transaction=False)
+                for job_id in woken:
+                    pipe.rpush(self._shard_of(job_id).wake(self.queue), job_id)
+                await pipe.execute()
         except RedisError as e:  # best effort: a poll finds them
             logger.warning("checking held-back jobs failed: %s", e)
         return claims
@@ -594,8 +639,12 @@ class WakingWorker(Worker):
         """Move jobs whose claim failed out of the way of polls (which read the queue's oldest
         jobs first), to be tried again later. Best effort: they stay queued either way."""
         pool: Any = self.pool
+        by_queue: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            by_queue.setdefault(self._shard_of(job_id).queue(self.queue), []).append(job_id)
         try:
-            await pool.eval(_DEFER, 1, self.queue_name, _CLAIM_FAILED_DEFER_MS, *job_ids)
+            for queue, ids in by_queue.items():
+                await pool.eval(_DEFER, 1, queue, _CLAIM_FAILED_DEFER_MS, *ids)
         except RedisError as e:
             logger.warning("could not move jobs %s back in their queue: %s", job_ids, e)
 
@@ -720,6 +769,9 @@ class WakingWorker(Worker):
     async def _close(self) -> None:
         if not self._handle_signals or (self.main_task is not None and not self.main_task.done()):
             self.handle_sig(signal.SIGUSR1)  # stop the loop and cancel the running jobs
+        for pending in self._waiting.values():  # a wake-up popped now is left to a poll
+            pending.cancel()
+        self._waiting.clear()
         if not self._pool:
             return
         try:
@@ -796,13 +848,14 @@ class WakingWorker(Worker):
         another delivery, and ``unclaim`` (it never started) takes back the try its claim
         counted. Connection errors and timeouts are retried: every write here is idempotent,
         and a report written twice is ignored by the dispatcher."""
+        shard = self._shard_of(job_id)
         keys = [  # every key the script may touch, named even where unused (a cluster)
             in_progress_key_prefix + job_id,
             retry_key_prefix + job_id,
             job_key_prefix + job_id,
-            self.queue_name,
-            (writes.stream if writes else None) or self.keys.inbox,
-            (writes.lease_key if writes else None) or self.keys.leases,
+            shard.queue(self.queue),
+            (writes.stream if writes else None) or shard.inbox,
+            (writes.lease_key if writes else None) or shard.leases,
         ]
         leases = writes.leases if writes and writes.lease_key else ()
         args: list[str | bytes] = [
@@ -879,12 +932,33 @@ class WakingWorker(Worker):
         return None
 
     async def _burst_done(self) -> bool:
-        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(
-            self.queue_name
-        ):
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self._queued():
             await asyncio.gather(*self.tasks.values())
             return True
         return False
+
+    async def _queued(self) -> int:
+        """Jobs waiting in this queue, in every shard."""
+        pipe = self.pool.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zcard(queue)
+        return sum(await pipe.execute())
+
+    async def _cancel_aborted_jobs(self) -> None:
+        """arq's, over every shard's abort set, without MULTI (which a cluster client
+        refuses): cancel the running jobs whose abort was asked, and take them off."""
+        pipe = self.pool.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.zrange(shard.abort, 0, -1)
+        asked = await pipe.execute()
+        for shard, ids in zip(self.shards, asked, strict=True):
+            aborted = {i.decode() for i in ids} & self.job_tasks.keys()
+            if not aborted:
+                continue
+            for job_id in aborted:
+                self.job_tasks[job_id].cancel()
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(shard.abort, *aborted)
 
     async def _wait_for_work(self) -> list[_Wanted] | None:
         """Block until work arrives: the jobs of a wake-up, or None to poll the queue."""
@@ -920,19 +994,50 @@ class WakingWorker(Worker):
         return wanted
 
     async def _pop_wakeups(self, count: int, timeout: float | None = None) -> list[bytes]:
-        pool: Any = self.pool  # redis-py 5 types async results as Awaitable[T] | T
         timeout = self.fallback_s if timeout is None else max(0.001, timeout)
+        if len(self.wake_keys) > 1:
+            return await self._pop_sharded(count, timeout)
+        return await self._pop_one(self.wake_keys[0], count, timeout)
+
+    async def _pop_one(self, key: str, count: int, timeout: float) -> list[bytes]:
+        pool: Any = self.pool  # redis-py 5 types async results as Awaitable[T] | T
         if self._blmpop:
             try:
-                got = await pool.blmpop(timeout, 1, self.wake_key, direction="LEFT", count=count)
+                got = await pool.blmpop(timeout, 1, key, direction="LEFT", count=count)
             except ResponseError as e:
                 if "unknown command" not in str(e).lower():
                     raise
                 self._blmpop = False  # Redis < 7
             else:
                 return list(got[1]) if got else []
-        got = await pool.blpop([self.wake_key], timeout=timeout)
+        got = await pool.blpop([key], timeout=timeout)
         return [got[1]] if got else []
+
+    async def _pop_sharded(self, count: int, timeout: float) -> list[bytes]:
+        """Wake-ups from every shard's wake list: one blocking pop each (a cluster blocks
+        on keys of one slot only), left pending across calls, so that what one pops after
+        this call returns is taken by the next; and what comes beyond ``count`` is kept for
+        the next call too (a wake-up dropped would leave its job to a poll)."""
+        if len(self._spare) < count:
+            for key in self.wake_keys:
+                if key not in self._waiting:
+                    pop = self._pop_one(key, count, self.fallback_s)
+                    self._waiting[key] = asyncio.ensure_future(pop)
+            await asyncio.wait(
+                self._waiting.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        failed: list[BaseException] = []
+        for key, task in list(self._waiting.items()):
+            if task.done():
+                del self._waiting[key]
+                if task.exception() is not None:
+                    failed.append(task.exception())  # type: ignore[arg-type]
+                else:
+                    self._spare += task.result()
+        if failed and not self._spare:
+            raise failed[0]  # Redis gone: the main loop waits and polls again
+        got, self._spare = self._spare[:count], self._spare[count:]
+        return got
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -18,7 +18,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.client import WorkflowClient
-from dispatcher.connect import connect, connect_sync, refuse_cluster
+from dispatcher.connect import check_layout, connect, connect_sync, refuse_cluster
 from dispatcher.fleet import FleetCollector
 from graph_core.errors import RelaygraphError
 from relaygraph import __version__
@@ -75,7 +75,9 @@ def create_app(
                 prefix=settings.prefix,
                 max_message_bytes=settings.max_message_bytes,
                 retention_s=settings.retention_s,
+                shards=settings.shards,
             )
+            await check_layout(client_redis, client.keys)
             hub = EventHub(client_redis, client.keys)
             stack.push_async_callback(hub.close)
             metrics = ApiMetrics()

@@ -196,6 +196,7 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         keys.events_channel,
         keys.timers,
         keys.leases,
+        keys.layout,
         keys.graphs,
         keys.graph_latest,
         keys.runs_all,
@@ -232,7 +233,9 @@ def test_the_key_table_is_what_graph_core_keys_builds() -> None:
         "graph_field",  # a field of the graphs hash, not a key
         "hook_seen",
         "idempotency",
+        "idempotency_shard",  # the shard of a submission key (sharded layout)
         "job_id",  # an arq job id (arq names its keys after it), documented with arq's keys
+        "layout_problem",  # checks the layout key's value
         "limit_bucket",
         "limit_held",
         "limit_running",

@@ -9,6 +9,7 @@ key it did not declare: the fleet-wide limits are taken by scripts of their own
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,23 +28,24 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-async def test_scripts_touch_only_the_keys_they_declare(server_factory: ServerFactory) -> None:
-    server = server_factory()
-    audit = KeyAudit(server.url)
-    await audit.start()
-    async with WorkflowClient.from_url(server.url) as client:
+async def _workload(url: str, shards: int = 0) -> None:
+    """A map, child runs, approvals, a limit and a cancellation, in the key layout of
+    ``shards`` (0: one server's)."""
+    async with WorkflowClient.from_url(url, shards=shards) as client:
         await client.set_limit("queue:default", max_running=2)  # the claim's limits path
     argv = [
         *("run", "examples/batch_triage/graph.json", "--graph", "examples/batch_triage/issue.json"),
         *("--handlers", "examples.batch_triage.handlers", "--approve", "review"),
-        *("--input", '{"count": 6}', "--redis", server.url),
+        *("--input", '{"count": 6}', "--redis", url),
     ]
+    env = {**os.environ, "RELAYGRAPH_SHARDS": str(shards)}
     done = subprocess.run(
         [sys.executable, "-m", "relaygraph", *argv],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     # a run cancelled while its job waits in a queue no worker serves: apply.lua aborts it
@@ -53,11 +55,12 @@ async def test_scripts_touch_only_the_keys_they_declare(server_factory: ServerFa
         Node("end", type="end"),
     )
     graph.connect("start", "job", "end").validate_graph()
-    async with WorkflowClient.from_url(server.url) as client:
-        dispatcher = Dispatcher(client.redis, DispatcherSettings(redis_url=server.url))
+    async with WorkflowClient.from_url(url, shards=shards) as client:
+        settings = DispatcherSettings(redis_url=url, shards=shards)
+        dispatcher = Dispatcher(client.redis, settings)
         async with serving(dispatcher):
             await client.register_graph(graph)
-            run_id = await client.submit("parked", {})
+            run_id = await client.submit("parked", {}, idempotency_key="parked-1")
 
             async def queued() -> bool:
                 view = await client.get_run(run_id)
@@ -66,6 +69,13 @@ async def test_scripts_touch_only_the_keys_they_declare(server_factory: ServerFa
             await wait_for(queued, message="the parked job queued")
             await client.cancel(run_id)
             assert (await client.wait(run_id, timeout=30)).status == RunStatus.CANCELLED
+
+
+async def test_scripts_touch_only_the_keys_they_declare(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    audit = KeyAudit(server.url)
+    await audit.start()
+    await _workload(server.url)
     await audit.stop()
 
     names = script_names()
@@ -78,3 +88,19 @@ async def test_scripts_touch_only_the_keys_they_declare(server_factory: ServerFa
     assert ("claim", b"SET") in ran and ("finish", b"DEL") in ran
     assert ("acquire", b"ZADD") in ran and ("release", b"ZREM") in ran  # the limit's path
     assert await audit.undeclared(names) == {}
+
+
+async def test_sharded_no_script_or_command_spans_two_slots(server_factory: ServerFactory) -> None:
+    """The same workload in the sharded layout (4 shards, on one server, which does not
+    check slots): every script's keys, and every multi-key command's, share one cluster
+    slot, as a Redis Cluster requires. The scripts still touch only what they declare."""
+    server = server_factory()
+    audit = KeyAudit(server.url)
+    await audit.start()
+    await _workload(server.url, shards=4)
+    await audit.stop()
+    names = script_names()
+    ran = {names.get(call.sha) for call in audit.calls}
+    assert {"apply.lua", "claim", "finish", "acquire", "release", "submit"} <= ran, ran
+    assert await audit.undeclared(names) == {}
+    assert await audit.cross_slot(names) == {}

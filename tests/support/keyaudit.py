@@ -98,6 +98,7 @@ class KeyAudit:
     def __init__(self, url: str) -> None:
         self.url = url
         self.calls: list[Call] = []
+        self.commands: list[list[bytes]] = []  # every command sent (not a script's own)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._ended = asyncio.Event()  # the marker `stop` sends came through
@@ -142,6 +143,7 @@ class KeyAudit:
                     continue
                 current = None
                 name = args[0].upper()
+                self.commands.append(args)
                 if name == b"ECHO" and args[1:] == [_END]:
                     self._ended.set()
                 if name in (b"EVALSHA", b"EVAL") and len(args) >= 3:
@@ -155,26 +157,63 @@ class KeyAudit:
             await conn.disconnect()
             await client.aclose()
 
+    async def _keys_of(
+        self, client: Any, commands: set[tuple[bytes, ...]]
+    ) -> dict[tuple[bytes, ...], list[bytes]]:
+        """Each command's key arguments, as the server tells them (``COMMAND GETKEYS``)."""
+        keys_of: dict[tuple[bytes, ...], list[bytes]] = {}
+        pipe = client.pipeline(transaction=False)
+        order = sorted(commands)
+        for command in order:
+            pipe.execute_command("COMMAND GETKEYS", *command)
+        replies = await pipe.execute(raise_on_error=False)
+        for command, reply in zip(order, replies, strict=True):
+            if isinstance(reply, Exception):
+                text = str(reply)
+                if "no key arguments" not in text and "Invalid command" not in text:
+                    raise AssertionError(f"COMMAND GETKEYS {command!r}: {reply}")
+                keys_of[command] = []
+            else:  # str: redis-py decodes these replies (str_if_bytes); keys are ASCII
+                keys_of[command] = [k.encode() for k in reply]
+        return keys_of
+
+    async def cross_slot(self, names: dict[str, str]) -> dict[str, set[str]]:
+        """What a Redis Cluster would refuse as CROSSSLOT: a script whose declared keys, or
+        a command whose keys, hash to more than one slot. Name (a script's, or a command's)
+        -> the families of the keys of each such call, joined with ``+``."""
+        from graph_core.keys import key_slot  # the test's own copy of the rule is redis-py's
+
+        found: dict[str, set[str]] = defaultdict(set)
+        for call in self.calls:
+            if len({key_slot(k) for k in call.declared}) > 1:
+                name = names.get(call.sha, f"script {call.sha[:8]}")
+                found[name].add(" + ".join(sorted({family(k) for k in call.declared})))
+        plain = {
+            tuple(c)
+            for c in self.commands
+            if c[0].upper() not in (b"EVALSHA", b"EVAL", b"MONITOR", b"ECHO", b"MULTI", b"EXEC")
+        }
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            keys_of = await self._keys_of(client, plain)
+        finally:
+            await client.aclose()
+        for command, keys in keys_of.items():
+            if len({key_slot(k) for k in keys}) > 1:
+                found[command[0].decode().upper()].add(
+                    " + ".join(sorted({family(k) for k in keys}))
+                )
+        return dict(found)
+
     async def undeclared(self, names: dict[str, str]) -> dict[str, set[str]]:
         """Script name -> the families of the keys it touched but did not declare, and of
         what it declared that is no key (``''``, or a prefix ending in ``:``)."""
         client = aioredis.Redis.from_url(self.url)
         found: dict[str, set[str]] = defaultdict(set)
         try:
-            keys_of: dict[tuple[bytes, ...], list[bytes]] = {}
-            commands = {tuple(c) for call in self.calls for c in call.inner}
-            pipe = client.pipeline(transaction=False)
-            order = sorted(commands)
-            for command in order:
-                pipe.execute_command("COMMAND GETKEYS", *command)
-            replies = await pipe.execute(raise_on_error=False)
-            for command, reply in zip(order, replies, strict=True):
-                if isinstance(reply, Exception):
-                    if "no key arguments" not in str(reply):  # not a keyless command: say so
-                        raise AssertionError(f"COMMAND GETKEYS {command!r}: {reply}")
-                    keys_of[command] = []
-                else:  # str: redis-py decodes these replies (str_if_bytes); keys are ASCII
-                    keys_of[command] = [k.encode() for k in reply]
+            keys_of = await self._keys_of(
+                client, {tuple(c) for call in self.calls for c in call.inner}
+            )
             for call in self.calls:
                 name = names.get(call.sha, f"script {call.sha[:8]}")
                 declared = set(call.declared)

@@ -115,17 +115,17 @@ def test_a_waiting_node_and_its_approval_stay_in_the_runs_slot() -> None:
 
 
 @settings(max_examples=100)
-@given(run_id=run_ids, shards=st.sampled_from([1, 16, 256]), idem=st.booleans())
-def test_a_submission_touches_its_runs_slot(run_id: str, shards: int, idem: bool) -> None:
-    """Without an idempotency key, the whole submit script is one slot. With one, the key
-    is a single key of its own (found before the run id is known): on a cluster it is to
-    be claimed apart (SET NX) before the submit, which step 3 does not do yet."""
-    client = WorkflowClient(Redis())
-    client.keys = Keys("relaygraph", shards=shards)
-    submit_keys = client._submit_keys(run_id, "a graph", "k-1" if idem else None)
-    assert submit_keys[0] == ("relaygraph:idem:k-1" if idem else submit_keys[1])
-    slots = {key_slot(k) for k in submit_keys[1:]}
-    assert slots == {key_slot(client.keys.run(run_id).meta)}
+@given(run_id=run_ids, shards=st.sampled_from([1, 16, 256]), key=st.text(min_size=1, max_size=40))
+def test_a_submission_touches_its_runs_slot(run_id: str, shards: int, key: str) -> None:
+    """Without an idempotency key, the whole submit script is one slot; with one, a run id
+    the client makes is put in the key's shard, so the key shares the run's slot too."""
+    client = WorkflowClient(Redis(), shards=shards)
+    plain = client._submit_keys(run_id, "a graph", None)
+    assert len({key_slot(k) for k in plain}) == 1
+    keyed_run = client._new_run_id(key)
+    keyed = client._submit_keys(keyed_run, "a graph", key)
+    assert keyed[0].endswith(f":idem:{key}")
+    assert {key_slot(k) for k in keyed} == {key_slot(client.keys.run(keyed_run).meta)}
 
 
 @settings(max_examples=100)

@@ -1,0 +1,131 @@
+"""The sharded key layout (docs/cluster-plan.md) end to end, on one server: ``relaygraph up``
+with ``RELAYGRAPH_SHARDS=4`` (a dispatcher, two worker processes) runs fan-out/join runs,
+chains, an approval and a cancellation over four shards, each node executed once, and
+nothing is written under the one-server layout's names. A submission put in the wrong
+shard's inbox (a raw one without a run id) is handed on to its run's."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.client import WorkflowClient
+from dispatcher.connect import check_layout as dispatcher_check_layout
+from dispatcher.service import Dispatcher
+from dispatcher.settings import DispatcherSettings
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
+from graph_core.messages import SubmitRequest, encode_inbox
+from graph_core.model import Graph, Node
+from tests.e2e.test_run_operations import counts, deployment
+from tests.support.waiting import wait_for
+from worker.waking import check_layout as worker_check_layout
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SHARDS = 4
+
+
+def _graph() -> Graph:
+    """start -> fan -> (x, y) -> join -> gate? -> end; ``gate`` only when input.approve."""
+    g = Graph(id="sharded").add_nodes(
+        Node("start", type="start"),
+        Node("fan", type="count", fan_out=True),
+        Node("x", type="count"),
+        Node("y", type="count"),
+        Node("join", type="count"),
+        Node("end", type="end"),
+    )
+    g.connect("start", "fan")
+    for n in ("x", "y"):
+        g.connect("fan", n, "join")
+    return g.connect("join", "end").validate_graph()
+
+
+def _gated() -> Graph:
+    g = Graph(id="gated").add_nodes(
+        Node("start", type="start"),
+        Node("prep", type="count"),
+        Node("gate", type="human"),
+        Node("after", type="count"),
+        Node("end", type="end"),
+    )
+    return g.connect("start", "prep", "gate", "after", "end").validate_graph()
+
+
+async def test_runs_over_four_shards_on_one_server(redis_url: str, redis: aioredis.Redis) -> None:
+    prefix = f"sh-{secrets.token_hex(4)}"
+    keys = Keys(prefix, SHARDS)
+    env = {"RELAYGRAPH_SHARDS": str(SHARDS)}
+    with deployment(redis_url, prefix, "--workers", "2", env_extra=env):
+        async with WorkflowClient.from_url(redis_url, prefix=prefix, shards=SHARDS) as client:
+            await client.register_graph(_graph())
+            await client.register_graph(_gated())
+            runs = [await client.submit("sharded", {"i": i}) for i in range(24)]
+            gated = await client.submit("gated", {})
+            doomed = await client.submit("gated", {})
+            # a raw submission with no run id, put in shard 0's inbox: its entry id names
+            # the run, whose shard may be another
+            entry = await redis.xadd(
+                keys.shard(0).inbox, {"m": encode_inbox(SubmitRequest(graph_id="sharded"))}
+            )
+            raw_run = entry.decode()
+            # submission keys: a run id the client makes lands in the key's shard; one the
+            # caller gives in another shard has its key claimed apart
+            once = await client.submit("sharded", {}, idempotency_key="once")
+            assert await client.submit("sharded", {}, idempotency_key="once") == once
+            assert keys.shard_for(once) is keys.idempotency_shard("once")
+            mine = next(
+                f"mine-{i}"
+                for i in range(100)
+                if keys.shard_for(f"mine-{i}") is not keys.idempotency_shard("twice")
+            )
+            assert await client.submit("sharded", {}, idempotency_key="twice", run_id=mine) == mine
+            assert await client.submit("sharded", {}, idempotency_key="twice") == mine
+            runs += [once, mine]
+            for run_id in runs:
+                assert (await client.wait(run_id, timeout=60)).status == "completed", run_id
+            assert (await client.wait(raw_run, timeout=30)).status == "completed"
+
+            async def waiting(run_id: str) -> bool:
+                view = await client.get_run(run_id)
+                return view is not None and view.status == "waiting"
+
+            await wait_for(lambda: waiting(gated), message="the gated run waits")
+            await wait_for(lambda: waiting(doomed), message="the second gated run waits")
+            await client.approve(gated, "gate", actor="tester", durable=False)  # published
+            await client.cancel(doomed)
+            assert (await client.wait(gated, timeout=30)).status == "completed"
+            assert (await client.wait(doomed, timeout=30)).status == "cancelled"
+
+        for run_id in [*runs, raw_run]:
+            assert await counts(redis, prefix, run_id) == {"fan": 1, "x": 1, "y": 1, "join": 1}
+        assert await counts(redis, prefix, gated) == {"prep": 1, "after": 1}
+        assert await counts(redis, prefix, doomed) == {"prep": 1}
+    assert len({keys.shard_for(r).shard for r in runs}) == SHARDS  # every shard had runs
+    for shard in range(SHARDS):  # each shard's index holds its own runs only
+        indexed = {m.decode() for m in await redis.zrange(keys.shard(shard).runs_all, 0, -1)}
+        assert indexed and all(keys.shard_for(r).shard == shard for r in indexed)
+    one_server = Keys(prefix)
+    for name in (one_server.inbox, one_server.timers, one_server.leases, one_server.runs_all):
+        assert not await redis.exists(name), name
+    assert not await redis.exists(one_server.run(runs[0]).meta)
+
+
+async def test_a_process_with_another_layout_than_the_deployments_is_refused(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """The first process records the layout; a dispatcher or worker started later with
+    another shard count refuses to start, naming both, before it writes anything else."""
+    prefix = f"lay-{secrets.token_hex(4)}"
+    await dispatcher_check_layout(redis, Keys(prefix))  # the first: one server's layout
+    assert await redis.get(f"{prefix}:layout") == b"0"
+    await worker_check_layout(redis, Keys(prefix))  # the same: fine
+    settings = DispatcherSettings(redis_url=redis_url, prefix=prefix, shards=SHARDS)
+    with pytest.raises(RelaygraphError, match=r"in 0 shards .* started with 4"):
+        await Dispatcher(redis, settings).run()
+    with pytest.raises(RelaygraphError, match="RELAYGRAPH_SHARDS"):
+        await worker_check_layout(redis, Keys(prefix, SHARDS))
+    assert await redis.keys(f"{prefix}*") == [f"{prefix}:layout".encode()]
