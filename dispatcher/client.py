@@ -153,6 +153,7 @@ class WorkflowClient:
         # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
         self.redis: Any = redis
         self.keys = Keys(prefix, shards)
+        self._layout_checked = False
         self.max_message_bytes = max_message_bytes
         self.store = RunStore(redis, self.keys, retention_s=retention_s)
         self._owns_redis = owns_redis
@@ -256,6 +257,7 @@ class WorkflowClient:
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
             raise InputError("idempotency key", "must be 1 to 256 characters")
         run_id = check_run_id(run_id) if run_id is not None else self._new_run_id(idempotency_key)
+        await self._check_layout()
         if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
             raise InputError("traceparent", f"must be at most {MAX_TRACEPARENT} characters")
         if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
@@ -298,13 +300,15 @@ class WorkflowClient:
             # sharded, with a run id of the caller's in another shard than the key's: the
             # key is claimed apart, first (a crash right after leaves it naming no run until
             # it expires; a run id left to the client is put in the key's shard instead)
-            key = submit_keys[0]
-            won = await self.redis.set(key, run_id, nx=True, ex=self.store.retention_s)
+            apart = submit_keys[0]
+            won = await self.redis.set(apart, run_id, nx=True, ex=self.store.retention_s)
             if not won:
-                existing = (await self.redis.get(key) or b"").decode()
+                existing = (await self.redis.get(apart) or b"").decode()
                 if existing and existing != run_id:
                     return existing
             keyed, submit_keys[0] = False, submit_keys[1]
+        else:
+            apart, won = "", False
         outcome, winner = await self._submit(
             keys=submit_keys,
             args=[
@@ -318,6 +322,10 @@ class WorkflowClient:
             ],
         )
         if int(outcome) == -1:
+            if apart and not won:  # the key named this run already: the same submit again
+                return run_id
+            if apart and (await self.redis.get(apart) or b"").decode() == run_id:
+                await self.redis.delete(apart)  # claimed for a run id that was taken
             raise RunExists(run_id)
         return winner.decode() if isinstance(winner, bytes) else str(winner)
 
@@ -422,7 +430,8 @@ class WorkflowClient:
         if durable:
             await self._to_inbox(run_id, message)
         else:
-            await self.redis.publish(self.keys.approvals_channel, message)
+            # a cluster client has no publish(): the command reaches every node all the same
+            await self.redis.execute_command("PUBLISH", self.keys.approvals_channel, message)
 
     def _new_run_id(self, idempotency_key: str | None) -> str:
         """A new run id; sharded with a submission key, one in the key's shard, so that
@@ -451,7 +460,17 @@ class WorkflowClient:
 
     async def _to_inbox(self, run_id: str, message: bytes) -> None:
         """Send a message about run ``run_id`` to the inbox of the run's shard."""
+        await self._check_layout()
         await self.redis.xadd(self.keys.shard_for(run_id).inbox, {"m": message})
+
+    async def _check_layout(self) -> None:
+        """Once, before a first write: refuse a deployment laid out in another number of
+        shards than this client (its writes would land where no process reads)."""
+        if not self._layout_checked:
+            problem = self.keys.layout_problem(await self.redis.get(self.keys.layout))
+            if problem is not None:
+                raise RelaygraphError(problem)
+            self._layout_checked = True
 
     async def cancel(
         self, run_id: str, reason: str = "cancelled", actor: str | None = None

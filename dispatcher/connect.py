@@ -3,32 +3,59 @@ with the fast command packer (graph_core/resp.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from graph_core.redis_url import (
+    CLUSTER_NEEDS_SHARDS,
     RedisTarget,
     check_not_cluster,
     is_unavailable_reply,
     parse_redis_url,
 )
-from graph_core.resp import fast_packing
+from graph_core.resp import fast_packing, restore_seeds
 
-__all__ = ["connect", "connect_sync", "redis_unavailable", "refuse_cluster"]
+__all__ = [
+    "check_layout",
+    "connect",
+    "connect_sync",
+    "is_cluster_client",
+    "open_pubsub",
+    "redis_unavailable",
+    "refuse_cluster",
+]
 
 
 def connect(url: str, **options: Any) -> Redis:
-    """A client for ``url``; ``redis+sentinel://`` asks the sentinels for the master."""
+    """A client for ``url``; ``redis+sentinel://`` asks the sentinels for the master, and
+    ``redis+cluster://`` gives a cluster client (redis-py's ``RedisCluster``, which routes
+    each command by its keys' slot and follows MOVED and ASK)."""
     target = parse_redis_url(url)  # raises RedisUrlError naming what is wrong
+    if target.is_cluster:
+        cluster: Any = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+            **_cluster_common(target),
+            **options,
+        )
+        cluster.relaygraph_seeds = target.nodes  # for restore_seeds, after a failover
+        return cast(Redis, cluster)
     if not target.is_sentinel:
         client: Redis = fast_packing(Redis.from_url(url, **options))
         return client
@@ -42,6 +69,11 @@ def connect(url: str, **options: Any) -> Redis:
 def connect_sync(url: str, **options: Any) -> redis.Redis:
     """``connect`` for blocking code (a metrics scrape runs in a thread of its own)."""
     target = parse_redis_url(url)
+    if target.is_cluster:
+        make_node: Any = redis.cluster.ClusterNode  # untyped in redis-py 5
+        nodes = [make_node(h, p) for h, p in target.nodes]
+        cluster: Any = redis.RedisCluster(startup_nodes=nodes, **_cluster_common(target), **options)
+        return cast(redis.Redis, cluster)
     if not target.is_sentinel:
         client: redis.Redis = fast_packing(redis.Redis.from_url(url, **options))
         return client
@@ -60,15 +92,58 @@ def redis_unavailable(e: BaseException) -> bool:
     script, no replica in sync (``min-replicas-to-write``), a failed save that stops writes.
     A later try may succeed. (The worker has the same rule: ``worker.runner``.)"""
     unavailable = RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError
-    if isinstance(e, unavailable):
+    # a cluster failing over: no node reachable for now, a slot without a primary
+    if isinstance(e, unavailable | ClusterDownError | RedisClusterException | TryAgainError):
         return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
+
+
+def heal(client: Any) -> None:
+    """After an error: a cluster client gets back the startup nodes redis-py may have
+    dropped (graph_core.resp.restore_seeds); anything else is left alone."""
+    restore_seeds(client, ClusterNode)
+
+
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client (asyncio or not)."""
+    return isinstance(client, RedisCluster | redis.RedisCluster)
+
+
+async def open_pubsub(redis: Any) -> Any:
+    """A ``PubSub`` on ``redis``'s server. A cluster client has none: a plain client to one
+    node subscribes instead (a publish reaches every node of a cluster), closed with it."""
+    if not is_cluster_client(redis):
+        return redis.pubsub()
+    await redis.initialize()
+    node = redis.get_default_node()
+    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    return _NodePubSub(Redis(connection_pool=pool))
+
+
+class _NodePubSub:
+    """A node client's ``PubSub`` that closes the client with it."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pubsub, name)
+
+    async def aclose(self) -> None:
+        try:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await self._client.aclose(close_connection_pool=True)
 
 
 async def check_layout(redis: Any, keys: Keys) -> None:
     """Record the key layout if none is (the first process of a deployment), else refuse
     one that differs: processes with different layouts would not see each other's keys.
-    The worker's twin is ``worker.waking.check_layout``."""
+    On a Redis Cluster the layout must be sharded. The worker's twin is
+    ``worker.waking.check_layout``."""
+    if is_cluster_client(redis) and not keys.sharded:
+        raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
     try:
         await redis.set(keys.layout, str(keys.shards), nx=True)
     except ResponseError as e:  # out of memory, say: recorded by a later process
@@ -80,6 +155,14 @@ async def check_layout(redis: Any, keys: Keys) -> None:
 
 
 async def refuse_cluster(redis: Any) -> None:
+    """``ClusterUnsupported`` on a Redis Cluster node reached with a plain client (its
+    commands would meet MOVED and CROSSSLOT): a cluster takes ``redis+cluster://``."""
+    if is_cluster_client(redis):
+        return
+    await _refuse_plain_cluster(redis)
+
+
+async def _refuse_plain_cluster(redis: Any) -> None:
     """``ClusterUnsupported`` if the server is a Redis Cluster node, before anything else
     meets a MOVED or CROSSSLOT reply. Where ``INFO`` is refused (an ACL, a managed server)
     or the server cannot be reached, this says nothing: the caller's own commands will."""
@@ -88,6 +171,13 @@ async def refuse_cluster(redis: Any) -> None:
     except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
         return
     check_not_cluster(info)
+
+
+def _cluster_common(target: RedisTarget) -> dict[str, Any]:
+    common: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.tls:
+        common.update(ssl=True, **target.ssl)
+    return common
 
 
 def _common(target: RedisTarget) -> dict[str, Any]:

@@ -23,11 +23,17 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.batch import BatchHandler
-from dispatcher.connect import check_layout, redis_unavailable, refuse_cluster
+from dispatcher.connect import (
+    check_layout,
+    heal,
+    open_pubsub,
+    redis_unavailable,
+    refuse_cluster,
+)
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
@@ -47,6 +53,7 @@ from graph_core.messages import (
     parse_approval,
     parse_inbox_entry,
 )
+from graph_core.resp import script_pipeline
 from graph_core.status import TERMINAL_RUN
 
 __all__ = ["Dispatcher"]
@@ -195,9 +202,16 @@ class Dispatcher:
             try:
                 await loop(stop)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
+            except (
+                RedisConnectionError,
+                RedisTimeoutError,
+                OSError,
+                ResponseError,
+                RedisClusterException,
+            ) as e:
                 if isinstance(e, ResponseError) and not redis_unavailable(e):
                     raise  # an error reply that says something is wrong, not "not now"
+                heal(self.redis)  # a cluster client may have dropped every node it knew
                 # The server may have restarted (or failed over) and lost our latest writes:
                 # a run cached at a revision it no longer has must be loaded again. (The
                 # stamps apply.lua checks catch what a silent reconnect hides from us.)
@@ -327,7 +341,7 @@ class Dispatcher:
         those that changed nothing: one round trip."""
         if not handled:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = script_pipeline(self.redis)  # it publishes
         unacked = [entry_id for entry_id, _, outcome in handled if not outcome.acked]
         if unacked:
             pipe.xack(shard.inbox, self.keys.inbox_group, *unacked)
@@ -443,7 +457,7 @@ class Dispatcher:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def _approval_loop(self, stop: asyncio.Event) -> None:
-        pubsub = self.redis.pubsub()
+        pubsub = await open_pubsub(self.redis)
         await pubsub.subscribe(self.keys.approvals_channel)
         try:
             while not stop.is_set():

@@ -28,6 +28,7 @@ from graph_core.keys import Keys, RunKeys
 from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
 from graph_core.paths import MISSING
+from graph_core.resp import script_pipeline
 from graph_core.state import NodeRecord, RunRecord, Transition
 from graph_core.triggers import triggers_of
 
@@ -281,7 +282,7 @@ class RunStore:
         results: list[bool | Exception] = [False] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):  # again only for NOSCRIPT: the server restarted or flushed
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = script_pipeline(self.redis)
             for i in todo:
                 keys, args = calls[i]
                 pipe.evalsha(self._apply.sha, len(keys), *keys, *args)

@@ -14,6 +14,8 @@ from typing import Any, Self
 
 import orjson
 
+from dispatcher.connect import open_pubsub
+
 __all__ = ["EventStream"]
 
 
@@ -43,7 +45,7 @@ class EventStream:
 
     async def open(self) -> Self:
         if self._pubsub is None:
-            pubsub = self._redis.pubsub()
+            pubsub = await open_pubsub(self._redis)
             await pubsub.subscribe(self._channel)
             self._pubsub = pubsub
         return self

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_SHARDS",
     "OUTPUT_FIELD_SEP",
     "Keys",
+    "PerShard",
     "RunKeys",
     "ShardKeys",
     "check_run_id",
@@ -103,6 +104,11 @@ def shard_tag(shard: int, shards: int) -> str:
     while not low <= key_slot(f"s{shard}-{n}") < high:
         n += 1
     return f"s{shard}-{n}"
+
+
+class PerShard(RelaygraphError):
+    """A fleet-wide name asked for a key that is per shard in the sharded layout: what
+    asked for it does not work on a sharded deployment yet (listing runs, fleet stats)."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -284,7 +290,7 @@ class Keys:
         return self.shard(shard_of(run_id, self.shards))
 
     def _per_shard(self, what: str) -> NoReturn:
-        raise RelaygraphError(
+        raise PerShard(
             f"{what} is per shard in a sharded layout: name it with keys.shard(k) or "
             "keys.shard_for(run_id)"
         )

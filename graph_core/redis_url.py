@@ -2,9 +2,11 @@
 
 ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS; query options
 ``ssl_cert_reqs=none|optional|required``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-``ssl_check_hostname=true|false``), ``unix:///path?db=N`` and
-``redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/db]``. Credentials may
-be percent-encoded. Unknown query options are errors.
+``ssl_check_hostname=true|false``), ``unix:///path?db=N``,
+``redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/db]`` and, for a Redis
+Cluster (with ``RELAYGRAPH_SHARDS``), ``redis+cluster://[user:password@]host:port[,host:port
+...]`` (``rediss+cluster://`` with TLS): the nodes a client starts from. Credentials may be
+percent-encoded. Unknown query options are errors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from graph_core.errors import RelaygraphError
 
 __all__ = [
+    "CLUSTER_NEEDS_SHARDS",
     "ClusterUnsupported",
     "RedisTarget",
     "RedisUrlError",
@@ -28,7 +31,7 @@ __all__ = [
     "redact",
 ]
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 _SSL_CERT_REQS = frozenset({"none", "optional", "required"})
 
 
@@ -39,15 +42,22 @@ class RedisUrlError(RelaygraphError):
         super().__init__(f"bad Redis URL {self.url!r}: {reason}")
 
 
+CLUSTER_NEEDS_SHARDS: Final = (
+    "on a Redis Cluster, relaygraph's keys need the sharded layout: set RELAYGRAPH_SHARDS "
+    "(16 is a good start) for every process of the deployment (docs/cluster-plan.md)"
+)
+
+
 class ClusterUnsupported(RelaygraphError):
-    """The server is a Redis Cluster node, and relaygraph does not run on a cluster yet."""
+    """The server is a Redis Cluster node, reached with a client that is not cluster-aware."""
 
     def __init__(self, where: str = "") -> None:
         super().__init__(
             f"the Redis server{' at ' + where if where else ''} is a Redis Cluster node "
-            "(cluster mode on): relaygraph does not run on Redis Cluster yet (its scripts touch "
-            "keys of several hash slots). Use a single primary, with replicas and Sentinel "
-            "(redis+sentinel://) for failover; docs/cluster-plan.md tracks cluster support"
+            "(cluster mode on), reached with a plain redis:// URL: its keys live on several "
+            "nodes. Use redis+cluster://host:port with RELAYGRAPH_SHARDS (support for Redis "
+            "Cluster is experimental: docs/cluster-plan.md), or a single primary with "
+            "replicas and Sentinel (redis+sentinel://)"
         )
 
 
@@ -65,7 +75,7 @@ def is_cluster_reply(error: BaseException | str) -> bool:
 # background save that stops writes, no replica in sync under min-replicas-to-write), also
 # as a script passes them on (Redis 6: "... @user_script: 1: -READONLY You can't write ...").
 _UNAVAILABLE_REPLY: Final = re.compile(
-    r"(?:^|: -)(?:BUSY|LOADING|MASTERDOWN|MISCONF|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
+    r"(?:^|: -)(?:BUSY|CLUSTERDOWN|LOADING|MASTERDOWN|MISCONF|NOREPLICAS|OOM|READONLY|TRYAGAIN)\b"
 )
 
 
@@ -90,6 +100,7 @@ class RedisTarget:
     unix_path: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str | None = None
+    nodes: tuple[tuple[str, int], ...] = ()  # a cluster's startup nodes
     db: int = 0
     username: str | None = None
     password: str | None = None
@@ -100,8 +111,12 @@ class RedisTarget:
         return self.scheme == "redis+sentinel"
 
     @property
+    def is_cluster(self) -> bool:
+        return self.scheme.endswith("+cluster")
+
+    @property
     def tls(self) -> bool:
-        return self.scheme == "rediss"
+        return self.scheme in ("rediss", "rediss+cluster")
 
 
 def redact(url: str) -> str:
@@ -123,6 +138,19 @@ def parse_redis_url(url: str) -> RedisTarget:
     ssl = _ssl_options(url, query)
     if parsed.scheme == "redis+sentinel":
         return _sentinel(url, parsed.netloc, parsed.path, user, password, query, ssl)
+    if parsed.scheme.endswith("+cluster"):
+        if parsed.path.strip("/") not in ("", "0") or query.get("db", "0") != "0":
+            raise RedisUrlError(url, "a Redis Cluster has database 0 only")
+        nodes = _addresses(url, parsed.netloc, 6379, "cluster node")
+        return RedisTarget(
+            parsed.scheme,
+            host=nodes[0][0],
+            port=nodes[0][1],
+            nodes=nodes,
+            username=user,
+            password=password,
+            ssl=ssl,
+        )
     db = _db(url, query.get("db") or parsed.path.strip("/") or "0")
     if parsed.scheme == "unix":
         if not parsed.path:
@@ -173,6 +201,19 @@ def _ssl_options(url: str, query: dict[str, str]) -> dict[str, Any]:
     return options
 
 
+def _addresses(url: str, netloc: str, default_port: int, what: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port...`` after any credentials."""
+    hosts: list[tuple[str, int]] = []
+    for item in filter(None, netloc.rpartition("@")[2].split(",")):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", str(default_port))
+        if not host or not port.isdigit():
+            raise RedisUrlError(url, f"bad {what} address {item!r}")
+        hosts.append((host, int(port)))
+    if not hosts:
+        raise RedisUrlError(url, f"no {what} addresses")
+    return tuple(hosts)
+
+
 def _sentinel(
     url: str,
     netloc: str,
@@ -182,18 +223,11 @@ def _sentinel(
     query: dict[str, str],
     ssl: dict[str, Any],
 ) -> RedisTarget:
-    hosts: list[tuple[str, int]] = []
-    for item in filter(None, netloc.rpartition("@")[2].split(",")):
-        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
-        if not host or not port.isdigit():
-            raise RedisUrlError(url, f"bad sentinel address {item!r}")
-        hosts.append((host, int(port)))
-    if not hosts:
-        raise RedisUrlError(url, "no sentinel addresses")
+    hosts = _addresses(url, netloc, 26379, "sentinel")
     parts = [p for p in path.split("/") if p]
     return RedisTarget(
         "redis+sentinel",
-        sentinels=tuple(hosts),
+        sentinels=hosts,
         master=parts[0] if parts else "mymaster",
         db=_db(url, parts[1] if len(parts) > 1 else query.get("db", "0")),
         username=user,

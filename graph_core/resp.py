@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; a bare install still works
     _hiredis_pack = None
 
-__all__ = ["fast_packing", "pack_command"]
+__all__ = ["OneByOne", "fast_packing", "pack_command", "restore_seeds", "script_pipeline"]
 
 _Client = TypeVar("_Client")
 _PACKERS: dict[type, type] = {}  # a connection class -> its subclass with the fast packer
@@ -101,3 +101,66 @@ def fast_packing(client: _Client) -> _Client:
             if type(conn) is cls:
                 conn.__class__ = pool.connection_class
     return client
+
+
+class OneByOne:
+    """A stand-in for a pipeline on a Redis Cluster client, whose pipelines refuse
+    ``EVALSHA``, ``EVAL`` and ``PUBLISH``: the commands queued are sent one at a time when
+    ``execute`` is awaited, in order, with the replies (or, ``raise_on_error=False``, the
+    errors) a pipeline gives."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name, None)
+        if method is None:  # a command the cluster client has no method for (PUBLISH)
+            command = name.upper()
+
+            async def method(*args: Any) -> Any:
+                return await self._client.execute_command(command, *args)
+
+        def queue(*args: Any, **kwargs: Any) -> OneByOne:
+            self._calls.append((method, args, kwargs))
+            return self
+
+        return queue
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        calls, self._calls = self._calls, []
+        replies: list[Any] = []
+        for method, args, kwargs in calls:
+            try:
+                replies.append(await method(*args, **kwargs))
+            except Exception as e:
+                if raise_on_error:
+                    raise
+                replies.append(e)
+        return replies
+
+
+def restore_seeds(client: Any, make_node: Any) -> None:
+    """Put back a cluster client's startup nodes (those it was made with, kept as
+    ``relaygraph_seeds``): redis-py 5's asyncio cluster client drops a node that refused a
+    connection from them, and after a failover it may have dropped them all, never to
+    connect again. ``make_node(host, port, **connection_kwargs)`` builds one. Anything
+    else is left alone."""
+    manager = getattr(client, "nodes_manager", None)
+    seeds = getattr(client, "relaygraph_seeds", None)
+    if manager is None or not seeds:
+        return
+    for host, port in seeds:
+        node = make_node(host, port, **manager.connection_kwargs)
+        manager.startup_nodes.setdefault(node.name, node)
+
+
+def script_pipeline(client: Any) -> Any:
+    """``client.pipeline(transaction=False)`` for a pipeline that runs scripts or publishes;
+    on a Redis Cluster client (asyncio), a ``OneByOne``."""
+    if type(client).__name__ == "RedisCluster":
+        return OneByOne(client)
+    return client.pipeline(transaction=False)

@@ -125,8 +125,8 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
     from arq.connections import create_pool
 
     from graph_core.resp import fast_packing
-    from worker.app import redis_settings_from_url, serve
-    from worker.waking import refuse_cluster
+    from worker.app import cluster_client, redis_settings_from_url, serve
+    from worker.waking import check_layout, close_client, refuse_cluster
 
     # Until ``serve`` installs its own handlers, a signal cancels start-up (cleanly).
     loop = asyncio.get_running_loop()
@@ -135,7 +135,10 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
     # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
-    redis: Any = fast_packing(await create_pool(redis_settings_from_url(settings.redis_url or "")))
+    url = settings.redis_url or ""
+    redis: Any = cluster_client(url) or fast_packing(
+        await create_pool(redis_settings_from_url(url))
+    )
     keys = settings.keys
     host, pid = socket.gethostname(), os.getpid()
     worker_id = f"{host}:{pid}"
@@ -148,12 +151,13 @@ async def _serve(settings: WorkerSettings, registry: HandlerRegistry, grace_s: f
     }
     try:
         await refuse_cluster(redis)  # before the registration is written
+        await check_layout(redis, keys)
         await redis.hset(keys.workers, worker_id, dumps(record))
         await serve(settings, registry, grace_s=grace_s)
     finally:
         with contextlib.suppress(Exception):  # best effort: the server may be gone already
             await redis.hdel(keys.workers, worker_id)
-        await redis.aclose()
+        await close_client(redis)
 
 
 if __name__ == "__main__":

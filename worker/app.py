@@ -38,11 +38,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import redis
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown
 from arq.worker import Retry, Worker, func
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
 from graph_core.errors import MessageError, RelaygraphError
@@ -266,6 +269,27 @@ def _serialize(data: dict[str, Any]) -> bytes:
 # --- building and running workers ---------------------------------------------------------
 
 
+def cluster_client(url: str, *, sync: bool = False) -> Any:
+    """For a ``redis+cluster://`` URL, a cluster client (redis-py's ``RedisCluster``,
+    asyncio unless ``sync``), which arq cannot make; None for any other URL. The
+    dispatcher's twin is ``dispatcher.connect.connect``."""
+    try:
+        t = parse_redis_url(url)
+    except RedisUrlError as e:
+        raise WorkerConfigError(str(e)) from e
+    if not t.is_cluster:
+        return None
+    common: dict[str, Any] = {"username": t.username, "password": t.password}
+    if t.tls:
+        common.update(ssl=True, **t.ssl)
+    if sync:
+        make_sync: Any = redis.cluster.ClusterNode
+        return redis.RedisCluster(startup_nodes=[make_sync(h, p) for h, p in t.nodes], **common)
+    client: Any = AsyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **common)
+    client.relaygraph_seeds = t.nodes  # for graph_core.resp.restore_seeds after a failover
+    return client
+
+
 def redis_settings_from_url(url: str) -> RedisSettings:
     """arq ``RedisSettings`` from a URL (the forms ``graph_core.redis_url`` accepts:
     ``redis://``, ``rediss://`` with TLS options, ``unix://`` and ``redis+sentinel://``)."""
@@ -330,7 +354,7 @@ def build_workers(
     graphs = GraphCache()  # shared by the queues of this process
     tracing = node_tracing(settings)
     heartbeat = Heartbeat(
-        sync_client(redis_settings),
+        cluster_client(settings.redis_url, sync=True) or sync_client(redis_settings),
         keys.shard(0).leases,  # each lease names its own: its run's shard's
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
@@ -354,6 +378,7 @@ def build_workers(
             ],
             queue_name=keys.shard(0).queue(name),  # arq's (its health check is named after it)
             redis_settings=redis_settings,
+            redis_pool=cluster_client(settings.redis_url),  # None: arq makes its own
             burst=burst,
             on_startup=_startup(
                 keys, registry, graphs, settings, _worker_id(name), heartbeat, metrics, tracing

@@ -123,9 +123,13 @@ class Heartbeat:
                 pipe.pexpire(h.arq_key, self._arq_lease_ms)
             slots += h.slots
             holders += [h.job_id] * len(h.slots)
-        if slots:  # by the server's clock, as the slots were taken
-            pipe.eval(RENEW, len(slots), *slots, str(self._arq_lease_ms), *holders)
+        renew: tuple[Any, ...] = (RENEW, len(slots), *slots, str(self._arq_lease_ms), *holders)
+        cluster = type(self._client).__name__ == "RedisCluster"  # its pipelines refuse EVAL
+        if slots and not cluster:  # by the server's clock, as the slots were taken
+            pipe.eval(*renew)
         pipe.execute()
+        if slots and cluster:
+            self._client.eval(*renew)
         self.beats += 1
 
 

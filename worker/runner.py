@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError, TemplateError
@@ -32,6 +40,7 @@ from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.paths import MISSING, parse_path
 from graph_core.redis_url import is_unavailable_reply
+from graph_core.resp import script_pipeline
 from graph_core.schemas import violation
 from graph_core.settings import BaseSettings
 from graph_core.state import NodeRecord, RunRecord
@@ -83,6 +92,8 @@ def redis_unavailable(e: BaseException) -> bool:
     again later instead of failing its node."""
     if isinstance(e, RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError):
         return True
+    if isinstance(e, ClusterDownError | RedisClusterException | TryAgainError):
+        return True  # a cluster failing over: no node reachable, a slot without a primary
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 
 
@@ -660,7 +671,7 @@ async def _load(
         read_latest = read_latest and not (preloaded.latest and preloaded.latest[0] == plan.nodes)
 
     def build() -> Any:
-        pipe = redis.pipeline(transaction=False)
+        pipe = script_pipeline(redis) if read_latest else redis.pipeline(transaction=False)
         if preloaded is None:
             pipe.hget(rk.meta, "run")
             pipe.hget(rk.nodes, payload.node_id)

@@ -47,15 +47,18 @@ from arq.cron import CronJob
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Function, Retry, Worker
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import parse_job_id, parse_wake_token
-from graph_core.redis_url import check_not_cluster
-from graph_core.resp import fast_packing
+from graph_core.redis_url import CLUSTER_NEEDS_SHARDS, check_not_cluster
+from graph_core.resp import fast_packing, restore_seeds, script_pipeline
 from worker.limits import ACQUIRE, RELEASE, SERVER_MS_LUA, Gate
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
@@ -242,6 +245,8 @@ async def refuse_cluster(redis: Any) -> None:
     """``ClusterUnsupported`` on a Redis Cluster node, before the worker writes anything (an
     ``INFO`` refused or failing says nothing: the worker's own commands will). The
     dispatcher's twin is ``dispatcher.connect.refuse_cluster`` (neither imports the other)."""
+    if is_cluster_client(redis):
+        return  # a cluster-aware client: fine (check_layout asks for the sharded layout)
     try:
         info = await redis.info("cluster")
     except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
@@ -249,9 +254,23 @@ async def refuse_cluster(redis: Any) -> None:
     check_not_cluster(info)
 
 
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, AsyncRedisCluster | SyncRedisCluster)
+
+
+async def close_client(client: Any) -> None:
+    """Close a client and its connections (a cluster client's ``aclose`` takes no flag)."""
+    if is_cluster_client(client):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
+
+
 async def check_layout(redis: Any, keys: Keys) -> None:
     """``dispatcher.connect.check_layout``'s twin: record the key layout, or refuse one
-    that differs from the deployment's."""
+    that differs from the deployment's (on a Redis Cluster, one that is not sharded)."""
+    if is_cluster_client(redis) and not keys.sharded:
+        raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
     try:
         await redis.set(keys.layout, str(keys.shards), nx=True)
     except ResponseError as e:  # out of memory, say: recorded by a later process
@@ -320,7 +339,8 @@ class WakingWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         fast_packing(self._pool)  # redis-py's packing costs more than the rest of a claim
-        await log_redis_info(self.pool, lambda *a: None)
+        if not is_cluster_client(self.pool):  # arq's pipelines INFO, which a cluster refuses
+            await log_redis_info(self.pool, lambda *a: None)
         await refuse_cluster(self.pool)
         await check_layout(self.pool, self.keys)
         self.ctx["redis"] = self.pool
@@ -341,7 +361,8 @@ class WakingWorker(Worker):
                     return
                 woken = await self._wait_for_work()
                 failures = 0
-            except RedisError as e:  # Redis restarting or unreachable: wait, then poll again
+            except (RedisError, RedisClusterException) as e:  # restarting, failing over...
+                restore_seeds(self.pool, ClusterNode)  # a cluster client may have lost them all
                 woken = None
                 self.outages += 1
                 delay = _OUTAGE_BACKOFF_S[min(failures, len(_OUTAGE_BACKOFF_S) - 1)]
@@ -669,7 +690,7 @@ class WakingWorker(Worker):
         return replies
 
     async def _pipelined(self, sha: str, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        pipe = self.pool.pipeline(transaction=False)
+        pipe = script_pipeline(self.pool)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
@@ -769,9 +790,7 @@ class WakingWorker(Worker):
     async def _close(self) -> None:
         if not self._handle_signals or (self.main_task is not None and not self.main_task.done()):
             self.handle_sig(signal.SIGUSR1)  # stop the loop and cancel the running jobs
-        for pending in self._waiting.values():  # a wake-up popped now is left to a poll
-            pending.cancel()
-        self._waiting.clear()
+        self._stop_pending_pops()  # a wake-up popped now is left to a poll
         if not self._pool:
             return
         try:
@@ -794,7 +813,7 @@ class WakingWorker(Worker):
                 if self.on_shutdown:
                     await self.on_shutdown(self.ctx)
             finally:
-                await self.pool.aclose(close_connection_pool=True)
+                await close_client(self.pool)
                 self._pool = None
 
     async def _hand_back_unstarted(self) -> None:
@@ -964,6 +983,7 @@ class WakingWorker(Worker):
         """Block until work arrives: the jobs of a wake-up, or None to poll the queue."""
         free = self.max_jobs - self.job_counter
         if free <= 0:
+            self._stop_pending_pops()  # a full worker takes no wake-up an idle one could
             # Full: taking wake-ups now would steal them from an idle worker. Wait for one
             # of our own jobs to finish (or the fallback), then poll: the queue gives the
             # most urgent jobs first (a run's priority), where wake-ups come in order.
@@ -1012,6 +1032,16 @@ class WakingWorker(Worker):
                 return list(got[1]) if got else []
         got = await pool.blpop([key], timeout=timeout)
         return [got[1]] if got else []
+
+    def _stop_pending_pops(self) -> None:
+        """Cancel the shards' pending blocking pops (keeping what the finished ones got). A
+        pop cancelled just as the server answered loses its wake-ups: a poll finds those."""
+        for key, task in list(self._waiting.items()):
+            del self._waiting[key]
+            if not task.done():
+                task.cancel()
+            elif task.exception() is None:
+                self._spare += task.result()
 
     async def _pop_sharded(self, count: int, timeout: float) -> list[bytes]:
         """Wake-ups from every shard's wake list: one blocking pop each (a cluster blocks

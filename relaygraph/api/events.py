@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from redis.exceptions import RedisError
 
+from dispatcher.connect import open_pubsub
 from graph_core.events import history_event
 from graph_core.keys import Keys, RunKeys
 
@@ -99,7 +100,7 @@ class EventHub:
     async def _pump(self) -> None:
         while True:
             try:
-                pubsub = self.redis.pubsub()
+                pubsub = await open_pubsub(self.redis)
                 try:
                     await pubsub.subscribe(self.channel)
                     self.subscribed.set()

@@ -42,7 +42,8 @@ async def readyz(response: Response, ctx: Ctx) -> Ready:
         return Ready(
             status="not-ready", redis=False, dispatchers=0, queues={}, reasons=[f"Redis: {e}"]
         )
-    reasons = [] if dispatchers else [f"no dispatcher has read {keys.inbox} lately"]
+    inbox = keys.shard(0).inbox  # every dispatcher reads every shard's
+    reasons = [] if dispatchers else [f"no dispatcher has read {inbox} lately"]
     if reasons:
         response.status_code = 503
     return Ready(
@@ -57,7 +58,7 @@ async def readyz(response: Response, ctx: Ctx) -> Ready:
 async def _live_dispatchers(ctx: ApiContext) -> int:
     keys = ctx.rkeys
     try:
-        consumers = await ctx.redis.xinfo_consumers(keys.inbox, keys.inbox_group)
+        consumers = await ctx.redis.xinfo_consumers(keys.shard(0).inbox, keys.inbox_group)
     except ResponseError:  # no inbox or no group yet: no dispatcher ever started
         return 0
     # Redis 7.2+ and Valkey reset "idle" on every read attempt (an idle dispatcher's too);
@@ -78,10 +79,13 @@ async def _queue_depths(ctx: ApiContext) -> dict[str, int]:
         if isinstance(record, dict) and isinstance(record.get("queues"), list):
             names.update(str(q) for q in record["queues"])
     ordered = sorted(names)
+    shards = [keys.shard(k) for k in range(max(1, keys.shards))]
     pipe = ctx.redis.pipeline(transaction=False)
     for name in ordered:
-        pipe.zcard(keys.queue(name))
-    return dict(zip(ordered, (int(n) for n in await pipe.execute()), strict=True))
+        for shard in shards:
+            pipe.zcard(shard.queue(name))
+    depths = iter(int(n) for n in await pipe.execute())
+    return {name: sum(next(depths) for _ in shards) for name in ordered}
 
 
 @router.get(

@@ -26,6 +26,7 @@ from dispatcher.connect import redis_unavailable
 from dispatcher.errors import InputError, NodeNotWaiting, RunExists, RunNotFound, RunStateError
 from dispatcher.store import GraphNotFound, StoreError
 from graph_core.errors import GraphValidationError, RelaygraphError
+from graph_core.keys import PerShard
 from relaygraph.api.models import ProblemDetails
 
 __all__ = [
@@ -155,6 +156,8 @@ def as_problem(error: Exception) -> Problem | None:
         return Problem(409, "run-exists", str(error))
     if isinstance(error, StoreError):
         return Problem(409, "conflict", str(error))
+    if isinstance(error, PerShard):  # a sharded deployment (Redis Cluster) cannot do it yet
+        return Problem(501, "not-implemented", f"not supported in the sharded layout yet: {error}")
     if isinstance(error, InputError | RelaygraphError):
         return Problem(422, "invalid-input", str(error))
     return None

@@ -6,7 +6,11 @@ shard's inbox (a raw one without a run id) is handed on to its run's."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import subprocess
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,17 +19,40 @@ from dispatcher.client import WorkflowClient
 from dispatcher.connect import check_layout as dispatcher_check_layout
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
+from graph_core.conditions import Condition
 from graph_core.errors import RelaygraphError
-from graph_core.keys import Keys
+from graph_core.keys import Keys, key_slot
 from graph_core.messages import SubmitRequest, encode_inbox
-from graph_core.model import Graph, Node
-from tests.e2e.test_run_operations import counts, deployment
+from graph_core.model import Edge, Graph, Node
+from relaygraph.embedded_cluster import EmbeddedCluster
+from tests.e2e.test_examples_cli import RELAYGRAPH, cli_env, relaygraph_up
+from tests.e2e.test_run_operations import HANDLERS, counts, deployment
 from tests.support.waiting import wait_for
 from worker.waking import check_layout as worker_check_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SHARDS = 4
+
+
+@contextlib.contextmanager
+def subprocess_dispatcher(argv: list[str], env: dict[str, str]) -> Iterator[None]:
+    """One more dispatcher process, stopped (SIGTERM) at the end of the block; its log goes
+    to a file (a pipe nobody reads would block it once full)."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            yield
+            proc.terminate()
+            code = proc.wait(timeout=30)
+            log.seek(0)
+            assert code == 0, log.read().decode(errors="replace")[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _graph() -> Graph:
@@ -83,6 +110,8 @@ async def test_runs_over_four_shards_on_one_server(redis_url: str, redis: aiored
                 if keys.shard_for(f"mine-{i}") is not keys.idempotency_shard("twice")
             )
             assert await client.submit("sharded", {}, idempotency_key="twice", run_id=mine) == mine
+            again = await client.submit("sharded", {}, idempotency_key="twice", run_id=mine)
+            assert again == mine  # the same submit again: its run, as on one server
             assert await client.submit("sharded", {}, idempotency_key="twice") == mine
             runs += [once, mine]
             for run_id in runs:
@@ -129,3 +158,78 @@ async def test_a_process_with_another_layout_than_the_deployments_is_refused(
     with pytest.raises(RelaygraphError, match="RELAYGRAPH_SHARDS"):
         await worker_check_layout(redis, Keys(prefix, SHARDS))
     assert await redis.keys(f"{prefix}*") == [f"{prefix}:layout".encode()]
+
+
+def _loop() -> Graph:
+    """start -> loop (runs 3 visits: again while its own count is under 3) -> end."""
+    g = Graph(id="looped").add_nodes(
+        Node("start", type="start"),
+        Node("loop", type="count", max_visits=5),
+        Node("end", type="end"),
+    )
+    g.connect("start", "loop")
+    g.add_edges(
+        Edge("loop", "loop", condition=Condition.field("loop.output.n").lt(3)),
+        Edge("loop", "end", condition=Condition.otherwise()),
+    )
+    return g.validate_graph()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(primaries=3) as c:
+        yield c
+
+
+async def test_200_runs_on_a_three_primary_cluster(
+    cluster: EmbeddedCluster, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """The multi-process scenario on a real Redis Cluster (3 primaries, 16 shards): two
+    dispatchers, three workers, 200 runs with fan-out/join, a loop and an approval. Every
+    (run, node, visit) executed once, runs in every shard, no CROSSSLOT anywhere (a
+    refused command would fail its run or stop its process). The handlers count on the
+    test's own server (``redis_url``), not on the cluster."""
+    prefix = f"cl-{secrets.token_hex(4)}"
+    shards = 16
+    url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+    env = {
+        **cli_env(),
+        "RELAYGRAPH_SHARDS": str(shards),
+        "OPS_TEST_REDIS": redis_url,
+        "OPS_TEST_KEY": f"{prefix}-probe",
+    }
+    flags = ["--redis", url, "--prefix", prefix, "--handlers", HANDLERS]
+    keys = Keys(prefix, shards)
+    with (
+        relaygraph_up([*flags, "--workers", "3"], env=env),
+        subprocess_dispatcher([RELAYGRAPH, "dispatcher", "--redis", url, "--prefix", prefix], env),
+    ):
+        async with WorkflowClient.from_url(url, prefix=prefix, shards=shards) as client:
+            for g in (_graph(), _loop(), _gated()):
+                await client.register_graph(g)
+            fans = [await client.submit("sharded", {"i": i}) for i in range(150)]
+            loops = [await client.submit("looped", {"i": i}) for i in range(40)]
+            gated = [await client.submit("gated", {"i": i}) for i in range(10)]
+            for run_id in gated:
+
+                async def waiting(run_id: str = run_id) -> bool:
+                    view = await client.get_run(run_id)
+                    return view is not None and view.status == "waiting"
+
+                await wait_for(waiting, timeout=60, message=f"run {run_id} waits")
+                await client.approve(run_id, "gate", actor="tester", durable=run_id != gated[0])
+            views = {}
+            for run_id in [*fans, *loops, *gated]:
+                views[run_id] = await client.wait(run_id, timeout=120)
+                assert views[run_id].status == "completed", (run_id, views[run_id].error)
+    for run_id in fans:
+        assert await counts(redis, prefix, run_id) == {"fan": 1, "x": 1, "y": 1, "join": 1}
+    for run_id in loops:
+        assert await counts(redis, prefix, run_id) == {"loop": 3}
+        assert views[run_id].nodes["loop"].visits == 3
+    for run_id in gated:
+        assert await counts(redis, prefix, run_id) == {"prep": 1, "after": 1}
+    assert {keys.shard_for(r).shard for r in [*fans, *loops, *gated]} == set(range(shards))
+    # the shards' keys are spread over the three primaries
+    owners = {cluster.primary_for(key_slot(keys.shard(k).inbox)) for k in range(shards)}
+    assert owners == {0, 1, 2}

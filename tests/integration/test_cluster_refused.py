@@ -1,6 +1,7 @@
-"""relaygraph does not run on Redis Cluster yet (docs/cluster-plan.md). Pointed at a cluster
-node, every process says so plainly, before writing anything, instead of failing later on a
-MOVED or CROSSSLOT reply with a traceback."""
+"""A Redis Cluster is reached with ``redis+cluster://`` and the sharded layout
+(docs/cluster-plan.md). Pointed at a cluster node with a plain URL, every process says so
+plainly, before writing anything, instead of failing later on a MOVED or CROSSSLOT reply
+with a traceback; with a cluster URL but without shards, a dispatcher says what to set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from dispatcher.connect import connect, refuse_cluster
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
+from graph_core.errors import RelaygraphError
 from graph_core.redis_url import ClusterUnsupported
 from relaygraph.cli import main
 from relaygraph.embedded_cluster import EmbeddedCluster
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 GRAPH = "examples/bug_triage/graph.json"
 HANDLERS = "examples.bug_triage.handlers"
-SAID = "is a Redis Cluster node (cluster mode on): relaygraph does not run on Redis Cluster yet"
+SAID = "is a Redis Cluster node (cluster mode on), reached with a plain redis:// URL"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,16 @@ def test_where_info_is_refused_the_cli_names_the_cluster_from_its_replies(
             node.acl_deluser(user)
             node.flushall()  # what the register wrote before its first MOVED
             node.close()
+
+
+async def test_a_cluster_url_without_shards_is_refused_naming_the_setting(
+    cluster: EmbeddedCluster,
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+    redis_client = connect(url)
+    try:
+        with pytest.raises(RelaygraphError, match="RELAYGRAPH_SHARDS"):
+            await Dispatcher(redis_client, DispatcherSettings(redis_url=url)).run()
+    finally:
+        await redis_client.aclose()
+    assert _keys_stored(cluster) == 0

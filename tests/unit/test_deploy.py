@@ -25,6 +25,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs: types-PyYAM
 
 from dispatcher.settings import DispatcherSettings
 from graph_core.keys import DEFAULT_PREFIX, Keys
+from graph_core.redis_url import parse_redis_url
 from graph_core.settings import _KNOWN_ELSEWHERE, ENV_PREFIX, BaseSettings, load_settings
 from relaygraph.api import ApiKeys, ApiSettings
 from worker.settings import WorkerSettings
@@ -735,3 +736,32 @@ def test_k8s_scrape_annotations_name_the_metrics_ports() -> None:
         _container_port(container, port, f"k8s {name}")
         scraped.add(name)
     assert scraped == {"relaygraph-dispatcher", "relaygraph-worker", "relaygraph-api"}
+
+
+def test_the_cluster_compose_file_runs_relaygraph_on_a_six_node_cluster() -> None:
+    """deploy/docker-compose.cluster.yml: 6 cluster-enabled nodes joined as 3 primaries with
+    a replica each, and relaygraph's processes with a cluster URL and the sharded layout
+    (real subcommands, known settings that load, a URL naming three of the nodes)."""
+    (doc,) = _load_all(DEPLOY / "docker-compose.cluster.yml")
+    services: dict[str, dict[str, Any]] = doc["services"]
+    nodes = sorted(n for n in services if n.startswith("valkey-"))
+    assert nodes == [f"valkey-{i}" for i in range(1, 7)]
+    for name in nodes:
+        argv = _compose_argv(services[name])
+        assert argv[0] == "valkey-server" and argv[argv.index("--cluster-enabled") + 1] == "yes"
+    init = " ".join(_compose_argv(services["cluster-init"]))
+    assert "--cluster create" in init and "--cluster-replicas 1" in init
+    assert all(f"getent hosts {n} " in init for n in nodes)
+    ours = {n: s for n, s in services.items() if "build" in s}
+    assert set(ours) == {"dispatcher", "worker", "api"}
+    for name, service in ours.items():
+        argv = _compose_argv(service)
+        _check_argv(argv, f"cluster compose service {name}")
+        env = _compose_env(service)
+        _check_env(env, argv[0], f"cluster compose service {name}")
+        target = parse_redis_url(env["RELAYGRAPH_REDIS_URL"])
+        assert target.is_cluster and [h for h, _ in target.nodes] == nodes[:3]
+        assert int(env["RELAYGRAPH_SHARDS"]) == 16
+        assert service["depends_on"]["cluster-init"]["condition"] == (
+            "service_completed_successfully"
+        )
