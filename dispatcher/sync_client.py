@@ -35,7 +35,9 @@ class SyncWorkflowClient:
         prefix: str = DEFAULT_PREFIX,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retention_s: int = DEFAULT_RETENTION_S,
+        shards: int = 0,
     ) -> None:
+        """``shards``: the deployment's key layout, as ``WorkflowClient``'s."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="relaygraph-client", daemon=True
@@ -45,7 +47,11 @@ class SyncWorkflowClient:
 
         async def make() -> WorkflowClient:  # the pool belongs to the loop that uses it
             return WorkflowClient.from_url(
-                url, prefix=prefix, max_message_bytes=max_message_bytes, retention_s=retention_s
+                url,
+                prefix=prefix,
+                max_message_bytes=max_message_bytes,
+                retention_s=retention_s,
+                shards=shards,
             )
 
         self.client = self._call(make())
@@ -58,8 +64,15 @@ class SyncWorkflowClient:
         prefix: str = DEFAULT_PREFIX,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retention_s: int = DEFAULT_RETENTION_S,
+        shards: int = 0,
     ) -> SyncWorkflowClient:
-        return cls(url, prefix=prefix, max_message_bytes=max_message_bytes, retention_s=retention_s)
+        return cls(
+            url,
+            prefix=prefix,
+            max_message_bytes=max_message_bytes,
+            retention_s=retention_s,
+            shards=shards,
+        )
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

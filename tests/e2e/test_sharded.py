@@ -19,6 +19,7 @@ from dispatcher.client import WorkflowClient
 from dispatcher.connect import check_layout as dispatcher_check_layout
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
+from dispatcher.sync_client import SyncWorkflowClient
 from graph_core.conditions import Condition
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys, key_slot
@@ -158,6 +159,12 @@ async def test_a_process_with_another_layout_than_the_deployments_is_refused(
     with pytest.raises(RelaygraphError, match="RELAYGRAPH_SHARDS"):
         await worker_check_layout(redis, Keys(prefix, SHARDS))
     assert await redis.keys(f"{prefix}*") == [f"{prefix}:layout".encode()]
+    # a client with another layout refuses its first write (a run no dispatcher would see)
+    with SyncWorkflowClient.from_url(redis_url, prefix=prefix, shards=SHARDS) as client:
+        client.register_graph(_graph())
+        with pytest.raises(RelaygraphError, match=r"in 0 shards .* started with 4"):
+            client.submit("sharded", {})
+    assert not await redis.keys(f"{prefix}:{{*}}:*")  # nothing in any shard
 
 
 def _loop() -> Graph:
