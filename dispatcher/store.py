@@ -24,7 +24,7 @@ from dispatcher.loaded import NeedState, RedisView
 from dispatcher.prefetch import NOTHING, Prefetch
 from graph_core.errors import GraphValidationError, Problem, RelaygraphError
 from graph_core.events import ErrorInfo, ParentRef, child_end, history_event
-from graph_core.keys import Keys, RunKeys
+from graph_core.keys import Keys, RunKeys, ShardKeys
 from graph_core.messages import dumps, encode_inbox
 from graph_core.model import Graph
 from graph_core.paths import MISSING
@@ -405,13 +405,32 @@ class RunStore:
     ) -> list[tuple[str, int]]:
         """A page of ``list_runs`` with each run's index score (ms): the runs after
         ``before`` (the last (score, run id) of the previous page) in the index's newest-first
-        order. Runs created meanwhile sort before ``before``, so pages stay stable."""
+        order. Runs created meanwhile sort before ``before``, so pages stay stable. In the
+        sharded layout each shard's page is read and the pages merged: the cursor orders
+        runs across shards the same way."""
+        shards = self._shards()
+        if len(shards) == 1:
+            return await self._page_in(shards[0], status, graph_id, limit, before)
+        pages = [await self._page_in(s, status, graph_id, limit, before) for s in shards]
+        return sorted((p for page in pages for p in page), key=_newest, reverse=True)[:limit]
+
+    def _shards(self) -> list[ShardKeys]:
+        return [self.keys.shard(k) for k in range(max(1, self.keys.shards))]
+
+    async def _page_in(
+        self,
+        shard: ShardKeys,
+        status: str | None,
+        graph_id: str | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[tuple[str, int]]:
         if status and graph_id:
-            return await self._page_of_both(status, graph_id, limit, before)
+            return await self._page_of_both(shard, status, graph_id, limit, before)
         if graph_id:
-            key = self.keys.runs_by_graph(graph_id)
+            key = shard.runs_by_graph(graph_id)
         else:
-            key = self.keys.runs_by_status(status) if status else self.keys.runs_all
+            key = shard.runs_by_status(status) if status else shard.runs_all
         return await self._after(key, before, limit)
 
     async def _after(
@@ -431,13 +450,18 @@ class RunStore:
         return [(m, sc) for m, sc in page if (sc, m) < (before[0], before[1])][:count]
 
     async def _page_of_both(
-        self, status: str, graph_id: str, limit: int, before: tuple[int, str] | None
+        self,
+        shard: ShardKeys,
+        status: str,
+        graph_id: str,
+        limit: int,
+        before: tuple[int, str] | None,
     ) -> list[tuple[str, int]]:
         """The runs of one graph in one status, in the status index's order. The smaller
         index is read in batches and each batch looked up in the other (single-key commands,
         as a cluster needs): a walk of the status index stops once the page is full; a
         smaller graph index is read whole (its runs in the status are at most its size)."""
-        by_status, by_graph = self.keys.runs_by_status(status), self.keys.runs_by_graph(graph_id)
+        by_status, by_graph = shard.runs_by_status(status), shard.runs_by_graph(graph_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(by_status)
         pipe.zcard(by_graph)
@@ -466,9 +490,25 @@ class RunStore:
         return page[:limit]
 
     async def oldest_in_status(self, status: str, limit: int) -> list[str]:
-        """Run ids in ``status``, the longest there first (an approvals inbox: oldest first)."""
-        ids = await self.redis.zrange(self.keys.runs_by_status(status), 0, limit - 1)
-        return [i.decode() for i in ids]
+        """Run ids in ``status``, the longest there first (an approvals inbox: oldest first),
+        over every shard."""
+        found: list[tuple[float, str]] = []
+        for shard in self._shards():
+            pairs = await self.redis.zrange(
+                shard.runs_by_status(status), 0, limit - 1, withscores=True
+            )
+            found += [(score, member.decode()) for member, score in pairs]
+        return [run_id for _, run_id in sorted(found)[:limit]]
+
+    async def count_by_status(self, statuses: Sequence[str]) -> dict[str, int]:
+        """How many runs are in each of ``statuses``, over every shard."""
+        pipe = self.redis.pipeline(transaction=False)
+        shards = self._shards()
+        for status in statuses:
+            for shard in shards:
+                pipe.zcard(shard.runs_by_status(status))
+        counts = iter(await pipe.execute())
+        return {status: sum(int(next(counts)) for _ in shards) for status in statuses}
 
     async def graph_ids(self) -> dict[str, int]:
         """Every registered graph's id and latest version."""

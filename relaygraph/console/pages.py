@@ -96,11 +96,7 @@ def _cursor(text: str) -> tuple[int, str] | None:
 
 
 async def _counts(ctx: ApiContext) -> dict[str, int]:
-    keys = ctx.rkeys
-    pipe = ctx.redis.pipeline(transaction=False)
-    for s in RunStatus:
-        pipe.zcard(keys.runs_by_status(s.value))
-    return {s.value: int(n) for s, n in zip(RunStatus, await pipe.execute(), strict=True)}
+    return await ctx.client.store.count_by_status([s.value for s in RunStatus])
 
 
 @router.get("/runs/{run_id}")

@@ -125,6 +125,19 @@ async def test_runs_over_four_shards_on_one_server(redis_url: str, redis: aiored
 
             await wait_for(lambda: waiting(gated), message="the gated run waits")
             await wait_for(lambda: waiting(doomed), message="the second gated run waits")
+            # reads over every shard: an approvals inbox, counts, pages of a listing
+            assert set(await client.store.oldest_in_status("waiting", 10)) == {gated, doomed}
+            counts_now = await client.store.count_by_status(["waiting", "completed"])
+            assert counts_now == {"waiting": 2, "completed": len(runs) + 1}
+            seen: list[tuple[str, int]] = []
+            before = None
+            while page := await client.store.page_runs("completed", "sharded", 5, before):
+                seen += page
+                before = (page[-1][1], page[-1][0])
+            listed = await client.list_runs("completed", 500, "sharded")
+            assert [r for r, _ in seen] == [summary.run_id for summary in listed]
+            assert sorted(r for r, _ in seen) == sorted([*runs, raw_run])  # each once
+            assert [(sc, r) for r, sc in seen] == sorted(((sc, r) for r, sc in seen), reverse=True)
             await client.approve(gated, "gate", actor="tester", durable=False)  # published
             await client.cancel(doomed)
             assert (await client.wait(gated, timeout=30)).status == "completed"
@@ -229,6 +242,8 @@ async def test_200_runs_on_a_three_primary_cluster(
             for run_id in [*fans, *loops, *gated]:
                 views[run_id] = await client.wait(run_id, timeout=120)
                 assert views[run_id].status == "completed", (run_id, views[run_id].error)
+            listed = await client.list_runs("completed", 500)  # over every shard and node
+            assert sorted(r.run_id for r in listed) == sorted(views)
     for run_id in fans:
         assert await counts(redis, prefix, run_id) == {"fan": 1, "x": 1, "y": 1, "join": 1}
     for run_id in loops:
