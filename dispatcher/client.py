@@ -292,23 +292,11 @@ class WorkflowClient:
         )
         keyed = idempotency_key is not None
         submit_keys = self._submit_keys(run_id, graph_id, idempotency_key)
-        if (
-            idempotency_key is not None
-            and self.keys.sharded
-            and self.keys.idempotency_shard(idempotency_key) is not self.keys.shard_for(run_id)
-        ):
-            # sharded, with a run id of the caller's in another shard than the key's: the
-            # key is claimed apart, first (a crash right after leaves it naming no run until
-            # it expires; a run id left to the client is put in the key's shard instead)
-            apart = submit_keys[0]
-            won = await self.redis.set(apart, run_id, nx=True, ex=self.store.retention_s)
-            if not won:
-                existing = (await self.redis.get(apart) or b"").decode()
-                if existing and existing != run_id:
-                    return existing
+        apart, won, other = await self._claim_apart(submit_keys[0], idempotency_key, run_id)
+        if other:
+            return other  # the key names another run: a duplicate
+        if apart:
             keyed, submit_keys[0] = False, submit_keys[1]
-        else:
-            apart, won = "", False
         outcome, winner = await self._submit(
             keys=submit_keys,
             args=[
@@ -322,10 +310,8 @@ class WorkflowClient:
             ],
         )
         if int(outcome) == -1:
-            if apart and not won:  # the key named this run already: the same submit again
+            if apart and await self._same_submission(apart, won, idempotency_key, run_id):
                 return run_id
-            if apart and (await self.redis.get(apart) or b"").decode() == run_id:
-                await self.redis.delete(apart)  # claimed for a run id that was taken
             raise RunExists(run_id)
         return winner.decode() if isinstance(winner, bytes) else str(winner)
 
@@ -432,6 +418,37 @@ class WorkflowClient:
         else:
             # a cluster client has no publish(): the command reaches every node all the same
             await self.redis.execute_command("PUBLISH", self.keys.approvals_channel, message)
+
+    async def _claim_apart(
+        self, key: str, idempotency_key: str | None, run_id: str
+    ) -> tuple[str, bool, str]:
+        """Sharded, with a run id of the caller's in another shard than its submission
+        key's, the key is claimed apart, before the submit (a crash right after leaves it
+        naming no run until it expires; a run id left to the client is put in the key's
+        shard instead, and the submit script claims it). (the key claimed apart or '',
+        whether this call won it, the other run it names or '')."""
+        if (
+            idempotency_key is None
+            or not self.keys.sharded
+            or self.keys.idempotency_shard(idempotency_key) is self.keys.shard_for(run_id)
+        ):
+            return "", False, ""
+        won = bool(await self.redis.set(key, run_id, nx=True, ex=self.store.retention_s))
+        existing = "" if won else (await self.redis.get(key) or b"").decode()
+        return key, won, existing if existing != run_id else ""
+
+    async def _same_submission(
+        self, key: str, won: bool, idempotency_key: str | None, run_id: str
+    ) -> bool:
+        """After a key claimed apart, the run id is taken: by this submission's run (made
+        by an earlier or a racing call: the same answer), or by another run (the key this
+        call claimed is let go)."""
+        taken = await self.store.get_run(run_id)
+        if taken is not None and taken.idempotency_key == idempotency_key:
+            return True
+        if won and (await self.redis.get(key) or b"").decode() == run_id:
+            await self.redis.delete(key)
+        return False
 
     def _new_run_id(self, idempotency_key: str | None) -> str:
         """A new run id; sharded with a submission key, one in the key's shard, so that

@@ -3,6 +3,7 @@ with the fast command packer (graph_core/resp.py)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any, cast
 
 import redis
@@ -115,9 +116,20 @@ async def open_pubsub(redis: Any) -> Any:
     if not is_cluster_client(redis):
         return redis.pubsub()
     await redis.initialize()
-    node = redis.get_default_node()
-    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-    return _NodePubSub(Redis(connection_pool=pool))
+    nodes = list(redis.get_primaries())
+    random.shuffle(nodes)  # spread the fleet's subscribers; skip a node that is gone
+    failed: Exception | None = None
+    for node in nodes:
+        pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+        client = Redis(connection_pool=pool)
+        try:
+            await client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            failed = e
+            await client.aclose(close_connection_pool=True)
+            continue
+        return _NodePubSub(client)
+    raise failed or RedisConnectionError("no primary of the cluster answers")
 
 
 class _NodePubSub:

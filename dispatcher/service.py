@@ -458,16 +458,17 @@ class Dispatcher:
 
     async def _approval_loop(self, stop: asyncio.Event) -> None:
         pubsub = await open_pubsub(self.redis)
-        await pubsub.subscribe(self.keys.approvals_channel)
         try:
+            await pubsub.subscribe(self.keys.approvals_channel)
             while not stop.is_set():
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 if msg is None or msg.get("type") != "message":
                     continue
                 await self._approval_published(msg["data"])
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a dead connection: closing still goes on
                 await pubsub.unsubscribe()
+            with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
     async def _approval_published(self, raw: bytes) -> None:

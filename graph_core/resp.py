@@ -131,15 +131,19 @@ class OneByOne:
         return len(self._calls)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Every command, in order; then, as a pipeline, the first error raised (if
+        ``raise_on_error``) or each error in its reply's place."""
         calls, self._calls = self._calls, []
         replies: list[Any] = []
         for method, args, kwargs in calls:
             try:
                 replies.append(await method(*args, **kwargs))
             except Exception as e:
-                if raise_on_error:
-                    raise
                 replies.append(e)
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         return replies
 
 
@@ -161,6 +165,7 @@ def restore_seeds(client: Any, make_node: Any) -> None:
 def script_pipeline(client: Any) -> Any:
     """``client.pipeline(transaction=False)`` for a pipeline that runs scripts or publishes;
     on a Redis Cluster client (asyncio), a ``OneByOne``."""
-    if type(client).__name__ == "RedisCluster":
+    kind = type(client)
+    if kind.__name__ == "RedisCluster" and kind.__module__.startswith("redis.asyncio"):
         return OneByOne(client)
     return client.pipeline(transaction=False)

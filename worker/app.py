@@ -279,10 +279,17 @@ def cluster_client(url: str, *, sync: bool = False) -> Any:
         raise WorkerConfigError(str(e)) from e
     if not t.is_cluster:
         return None
-    common: dict[str, Any] = {"username": t.username, "password": t.password}
+    # connect timeouts as arq's pool and the heartbeat's client have (the heartbeat also
+    # a read timeout: a blocking pop is never sent on it)
+    common: dict[str, Any] = {
+        "username": t.username,
+        "password": t.password,
+        "socket_connect_timeout": 5,
+    }
     if t.tls:
         common.update(ssl=True, **t.ssl)
     if sync:
+        common["socket_timeout"] = 5
         make_sync: Any = redis.cluster.ClusterNode
         return redis.RedisCluster(startup_nodes=[make_sync(h, p) for h, p in t.nodes], **common)
     client: Any = AsyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **common)

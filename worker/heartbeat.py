@@ -19,7 +19,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.sentinel import Sentinel
 
 from worker.limits import RENEW
@@ -105,7 +105,9 @@ class Heartbeat:
                 continue
             try:
                 self._beat(held)
-            except RedisError as e:  # the dispatcher copes with a lapsed lease; keep beating
+            # the dispatcher copes with a lapsed lease; keep beating (a cluster client's
+            # "cannot be connected" is no RedisError, and must not end the thread either)
+            except (RedisError, RedisClusterException) as e:
                 logger.warning("lease heartbeat failed: %s", e)
 
     def _beat(self, held: list[tuple[bytes, _Held]]) -> None:

@@ -330,7 +330,13 @@ async def send_report(redis: Any, keys: Keys, data: bytes, run_id: str) -> None:
         try:
             await redis.xadd(inbox, {"m": data})
             return
-        except (RedisConnectionError, RedisTimeoutError):
+        except (
+            RedisConnectionError,
+            RedisTimeoutError,
+            ClusterDownError,
+            TryAgainError,
+            RedisClusterException,
+        ):
             if attempt == _REPORT_TRIES:
                 raise
             logger.warning("reporting to %s failed (try %d), retrying", inbox, attempt)

@@ -50,8 +50,15 @@ from arq.worker import Function, Retry, Worker
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError
@@ -178,6 +185,8 @@ _SHAS: Final = {
 }
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _FINISH_TRIES: Final = 3
+# a cluster failing over: no node reachable for now, a slot without a primary (retried)
+_CLUSTER_DOWN: Final = (ClusterDownError, TryAgainError, RedisClusterException)
 _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
@@ -601,7 +610,7 @@ class WakingWorker(Worker):
         ]
         try:
             replies: list[Any] = await self._evalsha_all(calls, ACQUIRE)
-        except RedisError as e:  # connection lost: hand the limited claims back (or let lapse)
+        except (RedisError, RedisClusterException) as e:  # lost: hand the claims back
             replies = [e] * len(calls)
         back: list[Claim] = []
         failed: list[str] = []
@@ -640,7 +649,7 @@ class WakingWorker(Worker):
                 for job_id in woken:
                     pipe.rpush(self._shard_of(job_id).wake(self.queue), job_id)
                 await pipe.execute()
-        except RedisError as e:  # best effort: a poll finds them
+        except (RedisError, RedisClusterException) as e:  # best effort: a poll finds them
             logger.warning("checking held-back jobs failed: %s", e)
         return claims
 
@@ -666,7 +675,7 @@ class WakingWorker(Worker):
         try:
             for queue, ids in by_queue.items():
                 await pool.eval(_DEFER, 1, queue, _CLAIM_FAILED_DEFER_MS, *ids)
-        except RedisError as e:
+        except (RedisError, RedisClusterException) as e:
             logger.warning("could not move jobs %s back in their queue: %s", job_ids, e)
 
     async def _evalsha_all(
@@ -927,7 +936,7 @@ class WakingWorker(Worker):
                 woken = await self._eval_retried(RELEASE, keys, args, "waking held-back jobs")
                 if not woken:
                     return
-        except RedisError as e:
+        except (RedisError, RedisClusterException) as e:
             logger.warning("waking jobs a limit held back failed: %s", e)
 
     async def _eval_retried(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
@@ -943,7 +952,7 @@ class WakingWorker(Worker):
                     except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
                         await pool.script_load(source)
                         return await pool.evalsha(sha, len(keys), *keys, *args)
-            except (RedisConnectionError, RedisTimeoutError, TimeoutError):
+            except (RedisConnectionError, RedisTimeoutError, TimeoutError, *_CLUSTER_DOWN):
                 if attempt == _FINISH_TRIES:
                     logger.exception("%s failed", what)
                     return None
