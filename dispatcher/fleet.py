@@ -95,38 +95,44 @@ class FleetReader:
     def _read(self) -> FleetSnapshot:
         keys = self.keys
         statuses = [s.value for s in RunStatus]
+        shards = [keys.shard(k) for k in range(max(1, keys.shards))]  # one on one server
+        server_time = self.redis.time()  # apart: a cluster client's pipelines refuse TIME
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         pipe.hvals(keys.workers)
         pipe.hkeys(keys.graphs)
-        pipe.xlen(keys.inbox)
-        pipe.xpending(keys.inbox, keys.inbox_group)
-        pipe.xinfo_groups(keys.inbox)
         pipe.xlen(keys.deadletter)
-        pipe.zcard(keys.timers)
-        pipe.zcard(keys.leases)
-        for status in statuses:
-            pipe.zcard(keys.runs_by_status(status))
+        for shard in shards:
+            pipe.xlen(shard.inbox)
+            pipe.xpending(shard.inbox, keys.inbox_group)
+            pipe.xinfo_groups(shard.inbox)
+            pipe.zcard(shard.timers)
+            pipe.zcard(shard.leases)
+            for status in statuses:
+                pipe.zcard(shard.runs_by_status(status))
         replies = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and not _missing_stream(reply):
                 raise reply
-        server_time, worker_records, graph_fields, inbox_len, pending, groups = replies[:6]
-        dead, timers, leases = replies[6:9]
+        worker_records, graph_fields, dead = replies[:3]
+        per_shard = 5 + len(statuses)
+        rows = [replies[3 + i * per_shard : 3 + (i + 1) * per_shard] for i in range(len(shards))]
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         serving = _serving(worker_records)
         names = sorted(serving.keys() | self._queues_of_graphs(graph_fields))
+        lags = [_lag(row[2], keys.inbox_group) for row in rows]
         return FleetSnapshot(
             queues=self._queue_stats(names, serving, now_ms),
             workers=len(worker_records),
-            inbox_length=_int(inbox_len),
-            inbox_pending=_pending_count(pending),
-            inbox_oldest_pending_age_s=_pending_age(pending, now_ms),
-            inbox_lag=_lag(groups, keys.inbox_group),
+            inbox_length=sum(_int(row[0]) for row in rows),
+            inbox_pending=sum(_pending_count(row[1]) for row in rows),
+            inbox_oldest_pending_age_s=max(_pending_age(row[1], now_ms) for row in rows),
+            inbox_lag=None if None in lags else sum(lag or 0 for lag in lags),
             dead_letters=int(dead),
-            timers=int(timers),
-            running_attempts=int(leases),
-            runs=dict(zip(statuses, (int(n) for n in replies[9:]), strict=True)),
+            timers=sum(int(row[3]) for row in rows),
+            running_attempts=sum(int(row[4]) for row in rows),
+            runs={
+                status: sum(int(row[5 + i]) for row in rows) for i, status in enumerate(statuses)
+            },
         )
 
     def _queues_of_graphs(self, fields: list[bytes]) -> set[str]:
@@ -145,18 +151,26 @@ class FleetReader:
     ) -> dict[str, QueueStats]:
         if not names:
             return {}
-        rows = self._script(
-            keys=[self.keys.queue(n) for n in names], args=[IN_PROGRESS_KEY_PREFIX, OLDEST_SCAN]
-        )
+        depths = dict.fromkeys(names, 0)
+        oldest: dict[str, float] = {}
+        for k in range(max(1, self.keys.shards)):  # a call per shard: one slot each
+            shard = self.keys.shard(k)
+            rows = self._script(
+                keys=[shard.queue(n) for n in names], args=[IN_PROGRESS_KEY_PREFIX, OLDEST_SCAN]
+            )
+            for name, (depth, first) in zip(names, rows, strict=True):
+                depths[name] += int(depth)
+                if first:
+                    oldest[name] = min(oldest.get(name, float("inf")), float(first))
         stats = {}
-        for name, (depth, oldest) in zip(names, rows, strict=True):
+        for name in names:
             # a prioritized job's score is its enqueue time less priority x PRIORITY_STEP_MS;
             # a job deferred into the future has a negative wait: 0
-            waited = now_ms - float(oldest) if oldest else 0.0
+            waited = now_ms - oldest[name] if name in oldest else 0.0
             if waited >= PRIORITY_STEP_MS:
                 waited %= PRIORITY_STEP_MS
             age = max(0.0, waited / 1000)
-            stats[name] = QueueStats(int(depth), age, serving.get(name, 0))
+            stats[name] = QueueStats(depths[name], age, serving.get(name, 0))
         return stats
 
 

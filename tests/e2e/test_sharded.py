@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 
 from dispatcher.client import WorkflowClient
 from dispatcher.connect import check_layout as dispatcher_check_layout
+from dispatcher.connect import connect_sync
+from dispatcher.fleet import FleetReader
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from dispatcher.sync_client import SyncWorkflowClient
@@ -244,6 +246,10 @@ async def test_200_runs_on_a_three_primary_cluster(
                 assert views[run_id].status == "completed", (run_id, views[run_id].error)
             listed = await client.list_runs("completed", 500)  # over every shard and node
             assert sorted(r.run_id for r in listed) == sorted(views)
+            fleet = FleetReader(connect_sync(url), keys).read()  # the gauges a scrape reads
+            assert fleet.runs["completed"] == 200 and fleet.runs["running"] == 0
+            assert fleet.workers == 3 and fleet.queues["default"].depth == 0
+            assert fleet.inbox_pending == 0 and fleet.running_attempts == 0
     for run_id in fans:
         assert await counts(redis, prefix, run_id) == {"fan": 1, "x": 1, "y": 1, "join": 1}
     for run_id in loops:
