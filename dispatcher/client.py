@@ -257,7 +257,7 @@ class WorkflowClient:
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
             raise InputError("idempotency key", "must be 1 to 256 characters")
         run_id = check_run_id(run_id) if run_id is not None else self._new_run_id(idempotency_key)
-        await self._check_layout()
+        await self.check_layout()
         if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
             raise InputError("traceparent", f"must be at most {MAX_TRACEPARENT} characters")
         if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
@@ -477,12 +477,13 @@ class WorkflowClient:
 
     async def _to_inbox(self, run_id: str, message: bytes) -> None:
         """Send a message about run ``run_id`` to the inbox of the run's shard."""
-        await self._check_layout()
+        await self.check_layout()
         await self.redis.xadd(self.keys.shard_for(run_id).inbox, {"m": message})
 
-    async def _check_layout(self) -> None:
-        """Once, before a first write: refuse a deployment laid out in another number of
-        shards than this client (its writes would land where no process reads)."""
+    async def check_layout(self) -> None:
+        """Refuse a deployment laid out in another number of shards than this client (its
+        writes would land where no process reads, its reads find nothing). Read-only; done
+        once, before the client's first write, unless called before."""
         if not self._layout_checked:
             problem = self.keys.layout_problem(await self.redis.get(self.keys.layout))
             if problem is not None:

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.client import InputError, WaitTimeout, WorkflowClient, load_graph
-from dispatcher.connect import check_layout, refuse_cluster
+from dispatcher.connect import refuse_cluster
 from dispatcher.errors import RunNotFound
 from dispatcher.store import GraphNotFound
 from graph_core.errors import GraphValidationError, RelaygraphError
@@ -279,7 +279,7 @@ def _with_client(args: argparse.Namespace, fn: Callable[[WorkflowClient], Awaita
     async def go() -> int:
         async with WorkflowClient.from_settings(settings) as client:
             await refuse_cluster(client.redis)  # before a first write lands on one node
-            await check_layout(client.redis, client.keys)  # the deployment's layout
+            await client.check_layout()  # the deployment's layout (read-only)
             return await fn(client)
 
     return asyncio.run(go())

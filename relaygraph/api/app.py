@@ -18,7 +18,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.client import WorkflowClient
-from dispatcher.connect import check_layout, connect, connect_sync, refuse_cluster
+from dispatcher.connect import connect, connect_sync, refuse_cluster
 from dispatcher.fleet import FleetCollector
 from graph_core.errors import RelaygraphError
 from relaygraph import __version__
@@ -77,7 +77,7 @@ def create_app(
                 retention_s=settings.retention_s,
                 shards=settings.shards,
             )
-            await check_layout(client_redis, client.keys)
+            await client.check_layout()  # read-only: the API may hold a reader's ACL
             hub = EventHub(client_redis, client.keys)
             stack.push_async_callback(hub.close)
             metrics = ApiMetrics()

@@ -180,6 +180,15 @@ async def test_a_process_with_another_layout_than_the_deployments_is_refused(
         with pytest.raises(RelaygraphError, match=r"in 0 shards .* started with 4"):
             client.submit("sharded", {})
     assert not await redis.keys(f"{prefix}:{{*}}:*")  # nothing in any shard
+    listed = subprocess.run(
+        [RELAYGRAPH, "runs", "--redis", redis_url, "--prefix", prefix],
+        env={**cli_env(), "RELAYGRAPH_SHARDS": str(SHARDS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode != 0 and "RELAYGRAPH_SHARDS" in listed.stderr, listed
 
 
 def _loop() -> Graph:
