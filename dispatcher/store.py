@@ -9,6 +9,7 @@ the stamp of the write, see ``dispatcher.changes.new_stamp``),
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import logging
 from collections.abc import Sequence
@@ -411,7 +412,9 @@ class RunStore:
         shards = self._shards()
         if len(shards) == 1:
             return await self._page_in(shards[0], status, graph_id, limit, before)
-        pages = [await self._page_in(s, status, graph_id, limit, before) for s in shards]
+        pages = await asyncio.gather(
+            *(self._page_in(s, status, graph_id, limit, before) for s in shards)
+        )  # the shards at once, not one round trip after another
         return sorted((p for page in pages for p in page), key=_newest, reverse=True)[:limit]
 
     def _shards(self) -> list[ShardKeys]:
@@ -492,12 +495,10 @@ class RunStore:
     async def oldest_in_status(self, status: str, limit: int) -> list[str]:
         """Run ids in ``status``, the longest there first (an approvals inbox: oldest first),
         over every shard."""
-        found: list[tuple[float, str]] = []
+        pipe = self.redis.pipeline(transaction=False)
         for shard in self._shards():
-            pairs = await self.redis.zrange(
-                shard.runs_by_status(status), 0, limit - 1, withscores=True
-            )
-            found += [(score, member.decode()) for member, score in pairs]
+            pipe.zrange(shard.runs_by_status(status), 0, limit - 1, withscores=True)
+        found = [(score, m.decode()) for pairs in await pipe.execute() for m, score in pairs]
         return [run_id for _, run_id in sorted(found)[:limit]]
 
     async def count_by_status(self, statuses: Sequence[str]) -> dict[str, int]:

@@ -125,12 +125,14 @@ class Heartbeat:
                 pipe.pexpire(h.arq_key, self._arq_lease_ms)
             slots += h.slots
             holders += [h.job_id] * len(h.slots)
+        # the slots by the server's clock, as they were taken; a cluster's pipelines refuse
+        # EVAL, so there it goes after them
         renew: tuple[Any, ...] = (RENEW, len(slots), *slots, str(self._arq_lease_ms), *holders)
-        cluster = type(self._client).__name__ == "RedisCluster"  # its pipelines refuse EVAL
-        if slots and not cluster:  # by the server's clock, as the slots were taken
+        apart = bool(slots) and type(self._client).__name__ == "RedisCluster"
+        if slots and not apart:
             pipe.eval(*renew)
         pipe.execute()
-        if slots and cluster:
+        if apart:
             self._client.eval(*renew)
         self.beats += 1
 

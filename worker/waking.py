@@ -591,7 +591,7 @@ class WakingWorker(Worker):
         their queue (try not counted) the jobs a limit holds back, and those whose limits
         could not be checked (a key of the wrong type: moved back as a failed claim is)."""
         limited = [
-            (i, scopes)
+            (i, c, scopes)
             for i, c in enumerate(claims)
             if c is not None
             and c.job is not None
@@ -603,10 +603,9 @@ class WakingWorker(Worker):
         slot_ms = int(self.in_progress_timeout_s * 1000)  # a running slot lapses with the claim
         calls = [
             self.gate.acquire_call(
-                claim.job_id, scopes, slot_ms, self._shard_of(claim.job_id).wake(self.queue)
+                c.job_id, scopes, slot_ms, self._shard_of(c.job_id).wake(self.queue)
             )
-            for i, scopes in limited
-            if (claim := claims[i]) is not None
+            for _, c, scopes in limited
         ]
         try:
             replies: list[Any] = await self._evalsha_all(calls, ACQUIRE)
@@ -614,9 +613,7 @@ class WakingWorker(Worker):
             replies = [e] * len(calls)
         back: list[Claim] = []
         failed: list[str] = []
-        for (i, scopes), reply in zip(limited, replies, strict=True):
-            claim = claims[i]
-            assert claim is not None
+        for (i, claim, scopes), reply in zip(limited, replies, strict=True):
             if reply is None:
                 self._slots[claim.job_id] = scopes
                 claims[i] = replace(claim, slots=self.gate.running_keys(scopes))

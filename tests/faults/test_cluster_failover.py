@@ -7,7 +7,7 @@ same run id, as docs/architecture.md tells clients to do."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import secrets
 import time
 
@@ -31,17 +31,14 @@ RUNS = 60
 
 async def _submit(client: WorkflowClient, run_id: str) -> None:
     """Submit until acknowledged (a slot without a primary refuses for a few seconds)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
+
+    async def acknowledged() -> bool:
+        with contextlib.suppress(RunExists):  # an earlier try that seemed to fail landed
             await client.submit("sharded", {}, run_id=run_id)
-            return
-        except RunExists:  # an earlier try that seemed to fail had landed
-            return
-        except (RedisError, RedisClusterException):  # the latter is no RedisError
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+        return True
+
+    refused = (RedisError, RedisClusterException)  # the latter is no RedisError
+    await wait_for(acknowledged, timeout=30, message=f"submit {run_id}", ignore=refused)
 
 
 async def test_killing_a_primary_mid_load_loses_no_acknowledged_run(
