@@ -6,6 +6,7 @@ shard's inbox (a raw one without a run id) is handed on to its run's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.client import WorkflowClient
+from dispatcher.client import RunExists, WorkflowClient
 from dispatcher.connect import check_layout as dispatcher_check_layout
 from dispatcher.connect import connect_sync
 from dispatcher.fleet import FleetReader
@@ -30,6 +31,7 @@ from graph_core.model import Edge, Graph, Node
 from relaygraph.embedded_cluster import EmbeddedCluster
 from tests.e2e.test_examples_cli import RELAYGRAPH, cli_env, relaygraph_up
 from tests.e2e.test_run_operations import HANDLERS, counts, deployment
+from tests.support.api import as_key, in_process_api
 from tests.support.waiting import wait_for
 from worker.waking import check_layout as worker_check_layout
 
@@ -270,3 +272,62 @@ async def test_200_runs_on_a_three_primary_cluster(
     # the shards' keys are spread over the three primaries
     owners = {cluster.primary_for(key_slot(keys.shard(k).inbox)) for k in range(shards)}
     assert owners == {0, 1, 2}
+
+
+async def test_the_api_on_a_sharded_deployment_reads_every_shard(redis_url: str) -> None:
+    """/readyz sees the dispatcher (its consumer on every shard's inbox) and the queues of
+    every shard; GET /v1/runs lists the runs of every shard, newest first."""
+    prefix = f"shapi-{secrets.token_hex(4)}"
+    settings = DispatcherSettings(redis_url=redis_url, prefix=prefix, shards=SHARDS)
+    redis_client = aioredis.Redis.from_url(redis_url)
+    dispatcher = Dispatcher(redis_client, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        await wait_for(dispatcher.ready.is_set, message="dispatcher ready")
+        async with in_process_api(redis_url, prefix=prefix, shards=SHARDS) as api:
+            r = await api.post("/v1/graphs", json=_graph().to_dict(), headers=as_key("admin"))
+            assert r.status_code == 201, r.text
+            ids = []
+            for i in range(8):
+                r = await api.post(
+                    "/v1/runs",
+                    json={"graph_id": "sharded", "input": {"i": i}},
+                    headers=as_key("admin"),
+                )
+                assert r.status_code in (200, 201, 202), r.text
+                ids.append(r.json()["run_id"])
+            assert len({Keys(prefix, SHARDS).shard_for(r).shard for r in ids}) > 1
+            ready = await api.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["dispatchers"] == 1, ready.text
+            assert ready.json()["queues"] == {}  # no worker registered: no queue named
+            listed = await api.get("/v1/runs?limit=50", headers=as_key("admin"))
+            assert listed.status_code == 200, listed.text
+            assert sorted(run["run_id"] for run in listed.json()["runs"]) == sorted(ids)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await redis_client.aclose()
+
+
+async def test_a_keyed_submit_whose_run_id_another_run_holds_lets_its_key_go(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """Sharded, a caller's run id in another shard than its key's: the key is claimed
+    apart. If the run id turns out taken by another run (no key), the submit says so and
+    lets the key go, so that the key starts a run later."""
+    prefix = f"shkey-{secrets.token_hex(4)}"
+    keys = Keys(prefix, SHARDS)
+    async with WorkflowClient.from_url(redis_url, prefix=prefix, shards=SHARDS) as client:
+        await client.register_graph(_graph())
+        taken = next(
+            f"taken-{i}"
+            for i in range(100)
+            if keys.shard_for(f"taken-{i}") is not keys.idempotency_shard("k-3")
+        )
+        await client.submit("sharded", {}, run_id=taken)  # no key
+        with pytest.raises(RunExists):
+            await client.submit("sharded", {}, idempotency_key="k-3", run_id=taken)
+        assert not await redis.exists(keys.idempotency("k-3"))
+        fresh = await client.submit("sharded", {}, idempotency_key="k-3")
+        assert fresh != taken and await redis.get(keys.idempotency("k-3")) == fresh.encode()

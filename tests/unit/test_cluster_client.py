@@ -1,0 +1,58 @@
+"""What the processes do about redis-py's cluster client: the startup nodes it drops after
+a failover are put back, and the lease heartbeat outlives its errors (a cluster's
+"cannot be connected" is no RedisError)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import RedisClusterException
+
+from graph_core.resp import restore_seeds
+from tests.support.waiting import wait_until_sync
+from worker.heartbeat import Heartbeat
+
+
+def test_a_cluster_clients_dropped_startup_nodes_are_put_back() -> None:
+    manager = SimpleNamespace(startup_nodes={}, connection_kwargs={})
+    client = SimpleNamespace(nodes_manager=manager, relaygraph_seeds=(("127.0.0.1", 7000),))
+    restore_seeds(client, ClusterNode)
+    assert list(manager.startup_nodes) == ["127.0.0.1:7000"]
+    known = manager.startup_nodes["127.0.0.1:7000"]
+    restore_seeds(client, ClusterNode)  # one there already stays as it is
+    assert manager.startup_nodes == {"127.0.0.1:7000": known}
+    plain = SimpleNamespace()  # not a cluster client: nothing to do
+    restore_seeds(plain, ClusterNode)
+
+
+class _Unreachable:
+    """A sync cluster client whose every pipeline finds no node."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        return self
+
+    def zadd(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def execute(self) -> None:
+        self.tries += 1
+        raise RedisClusterException("Redis Cluster cannot be connected")
+
+    def close(self) -> None:
+        return None
+
+
+def test_the_heartbeat_keeps_beating_through_a_cluster_that_cannot_be_connected() -> None:
+    client = _Unreachable()
+    heartbeat = Heartbeat(client, "leases", lease_s=3, heartbeat_s=0.01, arq_lease_s=3)  # type: ignore[arg-type]
+    try:
+        heartbeat.hold(b"lease", None, None)
+        wait_until_sync(lambda: client.tries >= 3, timeout=5, message="three beats tried")
+        assert heartbeat._thread is not None and heartbeat._thread.is_alive()
+    finally:
+        heartbeat.stop()
