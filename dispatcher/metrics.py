@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Final, Protocol
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from dispatcher.connect import connect_sync
 from dispatcher.fleet import FleetCollector
@@ -117,6 +117,13 @@ class DispatcherMetrics:
             ["kind"],
             registry=r,
         )
+        self.shards = Gauge(
+            "relaygraph_shards_served",
+            "Shards this dispatcher serves (sharded layout; one server: 1 assigned), by how: "
+            "assigned to it, or taken over while nobody else served them.",
+            ["how"],
+            registry=r,
+        )
         self._children: dict[tuple[object, ...], Counter] = {}
 
     def applied(self, graph: Graph, transition: Transition) -> None:
@@ -144,6 +151,11 @@ class DispatcherMetrics:
 
     def ignored(self, kind: str) -> None:
         self._child(self.inbox_ignored, kind).inc()
+
+    def shards_served(self, assigned: int, taken: int) -> None:
+        """The shards served now, of each kind (``dispatcher.ownership``)."""
+        self.shards.labels("assigned").set(assigned)
+        self.shards.labels("taken").set(taken)
 
     def dead_lettered(self, source: str) -> None:
         self._child(self.dead_letters, source).inc()

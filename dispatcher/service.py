@@ -35,6 +35,7 @@ from dispatcher.connect import (
     refuse_cluster,
 )
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
+from dispatcher.ownership import Ownership
 from dispatcher.processor import Outcome, Processor, run_tracing
 from dispatcher.schedules import PERIOD_S as SCHEDULE_PERIOD_S
 from dispatcher.schedules import Schedules
@@ -44,7 +45,7 @@ from dispatcher.sweeper import sweep, trim_aborts
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested, ParentRef, ignored_event
-from graph_core.keys import ShardKeys
+from graph_core.keys import ShardKeys, check_run_id
 from graph_core.logfmt import log_context
 from graph_core.messages import (
     INBOX_FIELD,
@@ -61,6 +62,7 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger("relaygraph.dispatcher")
 
 TIMER_POLL_S = 0.25
+STOP_TIMEOUT_S = 15.0  # a stopping dispatcher's shard loops finish their batches in this
 HOUSEKEEPING_S = 60.0  # longest wait before looking at timers and leases again
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 INBOX_FIELD_B = INBOX_FIELD.encode()
@@ -139,14 +141,35 @@ class Dispatcher:
         self._trim_inbox = redis.register_script(_TRIM_INBOX)
         self.processed = 0
         self.ready = asyncio.Event()
-        # the shards this dispatcher serves (on one server, the only one): every shard
-        self.serving = [self.keys.shard(k) for k in range(max(1, self.keys.shards))]
-        self._trimmed = dict.fromkeys(range(len(self.serving)), time.monotonic())  # per shard
+        # the shards this dispatcher serves, assigned and taken over (dispatcher/ownership.py)
+        self.ownership = Ownership(
+            redis,
+            self.keys,
+            self.consumer,
+            settings.assigned_shards,
+            settings.shard_lease_s,
+            self._start_shard,
+            on_change=metrics.shards_served if metrics is not None else None,
+            on_stop=self._interrupt_read,
+        )
+        # shard -> its inbox loop, while blocked reading the inbox (nothing in hand)
+        self._reading: dict[int, asyncio.Task[Any]] = {}
+        self._trimmed: dict[int, float] = {}  # shard -> when its inbox was last trimmed
+        self._created = time.monotonic()
+
+    @property
+    def serving(self) -> list[ShardKeys]:
+        """The shards this dispatcher serves now (when not running: those it is
+        assigned; on one server, the only one)."""
+        served = self.ownership.served
+        return [self.keys.shard(k) for k in sorted(served or self.ownership.assigned)]
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set (or the task is cancelled)."""
+        """Serve until ``stop`` is set: then every shard's loops finish the batch in hand
+        and the shard leases are released (sharded layout). Cancelling the task stops at
+        once and releases nothing, as a crash would (its leases lapse)."""
         stop = stop or asyncio.Event()
         await refuse_cluster(self.redis)
         await check_layout(self.redis, self.keys)
@@ -159,14 +182,21 @@ class Dispatcher:
         with serving(self.metrics, self.settings):
             await self._serve(stop)
 
+    def _start_shard(self, shard: ShardKeys, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """A shard's inbox, timers and leases: loops of its own, until ``stop``."""
+        of = f"[{shard.shard}]" if self.keys.sharded else ""
+        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
+            "inbox" + of: functools.partial(self._inbox_loop, shard=shard),
+            "timers" + of: functools.partial(self._timer_loop, shard=shard),
+            "reclaim" + of: functools.partial(self._reclaim_loop, shard=shard),
+        }
+        return [
+            asyncio.create_task(self._supervise(name, loop, stop), name=name)
+            for name, loop in loops.items()
+        ]
+
     async def _serve(self, stop: asyncio.Event) -> None:
-        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {}
-        for shard in self.serving:  # a shard's inbox, timers and leases: loops of its own
-            of = f"[{shard.shard}]" if self.keys.sharded else ""
-            loops["inbox" + of] = functools.partial(self._inbox_loop, shard=shard)
-            loops["timers" + of] = functools.partial(self._timer_loop, shard=shard)
-            loops["reclaim" + of] = functools.partial(self._reclaim_loop, shard=shard)
-        loops |= {
+        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "approvals": self._approval_loop,
             "housekeeping": self._housekeeping_loop,
             "schedules": self._schedule_loop,
@@ -175,19 +205,25 @@ class Dispatcher:
             asyncio.create_task(self._supervise(name, loop, stop), name=name)
             for name, loop in loops.items()
         ]
+        self.ownership.start()
+        shards = asyncio.create_task(self.ownership.run(stop), name="shards")
         self.ready.set()
         log.info("dispatcher %s serving prefix %r", self.consumer, self.keys.prefix)
+        stopping = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait(
-                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                [*tasks, shards, stopping], return_when=asyncio.FIRST_COMPLETED
             )
             for t in done:
-                if t in tasks and t.exception() is not None:
+                if t in (*tasks, shards) and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
+            # stopped: the shards' loops finish the batch in hand, the leases are released
+            await asyncio.wait([shards], timeout=STOP_TIMEOUT_S)
         finally:
-            for t in tasks:
+            stopping.cancel()
+            for t in [*tasks, shards]:
                 t.cancel()
-            for t in tasks:
+            for t in [*tasks, shards]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
@@ -246,6 +282,9 @@ class Dispatcher:
             if live:
                 await self._handle_batch(live, shard)
         while not stop.is_set():
+            reader = asyncio.current_task()
+            if reader is not None:
+                self._reading[shard.shard] = reader
             try:
                 reply = await self.redis.xreadgroup(
                     self.keys.inbox_group,
@@ -259,12 +298,23 @@ class Dispatcher:
                     await self._ensure_group(shard)
                     continue
                 raise
+            finally:
+                self._reading.pop(shard.shard, None)
             for _stream, entries in reply or []:
                 await self._handle_batch(entries, shard)
             if reply:
                 # what every group acknowledged goes now, not at the next housekeeping: an
                 # entry handled is memory that helps nobody (a second of them at most stays)
                 await self._trim_inbox_due(shard)
+
+    def _interrupt_read(self, shard: ShardKeys) -> None:
+        """A shard stops being served: an inbox loop blocked in its read stops now instead
+        of at the read's end (what it read, if anything, stays pending for this consumer:
+        read again at its next start, or taken by another dispatcher's reclaim). One with a
+        batch in hand finishes it."""
+        reader = self._reading.pop(shard.shard, None)
+        if reader is not None:
+            reader.cancel()
 
     async def _handle_batch(
         self, entries: list[tuple[bytes, dict[bytes, bytes]]], shard: ShardKeys | None = None
@@ -287,7 +337,8 @@ class Dispatcher:
                 continue
             raw = fields[INBOX_FIELD_B]
             run = getattr(message, "run_id", None) or entry_id.decode()  # a submit's run id
-            if self.keys.sharded and self.keys.shard_for(run).shard != shard.shard:
+            # (a run id that is not one is dead-lettered here, not handed on first)
+            if self.keys.sharded and _valid(run) and self.keys.shard_for(run).shard != shard.shard:
                 elsewhere.append((entry_id, raw, run))
                 continue
             runs.setdefault(run, deque()).append((entry_id, raw, message))
@@ -534,7 +585,10 @@ class Dispatcher:
 
     async def _trim_inbox_due(self, shard: ShardKeys) -> None:
         """``trim_inbox`` of ``shard``, at most every ``inbox_trim_s``."""
-        if time.monotonic() - self._trimmed[shard.shard] >= self.settings.inbox_trim_s:
+        if (
+            time.monotonic() - self._trimmed.setdefault(shard.shard, self._created)
+            >= self.settings.inbox_trim_s
+        ):
             self._trimmed[shard.shard] = time.monotonic()
             await self._trim(shard)
 
@@ -567,3 +621,12 @@ def _log_ids(message: Any) -> log_context:
     return log_context(
         run_id=getattr(message, "run_id", None), node_id=getattr(message, "node_id", None)
     )
+
+
+def _valid(run_id: str) -> bool:
+    """Whether ``run_id`` is a run id (graph_core.keys.check_run_id)."""
+    try:
+        check_run_id(run_id)
+    except RelaygraphError:
+        return False
+    return True

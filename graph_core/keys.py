@@ -217,6 +217,19 @@ class ShardKeys:
         dead-lettered), so that of all the dispatchers that heard it only one does."""
         return f"{self.base}:approvals:seen:{digest}"
 
+    @property
+    def dispatcher(self) -> str:
+        """String, sharded layout only: who serves this shard, ``a:<consumer>`` (a
+        dispatcher it is assigned to) or ``t:<consumer>`` (one that took it over), with a
+        TTL its holder renews (dispatcher/ownership.py). One server has no such key: every
+        dispatcher serves its only shard."""
+        if not self.tag:
+            raise RelaygraphError(
+                "a shard's dispatcher lease exists in the sharded layout only: on one "
+                "server every dispatcher serves the only shard"
+            )
+        return f"{self.base}:dispatcher"
+
 
 class Keys:
     """Key builder for one prefix (default ``relaygraph``) and layout: one server

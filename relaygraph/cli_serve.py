@@ -64,6 +64,14 @@ def add_process_commands(sub: Any, redis_opts: argparse.ArgumentParser) -> None:
         "dispatcher", parents=[redis_opts, ops], help="run a dispatcher until stopped"
     )
     p.add_argument("--consumer", help="consumer name in the inbox group (default host-pid-rand)")
+    p.add_argument(
+        "--shards",
+        metavar="SPEC",
+        help="sharded layout (RELAYGRAPH_SHARDS=S): the shards this dispatcher is assigned, "
+        "e.g. 0-7 or 0-3,8,12-15 (RELAYGRAPH_SERVE_SHARDS; default: all). It also takes "
+        "over any other shard whose dispatchers stopped renewing its lease "
+        "(RELAYGRAPH_SHARD_LEASE_S, default 5 s), and hands it back when they return",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_dispatcher)
 
@@ -171,7 +179,11 @@ async def worker_pool(
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
     settings = settings_from(
-        args, DispatcherSettings, consumer=args.consumer, **_ops_settings(args)
+        args,
+        DispatcherSettings,
+        consumer=args.consumer,
+        serve_shards=args.shards,
+        **_ops_settings(args),
     )
     url = require_url(settings, "dispatcher")
     setup_logging(args.log_level, settings.log_format)
