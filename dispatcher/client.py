@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from dispatcher.changes import new_stamp
-from dispatcher.connect import connect
+from dispatcher.connect import connect, is_cluster_client
 from dispatcher.errors import (
     InputError,
     NodeNotWaiting,
@@ -61,6 +61,7 @@ from graph_core.messages import (
 )
 from graph_core.model import Graph
 from graph_core.paths import MISSING
+from graph_core.redis_url import CLUSTER_NEEDS_SHARDS
 from graph_core.retries import RERUNNABLE
 from graph_core.settings import BaseSettings
 from graph_core.state import RunRecord
@@ -485,6 +486,8 @@ class WorkflowClient:
         writes would land where no process reads, its reads find nothing). Read-only; done
         once, before the client's first write, unless called before."""
         if not self._layout_checked:
+            if is_cluster_client(self.redis) and not self.keys.sharded:
+                raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
             problem = self.keys.layout_problem(await self.redis.get(self.keys.layout))
             if problem is not None:
                 raise RelaygraphError(problem)

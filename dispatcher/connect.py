@@ -28,6 +28,7 @@ from graph_core.redis_url import (
     CLUSTER_NEEDS_SHARDS,
     RedisTarget,
     check_not_cluster,
+    is_cluster_request_error,
     is_unavailable_reply,
     parse_redis_url,
 )
@@ -52,8 +53,7 @@ def connect(url: str, **options: Any) -> Redis:
     if target.is_cluster:
         cluster: Any = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-            **_cluster_common(target),
-            **options,
+            **(_cluster_common(target) | options),  # options win, as with Redis.from_url
         )
         cluster.relaygraph_seeds = target.nodes  # for restore_seeds, after a failover
         return cast(Redis, cluster)
@@ -73,7 +73,9 @@ def connect_sync(url: str, **options: Any) -> redis.Redis:
     if target.is_cluster:
         make_node: Any = redis.cluster.ClusterNode  # untyped in redis-py 5
         nodes = [make_node(h, p) for h, p in target.nodes]
-        cluster: Any = redis.RedisCluster(startup_nodes=nodes, **_cluster_common(target), **options)
+        cluster: Any = redis.RedisCluster(
+            startup_nodes=nodes, **(_cluster_common(target) | options)
+        )
         return cast(redis.Redis, cluster)
     if not target.is_sentinel:
         client: redis.Redis = fast_packing(redis.Redis.from_url(url, **options))
@@ -94,7 +96,9 @@ def redis_unavailable(e: BaseException) -> bool:
     A later try may succeed. (The worker has the same rule: ``worker.runner``.)"""
     unavailable = RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError
     # a cluster failing over: no node reachable for now, a slot without a primary
-    if isinstance(e, unavailable | ClusterDownError | RedisClusterException | TryAgainError):
+    if isinstance(e, RedisClusterException):  # not routed: the request's fault, or none
+        return not is_cluster_request_error(e)
+    if isinstance(e, unavailable | ClusterDownError | TryAgainError):
         return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 

@@ -26,6 +26,7 @@ __all__ = [
     "RedisUrlError",
     "check_not_cluster",
     "is_cluster_reply",
+    "is_cluster_request_error",
     "is_unavailable_reply",
     "parse_redis_url",
     "redact",
@@ -83,6 +84,22 @@ def is_unavailable_reply(error: BaseException | str) -> bool:
     """Whether an error reply (or its text) says the server cannot serve now, nothing about
     the request: a later try may succeed."""
     return _UNAVAILABLE_REPLY.search(str(error)) is not None
+
+
+# What a cluster client (redis-py) says, before sending anything, of a request it cannot
+# route: keys of several slots in one call, a command without a key, bad arguments. Such a
+# request fails the same way every time; its other refusals (no node reachable, slots not
+# covered yet) pass with a failover.
+_CLUSTER_REFUSED_REQUEST: Final = re.compile(
+    r"must map to the same key slot|Missing key|Invalid args in command|"
+    r"deprecated in cluster mode|Too many targets|not enabled on this node"
+)
+
+
+def is_cluster_request_error(error: BaseException | str) -> bool:
+    """Whether a cluster client's error is about the request itself, not the cluster's
+    state: retrying it cannot help."""
+    return _CLUSTER_REFUSED_REQUEST.search(str(error)) is not None
 
 
 def check_not_cluster(info: Mapping[str, Any], where: str = "") -> None:

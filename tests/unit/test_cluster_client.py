@@ -4,15 +4,20 @@ a failover are put back, and the lease heartbeat outlives its errors (a cluster'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisClusterException
 
+from dispatcher.connect import redis_unavailable as dispatcher_unavailable
+from graph_core.redis_url import is_cluster_request_error
 from graph_core.resp import restore_seeds
 from tests.support.waiting import wait_until_sync
 from worker.heartbeat import Heartbeat
+from worker.runner import redis_unavailable as worker_unavailable
 
 
 def test_a_cluster_clients_dropped_startup_nodes_are_put_back() -> None:
@@ -56,3 +61,26 @@ def test_the_heartbeat_keeps_beating_through_a_cluster_that_cannot_be_connected(
         assert heartbeat._thread is not None and heartbeat._thread.is_alive()
     finally:
         heartbeat.stop()
+
+
+@pytest.mark.parametrize("unavailable", [dispatcher_unavailable, worker_unavailable])
+def test_a_cluster_client_refusing_the_request_is_no_outage(
+    unavailable: Callable[[BaseException], bool],
+) -> None:
+    """Keys of several slots in one call fail the same way every time: the request's fault
+    (a job id without its shard's tag, say), not a failover to wait out. The cluster
+    client's other refusals (no node reachable, slots not yet covered) are outages."""
+    for said in (
+        "EVALSHA - all keys must map to the same key slot",
+        "No way to dispatch this command to Redis Cluster. Missing key.",
+        "transaction is deprecated in cluster mode",
+    ):
+        assert is_cluster_request_error(said)
+        assert not unavailable(RedisClusterException(said)), said
+    for said in (
+        "Redis Cluster cannot be connected. Please provide at least one reachable node: x",
+        "All slots are not covered after query all startup_nodes. 0 of 16384 covered...",
+        "No targets were found to execute ('GET', 'k') command on",
+    ):
+        assert not is_cluster_request_error(said)
+        assert unavailable(RedisClusterException(said)), said
