@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test check lint fmt typecheck demo bench clean
+.PHONY: install browser test test-cluster check lint fmt typecheck demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/pytest -q
+
+# The integration suite again on a local 3-primary Redis Cluster (valkey, started by the
+# tests) with the sharded layout: RELAYGRAPH_TEST_CLUSTER=1 (tests/support/layout.py).
+test-cluster: $(STAMP)
+	RELAYGRAPH_TEST_CLUSTER=1 $(BIN)/pytest -q tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -14,8 +14,11 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
+from dispatcher.connect import connect
 from relaygraph.embedded import EmbeddedServer
-from tests.support.servers import ExternalServer, ServerFactory
+from relaygraph.embedded_cluster import EmbeddedCluster
+from tests.support.layout import CLUSTER, SHARDS
+from tests.support.servers import ExternalServer, ServerFactory, cluster_url
 
 TEST_REDIS_URL_ENV = "RELAYGRAPH_TEST_REDIS_URL"
 _REAL_SERVER_FIXTURES = frozenset({"redis_server", "redis_url", "redis", "server_factory"})
@@ -31,6 +34,10 @@ def redis_server() -> Iterator[EmbeddedServer | ExternalServer]:
     ``server_factory``, never this shared one.
     """
     external = os.environ.get(TEST_REDIS_URL_ENV)
+    if CLUSTER:
+        with EmbeddedCluster(primaries=3) as cluster:
+            yield ExternalServer(cluster_url(cluster))
+        return
     if external:
         yield ExternalServer(external)
         return
@@ -46,7 +53,7 @@ def redis_url(redis_server: EmbeddedServer | ExternalServer) -> str:
 @pytest.fixture(name="redis")
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An async client (bytes replies) on the session server, emptied before the test."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    client = connect(redis_url, decode_responses=False)
     await client.flushall()
     yield client
     await client.aclose()
@@ -71,3 +78,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _REAL_SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if CLUSTER:  # every process a test starts is sharded
+        os.environ["RELAYGRAPH_SHARDS"] = str(SHARDS)

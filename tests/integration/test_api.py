@@ -17,10 +17,10 @@ from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.conditions import Condition as C
 from graph_core.events import HISTORY_FIELDS, HistoryEvent, history_values
-from graph_core.keys import Keys
 from graph_core.model import Edge, Graph, Node
 from relaygraph.api.events import _read_after
 from tests.support.api import ROLES, as_key, in_process_api
+from tests.support.layout import SHARDS, client_for, keys_for
 from tests.support.waiting import wait_for
 from worker.app import serve
 from worker.context import NodeContext, NonRetryableError
@@ -94,13 +94,17 @@ FAILED_ONCE: set[str] = set()
 @pytest.fixture
 async def engine(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[None]:
     """A dispatcher and a worker in this process (after ``redis`` flushed the server)."""
-    client = aioredis.Redis.from_url(redis_url)
-    dispatcher = Dispatcher(client, DispatcherSettings(redis_url=redis_url))
+    client = client_for(redis_url)
+    dispatcher = Dispatcher(client, DispatcherSettings(shards=SHARDS, redis_url=redis_url))
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     await wait_for(dispatcher.ready.is_set, message="dispatcher ready")
     worker = asyncio.create_task(
-        serve(WorkerSettings(redis_url=redis_url, poll_delay=0.01), handlers(), grace_s=0)
+        serve(
+            WorkerSettings(shards=SHARDS, redis_url=redis_url, poll_delay=0.01),
+            handlers(),
+            grace_s=0,
+        )
     )
     yield
     worker.cancel()
@@ -250,11 +254,12 @@ async def test_approver_lists_and_the_actor(api: httpx.AsyncClient, redis: aiore
     alice_inbox = await api.get("/v1/approvals", headers=as_key("alice"))
     assert alice_inbox.json()["approvals"][0]["may_decide"] is True
 
-    history_before = await redis.xlen(f"relaygraph:run:{{{run_id}}}:events")
+    history = keys_for().run(run_id).events
+    history_before = await redis.xlen(history)
     url = f"/v1/runs/{run_id}/nodes/review/approve"
     denied = await api.post(url, json={"comment": "lgtm"}, headers=as_key("bob"))
     assert "not among node 'review'" in problem(denied, 403, "not-an-approver")["detail"]
-    assert await redis.xlen(f"relaygraph:run:{{{run_id}}}:events") == history_before
+    assert await redis.xlen(history) == history_before
     assert (await run_status(api, run_id))["waiting"]  # nothing changed
 
     ok = await api.post(url, json={"comment": "lgtm", "data": {"n": 1}}, headers=as_key("alice"))
@@ -644,7 +649,7 @@ async def test_retry_goes_on_from_the_failed_node(api: httpx.AsyncClient) -> Non
     done = await until(api, run_id, "completed")
     assert done["output"] == {"visit": 2} and done["nodes"]["first"]["visits"] == 1
     problem(await api.post(f"/v1/runs/{run_id}/retry", headers=admin), 409, "run-state")
-    ttl = await api._transport.app.state.ctx.redis.ttl(f"relaygraph:run:{{{run_id}}}:meta")  # type: ignore[attr-defined]
+    ttl = await api._transport.app.state.ctx.redis.ttl(keys_for().run(run_id).meta)  # type: ignore[attr-defined]
     assert ttl > 0  # finished again: its retention applies again
 
 
@@ -768,7 +773,7 @@ async def test_an_event_stream_reads_both_entry_layouts_and_skips_garbage(
     """A run's history may hold entries of the earlier layout (the whole event in field
     ``e``) and, written by hand, entries that are no event: those are skipped, so a client
     resuming after one does not meet it again and again."""
-    rk = Keys("sse-layouts").run("mixed")
+    rk = keys_for("sse-layouts").run("mixed")
     await redis.delete(rk.events)
     old = {"run_id": "mixed", "v": 1, "type": "run.started", "at": 1.5, "data": {}}
     first = (await redis.xadd(rk.events, {"e": json.dumps(old)})).decode()

@@ -37,6 +37,7 @@ from graph_core.model import Graph, Node
 from relaygraph.api import ApiKeys, ApiSettings, create_app
 from relaygraph.api.problems import PROBLEM_JSON, problem_type
 from tests.support.api import as_key, in_process_api, keys_document
+from tests.support.layout import SHARDS, client_for
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,8 @@ def _graphs() -> list[Graph]:
 
 def _app(redis_url: str) -> FastAPI:
     return create_app(
-        ApiSettings(redis_url=redis_url, api_keys=KEYS_DOC), ApiKeys.load(KEYS_DOC, None)
+        ApiSettings(shards=SHARDS, redis_url=redis_url, api_keys=KEYS_DOC),
+        ApiKeys.load(KEYS_DOC, None),
     )
 
 
@@ -155,7 +157,7 @@ without_key = _schema({}).exclude(path=OPEN_PATHS)
 async def app(redis_url: str) -> AsyncIterator[FastAPI]:
     """The app under test, on a server holding the seeded graphs and runs. schemathesis
     starts its lifespan on first use and ends it after each test."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = client_for(redis_url)
     await client.flushall()
     try:
         await _seed(client, redis_url)
@@ -169,7 +171,7 @@ async def _seed(client: aioredis.Redis, redis_url: str) -> None:
     """Make the graphs and runs through the API with a dispatcher running, then stop it
     and take it out of the inbox group: nothing changes the runs while schemathesis sends
     its requests, and /readyz answers the same every time (not ready)."""
-    settings = DispatcherSettings(redis_url=redis_url)
+    settings = DispatcherSettings(shards=SHARDS, redis_url=redis_url)
     dispatcher = Dispatcher(client, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
@@ -192,9 +194,10 @@ async def _seed(client: aioredis.Redis, redis_url: str) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
-        await client.xgroup_delconsumer(
-            settings.keys.inbox, settings.keys.inbox_group, dispatcher.consumer
-        )
+        for k in range(max(1, settings.keys.shards)):  # one server: the inbox
+            await client.xgroup_delconsumer(
+                settings.keys.shard(k).inbox, settings.keys.inbox_group, dispatcher.consumer
+            )
 
 
 async def _reach(api: httpx.AsyncClient, run_id: str, status: str) -> None:

@@ -20,9 +20,16 @@ from dispatcher.store import GraphNotFound
 from dispatcher.views import RunView
 from graph_core.conditions import Condition as C
 from graph_core.errors import GraphValidationError, RelaygraphError
-from graph_core.keys import Keys
 from graph_core.model import Edge, Graph, Node
 from graph_core.status import NodeStatus, RunStatus
+from tests.support.layout import (
+    SHARDS,
+    client_for,
+    inbox_length,
+    keys_for,
+    subscribers,
+    workflow_client,
+)
 from tests.support.waiting import wait_for
 from worker.app import serve
 from worker.context import NodeContext, NonRetryableError
@@ -31,7 +38,7 @@ from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys()
+KEYS = keys_for()
 RUN_VIEW_FIELDS = {
     "run_id",
     "graph_id",
@@ -127,8 +134,8 @@ async def start_dispatcher(redis: aioredis.Redis, redis_url: str) -> AsyncIterat
     stops: list[tuple[asyncio.Event, asyncio.Task[None], aioredis.Redis]] = []
 
     async def start() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        dispatcher = Dispatcher(client, DispatcherSettings(redis_url=redis_url))
+        client = client_for(redis_url)
+        dispatcher = Dispatcher(client, DispatcherSettings(shards=SHARDS, redis_url=redis_url))
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
         await wait_for(dispatcher.ready.is_set, message="dispatcher ready")
@@ -145,7 +152,7 @@ async def start_dispatcher(redis: aioredis.Redis, redis_url: str) -> AsyncIterat
 async def hanging_started(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[asyncio.Event]:
     """An in-process worker serving the test registry; yields the "hang started" event."""
     reg, hanging = registry()
-    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, poll_delay=0.01)
     server = asyncio.create_task(serve(settings, reg, grace_s=0))
     yield hanging
     server.cancel()
@@ -160,7 +167,7 @@ async def engine(start_dispatcher: Starter, hanging_started: asyncio.Event) -> N
 
 @pytest.fixture
 async def client(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[WorkflowClient]:
-    async with WorkflowClient.from_url(redis_url) as c:
+    async with workflow_client(redis_url) as c:
         for graph in (echo_graph(), approval_graph(), blocked_graph(), failing_graph()):
             await c.register_graph(graph)
         yield c
@@ -241,12 +248,12 @@ async def test_submit_refuses_what_cannot_be_sent(
 ) -> None:
     with pytest.raises(InputError, match="input: not JSON-serializable"):
         await client.submit("echo", {"when": object()})
-    small = WorkflowClient(redis, max_message_bytes=2048)
+    small = WorkflowClient(redis, max_message_bytes=2048, shards=SHARDS)
     with pytest.raises(InputError, match="over the 2048-byte limit"):
         await small.submit("echo", {"text": "x" * 4096})
     with pytest.raises(InputError, match="idempotency key"):
         await client.submit("echo", idempotency_key="k" * 300)
-    assert await redis.xlen(KEYS.inbox) == 0  # nothing was sent
+    assert await inbox_length(redis, KEYS) == 0  # nothing was sent
 
 
 async def test_submit_without_dispatcher_leaves_a_pending_run(
@@ -258,7 +265,7 @@ async def test_submit_without_dispatcher_leaves_a_pending_run(
     assert view is not None and view.status == RunStatus.PENDING
     assert all(n.status == NodeStatus.PENDING for n in view.nodes.values())
     assert [r.run_id for r in await client.list_runs("pending")] == [run_id]
-    assert await redis.xlen(KEYS.inbox) == 1
+    assert await inbox_length(redis, KEYS) == 1
     pending_stamp = await redis.hget(KEYS.run(run_id).meta, "stamp")
     assert pending_stamp is not None and len(pending_stamp) == 16  # what its first apply expects
     with pytest.raises(RunExists):
@@ -297,7 +304,7 @@ async def test_idempotent_submit_returns_the_same_run(client: WorkflowClient) ->
 async def test_twenty_concurrent_submitters_with_one_key_start_one_run(
     redis_url: str, client: WorkflowClient, redis: aioredis.Redis
 ) -> None:
-    submitters = [WorkflowClient.from_url(redis_url) for _ in range(20)]
+    submitters = [workflow_client(redis_url) for _ in range(20)]
     try:
         ids = await asyncio.gather(
             *(
@@ -309,7 +316,7 @@ async def test_twenty_concurrent_submitters_with_one_key_start_one_run(
         await asyncio.gather(*(c.aclose() for c in submitters))
     assert len(set(ids)) == 1
     [run_id] = set(ids)
-    assert await redis.zcard(KEYS.runs_all) == 1
+    assert await redis.zcard(KEYS.shard_for(run_id).runs_all) == 1
     view = await client.wait(run_id, timeout=10)
     assert view.status == RunStatus.COMPLETED
     submitted = [e for e in await client.history(run_id) if e["type"] == "run.submitted"]
@@ -349,7 +356,7 @@ async def test_list_runs_of_one_graph_client_and_raw_submissions(
     failed = await client.submit("failing")
     # A raw submission (the dispatcher's apply script writes its indexes) counts as well.
     raw = orjson.dumps({"kind": "submit", "graph_id": "echo", "run_id": "raw-echo-1"})
-    await redis.xadd(client.keys.inbox, {"m": raw})
+    await redis.xadd(client.keys.shard_for("raw-echo-1").inbox, {"m": raw})
     for run_id in [*echoes, failed, "raw-echo-1"]:
         await client.wait(run_id, timeout=10)
 
@@ -420,8 +427,8 @@ async def test_durable_approval_sent_while_no_dispatcher_runs(
     client: WorkflowClient, redis_url: str, hanging_started: asyncio.Event
 ) -> None:
     """The approval waits in the inbox stream until a dispatcher reads it."""
-    client_redis = aioredis.Redis.from_url(redis_url)
-    dispatcher = Dispatcher(client_redis, DispatcherSettings(redis_url=redis_url))
+    client_redis = client_for(redis_url)
+    dispatcher = Dispatcher(client_redis, DispatcherSettings(shards=SHARDS, redis_url=redis_url))
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     try:
@@ -448,20 +455,21 @@ async def test_durable_approval_sent_while_no_dispatcher_runs(
 
 
 @pytest.mark.usefixtures("engine")
-async def test_published_approval(client: WorkflowClient, redis: aioredis.Redis) -> None:
+async def test_published_approval(
+    client: WorkflowClient, redis: aioredis.Redis, redis_url: str
+) -> None:
     run_id = await client.submit("approve-me", {"what": "pub"})
     await waiting_view(client, run_id)
 
     async def dispatcher_listening() -> bool:
-        subscribers = dict(await redis.pubsub_numsub(KEYS.approvals_channel))
-        return int(subscribers.get(KEYS.approvals_channel.encode(), 0)) > 0
+        return await subscribers(redis_url, KEYS.approvals_channel) > 0
 
     await wait_for(dispatcher_listening, message="dispatcher subscribed to approvals")
     await client.approve(run_id, "review", {"via": "pubsub"}, durable=False)
     view = await client.wait(run_id, timeout=10)
     assert view.status == RunStatus.COMPLETED
     assert view.nodes["review"].output["data"] == {"via": "pubsub"}
-    assert await redis.xlen(KEYS.inbox) >= 1  # the dispatcher moved it into the inbox
+    assert await redis.xlen(KEYS.shard_for(run_id).inbox) >= 1  # moved into the inbox
 
 
 @pytest.mark.usefixtures("engine")
@@ -502,7 +510,7 @@ async def _next_of(stream: Any, event_type: str) -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("engine")
-async def test_events_iterator_follows_one_run(client: WorkflowClient) -> None:
+async def test_events_iterator_follows_one_run(client: WorkflowClient, redis_url: str) -> None:
     seen: list[dict[str, Any]] = []
     other = await client.submit("echo", {"text": "noise"})
     await client.wait(other, timeout=10)
@@ -515,16 +523,15 @@ async def test_events_iterator_follows_one_run(client: WorkflowClient) -> None:
                 return
 
     follower = asyncio.create_task(follow())
-    await wait_for(lambda: _subscribed(client), message="events subscription")
+    await wait_for(lambda: _subscribed(redis_url), message="events subscription")
     await client.submit("echo", {"text": "x"}, run_id=run_id)
     await asyncio.wait_for(follower, timeout=10)
     assert {e["run_id"] for e in seen} == {run_id}
     assert seen[0]["type"] == "run.submitted"
 
 
-async def _subscribed(client: WorkflowClient) -> bool:
-    numsub = dict(await client.redis.pubsub_numsub(KEYS.events_channel))
-    return int(numsub.get(KEYS.events_channel.encode(), 0)) > 0
+async def _subscribed(redis_url: str) -> bool:
+    return await subscribers(redis_url, KEYS.events_channel) > 0
 
 
 # --- graphs, the sync client ----------------------------------------------------------------
@@ -546,7 +553,7 @@ async def test_register_graph_sources(client: WorkflowClient, tmp_path: Any) -> 
 @pytest.mark.usefixtures("engine")
 async def test_sync_client(redis_url: str) -> None:
     def use_it() -> tuple[RunView, list[str], int]:
-        with SyncWorkflowClient.from_url(redis_url) as sync:
+        with SyncWorkflowClient.from_url(redis_url, shards=SHARDS) as sync:
             sync.register_graph(echo_graph())
             run_id = sync.submit("echo", {"text": "sync"})
             view = sync.wait(run_id, timeout=10)
@@ -563,7 +570,7 @@ async def test_sync_client(redis_url: str) -> None:
 @pytest.mark.usefixtures("engine")
 async def test_sync_client_events(redis_url: str, client: WorkflowClient) -> None:
     seen: list[str] = []
-    with SyncWorkflowClient.from_url(redis_url) as sync:
+    with SyncWorkflowClient.from_url(redis_url, shards=SHARDS) as sync:
 
         def follow() -> None:
             for event in sync.events("sync-followed"):
@@ -572,7 +579,7 @@ async def test_sync_client_events(redis_url: str, client: WorkflowClient) -> Non
                     return
 
         follower = asyncio.create_task(asyncio.to_thread(follow))
-        await wait_for(lambda: _subscribed(client), message="sync events subscription")
+        await wait_for(lambda: _subscribed(redis_url), message="sync events subscription")
         await asyncio.to_thread(sync.submit, "echo", {"text": "s"}, run_id="sync-followed")
         await asyncio.wait_for(follower, timeout=10)
     assert seen[0] == "run.submitted" and seen[-1] == "run.completed"

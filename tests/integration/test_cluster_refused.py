@@ -20,12 +20,19 @@ from graph_core.errors import RelaygraphError
 from graph_core.redis_url import ClusterUnsupported
 from relaygraph.cli import main
 from relaygraph.embedded_cluster import EmbeddedCluster
+from tests.support.layout import one_server_only
 
 pytestmark = pytest.mark.integration
 
 GRAPH = "examples/bug_triage/graph.json"
 HANDLERS = "examples.bug_triage.handlers"
 SAID = "is a Redis Cluster node (cluster mode on), reached with a plain redis:// URL"
+
+
+@pytest.fixture(autouse=True)
+def _one_servers_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What these processes are started with: no shards (the suite's cluster mode sets some)."""
+    monkeypatch.delenv("RELAYGRAPH_SHARDS", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,7 @@ def test_a_worker_refuses_a_cluster(cluster: EmbeddedCluster) -> None:
     assert _keys_stored(cluster) == 0
 
 
+@one_server_only  # the suite's server is the one server here
 async def test_a_single_server_or_a_user_who_may_not_run_info_is_not_refused(
     redis: aioredis.Redis, redis_url: str
 ) -> None:

@@ -20,20 +20,26 @@ from graph_core.state import RunRecord
 from tests.support.fake_worker import FakeWorker, running
 from tests.support.graphs import bug_triage_graph as triage_graph
 from tests.support.graphs import busy_graph
+from tests.support.layout import SHARDS, ids_in_one_shard, keys_for, plain_client_for
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def make_dispatcher(redis: aioredis.Redis, **kw: Any) -> Dispatcher:
-    return Dispatcher(redis, DispatcherSettings(claim_idle_s=1.0, **kw))
+    return Dispatcher(redis, DispatcherSettings(shards=SHARDS, claim_idle_s=1.0, **kw))
 
 
 async def submit(
     redis: aioredis.Redis, d: Dispatcher, graph_id: str, run_id: str, input: Any
 ) -> None:
     msg = SubmitRequest(graph_id=graph_id, run_id=run_id, input=input)
-    await redis.xadd(d.keys.inbox, {"m": encode_inbox(msg)})
+    await redis.xadd(d.keys.shard_for(run_id).inbox, {"m": encode_inbox(msg)})
+
+
+def inboxes(d: Dispatcher) -> list[str]:
+    """Every shard's inbox (one server: the inbox)."""
+    return [d.keys.shard(k).inbox for k in range(max(1, d.keys.shards))]
 
 
 async def run_status(d: Dispatcher, run_id: str) -> str | None:
@@ -133,7 +139,7 @@ async def test_approval_published_by_a_plain_client_with_the_token(
         token = await _waiting_token(d, "a1", "review")
         nodes = await d.store.node_records("a1")
         assert nodes["review"].wait is not None and nodes["review"].wait.prompt == "ship v2?"
-        plain = aioredis.Redis.from_url(redis_url)  # no relaygraph code on this side
+        plain = plain_client_for(redis_url)  # no relaygraph code on this side
         bad = [
             b"not json",
             b'{"run_id": "a1", "node_id": "review", "decision": "approve"}',  # no token
@@ -171,7 +177,7 @@ async def test_racing_approvals_exactly_one_wins(redis: aioredis.Redis, redis_ur
     async with running(d1, d2, w):
         await submit(redis, d1, "approval", "race", {"what": "x"})
         token = await _waiting_token(d1, "race", "review")
-        clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+        clients = [plain_client_for(redis_url) for _ in range(20)]
         msgs = [
             orjson.dumps(
                 {
@@ -218,7 +224,7 @@ async def test_poison_inbox_messages_are_dead_lettered_and_work_goes_on(
     ]
     async with running(d, w):
         for fields in garbage:
-            await redis.xadd(d.keys.inbox, fields)
+            await redis.xadd(d.keys.shard(0).inbox, fields)  # no run: any shard's inbox
         await submit(redis, d, "bug-triage", "after-garbage", {})
         run = await finished(d, "after-garbage")
         dead = await wait_for(lambda: redis.xrange(d.keys.deadletter), message="dead letters")
@@ -228,8 +234,7 @@ async def test_poison_inbox_messages_are_dead_lettered_and_work_goes_on(
         "not JSON" in reasons and "no-such-graph" in reasons and "expected a JSON object" in reasons
     )
     assert len(dead) == 5  # the approval for an unknown run is ignored, not poison
-    pending = await redis.xpending(d.keys.inbox, d.keys.inbox_group)
-    assert pending["pending"] == 0
+    assert await _no_pending(redis, d)
 
 
 async def test_retry_timer_fires_after_the_dispatcher_was_down(redis: aioredis.Redis) -> None:
@@ -257,9 +262,10 @@ async def test_retry_timer_fires_after_the_dispatcher_was_down(redis: aioredis.R
     w = FakeWorker(redis, d.keys, {"*": flaky})
     async with running(d, w):
         await submit(redis, d, "flaky", "f1", {})
-        await wait_for(lambda: redis.zcard(d.keys.timers), message="a retry timer")
+        timers = d.keys.shard_for("f1").timers
+        await wait_for(lambda: redis.zcard(timers), message="a retry timer")
     # The dispatcher is down now; the timer comes due while nobody runs.
-    due = (await redis.zrange(d.keys.timers, 0, 0, withscores=True))[0][1] / 1000
+    due = (await redis.zrange(timers, 0, 0, withscores=True))[0][1] / 1000
     await wait_for(
         lambda: asyncio.get_running_loop().time() > 0 and __import__("time").time() > due,
         message="the timer's due time to pass",
@@ -277,15 +283,17 @@ async def test_the_inbox_loop_trims_what_it_handled(redis: aioredis.Redis) -> No
     d = make_dispatcher(redis)  # inbox_trim_s: 1 s by default
     await d.store.register_graph(triage_graph())
     w = FakeWorker(redis, d.keys, triage_handlers())
+    *runs, later = ids_in_one_shard("a", 6)  # one inbox's
+    inbox = d.keys.shard_for(later).inbox
     async with running(d, w):
-        for i in range(5):
-            await submit(redis, d, "bug-triage", f"a{i}", {})
-        for i in range(5):
-            await finished(d, f"a{i}")
+        for run_id in runs:
+            await submit(redis, d, "bug-triage", run_id, {})
+        for run_id in runs:
+            await finished(d, run_id)
 
         async def trimmed() -> bool:
-            await submit(redis, d, "bug-triage", f"x{time.monotonic_ns()}", {})  # a batch
-            return bool(await redis.xlen(d.keys.inbox) < 10)
+            await submit(redis, d, "bug-triage", later, {})  # a batch (a duplicate after one)
+            return bool(await redis.xlen(inbox) < 10)
 
         await wait_for(trimmed, timeout=10, interval=0.3, message="the inbox trimmed")
 
@@ -296,25 +304,31 @@ async def test_handled_inbox_entries_are_trimmed_but_pending_ones_kept(
     d = make_dispatcher(redis, inbox_trim_s=3600)  # trimmed only when the test says
     await d.store.register_graph(triage_graph())
     w = FakeWorker(redis, d.keys, triage_handlers())
+    *runs, stuck, unread = ids_in_one_shard("t", 7)  # one inbox's
+    inbox = d.keys.shard_for(stuck).inbox
     async with running(d, w):
-        for i in range(5):
-            await submit(redis, d, "bug-triage", f"t{i}", {})
-        for i in range(5):
-            await finished(d, f"t{i}")
+        for run_id in runs:
+            await submit(redis, d, "bug-triage", run_id, {})
+        for run_id in runs:
+            await finished(d, run_id)
         await wait_for(lambda: _no_pending(redis, d), message="every inbox entry acknowledged")
-    assert await redis.xlen(d.keys.inbox) > 10
+    assert await redis.xlen(inbox) > 10
     # One entry read by a consumer that never acknowledges it (a crashed dispatcher).
-    await submit(redis, d, "bug-triage", "stuck", {})
-    await redis.xreadgroup(d.keys.inbox_group, "crashed", {d.keys.inbox: ">"}, count=1)
-    await submit(redis, d, "bug-triage", "unread", {})
+    await submit(redis, d, "bug-triage", stuck, {})
+    await redis.xreadgroup(d.keys.inbox_group, "crashed", {inbox: ">"}, count=1)
+    await submit(redis, d, "bug-triage", unread, {})
     await d.trim_inbox()
-    left = [f[b"m"] for _, f in await redis.xrange(d.keys.inbox)]
-    assert len(left) == 2 and b"stuck" in left[0] and b"unread" in left[1]
+    left = [f[b"m"] for _, f in await redis.xrange(inbox)]
+    assert len(left) == 2
+    assert f'"{stuck}"'.encode() in left[0] and f'"{unread}"'.encode() in left[1]
 
 
 async def _no_pending(redis: aioredis.Redis, d: Dispatcher) -> bool:
-    info = await redis.xpending(d.keys.inbox, d.keys.inbox_group)
-    return bool(info["pending"] == 0)
+    for inbox in inboxes(d):
+        info = await redis.xpending(inbox, d.keys.inbox_group)
+        if info["pending"]:
+            return False
+    return True
 
 
 async def test_sweeper_reruns_a_queued_node_whose_job_vanished(redis: aioredis.Redis) -> None:
@@ -325,13 +339,15 @@ async def test_sweeper_reruns_a_queued_node_whose_job_vanished(redis: aioredis.R
     await d.store.register_graph(triage_graph())
     async with running(d):  # no worker: the job waits in the queue
         await submit(redis, d, "bug-triage", "lost", {})
-        await wait_for(lambda: redis.zcard(d.keys.queue("default")), message="a queued job")
-        assert await sweep(redis, d.keys, grace_s=0) == 0  # the job is there: nothing to do
+        shard = d.keys.shard_for("lost")
+        queue = shard.queue("default")
+        await wait_for(lambda: redis.zcard(queue), message="a queued job")
+        assert await sweep(redis, d.keys, grace_s=0, shard=shard) == 0  # the job is there
         # Something outside relaygraph loses the job (e.g. the last second of writes).
-        [job] = await redis.zrange(d.keys.queue("default"), 0, -1)
+        [job] = await redis.zrange(queue, 0, -1)
         await redis.delete(JOB_KEY_PREFIX.encode() + job)
-        await redis.zrem(d.keys.queue("default"), job)
-        assert await sweep(redis, d.keys, grace_s=0) == 1
+        await redis.zrem(queue, job)
+        assert await sweep(redis, d.keys, grace_s=0, shard=shard) == 1
         w = FakeWorker(redis, d.keys, triage_handlers())
         async with running(w):
             run = await finished(d, "lost")
@@ -347,20 +363,21 @@ async def test_housekeeping_drops_abort_entries_nobody_will_take_off(
     """A finishing job does not look at arq's abort set, so a cancel that came too late to
     stop its job leaves the job's id there: the dispatcher's housekeeping drops such ids once
     they are ``ABORT_KEEP_MS`` old, and keeps the recent ones a worker may still act on."""
-    from dispatcher.queue import ABORT_KEEP_MS, ABORT_KEY
+    from dispatcher.queue import ABORT_KEEP_MS
     from dispatcher.sweeper import trim_aborts
-    from graph_core.keys import Keys
 
+    shard = keys_for().shard(0)
+    abort_key = shard.abort  # one server: arq's own ``arq:abort``
     now_ms = int(time.time() * 1000)
     old = {"rg:a:n:1:1": now_ms - ABORT_KEEP_MS - 5_000, "rg:b:n:1:1": now_ms - ABORT_KEEP_MS - 1}
-    await redis.zadd(ABORT_KEY, {**old, "rg:c:n:1:1": now_ms - 1_000})
-    assert await trim_aborts(redis, Keys().shard(0)) == 2  # one server: arq's own key
-    assert await redis.zrange(ABORT_KEY, 0, -1) == [b"rg:c:n:1:1"]
-    await redis.zadd(ABORT_KEY, old)
+    await redis.zadd(abort_key, {**old, "rg:c:n:1:1": now_ms - 1_000})
+    assert await trim_aborts(redis, shard) == 2
+    assert await redis.zrange(abort_key, 0, -1) == [b"rg:c:n:1:1"]
+    await redis.zadd(abort_key, old)
     async with running(make_dispatcher(redis)):  # its housekeeping runs as it starts
 
         async def trimmed() -> bool:
-            return await redis.zcard(ABORT_KEY) == 1
+            return await redis.zcard(abort_key) == 1
 
         await wait_for(trimmed, message="the old abort entries dropped")
 
@@ -373,14 +390,14 @@ async def test_a_redelivered_raw_submit_creates_one_run_named_by_its_entry(
     d = make_dispatcher(redis)
     await d.store.register_graph(triage_graph())
     raw = encode_inbox(SubmitRequest(graph_id="bug-triage", input={"x": 1}))  # no run id
-    entry_id = (await redis.xadd(d.keys.inbox, {"m": raw})).decode()
+    entry_id = (await redis.xadd(d.keys.shard(0).inbox, {"m": raw})).decode()
     first = await d.processor.handle(parse_inbox(raw), entry_id)
     again = await d.processor.handle(parse_inbox(raw), entry_id)  # a crash before the ack
     assert first.applied and first.run_id == entry_id
     assert (
         not again.applied and again.run_id == entry_id and "already exists" in (again.reason or "")
     )
-    assert await redis.zcard(d.keys.runs_all) == 1
+    assert await redis.zcard(d.keys.shard_for(entry_id).runs_all) == 1
 
 
 async def test_a_raw_submit_with_a_bad_run_id_claims_nothing(redis: aioredis.Redis) -> None:
@@ -390,7 +407,7 @@ async def test_a_raw_submit_with_a_bad_run_id_claims_nothing(redis: aioredis.Red
         "m": b'{"kind":"submit","graph_id":"bug-triage","run_id":"bad id!","idempotency_key":"k1"}'
     }
     async with running(d):
-        await redis.xadd(d.keys.inbox, bad)
+        await redis.xadd(d.keys.shard(0).inbox, bad)
         await submit_keyed(redis, d, "good", "k1")
         dead = await wait_for(lambda: redis.xrange(d.keys.deadletter), message="dead letter")
         await wait_for(lambda: d.store.get_run("good"), message="the keyed run")
@@ -400,7 +417,7 @@ async def test_a_raw_submit_with_a_bad_run_id_claims_nothing(redis: aioredis.Red
 
 async def submit_keyed(redis: aioredis.Redis, d: Dispatcher, run_id: str, key: str) -> None:
     msg = SubmitRequest(graph_id="bug-triage", run_id=run_id, idempotency_key=key)
-    await redis.xadd(d.keys.inbox, {"m": encode_inbox(msg)})
+    await redis.xadd(d.keys.shard_for(run_id).inbox, {"m": encode_inbox(msg)})
 
 
 async def test_a_server_out_of_memory_stops_no_dispatcher_and_fails_no_run(

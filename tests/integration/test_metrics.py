@@ -43,6 +43,7 @@ from relaygraph.cli_serve import worker_argv
 from relaygraph.lifeline import parent_death_hook
 from relaygraph.procs import WorkerPool
 from tests.support.fake_worker import running
+from tests.support.layout import SHARDS, keys_for
 from tests.support.waiting import wait_for, wait_until_sync
 from worker.app import serve
 from worker.context import NodeContext
@@ -108,7 +109,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 async def submit(redis: Any, keys: Keys, graph_id: str, run_id: str) -> None:
     msg = SubmitRequest(graph_id=graph_id, run_id=run_id, input={})
-    await redis.xadd(keys.inbox, {"m": encode_inbox(msg)})
+    await redis.xadd(keys.shard_for(run_id).inbox, {"m": encode_inbox(msg)})
 
 
 async def all_finished(d: Dispatcher, run_ids: list[str]) -> None:
@@ -150,7 +151,9 @@ async def test_dispatcher_and_worker_count_runs_retries_and_attempts(
 ) -> None:
     n = 6
     d_port, w_port = free_port(), free_port()
-    d = Dispatcher(redis, DispatcherSettings(redis_url=redis_url, metrics_port=d_port))
+    d = Dispatcher(
+        redis, DispatcherSettings(shards=SHARDS, redis_url=redis_url, metrics_port=d_port)
+    )
     await d.store.register_graph(flaky_graph())
     registry = HandlerRegistry()
 
@@ -160,7 +163,9 @@ async def test_dispatcher_and_worker_count_runs_retries_and_attempts(
             raise ValueError("first attempts fail")
         return {"attempt": ctx.attempt}
 
-    settings = WorkerSettings(redis_url=redis_url, metrics_port=w_port, poll_delay=0.01)
+    settings = WorkerSettings(
+        shards=SHARDS, redis_url=redis_url, metrics_port=w_port, poll_delay=0.01
+    )
     runs = [f"m{i}" for i in range(n)]
     async with running(d), serving(settings, registry):
         await wait_for(d.ready.is_set, message="dispatcher ready")
@@ -198,7 +203,7 @@ async def test_metrics_stop_being_served_when_the_dispatcher_stops(
     redis: Any, redis_url: str
 ) -> None:
     port = free_port()
-    settings = DispatcherSettings(redis_url=redis_url, metrics_port=port)
+    settings = DispatcherSettings(shards=SHARDS, redis_url=redis_url, metrics_port=port)
     d = Dispatcher(redis, settings)
     async with running(d):
         await wait_for(d.ready.is_set, message="dispatcher ready")
@@ -239,21 +244,24 @@ async def test_fleet_gauges_show_queues_waiting_runs_and_dead_letters(
     redis: Any, redis_url: str
 ) -> None:
     port = free_port()
-    d = Dispatcher(redis, DispatcherSettings(redis_url=redis_url, metrics_port=port))
+    d = Dispatcher(redis, DispatcherSettings(shards=SHARDS, redis_url=redis_url, metrics_port=port))
     keys = d.keys
     await d.store.register_graph(parked_graph())
     await d.store.register_graph(approval_graph())
     # A queue of a registered worker: one job running (in progress), one waiting for 30 s.
     now_ms = int((await redis.time())[0]) * 1000
     await redis.hset(keys.workers, "h:1", orjson.dumps({"queues": ["manual"], "pid": 1}))
-    await redis.zadd(keys.queue("manual"), {"running": now_ms - 100_000, "old": now_ms - 30_000})
-    await redis.set("arq:in-progress:running", b"1")
+    queue = keys.shard_for("q").queue("manual")
+    running_job, old_job = keys.job_id("q", "a", 1, 1), keys.job_id("q", "b", 1, 1)
+    await redis.zadd(queue, {running_job: now_ms - 100_000, old_job: now_ms - 30_000})
+    await redis.set(f"arq:in-progress:{running_job}", b"1")
     async with running(d):
+        await wait_for(d.ready.is_set, message="dispatcher ready (serving metrics)")
         for i in range(3):
             await submit(redis, keys, "parked", f"p{i}")
         for i in range(2):
             await submit(redis, keys, "approval", f"a{i}")
-        await redis.xadd(keys.inbox, {"m": b"not json"})
+        await redis.xadd(keys.shard(0).inbox, {"m": b"not json"})
 
         expected: list[tuple[str, dict[str, str], float | None]] = [
             ("relaygraph_queue_depth", {"queue": "parked"}, 3),
@@ -294,7 +302,7 @@ def test_a_scrape_without_redis_answers_with_fleet_scrape_ok_0() -> None:
         f"redis://127.0.0.1:{port}/0", socket_timeout=0.5, socket_connect_timeout=0.5
     )
     registry = CollectorRegistry()
-    registry.register(FleetCollector(client, Keys()))
+    registry.register(FleetCollector(client, keys_for()))
     try:
         samples = parse(generate_latest(registry).decode())
     finally:
@@ -335,6 +343,7 @@ def counting_graph() -> Graph:
 def worker_process(redis_url: str, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGRAPH_")}
     env.update(RELAYGRAPH_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(RELAYGRAPH_SHARDS=str(SHARDS))
     argv = [sys.executable, "-m", "worker", "--handlers", "tests.e2e.history_handlers", *flags]
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -375,7 +384,7 @@ async def test_json_logs_carry_the_ids_and_the_worker_flags_work(
     proc = worker_process(
         redis_url, log, "--metrics-port", str(port), "--log-format", "json", "--log-level", "DEBUG"
     )
-    d = Dispatcher(redis, DispatcherSettings(redis_url=redis_url))
+    d = Dispatcher(redis, DispatcherSettings(shards=SHARDS, redis_url=redis_url))
     await d.store.register_graph(counting_graph())
     runs = ["j1", "j2"]
     try:
@@ -391,7 +400,9 @@ async def test_json_logs_carry_the_ids_and_the_worker_flags_work(
                 for run_id in runs:
                     await submit(redis, d.keys, "counted", run_id)
                 await all_finished(d, runs)
-                await redis.xadd(d.keys.inbox, {"m": encode_inbox(CancelRequested(run_id="j1"))})
+                await redis.xadd(
+                    d.keys.shard_for("j1").inbox, {"m": encode_inbox(CancelRequested(run_id="j1"))}
+                )
                 await wait_for(
                     lambda: "ignored cancel" in dispatcher_log.getvalue(),
                     message="the late cancel to be ignored",
@@ -429,6 +440,7 @@ def test_up_serves_metrics_on_consecutive_ports_and_logs_json(
     base = free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGRAPH_")}
     env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", RELAYGRAPH_METRICS_PORT=str(base))
+    env.update(RELAYGRAPH_SHARDS=str(SHARDS))
     out, err = tmp_path / "up.out", tmp_path / "up.err"
     argv = [RELAYGRAPH, "up", "--redis", redis_url, "--prefix", "up-metrics"]
     argv += ["--handlers", "tests.e2e.history_handlers", "--workers", "2", "--log-format", "json"]
@@ -533,7 +545,7 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
         running_attempts=0,
         runs={"running": 1},
     )
-    collector = FleetCollector(connect_sync("redis://127.0.0.1:1/0"), Keys())
+    collector = FleetCollector(connect_sync("redis://127.0.0.1:1/0"), keys_for())
     collector.reader.read = lambda: snapshot  # type: ignore[method-assign]
     families = [
         *DispatcherMetrics().registry.collect(),

@@ -6,6 +6,7 @@ end state is the one a dispatcher without the cache reaches."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,10 +23,12 @@ from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core import clock
 from graph_core.events import CancelRequested
-from graph_core.messages import SubmitRequest, encode_inbox, parse_job_payload
+from graph_core.keys import ShardKeys
+from graph_core.messages import SubmitRequest, encode_inbox, parse_inbox, parse_job_payload
 from graph_core.model import Graph, Node
 from tests.support.graphs import busy_graph
-from tests.support.inbox import completed_report, drop_stamp, push, read
+from tests.support.inbox import Entry, completed_report, drop_stamp, push, read
+from tests.support.layout import SHARDS, ids_in_one_shard
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +55,7 @@ def chain_graph() -> Graph:
 async def _dispatcher(
     redis: aioredis.Redis, consumer: str = "d1", run_cache: int = 2048
 ) -> Dispatcher:
-    d = Dispatcher(redis, DispatcherSettings(consumer=consumer, run_cache=run_cache))
+    d = Dispatcher(redis, DispatcherSettings(shards=SHARDS, consumer=consumer, run_cache=run_cache))
     await d.store.register_graph(chain_graph())
     await d.store.register_graph(busy_graph())
     await d._ensure_group()
@@ -63,23 +66,39 @@ def _submit(graph_id: str, run_id: str, n: int = 5) -> bytes:
     return encode_inbox(SubmitRequest(graph_id=graph_id, run_id=run_id, input={"n": n}))
 
 
+def _shards(d: Dispatcher) -> list[ShardKeys]:
+    """Every shard (one server: the only one)."""
+    return [d.keys.shard(k) for k in range(max(1, d.keys.shards))]
+
+
+def _shard_of(d: Dispatcher, entry: Entry) -> ShardKeys:
+    """The shard whose inbox holds ``entry``: its run's."""
+    return d.keys.shard_for(parse_inbox(entry[1][b"m"]).run_id)
+
+
 async def _handle(redis: aioredis.Redis, d: Dispatcher, *messages: bytes) -> None:
     """Push ``messages`` and have ``d`` handle them, one entry at a time (light load)."""
     await push(redis, d, messages)
     for entry in await read(redis, d):
-        await d._handle_batch([entry])
+        await d._handle_batch([entry], _shard_of(d, entry))
 
 
 async def _queued_reports(redis: aioredis.Redis, d: Dispatcher) -> list[bytes]:
     """What workers would do: take every queued job, in queue order, and report it done."""
-    queue = d.keys.queue("default")
     reports = []
-    for jid in await redis.zrange(queue, 0, -1):
-        job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
-        p = parse_job_payload(job["a"][0])
-        reports.append(completed_report(p.run_id, p.node_id, p.visit, p.attempt))
-    await redis.delete(queue)
+    for shard in _shards(d):
+        queue = shard.queue("default")
+        for jid in await redis.zrange(queue, 0, -1):
+            job = orjson.loads(await redis.get(JOB_KEY_PREFIX.encode() + jid))
+            p = parse_job_payload(job["a"][0])
+            reports.append(completed_report(p.run_id, p.node_id, p.visit, p.attempt))
+        await redis.delete(queue)
     return reports
+
+
+async def _pending(redis: aioredis.Redis, d: Dispatcher) -> int:
+    """How many inbox entries are pending, over every shard."""
+    return sum([(await redis.xpending(s.inbox, d.keys.inbox_group))["pending"] for s in _shards(d)])
 
 
 async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], batched: bool) -> None:
@@ -88,11 +107,11 @@ async def _drive(redis: aioredis.Redis, d: Dispatcher, submits: list[bytes], bat
         entries = await read(redis, d)
         if not entries:
             return
-        if batched:
-            await d._handle_batch(entries)
-        else:
-            for entry in entries:
-                await d._handle_batch([entry])
+        # as the inbox loops would: each shard's entries (read shard by shard) are a batch
+        for shard, of_shard in itertools.groupby(entries, key=lambda e: _shard_of(d, e)):
+            batch = list(of_shard)
+            for part in [batch] if batched else [[entry] for entry in batch]:
+                await d._handle_batch(part, shard)
         await push(redis, d, await _queued_reports(redis, d))
     raise AssertionError("the runs did not settle")
 
@@ -105,8 +124,9 @@ async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) ->
             state[f"{run_id}:{name}"] = await redis.hgetall(getattr(rk, name))
         drop_stamp(state[f"{run_id}:meta"])
         state[f"{run_id}:events"] = [f for _, f in await redis.xrange(rk.events)]
-    state["jobs"] = {k: await redis.get(k) for k in sorted(await redis.keys(JOB_KEY_PREFIX + "*"))}
-    state["pending"] = (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"]
+    jobs = sorted({k async for k in redis.scan_iter(match=JOB_KEY_PREFIX + "*")})  # every node's
+    state["jobs"] = {k: await redis.get(k) for k in jobs}
+    state["pending"] = await _pending(redis, d)
     state["dead"] = await redis.xlen(d.keys.deadletter)
     return state
 
@@ -115,8 +135,9 @@ async def _snapshot(redis: aioredis.Redis, d: Dispatcher, run_ids: list[str]) ->
 async def test_runs_end_the_same_with_and_without_the_cache(
     redis: aioredis.Redis, batched: bool
 ) -> None:
-    runs = [("chain", "c1"), ("chain", "c2"), ("busy", "b1"), ("busy", "b2")]
-    submits = [_submit(g, r, 150 if r == "b2" else 5) for g, r in runs]
+    c1, c2, b1, b2 = ids_in_one_shard("r", 4)  # one inbox's: batched, one batch
+    runs = [("chain", c1), ("chain", c2), ("busy", b1), ("busy", b2)]
+    submits = [_submit(g, r, 150 if r == b2 else 5) for g, r in runs]
     ids = [r for _, r in runs]
     ends = []
     for run_cache in (2048, 0):
@@ -165,7 +186,7 @@ async def _round_trips_per_report(redis: aioredis.Redis, run_cache: int) -> list
         await push(redis, d, [completed_report("rt", f"n{i}")])
         [entry] = await read(redis, d)
         with _counting_sends() as sent:
-            await d._handle_batch([entry])
+            await d._handle_batch([entry], d.keys.shard_for("rt"))
         trips.append(sent[0])
     run = await d.store.get_run("rt")
     assert run is not None and run.status.value == "completed"
@@ -207,7 +228,7 @@ async def test_a_run_moved_by_a_direct_write_conflicts_and_is_reloaded(
         "n0",
         "n1",
     ]
-    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+    assert await _pending(redis, d) == 0
 
 
 async def test_a_run_moved_by_another_dispatcher_is_reloaded(redis: aioredis.Redis) -> None:
@@ -228,7 +249,7 @@ async def test_a_run_moved_by_another_dispatcher_is_reloaded(redis: aioredis.Red
     history = await d1.store.history("m")
     completed = [e["node_id"] for e in history if e["type"] == "node.completed"]
     assert completed == ["start", *[f"n{i}" for i in range(CHAIN)], "end"]
-    assert (await redis.xpending(d1.keys.inbox, d1.keys.inbox_group))["pending"] == 0
+    assert await _pending(redis, d1) == 0
     assert "m" not in d1.processor.cache  # finished
 
 
@@ -239,8 +260,9 @@ async def test_a_deleted_run_is_not_resurrected_by_its_cached_state(
     await _handle(redis, d, _submit("chain", "gone"), completed_report("gone", "n0"))
     assert "gone" in d.processor.cache
     rk = d.keys.run("gone")
+    queue = d.keys.shard_for("gone").queue("default")
     await redis.delete(*rk.all())  # retention expired the run's keys, or it was pruned
-    await redis.delete(d.keys.queue("default"))
+    await redis.delete(queue)
 
     await _handle(redis, d, completed_report("gone", "n1"))
 
@@ -249,28 +271,30 @@ async def test_a_deleted_run_is_not_resurrected_by_its_cached_state(
     assert d.processor.cache.conflicts == 1
     assert "gone" not in d.processor.cache
     assert await redis.exists(*rk.all()) == 0
-    assert await redis.zcard(d.keys.queue("default")) == 0
-    assert (await redis.xpending(d.keys.inbox, d.keys.inbox_group))["pending"] == 0
+    assert await redis.zcard(queue) == 0
+    assert await _pending(redis, d) == 0
 
 
 async def test_the_cache_keeps_at_most_its_size_most_recent_runs(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis, run_cache=3)
-    await _handle(redis, d, *[_submit("chain", f"s{i}") for i in range(8)])
-    assert [f"s{i}" in d.processor.cache for i in range(8)] == [False] * 5 + [True] * 3
-    await _handle(redis, d, completed_report("s0", "n0"))  # loaded again, cached as most recent
-    assert [f"s{i}" in d.processor.cache for i in (0, 5, 6, 7)] == [True, False, True, True]
+    runs = ids_in_one_shard("s", 8)  # one inbox's: handled in the order submitted
+    await _handle(redis, d, *[_submit("chain", run_id) for run_id in runs])
+    assert [run_id in d.processor.cache for run_id in runs] == [False] * 5 + [True] * 3
+    await _handle(redis, d, completed_report(runs[0], "n0"))  # loaded again, most recent now
+    assert [runs[i] in d.processor.cache for i in (0, 5, 6, 7)] == [True, False, True, True]
     assert len(d.processor.cache) == 3
 
 
 async def test_the_cache_keeps_at_most_its_records(redis: aioredis.Redis) -> None:
     d = await _dispatcher(redis)
     d.processor.cache = RunCache(size=100, max_records=20)
-    await _handle(redis, d, *[_submit("chain", f"r{i}") for i in range(8)])
+    runs = ids_in_one_shard("r", 8)  # one inbox's: handled in the order submitted
+    await _handle(redis, d, *[_submit("chain", run_id) for run_id in runs])
     cache = d.processor.cache
     assert 0 < cache.records <= 20 and 0 < len(cache) < 8
-    assert "r7" in cache and "r0" not in cache
+    assert runs[7] in cache and runs[0] not in cache
 
 
 async def test_without_the_cache_nothing_is_kept(redis: aioredis.Redis) -> None:
@@ -314,7 +338,8 @@ async def test_a_run_rewritten_at_the_cached_revision_after_lost_writes_conflict
     # d2 moves the run from R-1 to R, with other content: it cancels it.
     await _handle(redis, d2, encode_inbox(CancelRequested(run_id="lost", reason="lost write")))
     assert int(await redis.hget(rk.meta, "rev")) == rev
-    await redis.delete(d1.keys.queue("default"))
+    queue = d1.keys.shard_for("lost").queue("default")
+    await redis.delete(queue)
 
     # By d1's cached state (R, n1 queued) the report completes n1 and queues n2. Only the
     # stamp tells the two states at R apart: the cached apply conflicts, the reload finds
@@ -327,10 +352,10 @@ async def test_a_run_rewritten_at_the_cached_revision_after_lost_writes_conflict
     assert run is not None and run.status.value == "cancelled" and run.rev == rev
     nodes = await d1.store.node_records("lost")
     assert nodes["n0"].status.value == "cancelled" and "n1" not in nodes  # never queued
-    assert await redis.zcard(d1.keys.queue("default")) == 0
+    assert await redis.zcard(queue) == 0
     history = await d1.store.history("lost")
     assert [e["type"] for e in history][-1] == "run.cancelled"
-    assert (await redis.xpending(d1.keys.inbox, d1.keys.inbox_group))["pending"] == 0
+    assert await _pending(redis, d1) == 0
 
 
 async def test_a_cached_state_never_matches_a_run_without_a_stamp(

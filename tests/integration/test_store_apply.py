@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
-from dispatcher.queue import ABORT_KEY, JOB_KEY_PREFIX
+from dispatcher.queue import JOB_KEY_PREFIX
 from dispatcher.store import RunStore
 from graph_core.events import (
     HISTORY_FIELDS,
@@ -27,10 +27,10 @@ from graph_core.events import (
     history_json,
     history_values,
 )
-from graph_core.keys import Keys
-from graph_core.messages import decode_arq_job, dumps, job_id, wake_token
+from graph_core.messages import decode_arq_job, dumps, wake_token
 from graph_core.state import JoinState, LoopRecord, NodeRecord, RunRecord, Transition
 from graph_core.status import NodeStatus, RunStatus
+from tests.support.layout import CLUSTER, client_for, keys_for, plain_client_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,22 @@ def _run(rev: int, status: RunStatus = RunStatus.RUNNING) -> RunRecord:
     )
 
 
-async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis) -> None:
-    keys = Keys("blobtest")
+async def _on_every_primary(redis: Any, command: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """A server command's reply from the one server, or from each primary of a cluster
+    (the cluster client sends such commands to one node unless told)."""
+    if not CLUSTER:
+        return [await getattr(redis, command)(*args, **kwargs)]
+    replies = await getattr(redis, command)(*args, target_nodes=redis.PRIMARIES, **kwargs)
+    # a dict, node -> reply; merged by the client for some commands (CONFIG RESETSTAT: all OK)
+    return list(replies.values()) if isinstance(replies, dict) else [replies]
+
+
+async def test_every_value_survives_the_change_set_exactly(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    keys = keys_for("blobtest")
     store = RunStore(redis, keys)
-    rk = keys.run("blob")
+    rk, shard = keys.run("blob"), keys.shard_for("blob")
     node = NodeRecord(
         status=NodeStatus.QUEUED,
         visits=BIG,
@@ -84,13 +96,17 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
         ],
         history=[HistoryEvent(type="node.completed", at=1.25, node_id="n:1", data=NASTY)],
     )
-    channel = redis.pubsub()
-    await channel.subscribe(keys.events_channel)
-    assert (await channel.get_message(timeout=5))["type"] == "subscribe"
-    assert await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)
-    assert not await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)  # it exists now
-    published = await channel.get_message(timeout=5)
-    await channel.aclose()
+    listener = plain_client_for(redis_url)  # a cluster client has no pubsub
+    channel = listener.pubsub()
+    try:
+        await channel.subscribe(keys.events_channel)
+        assert (await channel.get_message(timeout=5))["type"] == "subscribe"
+        assert await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)
+        assert not await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)  # exists now
+        published = await channel.get_message(timeout=5)
+    finally:
+        await channel.aclose()
+        await listener.aclose()
 
     meta = await redis.hgetall(rk.meta)
     stamp = meta.pop(b"stamp")
@@ -116,22 +132,22 @@ async def test_every_value_survives_the_change_set_exactly(redis: aioredis.Redis
     assert published["data"] == dumps({"run_id": "blob", **event})
     assert history_json("blob", fields) == published["data"]
 
-    jid = job_id("blob", "n:1", 7, 1)
+    jid = keys.job_id("blob", "n:1", 7, 1)
     job = await redis.get(JOB_KEY_PREFIX + jid)
     assert decode_arq_job(job)["et"] == NOW_MS
     # The queue's score is the server's clock, whatever the dispatcher's says (2100 here):
     # the worker's claim compares it with the server's clock, so a skew never holds a job.
     server_s, server_us = await redis.time()
-    score = await redis.zscore(keys.queue("q"), jid)
+    score = await redis.zscore(shard.queue("q"), jid)
     assert score == int(score) and 0 <= server_s * 1000 + server_us // 1000 - score < 5_000
     # the wake-up names the job's score, with which a claim knows the job due
-    [token] = await redis.lrange(keys.wake("q"), 0, -1)
+    [token] = await redis.lrange(shard.wake("q"), 0, -1)
     assert token == wake_token(jid, "g", BIG, int(score)).encode()
     assert 0 < await redis.pttl(JOB_KEY_PREFIX + jid) <= 86_400_000
-    [(member, due)] = await redis.zrange(keys.timers, 0, -1, withscores=True)
+    [(member, due)] = await redis.zrange(shard.timers, 0, -1, withscores=True)
     assert due == int(timer_due * 1000) and b'"timer":"retry"' in member
-    assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
-    assert await redis.zscore(keys.runs_by_status("running"), "blob") == NOW_MS
+    assert await redis.zscore(shard.runs_all, "blob") == NOW_MS
+    assert await redis.zscore(shard.runs_by_status("running"), "blob") == NOW_MS
 
 
 async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status(
@@ -139,10 +155,10 @@ async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status
 ) -> None:
     """The status index is written when the status changes, not with every transition (the
     score is when the run entered the status: the approvals inbox lists the oldest first)."""
-    keys = Keys("blobtest")
+    keys = keys_for("blobtest")
     store = RunStore(redis, keys, retention_s=600)
-    rk = keys.run("blob")
-    running, completed = keys.runs_by_status("running"), keys.runs_by_status("completed")
+    rk, shard = keys.run("blob"), keys.shard_for("blob")
+    running, completed = shard.runs_by_status("running"), shard.runs_by_status("completed")
     assert await store.apply(Transition(run=_run(1)), None, None, NOW_MS, stamp=None)
     for rev in (1, 2):  # transitions that keep the run running
         stamp = (await redis.hget(rk.meta, "stamp")).decode()
@@ -154,7 +170,7 @@ async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status
     assert await store.apply(done, 3, "running", NOW_MS + 9, stamp=stamp)
     assert await redis.zscore(running, "blob") is None
     assert await redis.zscore(completed, "blob") == NOW_MS + 9
-    assert await redis.zscore(keys.runs_all, "blob") == NOW_MS
+    assert await redis.zscore(shard.runs_all, "blob") == NOW_MS
     # a finished run's write that sets its retention (its keys' expiry) moves its score
     # too: the index keeps it as long as its keys live
     stamp = (await redis.hget(rk.meta, "stamp")).decode()
@@ -167,12 +183,12 @@ async def test_a_run_is_scored_in_its_status_index_by_when_it_entered_the_status
 async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
     redis: aioredis.Redis,
 ) -> None:
-    keys = Keys("blobtest")
+    keys = keys_for("blobtest")
     store = RunStore(redis, keys, retention_s=600)
-    rk = keys.run("blob")
-    await redis.xgroup_create(keys.inbox, keys.inbox_group, "0", mkstream=True)
-    entry = (await redis.xadd(keys.inbox, {"m": b"{}"})).decode()
-    await redis.xreadgroup(keys.inbox_group, "c", {keys.inbox: ">"})
+    rk, shard = keys.run("blob"), keys.shard_for("blob")
+    await redis.xgroup_create(shard.inbox, keys.inbox_group, "0", mkstream=True)
+    entry = (await redis.xadd(shard.inbox, {"m": b"{}"})).decode()
+    await redis.xreadgroup(keys.inbox_group, "c", {shard.inbox: ">"})
     first = Transition(
         run=_run(1),
         joins={("j", 3): "t"},
@@ -200,11 +216,12 @@ async def test_deletes_releases_aborts_expiry_and_ack_in_one_change_set(
     assert await redis.hget(rk.meta, "stamp") not in (None, stamp.encode())
     assert await redis.hlen(rk.joins) == 0 and await redis.hlen(rk.active) == 0
     assert await redis.hlen(rk.waits) == 0
-    assert await redis.zscore(ABORT_KEY, job_id("blob", "a", 1, 3)) == NOW_MS + 1
-    assert await redis.zscore(keys.runs_by_status("completed"), "blob") == NOW_MS + 1
-    assert await redis.zscore(keys.runs_by_status("running"), "blob") is None
+    # one server: arq's own abort set (``arq:abort``)
+    assert await redis.zscore(shard.abort, keys.job_id("blob", "a", 1, 3)) == NOW_MS + 1
+    assert await redis.zscore(shard.runs_by_status("completed"), "blob") == NOW_MS + 1
+    assert await redis.zscore(shard.runs_by_status("running"), "blob") is None
     assert 0 < await redis.ttl(rk.meta) <= 600
-    pending = await redis.xpending(keys.inbox, keys.inbox_group)
+    pending = await redis.xpending(shard.inbox, keys.inbox_group)
     assert pending["pending"] == 0
 
 
@@ -212,7 +229,7 @@ async def test_a_finished_runs_history_is_rewritten_at_its_size(redis: aioredis.
     """A stream's newest node keeps the ~4 KB the server allocates ahead for it; the apply
     that finishes a run rewrites a short history at its size. The entries, their ids, the
     expiry and a follower blocked on the stream all come through it."""
-    keys = Keys("blobtest")
+    keys = keys_for("blobtest")
     store = RunStore(redis, keys, retention_s=600)
     rk = keys.run("blob")
     await redis.delete(*rk.all())
@@ -261,7 +278,7 @@ async def test_history_entries_of_the_earlier_layout_still_read(
     """Runs started before the per-key layout hold the whole event in field ``e``; a history
     can mix both (a run in flight through an upgrade). An entry that is no event (added by
     hand) is skipped and logged, not an error that hides the rest."""
-    keys = Keys("blobtest")
+    keys = keys_for("blobtest")
     rk = keys.run("mixed")
     await redis.delete(rk.events)
     old = {"run_id": "mixed", "v": 1, "type": "run.started", "at": 1.5, "data": {}}
@@ -280,9 +297,12 @@ async def test_a_run_finishes_for_a_user_without_dangerous_commands(
 ) -> None:
     """deploy/README's ACL user has ``+@all -@dangerous``: no RESTORE. The apply that
     finishes a run still does all it must (state, expiry, acknowledgement); only the
-    history's rewrite at its size is left out."""
+    history's rewrite at its size is left out. (A cluster's users are per node: it is
+    made on every primary.)"""
     user, password = "rg-no-dangerous", "pw-7c1e"
-    await redis.acl_setuser(
+    await _on_every_primary(
+        redis,
+        "acl_setuser",
         user,
         enabled=True,
         reset=True,
@@ -291,15 +311,15 @@ async def test_a_run_finishes_for_a_user_without_dangerous_commands(
         channels=["*"],
         commands=["+@all", "-@dangerous", "+info"],
     )
-    limited = aioredis.Redis.from_url(redis_url, username=user, password=password)
+    limited = client_for(redis_url, username=user, password=password)
     try:
-        keys = Keys("acltest")
+        keys = keys_for("acltest")
         store = RunStore(limited, keys, retention_s=600)
-        rk = keys.run("blob")
-        await redis.delete(*rk.all(), keys.inbox)
-        await redis.xgroup_create(keys.inbox, keys.inbox_group, "0", mkstream=True)
-        entry = (await redis.xadd(keys.inbox, {"m": b"{}"})).decode()
-        await redis.xreadgroup(keys.inbox_group, "c", {keys.inbox: ">"})
+        rk, inbox = keys.run("blob"), keys.shard_for("blob").inbox
+        await redis.delete(*rk.all(), inbox)
+        await redis.xgroup_create(inbox, keys.inbox_group, "0", mkstream=True)
+        entry = (await redis.xadd(inbox, {"m": b"{}"})).decode()
+        await redis.xreadgroup(keys.inbox_group, "c", {inbox: ">"})
         with pytest.raises(NoPermissionError):
             await limited.restore("acltest:probe", 0, b"x")
         started = Transition(run=_run(1), history=[HistoryEvent(type="run.started", at=1.0)])
@@ -314,11 +334,11 @@ async def test_a_run_finishes_for_a_user_without_dangerous_commands(
         assert await redis.hget(rk.meta, "rev") == b"2"
         assert [e["type"] for e in await store.history("blob")] == ["run.started", "run.completed"]
         assert 0 < await redis.ttl(rk.events) <= 600 and 0 < await redis.ttl(rk.meta) <= 600
-        assert (await redis.xpending(keys.inbox, keys.inbox_group))["pending"] == 0
+        assert (await redis.xpending(inbox, keys.inbox_group))["pending"] == 0
         assert await redis.memory_usage(rk.events, samples=0) > 4000  # not rewritten
     finally:
         await limited.aclose()
-        await redis.acl_deluser(user)
+        await _on_every_primary(redis, "acl_deluser", user)
 
 
 @pytest.mark.parametrize(
@@ -335,27 +355,31 @@ async def test_a_graphs_runs_in_a_status_page_newest_first_without_gaps_or_repea
     import random
 
     rng = random.Random(runs + int(of_graph * 100))
-    keys = Keys("listtest")
+    keys = keys_for("listtest")
     store = RunStore(redis, keys)
-    by_status, by_graph = keys.runs_by_status("completed"), keys.runs_by_graph("g")
-    await redis.delete(by_status, by_graph, keys.runs_by_graph("other"))
+    shards = [keys.shard(k) for k in range(max(1, keys.shards))]  # sharded: each run in its own
+    indexes = ("runs_by_status", "completed"), ("runs_by_graph", "g"), ("runs_by_graph", "other")
+    await redis.delete(*[getattr(s, index)(of) for s in shards for index, of in indexes])
     expected: list[tuple[str, int]] = []
     for i in range(runs):
         run_id, created = f"r{i:05d}", 1_000 + i
+        shard = keys.shard_for(run_id)
         finished = 50_000 + rng.randrange(runs // 3)  # many runs finish in the same ms
         mine = rng.random() < of_graph
-        await redis.zadd(keys.runs_by_graph("g" if mine else "other"), {run_id: created})
+        await redis.zadd(shard.runs_by_graph("g" if mine else "other"), {run_id: created})
         if rng.random() < 0.8:  # the rest are in another status
-            await redis.zadd(by_status, {run_id: finished})
+            await redis.zadd(shard.runs_by_status("completed"), {run_id: finished})
             if mine:
                 expected.append((run_id, finished))
         elif mine:
-            await redis.zadd(keys.runs_by_status("failed"), {run_id: finished})
+            await redis.zadd(shard.runs_by_status("failed"), {run_id: finished})
     expected.sort(key=lambda p: (p[1], p[0]), reverse=True)
-    assert (await redis.zcard(by_graph) < await redis.zcard(by_status)) == (of_graph < 0.5)
+    in_graph = sum([await redis.zcard(s.runs_by_graph("g")) for s in shards])
+    in_status = sum([await redis.zcard(s.runs_by_status("completed")) for s in shards])
+    assert (in_graph < in_status) == (of_graph < 0.5)
     assert expected and len(expected) < 800
 
-    await redis.config_resetstat()
+    await _on_every_primary(redis, "config_resetstat")
     assert await store.list_runs("completed", 25, "g") == [r for r, _ in expected[:25]]
     seen: list[tuple[str, int]] = []
     before = None
@@ -367,5 +391,5 @@ async def test_a_graphs_runs_in_a_status_page_newest_first_without_gaps_or_repea
         before = (page[-1][1], page[-1][0])
     assert seen == expected
     assert await store.page_runs("completed", "nothing-of-it", 10) == []
-    used = await redis.info("commandstats")
-    assert not any(c.startswith(("cmdstat_zinter", "cmdstat_zunion")) for c in used), used
+    for used in await _on_every_primary(redis, "info", "commandstats"):
+        assert not any(c.startswith(("cmdstat_zinter", "cmdstat_zunion")) for c in used), used

@@ -15,6 +15,7 @@ from graph_core.events import CHILD_CANCEL_ACTOR, CancelRequested, ParentRef
 from graph_core.messages import SubmitRequest, encode_inbox
 from graph_core.model import Graph, Node
 from tests.support.dispatching import serving
+from tests.support.layout import SHARDS, ids_in_one_shard
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def small_messages(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Dispatcher]:
-    settings = DispatcherSettings(redis_url=redis_url, max_message_bytes=4096)
+    settings = DispatcherSettings(shards=SHARDS, redis_url=redis_url, max_message_bytes=4096)
     async with serving(Dispatcher(redis, settings)) as d:
         yield d
 
@@ -30,7 +31,7 @@ async def small_messages(redis: aioredis.Redis, redis_url: str) -> AsyncIterator
 async def test_a_rejected_child_start_fails_the_parent_node(
     redis: aioredis.Redis, small_messages: Dispatcher
 ) -> None:
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     leaf = Graph(id="leaf").add_nodes(Node("start", type="start"), Node("end", type="end"))
     await client.register_graph(leaf.connect("start", "end").validate_graph())
     parent = Graph(id="big-parent").add_nodes(
@@ -56,23 +57,26 @@ async def test_a_child_cancelled_before_its_submission_never_starts(
 ) -> None:
     """The parent's cancel reaches the inbox first (another dispatcher read it, or the
     submission is redelivered later): the submission then starts nothing."""
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     leaf = Graph(id="leaf2").add_nodes(Node("start", type="start"), Node("end", type="end"))
     await client.register_graph(leaf.connect("start", "end").validate_graph())
     keys = small_messages.keys
     cancel = CancelRequested(run_id="orphan-1", reason="parent stopped", actor=CHILD_CANCEL_ACTOR)
-    await redis.xadd(keys.inbox, {"m": encode_inbox(cancel)})
+    await redis.xadd(keys.shard_for("orphan-1").inbox, {"m": encode_inbox(cancel)})
     await wait_for(
-        lambda: redis.exists(keys.child_cancelled("orphan-1")), timeout=10, message="tombstone"
+        lambda: redis.exists(keys.shard_for("orphan-1").child_cancelled("orphan-1")),
+        timeout=10,
+        message="tombstone",
     )
     parent = ParentRef(run_id="gone", node_id="sub", visit=1, attempt=1)
     submit = SubmitRequest(graph_id="leaf2", run_id="orphan-1", parent=parent)
-    await redis.xadd(keys.inbox, {"m": encode_inbox(submit)})
-    probe = SubmitRequest(graph_id="leaf2", run_id="after-1")  # handled after it
-    await redis.xadd(keys.inbox, {"m": encode_inbox(probe)})
+    await redis.xadd(keys.shard_for("orphan-1").inbox, {"m": encode_inbox(submit)})
+    [after] = ids_in_one_shard("after-", 1, beside="orphan-1")  # in its inbox, handled after it
+    probe = SubmitRequest(graph_id="leaf2", run_id=after)
+    await redis.xadd(keys.shard_for(after).inbox, {"m": encode_inbox(probe)})
 
     async def probe_done() -> bool:
-        view = await client.get_run("after-1")
+        view = await client.get_run(after)
         return view is not None and view.terminal
 
     await wait_for(probe_done, timeout=10, message="the run submitted after it")

@@ -22,12 +22,12 @@ from opentelemetry.trace import StatusCode
 from dispatcher import WorkflowClient
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
-from graph_core.keys import Keys
 from graph_core.messages import INBOX_FIELD
 from graph_core.model import Graph, Node, RetryPolicy
 from graph_core.state import RunRecord
 from graph_core.status import RunStatus
 from tests.support.api import as_key, in_process_api
+from tests.support.layout import SHARDS, client_for, keys_for, workflow_client
 from tests.support.waiting import wait_for
 from worker.app import serve
 from worker.context import NodeContext, NonRetryableError
@@ -36,7 +36,7 @@ from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys()
+KEYS = keys_for()
 EXPORTER = InMemorySpanExporter()
 HANDLER_TRACER = "tests.handlers"  # the scope of the spans the test's handlers make
 
@@ -147,12 +147,14 @@ def registry() -> HandlerRegistry:
 @pytest.fixture
 async def engine(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[None]:
     """A dispatcher and a worker, both with ``tracing = "otel"``."""
-    client = aioredis.Redis.from_url(redis_url)
-    dispatcher = Dispatcher(client, DispatcherSettings(redis_url=redis_url, tracing="otel"))
+    client = client_for(redis_url)
+    dispatcher = Dispatcher(
+        client, DispatcherSettings(shards=SHARDS, redis_url=redis_url, tracing="otel")
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     await wait_for(dispatcher.ready.is_set, message="dispatcher ready")
-    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01, tracing="otel")
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, poll_delay=0.01, tracing="otel")
     server = asyncio.create_task(serve(settings, registry(), grace_s=0))
     yield
     server.cancel()
@@ -164,7 +166,7 @@ async def engine(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[None]:
 
 @pytest.fixture
 async def client(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[WorkflowClient]:
-    async with WorkflowClient.from_url(redis_url) as c:
+    async with workflow_client(redis_url) as c:
         await c.register_graph(traced_graph())
         await c.register_graph(failing_graph())
         await c.register_graph(ghost_graph())
@@ -322,7 +324,7 @@ async def test_a_raw_submit_carries_traceparent_and_tracestate(
         "traceparent": f"00-{trace_hex}-{parent_hex}-01",
         "tracestate": "vendor=abc,other=1",
     }
-    await redis.xadd(KEYS.inbox, {INBOX_FIELD: orjson.dumps(message)})
+    await redis.xadd(KEYS.shard_for("raw-traced").inbox, {INBOX_FIELD: orjson.dumps(message)})
     await wait_for(lambda: client.get_run("raw-traced"), message="the raw run started")
     await client.wait("raw-traced", timeout=15)
     run = await run_span("raw-traced")

@@ -20,12 +20,12 @@ from dispatcher.schedules import Schedules
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core import clock
-from graph_core.keys import Keys
 from graph_core.model import Graph
 from graph_core.triggers import SIGNATURE_HEADER, sign
 from tests.e2e.test_examples_cli import RELAYGRAPH, ROOT, cli_env
 from tests.support.api import as_key, in_process_api
 from tests.support.dispatching import serving
+from tests.support.layout import SHARDS, keys_for
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def graph(gid: str, *triggers: dict[str, Any]) -> Graph:
 @pytest.fixture
 async def dispatcher(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Dispatcher]:
     # its own schedule loop off: the test drives ticks at times of its choosing
-    settings = DispatcherSettings(redis_url=redis_url, schedules=False)
+    settings = DispatcherSettings(shards=SHARDS, redis_url=redis_url, schedules=False)
     async with serving(Dispatcher(redis, settings)) as d:
         yield d
 
@@ -64,9 +64,14 @@ async def runs_of(client: WorkflowClient, graph_id: str, n: int) -> list[Any]:
 async def inbox_handled(redis: aioredis.Redis) -> None:
     """Until the dispatchers' group has read and acknowledged every inbox entry."""
 
+    keys = keys_for()
+
     async def drained() -> bool:
-        (group,) = await redis.xinfo_groups(Keys().inbox)
-        return bool(group["lag"] == 0 and group["pending"] == 0)
+        for k in range(max(1, keys.shards)):  # every shard's inbox (one server: the inbox)
+            groups = await redis.xinfo_groups(keys.shard(k).inbox)
+            if any(group["lag"] or group["pending"] for group in groups):
+                return False
+        return True
 
     await wait_for(drained, timeout=15, message="the inbox handled")
 
@@ -74,12 +79,12 @@ async def inbox_handled(redis: aioredis.Redis) -> None:
 async def test_two_dispatchers_start_one_run_per_tick(
     redis: aioredis.Redis, dispatcher: Dispatcher
 ) -> None:
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     every = {"type": "scheduled", "id": "every", "cron": "* * * * *", "input": {"k": 1}}
     catching = {"type": "scheduled", "id": "catch", "cron": "* * * * *", "catch_up": True}
     await client.register_graph(graph("cron-a", every))
     await client.register_graph(graph("cron-b", catching))
-    keys = Keys()
+    keys = keys_for()
     first, second = Schedules(redis, keys, client.store), Schedules(redis, keys, client.store)
     t0 = 60 * (int(clock.now()) // 60) - 3600  # an hour ago, on a minute
     assert await first.tick(now=t0 + 1) == 0  # first sight: nothing retroactive
@@ -113,7 +118,7 @@ async def test_two_dispatchers_start_one_run_per_tick(
 async def test_events_start_the_runs_whose_filters_match(
     redis: aioredis.Redis, dispatcher: Dispatcher
 ) -> None:
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     bugs = {
         "type": "event",
         "event": "issue.opened",
@@ -142,7 +147,7 @@ async def test_signed_webhooks(
     redis: aioredis.Redis, redis_url: str, dispatcher: Dispatcher, monkeypatch: Any
 ) -> None:
     monkeypatch.setenv(HOOK_ENV, "s3cret")
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     await client.register_graph(
         graph("hooked", {"type": "webhook", "id": "gh", "secret_env": HOOK_ENV})
     )
@@ -189,12 +194,12 @@ async def test_signed_webhooks(
 
 
 async def test_the_cli_lists_triggers_and_emits(redis: aioredis.Redis, redis_url: str) -> None:
-    client = WorkflowClient(redis)
+    client = WorkflowClient(redis, shards=SHARDS)
     nightly = {"type": "scheduled", "id": "nightly", "cron": "0 2 * * *", "timezone": "Asia/Tokyo"}
     await client.register_graph(graph("listed", nightly, {"type": "event", "event": "go"}))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**cli_env(), "RELAYGRAPH_REDIS_URL": redis_url}
+        env = {**cli_env(), "RELAYGRAPH_REDIS_URL": redis_url, "RELAYGRAPH_SHARDS": str(SHARDS)}
         return subprocess.run(
             [RELAYGRAPH, *args],
             check=False,

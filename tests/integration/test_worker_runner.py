@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import signal
 import threading
 import time
@@ -18,16 +19,17 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from graph_core.events import LeaseExpired, NodeReported
-from graph_core.keys import Keys, RunKeys
-from graph_core.messages import JobPayload, encode_arq_job, job_id, parse_inbox, wake_token
+from graph_core.keys import RunKeys
+from graph_core.messages import JobPayload, encode_arq_job, parse_inbox, wake_token
 from graph_core.model import Edge, Graph, Node
+from graph_core.resp import script_pipeline
 from graph_core.state import MapState, NodeRecord
 from graph_core.status import NodeStatus, RunStatus
+from tests.support.layout import CLUSTER, SHARDS, keys_for, sync_client_for
 from tests.support.store_setup import (
     completed,
     inbox_reports,
@@ -50,10 +52,14 @@ from worker.waking import ClaimPlan, WakingWorker
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys()
+KEYS = keys_for()
+# run1's shard (the run most tests set up): its queues, wake lists, leases and abort set
+# (arq's ``arq:abort`` on one server); on one server, the fleet's only ones
+SHARD1 = KEYS.shard_for("run1")
+# arq's health check, named after the queue name a worker gives arq: shard 0's queue
+HEALTH_CHECK = KEYS.shard(0).queue("default") + ":health-check"
 ARQ_JOB_KEY_PREFIX = "arq:job:"  # arq's fixed key names, as the dispatcher writes them
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
-ARQ_ABORT_KEY = "arq:abort"
 
 
 def triage_graph(notify_type: str = "notify", **notify: Any) -> Graph:
@@ -110,7 +116,7 @@ async def run(
         registry,
         job_for(graph, node_id, **job),
         cache,
-        settings or WorkerSettings(),
+        settings or WorkerSettings(shards=SHARDS),
         worker_id="w-test",
     )
 
@@ -440,7 +446,9 @@ async def test_output_over_the_message_limit_fails(redis: Any) -> None:
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: {"blob": "x" * 5000})
 
-    await run(redis, registry, graph, settings=WorkerSettings(max_message_bytes=2048))
+    await run(
+        redis, registry, graph, settings=WorkerSettings(shards=SHARDS, max_message_bytes=2048)
+    )
     report = await only_report(redis)
     assert report.error is not None
     assert report.error.type == "OutputTooLarge" and "2048" in report.error.message
@@ -463,7 +471,10 @@ class _Unavailable:
         self.redis, self.error = redis, error
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        pipe = self.redis.pipeline(*args, **kwargs)
+        # the wrapped client's pipeline for scripts too (a cluster client's refuses them:
+        # ``script_pipeline`` runs them one by one), as the worker would get from it; the
+        # commands queued are never sent
+        pipe = script_pipeline(self.redis)
 
         async def execute(*_: Any, **__: Any) -> Any:
             raise self.error
@@ -551,7 +562,7 @@ async def test_a_job_redis_cannot_serve_is_retried_and_its_last_delivery_leaves_
     jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
     if last:
         await redis.set("arq:retry:" + jid, worker_app.ARQ_MAX_TRIES - 1)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
 
     async def delivered_and_ended() -> bool:
         if last:  # the job is over: its keys are gone
@@ -564,8 +575,8 @@ async def test_a_job_redis_cannot_serve_is_retried_and_its_last_delivery_leaves_
     started_ms = server_s * 1000 + server_us // 1000
     async with serving(settings, registry):  # its first read of the queue finds the job
         await wait_for(delivered_and_ended, timeout=5, message="the delivery ended")
-    score = await redis.zscore(KEYS.queue("default"), jid)
-    leases = await redis.zrange(KEYS.leases, 0, -1, withscores=True)
+    score = await redis.zscore(SHARD1.queue("default"), jid)
+    leases = await redis.zrange(SHARD1.leases, 0, -1, withscores=True)
     assert await inbox_reports(redis, KEYS) == []
     if not last:
         assert score is not None and score >= started_ms + 1000  # a second later
@@ -591,7 +602,14 @@ async def test_too_many_deliveries_fail_with_worker_lost(redis: Any) -> None:
     registry.register("notify", notify)
     payload = job_for(graph, "notify")
     report = await run_node(
-        redis, KEYS, registry, payload, GraphCache(), WorkerSettings(), delivery=6, max_deliveries=5
+        redis,
+        KEYS,
+        registry,
+        payload,
+        GraphCache(),
+        WorkerSettings(shards=SHARDS),
+        delivery=6,
+        max_deliveries=5,
     )
     assert report is not None and report.error is not None
     assert (report.error.type, report.error.retryable, calls) == ("WorkerLost", True, 0)
@@ -692,10 +710,10 @@ async def test_missing_run_does_not_call_the_handler(redis: Any) -> None:
 async def enqueue_like_the_dispatcher(redis: Any, graph: Graph, node_id: str, queue: str) -> str:
     """Write arq's job key and the queue zset entry exactly as the dispatcher's script does."""
     payload = job_for(graph, node_id)
-    jid = job_id(payload.run_id, node_id, payload.visit, payload.attempt)
+    jid = KEYS.job_id(payload.run_id, node_id, payload.visit, payload.attempt)
     now_ms = int(time.time() * 1000)
     await redis.psetex(ARQ_JOB_KEY_PREFIX + jid, 86_400_000, encode_arq_job(payload, now_ms))
-    await redis.zadd(KEYS.queue(queue), {jid: now_ms})
+    await redis.zadd(KEYS.shard_for(payload.run_id).queue(queue), {jid: now_ms})
     return jid
 
 
@@ -705,7 +723,7 @@ async def test_arq_worker_runs_a_dispatcher_enqueued_job(redis: Any, redis_url: 
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: {"to": ctx.config["to"]})
     jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "mail")
-    settings = WorkerSettings(redis_url=redis_url, queues=["mail"], poll_delay=0.01)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, queues=["mail"], poll_delay=0.01)
 
     [worker] = build_workers(settings, registry, burst=True)
     try:
@@ -719,7 +737,7 @@ async def test_arq_worker_runs_a_dispatcher_enqueued_job(redis: Any, redis_url: 
     assert report.worker is not None and "mail" in report.worker
     # arq finished the job: no job key, no queue entry, no result key (keep_result=0)
     assert await redis.exists(ARQ_JOB_KEY_PREFIX + jid, f"arq:result:{jid}") == 0
-    assert await redis.zcard(KEYS.queue("mail")) == 0
+    assert await redis.zcard(SHARD1.queue("mail")) == 0
 
 
 async def test_serve_runs_until_cancelled(redis: Any, redis_url: str) -> None:
@@ -727,7 +745,9 @@ async def test_serve_runs_until_cancelled(redis: Any, redis_url: str) -> None:
     await prepared(redis, graph)
     registry = HandlerRegistry()
     registry.register("notify", lambda ctx: "done")
-    settings = WorkerSettings(redis_url=redis_url, queues=["default", "other"], poll_delay=0.01)
+    settings = WorkerSettings(
+        shards=SHARDS, redis_url=redis_url, queues=["default", "other"], poll_delay=0.01
+    )
 
     server = asyncio.create_task(serve(settings, registry, grace_s=1))
     try:
@@ -776,7 +796,12 @@ async def test_running_job_keeps_its_lease_beyond_the_lease_time(
     await prepared(redis, graph)
     registry, started, release, _ = blocking_registry()
     settings = WorkerSettings(
-        redis_url=redis_url, poll_delay=0.01, job_lease_s=1, lease_s=1, heartbeat_s=0.25
+        shards=SHARDS,
+        redis_url=redis_url,
+        poll_delay=0.01,
+        job_lease_s=1,
+        lease_s=1,
+        heartbeat_s=0.25,
     )
     in_progress = ARQ_IN_PROGRESS_PREFIX + await enqueue_like_the_dispatcher(
         redis, graph, "notify", "default"
@@ -813,12 +838,12 @@ async def test_aborted_job_is_cancelled_and_not_reported(redis: Any, redis_url: 
     graph = triage_graph()
     await prepared(redis, graph)
     registry, started, _, events = blocking_registry()
-    settings = WorkerSettings(redis_url=redis_url, poll_delay=0.01)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, poll_delay=0.01)
     jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
 
     async with serving(settings, registry):
         await wait_for(started.is_set, timeout=10, message="handler started")
-        await redis.zadd(ARQ_ABORT_KEY, {jid: int(time.time() * 1000)})  # as CancelNode does
+        await redis.zadd(SHARD1.abort, {jid: int(time.time() * 1000)})  # as CancelNode does
         await wait_for(
             lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + jid), timeout=10, message="job finished"
         )
@@ -834,7 +859,7 @@ async def _first_job_warms_the_cache(redis: Any, graph: Graph) -> None:
     serving worker, so that it has ``graph`` cached for the jobs after it."""
     await wait_for(lambda: _worker_idle(redis), message="worker idle")
     first = await enqueue_like_the_dispatcher(redis, graph, "audit", "default")
-    await redis.rpush(KEYS.wake("default"), wake_token(first, graph.id, graph.version))
+    await redis.rpush(SHARD1.wake("default"), wake_token(first, graph.id, graph.version))
     await wait_for_reports(redis, KEYS, timeout=5)
     await wait_for(lambda: _drained(redis), message="worker idle after the first job")
 
@@ -843,7 +868,7 @@ async def _wake_for_notify(redis: Any, graph: Graph) -> str:
     """Queue ``notify`` and wake the worker for it, naming its graph (so that a worker with
     the graph cached plans the claim); the job's id."""
     jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-    await redis.rpush(KEYS.wake("default"), wake_token(jid, graph.id, graph.version))
+    await redis.rpush(SHARD1.wake("default"), wake_token(jid, graph.id, graph.version))
     return jid
 
 
@@ -869,11 +894,11 @@ async def test_a_wake_up_starts_a_job_long_before_the_fallback_poll(
 ) -> None:
     graph, registry = await _notify_ok(redis)
     # The fallback poll is 30 s: only the wake-up can start the job within the deadline.
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), jid)  # what the dispatcher's script pushes
+        await redis.rpush(SHARD1.wake("default"), jid)  # what the dispatcher's script pushes
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
 
@@ -889,17 +914,18 @@ async def test_a_wake_up_naming_a_cached_graph_claims_leases_and_reads_in_one_sc
     registry = HandlerRegistry()
     registry.register("agent", lambda ctx: "audited")
     registry.register("notify", lambda ctx: ctx.config)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
-        await redis.config_resetstat()
+        await _on_every_primary(redis, "config_resetstat")
         await _wake_for_notify(redis, graph)
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
-        scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        stats = await _on_every_primary(redis, "info", "commandstats")
+        scripts = sum(s.get("cmdstat_evalsha", {}).get("calls", 0) for s in stats)
     # the claim and the finish; without a plan, a third one reads the predecessors
     assert scripts == 2
     assert reports[-1].node_id == "notify" and reports[-1].output == {"text": "[critical]"}
-    assert await redis.zcard(KEYS.leases) == 0
+    assert await redis.zcard(SHARD1.leases) == 0
 
 
 async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_them(
@@ -908,7 +934,7 @@ async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_the
     """SCRIPT FLUSH (or a restart without persistence of scripts) between two jobs: the
     claim and the finish scripts are loaded again and the second job completes."""
     graph, registry = await _audit_then_notify(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         await redis.script_flush()
@@ -916,7 +942,7 @@ async def test_a_serving_worker_reloads_its_scripts_after_the_server_forgets_the
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
         await wait_for(lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), message="job done")
     assert [r.status for r in reports] == ["completed", "completed"]
-    assert await redis.zcard(KEYS.leases) == 0
+    assert await redis.zcard(SHARD1.leases) == 0
 
 
 async def test_stopping_a_worker_puts_its_running_job_back_and_shuts_down_cleanly(
@@ -928,19 +954,18 @@ async def test_stopping_a_worker_puts_its_running_job_back_and_shuts_down_cleanl
     graph = triage_graph()
     await prepared(redis, graph)
     registry, started, _, events = blocking_registry()
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    health = KEYS.queue("default") + ":health-check"
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), jid)
+        await redis.rpush(SHARD1.wake("default"), jid)
         await wait_for(started.is_set, timeout=5, message="handler started")
-        assert await redis.exists(health)
+        assert await redis.exists(HEALTH_CHECK)
     assert events == ["cancelled"]
-    assert not await redis.exists(health)
+    assert not await redis.exists(HEALTH_CHECK)
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
-    assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
-    assert await redis.zcard(KEYS.leases) == 0
+    assert await redis.zscore(SHARD1.queue("default"), jid) is not None  # queued again
+    assert await redis.zcard(SHARD1.leases) == 0
     assert await inbox_reports(redis, KEYS) == []
 
 
@@ -954,7 +979,9 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
     graph = triage_graph()
     await prepared(redis, graph)
     registry, started, _, events = blocking_registry()
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url, wake_fallback_s=30), registry)
+    [worker] = build_workers(
+        WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30), registry
+    )
     assert isinstance(worker, WakingWorker)
     finishing, go_on = asyncio.Event(), asyncio.Event()
     finish = worker._finish
@@ -976,7 +1003,7 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
     async with _running(worker):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), jid)
+        await redis.rpush(SHARD1.wake("default"), jid)
         await wait_for(started.is_set, timeout=5, message="handler started")
         closing = asyncio.create_task(worker.close())
         await wait_for(finishing.is_set, timeout=5, message="finish under way")
@@ -988,9 +1015,9 @@ async def test_a_second_stop_signal_while_a_job_is_finishing_does_not_cut_the_st
     assert steps == ["finished", "shutdown"]
     assert events == ["cancelled"]
     assert worker._pool is None  # close() ran to its end
-    assert not await redis.exists(KEYS.queue("default") + ":health-check")
+    assert not await redis.exists(HEALTH_CHECK)
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
-    assert await redis.zscore(KEYS.queue("default"), jid) is not None  # queued again
+    assert await redis.zscore(SHARD1.queue("default"), jid) is not None  # queued again
 
 
 @pytest.mark.parametrize("case", ["queued", "aborted", "taken-over"])
@@ -1005,7 +1032,9 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     whose claim lapsed and was taken over by another worker meanwhile is left alone."""
     graph, registry = await _notify_ok(redis)
     # job_lease_s: the claim's in-progress key must outlast the test's slowest step
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30, job_lease_s=60)
+    settings = WorkerSettings(
+        shards=SHARDS, redis_url=redis_url, wake_fallback_s=30, job_lease_s=60
+    )
     [worker] = build_workers(settings, registry)
     assert isinstance(worker, WakingWorker)
     claimed, reply = asyncio.Event(), asyncio.Event()
@@ -1022,8 +1051,8 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
         if case == "aborted":
-            await redis.zadd(ARQ_ABORT_KEY, {jid: int(time.time() * 1000)})
-        await redis.rpush(KEYS.wake("default"), jid)
+            await redis.zadd(SHARD1.abort, {jid: int(time.time() * 1000)})
+        await redis.rpush(SHARD1.wake("default"), jid)
         await wait_for(claimed.is_set, timeout=5, message="claimed")
         assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
         assert await redis.get("arq:retry:" + jid) == b"1"
@@ -1042,9 +1071,9 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
     if case == "aborted":
         assert not await redis.exists(ARQ_JOB_KEY_PREFIX + jid, "arq:retry:" + jid)
-        assert await redis.zscore(KEYS.queue("default"), jid) is None
+        assert await redis.zscore(SHARD1.queue("default"), jid) is None
         return
-    assert await redis.zscore(KEYS.queue("default"), jid) is not None
+    assert await redis.zscore(SHARD1.queue("default"), jid) is not None
     assert await redis.get("arq:retry:" + jid) == b"0"  # the try is not counted
     async with serving(settings, registry):  # its first read of the queue finds the job
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
@@ -1089,7 +1118,9 @@ async def test_a_job_whose_task_never_ran_is_handed_back_when_the_worker_stops(
     and still runs to its end (health check deleted, pool closed); the job is left to its
     in-progress key's expiry."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30, job_lease_s=60)
+    settings = WorkerSettings(
+        shards=SHARDS, redis_url=redis_url, wake_fallback_s=30, job_lease_s=60
+    )
     [worker] = build_workers(settings, registry)
     assert isinstance(worker, WakingWorker)
     worker.loop = _CancelsJobsUnstarted(worker.loop)  # type: ignore[assignment]
@@ -1102,13 +1133,13 @@ async def test_a_job_whose_task_never_ran_is_handed_back_when_the_worker_stops(
     async with _running(worker):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), jid)
+        await redis.rpush(SHARD1.wake("default"), jid)
         await wait_for(lambda: worker._unstarted, timeout=5, message="claimed, never started")
         assert await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
         await asyncio.wait_for(worker.close(), timeout=10)
     assert worker._pool is None
-    assert not await redis.exists(KEYS.queue("default") + ":health-check")
-    assert await redis.zscore(KEYS.queue("default"), jid) is not None
+    assert not await redis.exists(HEALTH_CHECK)
+    assert await redis.zscore(SHARD1.queue("default"), jid) is not None
     assert bool(await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)) is finish_fails
 
 
@@ -1118,17 +1149,17 @@ async def test_a_planned_claim_of_an_aborted_job_leaves_no_lease(
     """The claim wrote the lease, then the job turned out to be aborted before its start:
     the lease goes with the job, so the dispatcher never sees it lapse."""
     graph, registry = await _audit_then_notify(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         second = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.zadd(ARQ_ABORT_KEY, {second: int(time.time() * 1000)})
-        await redis.rpush(KEYS.wake("default"), wake_token(second, graph.id, graph.version))
+        await redis.zadd(SHARD1.abort, {second: int(time.time() * 1000)})
+        await redis.rpush(SHARD1.wake("default"), wake_token(second, graph.id, graph.version))
         await wait_for(
             lambda: _gone(redis, ARQ_JOB_KEY_PREFIX + second), timeout=5, message="job dropped"
         )
     assert [r.node_id for r in await inbox_reports(redis, KEYS)] == ["audit"]
-    assert await redis.zcard(KEYS.leases) == 0
+    assert await redis.zcard(SHARD1.leases) == 0
 
 
 async def test_a_wake_up_naming_a_score_the_job_no_longer_has_does_not_start_it_early(
@@ -1139,8 +1170,8 @@ async def test_a_wake_up_naming_a_score_the_job_no_longer_has_does_not_start_it_
     since (a retry's delay, a failed claim's deferral) is not at it: its claim reads the
     clock and leaves it queued, untouched, until it is due."""
     graph, registry = await _audit_then_notify(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
-    queue, wake = KEYS.queue("default"), KEYS.wake("default")
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
+    queue, wake = SHARD1.queue("default"), SHARD1.wake("default")
     async with serving(settings, registry):
         await _first_job_warms_the_cache(redis, graph)
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
@@ -1164,14 +1195,14 @@ async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
     type), the in-progress key and the try it counted are taken back, so the failed claim
     leaves nothing behind (the worker then claims the job plainly, without a lease)."""
     graph, _ = await _notify_ok(redis)
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), HandlerRegistry())
     lease = b'{"kind": "lease_expired"}'
-    plan = ClaimPlan(KEYS.leases, lease, 1, None, None, KEYS.run("run1").outputs, ["triage"])
+    plan = ClaimPlan(SHARD1.leases, lease, 1, None, None, KEYS.run("run1").outputs, ["triage"])
     worker.planner = lambda *_: plan
     jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
     keys, args, planned = worker._claim_call(jid, (graph.id, graph.version))
     assert planned is plan
-    await redis.set(KEYS.leases, "not a sorted set")
+    await redis.set(SHARD1.leases, "not a sorted set")
     for tried in (None, b"4"):  # a first try, and a job tried before
         if tried is not None:
             await redis.set("arq:retry:" + jid, tried)
@@ -1179,15 +1210,15 @@ async def test_a_claim_that_cannot_write_its_lease_undoes_its_claim(
             await redis.eval(waking._CLAIM, len(keys), *keys, *args)
         assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
         assert await redis.get("arq:retry:" + jid) == tried
-    await redis.delete(KEYS.leases)
+    await redis.delete(SHARD1.leases)
     reply = await redis.eval(waking._CLAIM, len(keys), *keys, *args)
     assert reply[2] == 5 and reply[6] == 1  # the fifth try, with its lease written
-    assert await redis.zscore(KEYS.leases, lease) == 1
+    assert await redis.zscore(SHARD1.leases, lease) == 1
 
 
 async def _limited_worker(redis: Any, redis_url: str, *limits: tuple[str, str]) -> WakingWorker:
     """A worker whose pool is the test's client, with ``limits`` (scope, spec) set and seen."""
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), HandlerRegistry())
     assert isinstance(worker, WakingWorker)
     worker._pool = redis
     for scope, spec in limits:
@@ -1197,12 +1228,49 @@ async def _limited_worker(redis: Any, redis_url: str, *limits: tuple[str, str]) 
 
 
 async def _queued_job(redis: Any, graph: Graph, run_id: str, node_id: str = "notify") -> str:
-    jid = job_id(run_id, node_id, 1, 1)
+    jid = KEYS.job_id(run_id, node_id, 1, 1)
     job = job_for(graph, node_id, run_id=run_id)
     job = job.model_copy(update={"type": graph.node(node_id).type})  # as the dispatcher's
     await redis.set(ARQ_JOB_KEY_PREFIX + jid, encode_arq_job(job, 0))
-    await redis.zadd(KEYS.queue("default"), {jid: 0})
+    await redis.zadd(KEYS.shard_for(run_id).queue("default"), {jid: 0})
     return jid
+
+
+async def _claim_in_turn(redis: Any, worker: WakingWorker, jobs: list[str]) -> list[Any]:
+    """Claim ``jobs`` one after another, each in a later millisecond of the server's clock,
+    so that those a limit holds back are held in that order: the held-back zset scores a
+    job with the millisecond of its hold, and holds in one millisecond tie (broken by job
+    id, which sharded starts with the shard's tag)."""
+    claims = []
+    for jid in jobs:
+        claims += await worker._claim_all([(jid, None, None)])
+        claimed_by = await _server_ms(redis)
+
+        async def later(after: int = claimed_by) -> bool:
+            return await _server_ms(redis) > after
+
+        await wait_for(later, timeout=5, interval=0.001, message="the server's clock moved on")
+    return claims
+
+
+async def _server_ms(redis: Any) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _wake_lists(*run_ids: str) -> list[str]:
+    """The default queue's wake lists of the runs' shards, each once (one on one server)."""
+    return list(dict.fromkeys(KEYS.shard_for(r).wake("default") for r in run_ids))
+
+
+async def _clear_wake_lists(redis: Any, *run_ids: str) -> None:
+    for wake in _wake_lists(*run_ids):
+        await redis.delete(wake)
+
+
+async def _woken(redis: Any, *run_ids: str) -> list[bytes]:
+    """Every wake-up on the runs' shards' wake lists."""
+    return [token for wake in _wake_lists(*run_ids) for token in await redis.lrange(wake, 0, -1)]
 
 
 async def test_a_limit_is_taken_after_the_claim_and_a_job_held_back_is_handed_back(
@@ -1225,10 +1293,11 @@ async def test_a_limit_is_taken_after_the_claim_and_a_job_held_back_is_handed_ba
     assert worker.throttled == 1
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)
     assert await redis.get("arq:retry:" + second) in (None, b"0")  # its try not counted
-    assert await redis.zscore(KEYS.queue("default"), second) == 0  # keeps its place
+    shard2 = KEYS.shard_for("run2")
+    assert await redis.zscore(shard2.queue("default"), second) == 0  # keeps its place
     assert (
         await redis.hget(KEYS.limits_throttled, second)
-        == b"queue:default|" + KEYS.wake("default").encode()
+        == b"queue:default|" + shard2.wake("default").encode()
     )
     assert await redis.zscore(KEYS.limit_held("queue:default"), second) is not None
     assert await redis.zrange(running, 0, -1) == [first.encode()]
@@ -1260,16 +1329,22 @@ async def test_a_limit_holds_back_a_job_whose_id_names_no_run(redis: Any, redis_
     """A job arq queued by hand (its id names no run, its envelope no handler type) is
     claimed without the run's keys; its queue's limit still applies."""
     worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"), ("type:x", "1||"))
-    for jid in ("by-hand-1", "by-hand-2"):
+    # such a job is queued in the first shard; sharded, its id carries that shard's tag, so
+    # that arq's keys of the job share the queue's slot
+    first = KEYS.shard(0)
+    tag = f"{{{first.tag}}}:" if first.tag else ""
+    by_hand = [f"{tag}by-hand-{n}" for n in (1, 2)]
+    for jid in by_hand:
         await redis.set(ARQ_JOB_KEY_PREFIX + jid, b"{}")
-        await redis.zadd(KEYS.queue("default"), {jid: 0})
-    keys, _, _ = worker._claim_call("by-hand-1", None)
+        await redis.zadd(first.queue("default"), {jid: 0})
+    keys, _, _ = worker._claim_call(by_hand[0], None)
     assert len(keys) == 5  # arq's keys only: no run, no limit
     assert worker.gate.scopes(b"{}") == ["queue:default"]
-    [claim] = await worker._claim_all([("by-hand-1", None, None)])
+    [claim] = await worker._claim_all([(by_hand[0], None, None)])
     assert claim is not None
-    assert await worker._claim_all([("by-hand-2", None, None)]) == [None]
-    assert await redis.zrange(KEYS.limit_running("queue:default"), 0, -1) == [b"by-hand-1"]
+    assert await worker._claim_all([(by_hand[1], None, None)]) == [None]
+    running = await redis.zrange(KEYS.limit_running("queue:default"), 0, -1)
+    assert running == [by_hand[0].encode()]
 
 
 async def test_a_handler_types_limit_applies_to_its_jobs_only(redis: Any, redis_url: str) -> None:
@@ -1295,7 +1370,7 @@ async def test_a_limit_key_of_the_wrong_type_hands_the_job_back_and_defers_it(
     assert await worker._claim_all([(jid, None, None)]) == [None]
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + jid)
     assert await redis.get("arq:retry:" + jid) in (None, b"0")
-    assert await redis.zscore(KEYS.queue("default"), jid) > time.time() * 1000  # a minute on
+    assert await redis.zscore(SHARD1.queue("default"), jid) > time.time() * 1000  # a minute on
 
 
 async def test_a_finish_frees_the_slot_and_wakes_the_oldest_job_held_back(
@@ -1304,13 +1379,13 @@ async def test_a_finish_frees_the_slot_and_wakes_the_oldest_job_held_back(
     graph, _ = await _notify_ok(redis)
     worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
     jobs = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2, 3)]
-    claims = await worker._claim_all([(j, None, None) for j in jobs])
+    claims = await _claim_in_turn(redis, worker, jobs)
     assert [c is not None for c in claims] == [True, False, False]
-    wake = KEYS.wake("default")
-    await redis.delete(wake)
+    runs = ("run1", "run2", "run3")
+    await _clear_wake_lists(redis, *runs)
     await worker._finish(jobs[0], done=True)
     assert await redis.zcard(KEYS.limit_running("queue:default")) == 0
-    assert await redis.lrange(wake, 0, -1) == [jobs[1].encode()]  # the oldest held back
+    assert await _woken(redis, *runs) == [jobs[1].encode()]  # the oldest held back
     assert not await redis.hexists(KEYS.limits_throttled, jobs[1])
     assert await redis.hexists(KEYS.limits_throttled, jobs[2])  # still waits its turn
     [claim] = await worker._claim_all([(jobs[1], None, None)])
@@ -1327,8 +1402,8 @@ async def test_a_job_woken_while_still_claimed_here_is_woken_again_once_handed_b
     worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
     first, second = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2)]
     assert (await worker._claim_all([(first, None, None)]))[0] is not None
-    wake = KEYS.wake("default")
-    await redis.delete(wake)
+    wake = KEYS.shard_for("run2").wake("default")  # the second job's
+    await _clear_wake_lists(redis, "run1", "run2")
     evalsha_all = worker._evalsha_all
 
     async def release_meanwhile(calls: Any, source: str = waking._CLAIM) -> list[Any]:
@@ -1342,7 +1417,8 @@ async def test_a_job_woken_while_still_claimed_here_is_woken_again_once_handed_b
 
     worker._evalsha_all = release_meanwhile  # type: ignore[method-assign]
     assert await worker._claim_all([(second, None, None)]) == [None]
-    assert await redis.lrange(wake, 0, -1) == [second.encode()]  # pushed after the hand-back
+    # pushed after the hand-back
+    assert await _woken(redis, "run1", "run2") == [second.encode()]
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + second)
 
 
@@ -1352,13 +1428,13 @@ async def test_a_job_cancelled_while_held_back_wakes_nobody_the_next_one_is_woke
     graph, _ = await _notify_ok(redis)
     worker = await _limited_worker(redis, redis_url, ("queue:default", "1||"))
     jobs = [await _queued_job(redis, graph, f"run{i}") for i in (1, 2, 3)]
-    await worker._claim_all([(j, None, None) for j in jobs])
+    await _claim_in_turn(redis, worker, jobs)
     await redis.delete(ARQ_JOB_KEY_PREFIX + jobs[1])  # cancelled: apply.lua drops its job
-    await redis.zrem(KEYS.queue("default"), jobs[1])
-    wake = KEYS.wake("default")
-    await redis.delete(wake)
+    await redis.zrem(KEYS.shard_for("run2").queue("default"), jobs[1])
+    runs = ("run1", "run2", "run3")
+    await _clear_wake_lists(redis, *runs)
     await worker._finish(jobs[0], done=True)
-    assert await redis.lrange(wake, 0, -1) == [jobs[2].encode()]
+    assert await _woken(redis, *runs) == [jobs[2].encode()]
     assert await redis.hlen(KEYS.limits_throttled) == 0
 
 
@@ -1401,11 +1477,12 @@ async def test_claims_stand_when_the_check_for_a_job_woken_meanwhile_fails(
 def test_the_heartbeat_renews_a_jobs_running_slots_by_the_servers_clock(
     redis_url: str,
 ) -> None:
-    sync = SyncRedis.from_url(redis_url)
+    sync = sync_client_for(redis_url)
     try:
         running = KEYS.limit_running("queue:default")
         sync.zadd(running, {"job-1": 5})
-        heartbeat = Heartbeat(sync, KEYS.leases, lease_s=3, heartbeat_s=1, arq_lease_s=3)
+        leases = KEYS.shard(0).leases  # as build_workers gives it
+        heartbeat = Heartbeat(sync, leases, lease_s=3, heartbeat_s=1, arq_lease_s=3)
         heartbeat.hold(b"lease-1", None, None, job_id="job-1", slots=(running,))
         heartbeat.hold(b"lease-2", None, None, job_id="gone", slots=(running,))
         heartbeat._beat(list(heartbeat._held.items()))
@@ -1415,6 +1492,18 @@ def test_the_heartbeat_renews_a_jobs_running_slots_by_the_servers_clock(
         assert sync.zscore(running, "gone") is None  # released already: not brought back
     finally:
         sync.close()
+
+
+def _run_beside_run1(name: str) -> str:
+    """A run id in run1's shard: ``name`` on one server; sharded, the first ``name-<n>``
+    there."""
+    if not KEYS.sharded:
+        return name
+    return next(
+        run_id
+        for run_id in (f"{name}-{n}" for n in itertools.count())
+        if KEYS.shard_for(run_id).shard == SHARD1.shard
+    )
 
 
 async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batch(
@@ -1430,28 +1519,30 @@ async def test_a_claim_that_fails_on_bad_data_writes_nothing_and_spares_its_batc
       the way of polls, which read the oldest jobs first.
     * The third job runs."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
+    # runs of run1's shard: the three wake-ups share its wake list, popped together
+    broken, garbled_run = _run_beside_run1("broken"), _run_beside_run1("garbled")
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         bad_ids = []  # queued once the worker waits for wake-ups: its first poll is done
-        for run_id in ("broken", "garbled"):
+        for run_id in (broken, garbled_run):
             bad = job_for(graph, "notify", run_id=run_id)
-            bad_ids.append(job_id(bad.run_id, "notify", 1, 1))
+            bad_ids.append(KEYS.job_id(bad.run_id, "notify", 1, 1))
             job = encode_arq_job(bad, 0)
             await redis.psetex(ARQ_JOB_KEY_PREFIX + bad_ids[-1], 86_400_000, job)
-            await redis.zadd(KEYS.queue("default"), {bad_ids[-1]: 0})
-        await redis.set(KEYS.run("broken").nodes, "not a hash")
+            await redis.zadd(SHARD1.queue("default"), {bad_ids[-1]: 0})
+        await redis.set(KEYS.run(broken).nodes, "not a hash")
         await redis.set("arq:retry:" + bad_ids[1], "garbage")
         good_id = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), *bad_ids, good_id)
+        await redis.rpush(SHARD1.wake("default"), *bad_ids, good_id)
         reports = await wait_for_reports(redis, KEYS, count=2, timeout=5)
     by_run = {r.run_id: r for r in reports}
     assert by_run["run1"].status == "completed"
-    error = by_run["broken"].error
+    error = by_run[broken].error
     assert error is not None and error.type == "WorkerError" and "WRONGTYPE" in error.message
     garbled = bad_ids[1]
     assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + garbled)
-    assert await redis.zscore(KEYS.queue("default"), garbled) > time.time() * 1000 + 50_000
+    assert await redis.zscore(SHARD1.queue("default"), garbled) > time.time() * 1000 + 50_000
     assert await redis.get("arq:retry:" + garbled) == b"garbage"
 
 
@@ -1461,7 +1552,7 @@ async def test_a_worker_busy_on_wake_ups_still_reads_its_queue_every_fallback(
     """Wake-ups alone could keep a worker from ever reading its queue (a job whose wake-up
     was trimmed, or a retry put back with a delay, has none): once ``fallback_s`` has passed
     since its last read, the next wait is a read of the queue, whatever wake-ups wait."""
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=0.5)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=0.5)
     [worker] = build_workers(settings, HandlerRegistry())
     assert isinstance(worker, WakingWorker)
     worker._last_poll = time.monotonic() - 0.6
@@ -1469,16 +1560,16 @@ async def test_a_worker_busy_on_wake_ups_still_reads_its_queue_every_fallback(
 
 
 async def test_a_failing_claim_planner_falls_back_to_a_plain_claim(redis_url: str) -> None:
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), HandlerRegistry())
 
     def broken(*_: Any) -> None:
         raise RuntimeError("planner bug")
 
     worker.planner = broken
-    keys, args, plan = worker._claim_call("rg:run1:notify:1:1", ("triage", 1))
+    keys, args, plan = worker._claim_call(KEYS.job_id("run1", "notify", 1, 1), ("triage", 1))
     assert plan is None
     run1 = KEYS.run("run1")
-    assert keys[5:] == [run1.meta, run1.nodes, KEYS.leases, run1.outputs]  # no placeholder
+    assert keys[5:] == [run1.meta, run1.nodes, SHARD1.leases, run1.outputs]  # no placeholder
     assert args[3:] == ["notify", "", "", "", ""]  # node, lease, expiry, woken, item field
 
 
@@ -1488,17 +1579,19 @@ async def test_a_polled_job_of_a_run_seen_is_planned_and_a_stale_wake_up_is_skip
     """Read from the queue (a full worker polls), a job names no graph; if a wake-up named
     its run's graph before, the worker remembers it and plans the claim all the same. The
     wake-up of a job the worker claimed already (from the queue) is not claimed again."""
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), HandlerRegistry())
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), HandlerRegistry())
     planned: list[str] = []
 
     def planner(job_id: str, parts: Any, graph: tuple[str, int]) -> None:
         planned.append(f"{job_id}@{graph[0]}")
 
     worker.planner = planner
-    worker._claim_call("rg:run1:triage:1:1", ("triage", 1), 5)
-    worker._claim_call("rg:run1:notify:1:1", None)  # polled: the run's graph is known
-    worker._claim_call("rg:run2:notify:1:1", None)  # a run never seen: claimed plainly
-    assert planned == ["rg:run1:triage:1:1@triage", "rg:run1:notify:1:1@triage"]
+    triage, notify = KEYS.job_id("run1", "triage", 1, 1), KEYS.job_id("run1", "notify", 1, 1)
+    other = KEYS.job_id("run1", "other", 1, 1)
+    worker._claim_call(triage, ("triage", 1), 5)
+    worker._claim_call(notify, None)  # polled: the run's graph is known
+    worker._claim_call(KEYS.job_id("run2", "notify", 1, 1), None)  # a run never seen: plainly
+    assert planned == [f"{triage}@triage", f"{notify}@triage"]
 
     asked: list[list[Any]] = []
 
@@ -1507,15 +1600,10 @@ async def test_a_polled_job_of_a_run_seen_is_planned_and_a_stale_wake_up_is_skip
         return [None] * len(wanted)
 
     worker._claim_all = claim_all  # type: ignore[method-assign]
-    worker._claimed_here["rg:run1:notify:1:1"] = None
-    await worker._start(
-        [("rg:run1:notify:1:1", ("triage", 1), 7), ("rg:run1:other:1:1", ("triage", 1), 8)]
-    )
-    await worker._start([("rg:run1:notify:1:1", None, None)])  # polled again: a retry
-    assert asked == [
-        [("rg:run1:other:1:1", ("triage", 1), 8)],
-        [("rg:run1:notify:1:1", None, None)],
-    ]
+    worker._claimed_here[notify] = None
+    await worker._start([(notify, ("triage", 1), 7), (other, ("triage", 1), 8)])
+    await worker._start([(notify, None, None)])  # polled again: a retry
+    assert asked == [[(other, ("triage", 1), 8)], [(notify, None, None)]]
 
 
 async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
@@ -1523,11 +1611,11 @@ async def test_a_wake_up_that_is_not_a_job_id_makes_the_worker_poll_its_queue(
 ) -> None:
     """An older dispatcher pushed "1": the worker cannot claim it, so it reads the queue."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), "1")
+        await redis.rpush(SHARD1.wake("default"), "1")
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
 
@@ -1538,13 +1626,16 @@ async def test_a_wake_up_for_a_job_that_is_gone_starts_nothing_and_the_worker_go
     """Stale wake-ups (the job ran already, or another worker claimed it) are claimed in
     vain; the next real one still starts its job."""
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=30)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=30)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
-        await redis.rpush(KEYS.wake("default"), "rg:nosuchrun:notify:1:1", "rg:bad id:x:1:1")
-        await wait_for(lambda: _drained(redis), message="stale wake-ups taken")
+        for run_id, node_id in (("nosuchrun", "notify"), ("bad id", "x")):
+            stale = KEYS.job_id(run_id, node_id, 1, 1)  # as the dispatcher names its jobs
+            await redis.rpush(KEYS.shard_for(run_id).wake("default"), stale)
+        taken = ("nosuchrun", "bad id")
+        await wait_for(lambda: _drained(redis, *taken), message="stale wake-ups taken")
         jid = await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
-        await redis.rpush(KEYS.wake("default"), jid)
+        await redis.rpush(SHARD1.wake("default"), jid)
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
 
@@ -1553,23 +1644,40 @@ async def test_a_lost_wake_up_only_delays_the_job_until_the_fallback_poll(
     redis: Any, redis_url: str
 ) -> None:
     graph, registry = await _notify_ok(redis)
-    settings = WorkerSettings(redis_url=redis_url, wake_fallback_s=0.3)
+    settings = WorkerSettings(shards=SHARDS, redis_url=redis_url, wake_fallback_s=0.3)
     async with serving(settings, registry):
         await wait_for(lambda: _worker_idle(redis), message="worker idle")
         await enqueue_like_the_dispatcher(redis, graph, "notify", "default")  # no wake-up
         [report] = await wait_for_reports(redis, KEYS, timeout=10)
     assert report.status == "completed"
-    assert await redis.llen(KEYS.wake("default")) == 0
+    assert await redis.llen(SHARD1.wake("default")) == 0
 
 
-async def _drained(redis: Any) -> bool:
-    return await redis.llen(KEYS.wake("default")) == 0 and await _worker_idle(redis)
+async def _drained(redis: Any, *run_ids: str) -> bool:
+    """The wake lists of the runs' shards (run1's unless told) are empty, the worker idle."""
+    for wake in _wake_lists(*(run_ids or ("run1",))):
+        if await redis.llen(wake):
+            return False
+    return await _worker_idle(redis)
 
 
 async def _worker_idle(redis: Any) -> bool:
-    """A client is blocked in BLMPOP: the worker is idle, waiting on its wake-up list."""
-    clients = await redis.client_list()
-    return any(c.get("cmd") in ("blmpop", "blpop") for c in clients)
+    """The worker is idle: blocked in BLMPOP on its wake-up list, or sharded on each
+    shard's (a cluster blocks on keys of one slot only: one pop per shard)."""
+    blocked = 0
+    for clients in await _on_every_primary(redis, "client_list"):
+        blocked += sum(c.get("cmd") in ("blmpop", "blpop") for c in clients)
+    return blocked >= max(1, KEYS.shards)
+
+
+async def _on_every_primary(redis: Any, command: str, *args: Any) -> list[Any]:
+    """A server command's reply from the one server, or from each primary of a cluster
+    (the cluster client sends such commands to one node unless told)."""
+    if not CLUSTER:
+        return [await getattr(redis, command)(*args)]
+    replies = await getattr(redis, command)(*args, target_nodes=redis.PRIMARIES)
+    # a dict, node -> reply; merged by the client for some commands (CONFIG RESETSTAT: all OK)
+    return list(replies.values()) if isinstance(replies, dict) else [replies]
 
 
 class _NoRedis:
@@ -1633,8 +1741,8 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
     registry.register("square", lambda ctx: {"sq": ctx.item**2, "factor": ctx.config["factor"]})
     graphs = GraphCache()
     graphs.put(graph)
-    heartbeat = Heartbeat(None, KEYS.leases, lease_s=30, heartbeat_s=10, arq_lease_s=60)  # type: ignore[arg-type]
-    [worker] = build_workers(WorkerSettings(redis_url=redis_url), registry)
+    heartbeat = Heartbeat(None, SHARD1.leases, lease_s=30, heartbeat_s=10, arq_lease_s=60)  # type: ignore[arg-type]
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), registry)
     assert isinstance(worker, WakingWorker)
     worker.planner = worker_app._planner(KEYS, registry, graphs, heartbeat)
     now_ms = int(time.time() * 1000)
@@ -1651,9 +1759,9 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
             type="square",
             timeout_s=30,  # the map node's, as the dispatcher enqueues an item
         )
-        jid = job_id("run1", "each", 1, 1, item)
+        jid = KEYS.job_id("run1", "each", 1, 1, item)
         await redis.psetex(ARQ_JOB_KEY_PREFIX + jid, 60_000, encode_arq_job(payload, now_ms))
-        await redis.zadd(KEYS.queue("default"), {jid: now_ms})
+        await redis.zadd(SHARD1.queue("default"), {jid: now_ms})
         keys, args, plan = worker._claim_call(jid, (graph.id, graph.version))
         assert plan is not None and plan.reads == ["conf"]
         assert plan.item_field == RunKeys.item_field("each", 1, item, "in")
@@ -1667,7 +1775,7 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
             jid, await redis.eval(waking._CLAIM, len(keys), *keys, *args), loaded=True, plan=plan
         )
         assert claim is not None and claim.leased and claim.item_read
-        assert await redis.zscore(KEYS.leases, plan.lease) is not None
+        assert await redis.zscore(SHARD1.leases, plan.lease) is not None
         claims[item] = (payload, claim)
     assert claims[0][1].item is None and claims[1][1].item == b"6"
 
@@ -1679,7 +1787,7 @@ async def test_a_map_items_claim_leases_it_and_reads_what_it_runs_on(
             registry,
             payload,
             graphs,
-            WorkerSettings(redis_url=redis_url),
+            WorkerSettings(shards=SHARDS, redis_url=redis_url),
             preloaded=worker_app.preloaded_by(claim),
         )
         assert done is not None

@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from relaygraph.api import ApiKeys, ApiSettings, create_app, key_entry
+from tests.support.layout import SHARDS
 
 __all__ = ["KEYS", "ROLES", "as_key", "in_process_api", "keys_document"]
 
@@ -35,6 +36,7 @@ async def in_process_api(
     """An ``httpx.AsyncClient`` on the app (its lifespan running); pass ``headers=`` per
     request, or use ``as_key``."""
     doc = keys_document().decode() if keys else None
+    settings.setdefault("shards", SHARDS)
     api_settings = ApiSettings(redis_url=redis_url, api_keys=doc, **settings)
     app = create_app(api_settings, ApiKeys.load(doc, None))
     async with app.router.lifespan_context(app):

@@ -27,16 +27,18 @@ class FakeWorker:
         self.redis = redis
         self.keys = keys
         self.handlers = handlers
-        self.queue = keys.queue(queue)
+        shards = [keys.shard(k) for k in range(max(1, keys.shards))]
+        self.queues = [shard.queue(queue) for shard in shards]  # one per shard when sharded
+        self.wakes = [shard.wake(queue) for shard in shards]
         self.executions: Counter[tuple[str, str, int]] = Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
-        wake = self.keys.wake(self.queue.rsplit(":", 1)[-1])
         while not stop.is_set():
-            popped = await self.redis.zpopmin(self.queue, 32)
+            popped = [job for q in self.queues for job in await self.redis.zpopmin(q, 32)]
             if not popped:
-                # Blocks until the dispatcher signals an enqueue (or 50 ms pass).
-                await self.redis.blpop([wake], timeout=0.05)
+                # Blocks until the dispatcher signals an enqueue (or 50 ms pass); sharded,
+                # on the first shard's wake list only (one call waits on one slot's keys).
+                await self.redis.blpop([self.wakes[0]], timeout=0.05)
                 continue
             for job_id, _score in popped:
                 await self._run_job(job_id)
@@ -65,7 +67,8 @@ class FakeWorker:
             report = NodeReported(
                 **base, status="failed", error=ErrorInfo(type=type(e).__name__, message=str(e))
             )
-        await self.redis.xadd(self.keys.inbox, {"m": encode_inbox(report)})
+        inbox = self.keys.shard_for(payload.run_id).inbox
+        await self.redis.xadd(inbox, {"m": encode_inbox(report)})
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relaygraph.embedded import AppendFsync, EmbeddedServer
+from relaygraph.embedded_cluster import EmbeddedCluster
 
-__all__ = ["ExternalServer", "ServerFactory"]
+__all__ = ["ExternalServer", "ServerFactory", "cluster_url"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,8 @@ class ServerFactory:
         with contextlib.ExitStack() as stack:  # stops every server even if one stop fails
             for server in self.servers:
                 stack.callback(server.stop)
+
+
+def cluster_url(cluster: EmbeddedCluster) -> str:
+    """The ``redis+cluster://`` URL of every node of ``cluster``."""
+    return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes)

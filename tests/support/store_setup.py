@@ -65,7 +65,8 @@ async def setup_run(
         created_at=now,
         updated_at=now,
     )
-    pipe = redis.pipeline(transaction=True)
+    # one server: one transaction; a cluster's pipeline has none (the keys' slots differ)
+    pipe = redis.pipeline(transaction=not keys.sharded)
     if register_graph:
         pipe.hset(keys.graphs, keys.graph_field(graph.id, graph.version), graph.to_json())
     pipe.hset(rk.meta, mapping={"run": run.dump(), "rev": 1})
@@ -104,8 +105,13 @@ def job_for(
 
 
 async def inbox_reports(redis: Any, keys: Keys) -> list[NodeReported]:
-    """Every ``NodeReported`` on the inbox stream, oldest first."""
-    entries = await redis.xrange(keys.inbox)
+    """Every ``NodeReported`` on the inbox streams (sharded: shard by shard), oldest first
+    in each."""
+    entries = [
+        entry
+        for k in range(max(1, keys.shards))
+        for entry in await redis.xrange(keys.shard(k).inbox)
+    ]
     reports = []
     for _id, fields in entries:
         message = parse_inbox(fields[b"m"])
