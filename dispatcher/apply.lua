@@ -73,7 +73,7 @@ for j = 1, #h, 7 do
     h[j], h[j + 1], h[j + 2], h[j + 3], h[j + 4], h[j + 5], h[j + 6]
   redis.call('XADD', KEYS[7], '*', 'v', v, 'type', kind, 'at', at, 'node_id', node,
     'visit', visit, 'attempt', attempt, 'data', data)
-  redis.call('PUBLISH', channel, head .. '"v":' .. v .. ',"type":' .. kind .. ',"at":' .. at
+  redis.call(c[26], channel, head .. '"v":' .. v .. ',"type":' .. kind .. ',"at":' .. at
     .. ',"node_id":' .. node .. ',"visit":' .. visit .. ',"attempt":' .. attempt
     .. ',"data":' .. data .. '}')
 end

@@ -158,7 +158,7 @@ def pack_changes(
             str(w.rev),
             run.run_id,
             score,
-            keys.events_channel,
+            keys.shard_for(run.run_id).events_channel,
             str(retention_s if finished else 0),
             keys.inbox_group,
             ack or "",
@@ -180,6 +180,7 @@ def pack_changes(
             inbox,
             # the published events' start: the run id, which their stream entries leave out
             '{"run_id":' + dumps(run.run_id).decode() + ",",
+            keys.publish_command,  # SPUBLISH to the shard's channel, sharded
         ]
     )
 

@@ -721,7 +721,7 @@ class WorkflowClient:
     def subscribe(self, run_id: str | None = None, *, children: bool = False) -> EventStream:
         """An ``EventStream`` of live events (of ``run_id`` only, when given; with
         ``children``, of its child runs too)."""
-        return EventStream(self.redis, self.keys.events_channel, run_id, children)
+        return EventStream(self.redis, self.keys, run_id, children)
 
     async def events(self, run_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Live events as they are published (of ``run_id`` only, when given), for ever.

@@ -398,7 +398,8 @@ class Dispatcher:
             pipe.xack(shard.inbox, self.keys.inbox_group, *unacked)
         for _, message, outcome in handled:
             if not outcome.applied:
-                pipe.publish(self.keys.events_channel, self._ignored_event(message, outcome))
+                event = self._ignored_event(message, outcome)
+                pipe.execute_command(self.keys.publish_command, shard.events_channel, event)
         await pipe.execute()
 
     def _ignored_event(self, message: Any, outcome: Outcome) -> bytes:

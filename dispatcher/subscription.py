@@ -14,13 +14,15 @@ from typing import Any, Self
 
 import orjson
 
-from dispatcher.connect import open_pubsub
+from dispatcher.channels import open_events
+from graph_core.keys import Keys
 
 __all__ = ["EventStream"]
 
 
 class EventStream:
-    """An open subscription to ``<prefix>:events``, filtered to ``run_id`` when given.
+    """An open subscription to the live events (dispatcher/channels.py), filtered to
+    ``run_id`` when given.
 
     Subscribe *before* causing the events you want to see (``async with`` subscribes)::
 
@@ -31,13 +33,13 @@ class EventStream:
     """
 
     def __init__(
-        self, redis: Any, channel: str, run_id: str | None = None, children: bool = False
+        self, redis: Any, keys: Keys, run_id: str | None = None, children: bool = False
     ) -> None:
         """``children``: with ``run_id``, also the events of its child runs (subgraph nodes'
         and map items' over a graph, at any depth), followed from their start."""
         # redis-py 5 annotates async results as ``Awaitable[T] | T``; typed as Any here.
         self._redis = redis
-        self._channel = channel
+        self._keys = keys
         self.run_id = run_id
         self._children = children
         self.runs: set[str] = {run_id} if run_id is not None else set()
@@ -45,9 +47,10 @@ class EventStream:
 
     async def open(self) -> Self:
         if self._pubsub is None:
-            pubsub = await open_pubsub(self._redis)
-            await pubsub.subscribe(self._channel)
-            self._pubsub = pubsub
+            # a run's children may live in other shards: then every shard's events
+            one = self.run_id is not None and not self._children
+            runs = [self.run_id] if one and self.run_id is not None else None
+            self._pubsub = await open_events(self._redis, self._keys, runs)
         return self
 
     async def close(self) -> None:

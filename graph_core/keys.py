@@ -177,6 +177,9 @@ class ShardKeys:
     inbox_attempts: str  # hash: entry id -> handling failures
     runs_all: str  # zset: run id -> created (ms)
     abort: str  # zset: job id -> when its abort was asked (arq's abort set, ``arq:abort``)
+    # the live events' channel: one server's ``<prefix>:events`` (PUBLISH); sharded, the
+    # shard's, in its slot (SPUBLISH: dispatcher/channels.py)
+    events_channel: str
 
     @classmethod
     def of(cls, prefix: str, shard: int, shards: int) -> ShardKeys:
@@ -192,6 +195,7 @@ class ShardKeys:
             inbox_attempts=f"{base}:inbox:attempts",
             runs_all=f"{base}:runs",
             abort="arq:abort" if shards == 0 else f"{base}:abort",
+            events_channel=f"{base}:events",
         )
 
     def runs_by_status(self, status: str) -> str:
@@ -276,6 +280,12 @@ class Keys:
     @property
     def sharded(self) -> bool:
         return self.shards > 0
+
+    @property
+    def publish_command(self) -> str:
+        """What publishes on a shard's ``events_channel``: ``SPUBLISH`` (a shard channel,
+        heard on the node that serves its slot), sharded; else ``PUBLISH``."""
+        return "SPUBLISH" if self.shards else "PUBLISH"
 
     def layout_problem(self, stored: bytes | str | None) -> str | None:
         """What is wrong with running this layout where ``self.layout`` holds ``stored``

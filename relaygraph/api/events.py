@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 from redis.exceptions import RedisError
 
-from dispatcher.connect import open_pubsub
+from dispatcher.channels import open_events
 from graph_core.events import history_event
 from graph_core.keys import Keys, RunKeys
 
@@ -73,7 +73,7 @@ class EventHub:
 
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.redis = redis
-        self.channel = keys.events_channel
+        self.keys = keys
         self._listeners: set[_Listener] = set()
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -100,9 +100,8 @@ class EventHub:
     async def _pump(self) -> None:
         while True:
             try:
-                pubsub = await open_pubsub(self.redis)
+                pubsub = await open_events(self.redis, self.keys)
                 try:
-                    await pubsub.subscribe(self.channel)
                     self.subscribed.set()
                     self._broadcast(_GAP)  # events published before now were not heard here
                     while True:

@@ -129,34 +129,63 @@ async def dead_letters(redis: aioredis.Redis, count: int) -> list[dict[str, str]
 
 
 class Events:
-    """The events channel, subscribed before the test sends anything."""
+    """The live events, subscribed before the test sends anything: one server's channel, or
+    every shard's channel on the node serving its slot (``SSUBSCRIBE``)."""
 
-    def __init__(self, pubsub: Any) -> None:
-        self.pubsub = pubsub
+    def __init__(self, pubsubs: list[Any]) -> None:
+        self.pubsubs = pubsubs
 
     async def next(self, type_: str) -> dict[str, Any]:
         async def heard() -> dict[str, Any] | None:
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if msg is None or msg["type"] != "message":
-                return None
-            event: dict[str, Any] = json.loads(msg["data"])
-            return event if event["type"] == type_ else None
+            for pubsub in self.pubsubs:
+                msg = await pubsub.get_message(timeout=0.05)
+                if msg is not None and msg["type"] in ("message", "smessage"):
+                    event: dict[str, Any] = json.loads(msg["data"])
+                    if event["type"] == type_:
+                        return event
+            return None
 
         found: dict[str, Any] = await wait_for(heard, timeout=10, message=f"a {type_} event")
         return found
 
 
 @pytest.fixture
-async def events(redis_url: str) -> AsyncIterator[Events]:
-    client = plain_client_for(redis_url)  # on a cluster: one node's (a PUBLISH reaches all)
-    pubsub = client.pubsub()
-    await pubsub.subscribe("relaygraph:events")
-    await wait_for(
-        lambda: pubsub.get_message(timeout=0.1), message="subscribed to relaygraph:events"
-    )
-    yield Events(pubsub)
-    await pubsub.aclose()
-    await client.aclose()
+async def events(redis_url: str, names: Names) -> AsyncIterator[Events]:
+    clients, pubsubs = [], []
+    if not names.tags:
+        channels_of: dict[tuple[str, int] | None, list[str]] = {None: ["relaygraph:events"]}
+    else:  # each shard's channel, on the primary CLUSTER SLOTS names for its slot
+        channels_of = {}
+        plain = plain_client_for(redis_url)
+        ranges = await plain.execute_command("CLUSTER SLOTS")  # [[first, last, [host, port..
+        for k in range(len(names.tags)):
+            channel = f"{names.base(k)}:events"
+            slot = await plain.execute_command("CLUSTER KEYSLOT", channel)
+            [(host, port)] = [(r[2][0], r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1])]
+            node = (host.decode() if isinstance(host, bytes) else host, int(port))
+            channels_of.setdefault(node, []).append(channel)
+        await plain.aclose()
+    for node, channels in channels_of.items():
+        client = (
+            plain_client_for(redis_url)
+            if node is None
+            else aioredis.Redis(host=node[0], port=node[1])
+        )
+        pubsub = client.pubsub()
+        clients.append(client)
+        pubsubs.append(pubsub)
+        if node is None:
+            await pubsub.subscribe(*channels)
+        else:  # one call per channel: a cluster takes one slot's channels in a call
+            for channel in channels:
+                await pubsub.execute_command("SSUBSCRIBE", channel)
+        for _ in channels:  # each subscription confirmed
+            await wait_for(lambda p=pubsub: p.get_message(timeout=0.1), message="subscribed")
+    yield Events(pubsubs)
+    for pubsub in pubsubs:
+        await pubsub.aclose()
+    for client in clients:
+        await client.aclose()
 
 
 # --- run ids ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
+from dispatcher.channels import open_events
 from dispatcher.queue import JOB_KEY_PREFIX
 from dispatcher.store import RunStore
 from graph_core.events import (
@@ -30,7 +31,8 @@ from graph_core.events import (
 from graph_core.messages import decode_arq_job, dumps, wake_token
 from graph_core.state import JoinState, LoopRecord, NodeRecord, RunRecord, Transition
 from graph_core.status import NodeStatus, RunStatus
-from tests.support.layout import CLUSTER, client_for, keys_for, plain_client_for
+from tests.support.layout import CLUSTER, client_for, keys_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,17 +98,17 @@ async def test_every_value_survives_the_change_set_exactly(
         ],
         history=[HistoryEvent(type="node.completed", at=1.25, node_id="n:1", data=NASTY)],
     )
-    listener = plain_client_for(redis_url)  # a cluster client has no pubsub
-    channel = listener.pubsub()
+    channel = await open_events(redis, keys, ["blob"])  # sharded: the run's shard channel
     try:
-        await channel.subscribe(keys.events_channel)
-        assert (await channel.get_message(timeout=5))["type"] == "subscribe"
         assert await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)
         assert not await store.apply(t, None, None, NOW_MS, ack=None, stamp=None)  # exists now
-        published = await channel.get_message(timeout=5)
+
+        async def heard() -> Any:
+            return await channel.get_message(ignore_subscribe_messages=True, timeout=0.1)
+
+        published = await wait_for(heard, timeout=5, message="the event published")
     finally:
         await channel.aclose()
-        await listener.aclose()
 
     meta = await redis.hgetall(rk.meta)
     stamp = meta.pop(b"stamp")

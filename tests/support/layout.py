@@ -23,6 +23,7 @@ __all__ = [
     "SHARDS",
     "TEST_CLUSTER_ENV",
     "client_for",
+    "event_subscribers",
     "ids_in_one_shard",
     "inbox_length",
     "keys_for",
@@ -85,18 +86,28 @@ async def inbox_length(redis: Any, keys: Keys) -> int:
     return sum([await redis.xlen(keys.shard(k).inbox) for k in range(max(1, keys.shards))])
 
 
-async def subscribers(url: str, channel: str) -> int:
-    """How many clients subscribe to ``channel``: on a cluster, summed over its nodes
-    (``PUBSUB NUMSUB`` counts one node's)."""
+async def subscribers(url: str, channel: str, *, shard_channel: bool = False) -> int:
+    """How many clients subscribe to ``channel`` (``shard_channel``: with SSUBSCRIBE): on a
+    cluster, summed over its nodes (``PUBSUB NUMSUB`` counts one node's)."""
     target = parse_redis_url(url)
     nodes = target.nodes if target.is_cluster else [None]
+    ask = ("PUBSUB", "SHARDNUMSUB" if shard_channel else "NUMSUB", channel)
     count = 0
     for node in nodes:
         client = (
             plain_client_for(url) if node is None else aioredis.Redis(host=node[0], port=node[1])
         )
         try:
-            count += int(dict(await client.pubsub_numsub(channel)).get(channel.encode(), 0))
+            reply = await client.execute_command(*ask)
+            count += int(dict(zip(reply[::2], reply[1::2], strict=True)).get(channel.encode(), 0))
         finally:
             await client.aclose()
     return count
+
+
+async def event_subscribers(url: str, run_id: str) -> int:
+    """How many clients follow the live events of ``run_id`` (its shard's channel when
+    sharded: dispatcher/channels.py)."""
+    keys = keys_for()
+    channel = keys.shard_for(run_id).events_channel
+    return await subscribers(url, channel, shard_channel=keys.sharded)

@@ -1,0 +1,127 @@
+"""The live events in the sharded layout (dispatcher/channels.py): each shard's channel is a
+shard channel (SPUBLISH), heard on the node that serves its slot; ``open_events`` subscribes
+to one run's shard or to every shard, over every primary of a cluster, and reads them as one
+subscription."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from dispatcher.channels import open_events
+from dispatcher.connect import connect
+from graph_core.keys import Keys
+from relaygraph.embedded_cluster import EmbeddedCluster
+from tests.support.servers import cluster_url
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("channels", 16)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(primaries=3) as c:
+        yield c
+
+
+@pytest.fixture
+async def client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
+    redis = connect(cluster_url(cluster))
+    yield redis
+    await redis.aclose()
+
+
+async def _subscribers(cluster: EmbeddedCluster, channel: str) -> int:
+    """``PUBSUB SHARDNUMSUB`` summed over the nodes (each counts its own)."""
+    total = 0
+    for port in cluster.ports:
+        node = aioredis.Redis(port=port)
+        try:
+            _, count = await node.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+            total += int(count)
+        finally:
+            await node.aclose()
+    return total
+
+
+async def _heard(subscription: Any, count: int) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        msg = await subscription.get_message(ignore_subscribe_messages=True, timeout=0.05)
+        if msg is not None:
+            seen.append(msg)
+        return len(seen) >= count
+
+    await wait_for(enough, timeout=10, message=lambda: f"{count} messages, heard {seen}")
+    return seen
+
+
+async def test_every_shards_events_reach_one_subscription_over_three_primaries(
+    cluster: EmbeddedCluster, client: Any
+) -> None:
+    channels = [KEYS.shard(k).events_channel for k in range(KEYS.shards)]
+    serving = {cluster.primary_for(client.keyslot(c)) for c in channels}
+    assert serving == {0, 1, 2}  # the shards' channels live on every primary
+    subscription = await open_events(client, KEYS)
+    try:
+        for channel in channels:  # subscribed on the node that serves each, once
+            assert await _subscribers(cluster, channel) == 1
+        for k, channel in enumerate(channels):
+            await client.execute_command("SPUBLISH", channel, orjson.dumps({"shard": k}))
+        seen = await _heard(subscription, len(channels))
+        assert {m["type"] for m in seen} == {"message"}
+        assert sorted(orjson.loads(m["data"])["shard"] for m in seen) == list(range(16))
+        assert {m["channel"].decode() for m in seen} == set(channels)
+    finally:
+        await subscription.aclose()
+    for channel in channels:
+        assert await _subscribers(cluster, channel) == 0
+
+
+async def test_one_runs_subscription_hears_its_shard_only(client: Any) -> None:
+    mine = KEYS.shard_for("run-7")
+    other = next(KEYS.shard(k) for k in range(KEYS.shards) if k != mine.shard)
+    subscription = await open_events(client, KEYS, ["run-7"])
+    try:
+        await client.execute_command("SPUBLISH", other.events_channel, b'{"run_id": "x"}')
+        await client.execute_command("SPUBLISH", mine.events_channel, b'{"run_id": "run-7"}')
+        [msg] = await _heard(subscription, 1)
+        assert msg["data"] == b'{"run_id": "run-7"}'
+        assert await subscription.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+    finally:
+        await subscription.aclose()
+
+
+class _MovedAway:
+    """A node's pubsub whose shard channel's slot moved: the server unsubscribes it."""
+
+    PUBLISH_MESSAGE_TYPES: tuple[str, ...] = ()
+
+    async def execute_command(self, *args: Any) -> None:
+        return None
+
+    async def get_message(self, **kwargs: Any) -> dict[str, Any]:
+        return {"type": "sunsubscribe", "channel": b"c", "data": 0}
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_shard_channel_that_moved_away_is_an_error_to_subscribe_again() -> None:
+    class Node:
+        def pubsub(self) -> _MovedAway:
+            return _MovedAway()
+
+    one_server = Keys("channels", 2)  # not a cluster client: one subscription, no tasks
+    subscription = await open_events(Node(), one_server)
+    with pytest.raises(RedisConnectionError, match="moved to another node: subscribe again"):
+        await subscription.get_message(timeout=0.1)
+    await subscription.aclose()
