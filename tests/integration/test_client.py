@@ -25,6 +25,7 @@ from graph_core.status import NodeStatus, RunStatus
 from tests.support.layout import (
     SHARDS,
     client_for,
+    event_subscribers,
     inbox_length,
     keys_for,
     subscribers,
@@ -354,11 +355,13 @@ async def test_list_runs_of_one_graph_client_and_raw_submissions(
 ) -> None:
     echoes = [await client.submit("echo", {"text": str(i)}) for i in range(2)]
     failed = await client.submit("failing")
+    for run_id in [*echoes, failed]:  # done before the raw one starts (shards run apart)
+        await client.wait(run_id, timeout=10)
     # A raw submission (the dispatcher's apply script writes its indexes) counts as well.
     raw = orjson.dumps({"kind": "submit", "graph_id": "echo", "run_id": "raw-echo-1"})
     await redis.xadd(client.keys.shard_for("raw-echo-1").inbox, {"m": raw})
-    for run_id in [*echoes, failed, "raw-echo-1"]:
-        await client.wait(run_id, timeout=10)
+    await wait_for(lambda: client.get_run("raw-echo-1"), message="the raw run started")
+    await client.wait("raw-echo-1", timeout=10)
 
     of_echo = [r.run_id for r in await client.list_runs(graph_id="echo")]
     assert set(of_echo) == {*echoes, "raw-echo-1"} and of_echo[0] == "raw-echo-1"
@@ -523,15 +526,15 @@ async def test_events_iterator_follows_one_run(client: WorkflowClient, redis_url
                 return
 
     follower = asyncio.create_task(follow())
-    await wait_for(lambda: _subscribed(redis_url), message="events subscription")
+    await wait_for(lambda: _subscribed(redis_url, run_id), message="events subscription")
     await client.submit("echo", {"text": "x"}, run_id=run_id)
     await asyncio.wait_for(follower, timeout=10)
     assert {e["run_id"] for e in seen} == {run_id}
     assert seen[0]["type"] == "run.submitted"
 
 
-async def _subscribed(redis_url: str) -> bool:
-    return await subscribers(redis_url, KEYS.events_channel) > 0
+async def _subscribed(redis_url: str, run_id: str) -> bool:
+    return await event_subscribers(redis_url, run_id) > 0
 
 
 # --- graphs, the sync client ----------------------------------------------------------------
@@ -579,7 +582,9 @@ async def test_sync_client_events(redis_url: str, client: WorkflowClient) -> Non
                     return
 
         follower = asyncio.create_task(asyncio.to_thread(follow))
-        await wait_for(lambda: _subscribed(redis_url), message="sync events subscription")
+        await wait_for(
+            lambda: _subscribed(redis_url, "sync-followed"), message="sync events subscription"
+        )
         await asyncio.to_thread(sync.submit, "echo", {"text": "s"}, run_id="sync-followed")
         await asyncio.wait_for(follower, timeout=10)
     assert seen[0] == "run.submitted" and seen[-1] == "run.completed"
