@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher.connect import is_cluster_client, open_pubsub
@@ -31,53 +32,65 @@ __all__ = ["open_events"]
 
 _SMESSAGE_TYPES: Final = ("message", "pmessage", "smessage")  # what a PubSub hands out
 _READ_S: Final = 1.0  # a reader task's longest wait for a message (then it looks again)
+_CONFIRM_S: Final = 5.0  # the longest wait for a subscription's confirmation
 
 
 async def open_events(redis: Any, keys: Keys, run_ids: Iterable[str] | None = None) -> Any:
-    """A subscription to the events of ``run_ids``' shards (None: of every run), open when
-    this returns. On one server it is the events channel itself (a run filter is the
-    caller's, as the shard channels carry other runs of the shard too)."""
+    """A subscription to the events of ``run_ids``' shards (None: of every run), open and
+    confirmed when this returns. On one server it is the events channel itself (a run
+    filter is the caller's, as the shard channels carry other runs of the shard too)."""
     if not keys.sharded:
         pubsub = await open_pubsub(redis)
-        await pubsub.subscribe(keys.events_channel)
+        try:
+            await pubsub.subscribe(keys.events_channel)
+        except BaseException:
+            await pubsub.aclose()
+            raise
         return pubsub
     if run_ids is None:
         shards: Iterable[int] = range(keys.shards)
     else:
         shards = sorted({keys.shard_for(run_id).shard for run_id in run_ids})
     channels = [keys.shard(k).events_channel for k in shards]
-    if not is_cluster_client(redis):
-        subscription = _ShardSubscription(redis, None, channels)
-        await subscription.open()
-        return subscription
-    await redis.initialize()
-    by_node: dict[str, tuple[Any, list[str]]] = {}
-    for channel in channels:
-        node = redis.get_node_from_key(channel)  # the primary that serves its slot
-        by_node.setdefault(node.name, (node, []))[1].append(channel)
-    subscriptions = []
+    subscriptions: list[_ShardSubscription] = []
     try:
-        for node, node_channels in by_node.values():
-            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-            subscription = _ShardSubscription(Redis(connection_pool=pool), pool, node_channels)
-            subscriptions.append(subscription)
+        if not is_cluster_client(redis):
+            subscriptions.append(_ShardSubscription(redis, None, channels))
+        else:
+            await redis.initialize()
+            by_node: dict[str, tuple[Any, list[str]]] = {}
+            for channel in channels:
+                node = redis.get_node_from_key(channel)  # the primary that serves its slot
+                by_node.setdefault(node.name, (node, []))[1].append(channel)
+            for node, node_channels in by_node.values():
+                pool = ConnectionPool(
+                    connection_class=node.connection_class, **node.connection_kwargs
+                )
+                node_client = Redis(connection_pool=pool)
+                subscriptions.append(_ShardSubscription(node_client, redis, node_channels))
+        for subscription in subscriptions:
             await subscription.open()
     except BaseException:
         for opened in subscriptions:
-            await opened.aclose()
+            with contextlib.suppress(Exception):
+                await opened.aclose()
         raise
     return subscriptions[0] if len(subscriptions) == 1 else _Merged(subscriptions)
 
 
 class _ShardSubscription:
-    """``SSUBSCRIBE`` to shard channels on one server (or one node of a cluster)."""
+    """``SSUBSCRIBE`` to shard channels on one server, or on one node of a cluster
+    (``cluster``: the cluster client, whose slot map is refreshed when a channel turns out
+    to live elsewhere; the node's client is closed with the subscription). Once it fails it
+    stays failed: redis-py would reconnect it without its subscriptions."""
 
-    def __init__(self, redis: Any, own_pool: ConnectionPool | None, channels: list[str]) -> None:
+    def __init__(self, redis: Any, cluster: Any, channels: list[str]) -> None:
         self._redis = redis
-        self._own_pool = own_pool  # a node's client this closes with it
+        self._cluster = cluster
         self.channels = channels
         self._pubsub: Any = None
         self._closing = False
+        self._failed: BaseException | None = None
 
     async def open(self) -> None:
         pubsub = self._redis.pubsub()
@@ -85,22 +98,46 @@ class _ShardSubscription:
         self._pubsub = pubsub
         for channel in self.channels:  # one at a time: a cluster takes one slot per call
             await pubsub.execute_command("SSUBSCRIBE", channel)
+        confirmed = 0
+        while confirmed < len(self.channels):  # each confirmed: no later event slips by
+            msg = await self._read(_CONFIRM_S)
+            if msg is None:
+                raise RedisConnectionError(f"no answer to SSUBSCRIBE {self.channels}")
+            confirmed += msg.get("type") == "ssubscribe"
+
+    async def _read(self, timeout: float | None) -> dict[str, Any] | None:
+        if self._failed is not None:
+            raise self._failed
+        moved: BaseException | None = None
+        try:
+            msg: dict[str, Any] | None = await self._pubsub.get_message(
+                ignore_subscribe_messages=False, timeout=timeout
+            )
+        except (MovedError, AskError) as e:  # subscribed on a node that no longer serves it
+            moved, msg = e, None
+        except Exception as e:
+            self._failed = e
+            raise
+        if msg is not None and msg.get("type") == "sunsubscribe" and not self._closing:
+            moved = RedisConnectionError(f"the server unsubscribed {msg.get('channel')!r}")
+        if moved is not None:  # its slot moved (resharding): look the slots up again
+            if self._cluster is not None:
+                with contextlib.suppress(Exception):
+                    await self._cluster.nodes_manager.initialize()
+            self._failed = RedisConnectionError(
+                f"shard channel(s) {self.channels} moved to another node ({moved}): subscribe again"
+            )
+            raise self._failed from moved
+        return msg
 
     async def get_message(
         self, ignore_subscribe_messages: bool = False, timeout: float | None = 0.0
     ) -> dict[str, Any] | None:
-        msg: dict[str, Any] | None = await self._pubsub.get_message(
-            ignore_subscribe_messages=False, timeout=timeout
-        )
+        msg = await self._read(timeout)
         if msg is None:
             return None
-        kind = msg.get("type")
-        if kind == "smessage":
+        if msg.get("type") == "smessage":
             return {**msg, "type": "message"}
-        if kind == "sunsubscribe" and not self._closing:  # the slot moved to another node
-            raise RedisConnectionError(
-                f"shard channel {msg.get('channel')!r} moved to another node: subscribe again"
-            )
         return None if ignore_subscribe_messages else msg
 
     async def unsubscribe(self) -> None:
@@ -114,18 +151,19 @@ class _ShardSubscription:
             if self._pubsub is not None:
                 await self._pubsub.aclose()
         finally:
-            if self._own_pool is not None:
+            if self._cluster is not None:
                 await self._redis.aclose(close_connection_pool=True)
 
 
 class _Merged:
     """Several nodes' subscriptions read as one: a reader task per node feeds a queue (a
-    reader's error is raised by the next ``get_message``)."""
+    reader's error is raised by every later ``get_message``)."""
 
     def __init__(self, subscriptions: list[_ShardSubscription]) -> None:
         self._subscriptions = subscriptions
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._readers = [asyncio.create_task(self._read(s)) for s in subscriptions]
+        self._failed: BaseException | None = None
 
     async def _read(self, subscription: _ShardSubscription) -> None:
         try:
@@ -143,16 +181,18 @@ class _Merged:
     async def get_message(
         self, ignore_subscribe_messages: bool = False, timeout: float | None = 0.0
     ) -> dict[str, Any] | None:
+        if self._failed is not None:
+            raise self._failed
         try:
-            if timeout is None:
-                item = await self._queue.get()
-            elif timeout <= 0:
+            if timeout is not None and timeout <= 0:
                 item = self._queue.get_nowait()
-            else:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
+            else:  # not asyncio.wait_for: on 3.11 it can swallow a cancellation for good
+                async with asyncio.timeout(timeout):
+                    item = await self._queue.get()
         except (asyncio.QueueEmpty, TimeoutError):
             return None
         if isinstance(item, BaseException):
+            self._failed = item
             raise item
         return item
 

@@ -168,6 +168,22 @@ async def check_layout(redis: Any, keys: Keys) -> None:
     problem = keys.layout_problem(await redis.get(keys.layout))
     if problem is not None:
         raise RelaygraphError(problem)
+    if keys.sharded:
+        await _check_shard_channels(redis, keys)
+
+
+async def _check_shard_channels(redis: Any, keys: Keys) -> None:
+    """Refuse a server without shard channels (before Redis 7): the sharded layout publishes
+    its events with SPUBLISH, and every apply would fail on it. A server that refuses the
+    question otherwise (an ACL without PUBSUB) is let be: its applies will say."""
+    try:
+        await redis.execute_command("PUBSUB", "SHARDNUMSUB", keys.shard(0).events_channel)
+    except ResponseError as e:
+        if "subcommand" in str(e).lower():
+            raise RelaygraphError(
+                "the sharded layout (RELAYGRAPH_SHARDS) needs Redis or Valkey 7 or later: "
+                f"it publishes events with SPUBLISH, and this server does not know it ({e})"
+            ) from e
 
 
 async def refuse_cluster(redis: Any) -> None:

@@ -114,6 +114,9 @@ class Ownership:
         self.on_stop = on_stop
         self.values = {True: ASSIGNED + consumer, False: TAKEN + consumer}  # by "assigned"
         self.served: dict[int, _Served] = {}
+        # shards no longer served whose loops are finishing their batch (in the background:
+        # the leases are renewed meanwhile)
+        self._finishing: set[asyncio.Task[None]] = set()
         # shard -> when its holder's lease lapses (as last seen), and that holder
         self._lapses: dict[int, tuple[float, str]] = {}
         self._started = time.monotonic()
@@ -140,15 +143,17 @@ class Ownership:
                 if self.keys.sharded:
                     await self._look()
                 await self._wait(stop, self.lease_s / 3 if self.keys.sharded else None)
+            for k in list(self.served):
+                self._stop_serving(k)
+            await self._finished()
+            if self.keys.sharded:
+                await self._release_all()
         except BaseException:
             tasks = [t for served in self.served.values() for t in served.tasks]
-            for task in tasks:
+            for task in [*tasks, *self._finishing]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._finishing, return_exceptions=True)
             raise
-        await asyncio.gather(*(self._stop_serving(k) for k in list(self.served)))
-        if self.keys.sharded:
-            await self._release_all()
 
     async def _wait(self, stop: asyncio.Event, timeout: float | None) -> None:
         """Until ``stop``, ``timeout`` or a shard loop's end; raise what ended a loop."""
@@ -156,7 +161,9 @@ class Ownership:
         tasks = [t for s in self.served.values() for t in s.tasks]
         try:
             done, _ = await asyncio.wait(
-                [stopping, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                [stopping, *tasks, *self._finishing],
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopping.cancel()
@@ -165,6 +172,7 @@ class Ownership:
                 continue
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+            self._finishing.discard(task)
             for served in self.served.values():  # ended by itself: not waited on again
                 served.tasks = [t for t in served.tasks if t is not task]
 
@@ -185,7 +193,7 @@ class Ownership:
         try:
             replies = await pipe.execute()
         except _UNAVAILABLE as e:
-            if isinstance(e, ResponseError) and not redis_unavailable(e):
+            if isinstance(e, ResponseError | RedisClusterException) and not redis_unavailable(e):
                 raise
             log.warning("shard leases: Redis unavailable (%s); serving the same shards", e)
             return
@@ -204,7 +212,7 @@ class Ownership:
                     self._lapses[k] = (now + int(ttl_ms) / 1000, held)
                 if k in self.served:
                     served_for = now - self.served[k].since
-                    await self._stop_serving(k)
+                    self._stop_serving(k)
                     if held.startswith(ASSIGNED):
                         log.info(
                             "handed shard %d back to %s, which it is assigned to (served it "
@@ -248,20 +256,37 @@ class Ownership:
         self.served[k] = _Served(keys, taken, stop, self.start_loops(keys, stop))
         self._changed()
 
-    async def _stop_serving(self, k: int) -> None:
-        """Stop shard ``k``'s loops: each finishes the batch in hand (cancelled past
-        ``STOP_GRACE_S``)."""
+    def _stop_serving(self, k: int) -> None:
+        """Stop serving shard ``k`` now: its loops are told to stop (a blocked inbox read is
+        interrupted) and finish the batch in hand in the background (cancelled past
+        ``STOP_GRACE_S``), while the other leases go on being renewed."""
         served = self.served.pop(k)
         served.stop.set()
         if self.on_stop is not None:
             self.on_stop(served.keys)
-        _, late = await asyncio.wait(served.tasks, timeout=STOP_GRACE_S)
+        self._changed()
+        if served.tasks:
+            self._finishing.add(asyncio.create_task(self._finish(served.tasks)))
+
+    @staticmethod
+    async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+        """Until ``tasks`` end (cancelled past ``STOP_GRACE_S``); raise what one raised
+        while stopping (the dispatcher stops)."""
+        _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
         for task in late:
             task.cancel()
-        for task in served.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task  # a loop that failed while stopping raises: the dispatcher stops
-        self._changed()
+                await task
+
+    async def _finished(self) -> None:
+        """Until every stopping shard's loops have ended."""
+        while self._finishing:
+            done = await asyncio.gather(*self._finishing, return_exceptions=True)
+            self._finishing.clear()
+            for result in done:
+                if isinstance(result, Exception):
+                    raise result
 
     def _changed(self) -> None:
         if self.on_change is not None:

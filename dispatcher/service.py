@@ -245,8 +245,10 @@ class Dispatcher:
                 ResponseError,
                 RedisClusterException,
             ) as e:
-                if isinstance(e, ResponseError) and not redis_unavailable(e):
-                    raise  # an error reply that says something is wrong, not "not now"
+                if isinstance(e, ResponseError | RedisClusterException) and not redis_unavailable(
+                    e
+                ):
+                    raise  # says something is wrong (a reply, a request refused), not "not now"
                 heal(self.redis)  # a cluster client may have dropped every node it knew
                 # The server may have restarted (or failed over) and lost our latest writes:
                 # a run cached at a revision it no longer has must be loaded again. (The

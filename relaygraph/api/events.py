@@ -21,13 +21,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from dispatcher.channels import open_events
 from graph_core.events import history_event
 from graph_core.keys import Keys, RunKeys
 
 __all__ = ["HEARTBEAT_S", "EventHub", "all_events", "check_event_id", "run_events"]
+
+_CLOSE_S: Final = 5.0  # the longest wait for the pump to stop
 
 log = logging.getLogger("relaygraph.api")
 
@@ -76,19 +78,28 @@ class EventHub:
         self.keys = keys
         self._listeners: set[_Listener] = set()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.subscribed = asyncio.Event()
 
     async def close(self) -> None:
+        """Stop the subscription. The pump also looks at ``_closing`` between messages: a
+        cancellation lost inside a read (seen on a cluster's merged subscription) still
+        ends it within a second."""
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait([task], timeout=_CLOSE_S)
+            if not done:
+                log.warning("the event subscription did not stop within %.0fs", _CLOSE_S)
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("the event subscription ended with %r", task.exception())
 
     @contextlib.contextmanager
     def listen(self, run_id: str | None) -> Iterator[_Listener]:
         """Receive the published events (of ``run_id`` only, when given) while in the block."""
-        if self._task is None or self._task.done():  # (re)start: a dead pump would starve all
+        if not self._closing and (self._task is None or self._task.done()):  # (re)start: a
+            # dead pump would starve all
             self._task = asyncio.create_task(self._pump(), name="relaygraph-api-events")
         listener = _Listener(run_id)
         self._listeners.add(listener)
@@ -98,13 +109,13 @@ class EventHub:
             self._listeners.discard(listener)
 
     async def _pump(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 pubsub = await open_events(self.redis, self.keys)
                 try:
                     self.subscribed.set()
                     self._broadcast(_GAP)  # events published before now were not heard here
-                    while True:
+                    while not self._closing:
                         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if msg is not None and msg.get("type") == "message":
                             self._deliver(msg["data"])
@@ -112,7 +123,7 @@ class EventHub:
                     self.subscribed.clear()
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
-            except (RedisError, OSError) as e:
+            except (RedisError, RedisClusterException, OSError) as e:
                 log.warning("event subscription lost (%s); resubscribing", e)
                 self._broadcast(_GAP)
                 await asyncio.sleep(RECONNECT_S)

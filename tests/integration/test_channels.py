@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -100,28 +101,46 @@ async def test_one_runs_subscription_hears_its_shard_only(client: Any) -> None:
         await subscription.aclose()
 
 
-class _MovedAway:
-    """A node's pubsub whose shard channel's slot moved: the server unsubscribes it."""
-
-    PUBLISH_MESSAGE_TYPES: tuple[str, ...] = ()
-
-    async def execute_command(self, *args: Any) -> None:
-        return None
-
-    async def get_message(self, **kwargs: Any) -> dict[str, Any]:
-        return {"type": "sunsubscribe", "channel": b"c", "data": 0}
-
-    async def aclose(self) -> None:
-        return None
+def _move_slot(cluster: EmbeddedCluster, slot: int, to: int) -> None:
+    """Hand ``slot`` (holding no key) to primary ``to``: every node is told its new owner,
+    as a resharding tool does once the keys have moved."""
+    target = next(n.node_id for n in cluster.nodes() if n.port == cluster.ports[to])
+    for port in cluster.ports:
+        node = redis.Redis(port=port)
+        try:
+            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
+        finally:
+            node.close()
 
 
-async def test_a_shard_channel_that_moved_away_is_an_error_to_subscribe_again() -> None:
-    class Node:
-        def pubsub(self) -> _MovedAway:
-            return _MovedAway()
-
-    one_server = Keys("channels", 2)  # not a cluster client: one subscription, no tasks
-    subscription = await open_events(Node(), one_server)
-    with pytest.raises(RedisConnectionError, match="moved to another node: subscribe again"):
-        await subscription.get_message(timeout=0.1)
-    await subscription.aclose()
+async def test_a_subscription_whose_slot_moves_fails_and_a_new_one_follows_it(
+    cluster: EmbeddedCluster, client: Any
+) -> None:
+    """Resharding: the node that gave the slot up unsubscribes its shard channel; the
+    subscription says so (subscribe again), and a new one subscribes on the new owner."""
+    shard = KEYS.shard_for("moving-run")
+    slot = client.keyslot(shard.events_channel)
+    source = cluster.primary_for(slot)
+    target = (source + 1) % 3
+    subscription = await open_events(client, KEYS, ["moving-run"])
+    try:
+        _move_slot(cluster, slot, target)
+        with pytest.raises(RedisConnectionError, match="moved to another node"):
+            await wait_for(  # raises once the source unsubscribes the channel
+                lambda: subscription.get_message(ignore_subscribe_messages=True, timeout=0.1),
+                timeout=10,
+                message="the subscription to fail",
+            )
+        with pytest.raises(RedisConnectionError, match="subscribe again"):  # and stays failed
+            await subscription.get_message(timeout=0)
+    finally:
+        await subscription.aclose()
+    again = await open_events(client, KEYS, ["moving-run"])
+    try:
+        assert await _subscribers(cluster, shard.events_channel) == 1
+        await client.execute_command("SPUBLISH", shard.events_channel, b'{"run_id": "moving-run"}')
+        [msg] = await _heard(again, 1)
+        assert msg["data"] == b'{"run_id": "moving-run"}'
+    finally:
+        await again.aclose()
+        _move_slot(cluster, slot, source)  # as it was, for the other tests

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
+from dispatcher.connect import check_layout
 from dispatcher.connect import redis_unavailable as dispatcher_unavailable
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
 from graph_core.redis_url import is_cluster_request_error
 from graph_core.resp import restore_seeds
 from tests.support.waiting import wait_until_sync
@@ -84,3 +87,29 @@ def test_a_cluster_client_refusing_the_request_is_no_outage(
     ):
         assert not is_cluster_request_error(said)
         assert unavailable(RedisClusterException(said)), said
+
+
+class _Redis6:
+    """Enough of an async client on a Redis 6 server (no shard channels) for
+    ``check_layout``, its deployment laid out in ``layout`` shards."""
+
+    def __init__(self, layout: bytes) -> None:
+        self.layout = layout
+
+    async def set(self, *args: Any, **kwargs: Any) -> bool:
+        return False  # recorded already
+
+    async def get(self, key: str) -> bytes:
+        return self.layout
+
+    async def execute_command(self, *args: Any) -> Any:
+        raise ResponseError(
+            "ERR Unknown subcommand or wrong number of arguments for 'SHARDNUMSUB'. "
+            "Try PUBSUB HELP."
+        )
+
+
+async def test_a_dispatcher_refuses_the_sharded_layout_on_a_server_without_shard_channels() -> None:
+    with pytest.raises(RelaygraphError, match="needs Redis or Valkey 7 or later: it publishes"):
+        await check_layout(_Redis6(b"4"), Keys("r6", 4))
+    await check_layout(_Redis6(b"0"), Keys("r6"))  # one server's layout: nothing to ask
