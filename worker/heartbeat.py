@@ -105,10 +105,13 @@ class Heartbeat:
                 continue
             try:
                 self._beat(held)
-            # the dispatcher copes with a lapsed lease; keep beating (a cluster client's
-            # "cannot be connected" is no RedisError, and must not end the thread either)
+            # the dispatcher copes with a lapsed lease; keep beating whatever one beat met:
+            # a cluster client's "cannot be connected" is no RedisError, and redis-py's
+            # cluster client has failed mid-reset with an AttributeError (no default node)
             except (RedisError, RedisClusterException) as e:
                 logger.warning("lease heartbeat failed: %s", e)
+            except Exception:
+                logger.exception("lease heartbeat failed")
 
     def _beat(self, held: list[tuple[bytes, _Held]]) -> None:
         now = time.time()

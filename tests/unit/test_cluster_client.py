@@ -36,10 +36,12 @@ def test_a_cluster_clients_dropped_startup_nodes_are_put_back() -> None:
 
 
 class _Unreachable:
-    """A sync cluster client whose every pipeline finds no node."""
+    """A sync cluster client whose every pipeline finds no node (or, ``broken``, fails
+    inside redis-py as its cluster client did once mid-reset: no default node)."""
 
-    def __init__(self) -> None:
+    def __init__(self, broken: bool = False) -> None:
         self.tries = 0
+        self.broken = broken
 
     def pipeline(self, transaction: bool = True) -> Any:
         return self
@@ -49,14 +51,19 @@ class _Unreachable:
 
     def execute(self) -> None:
         self.tries += 1
+        if self.broken:
+            raise AttributeError("'NoneType' object has no attribute 'redis_connection'")
         raise RedisClusterException("Redis Cluster cannot be connected")
 
     def close(self) -> None:
         return None
 
 
-def test_the_heartbeat_keeps_beating_through_a_cluster_that_cannot_be_connected() -> None:
-    client = _Unreachable()
+@pytest.mark.parametrize("broken", [False, True], ids=["unreachable", "client-bug"])
+def test_the_heartbeat_keeps_beating_through_a_cluster_that_cannot_be_connected(
+    broken: bool,
+) -> None:
+    client = _Unreachable(broken)
     heartbeat = Heartbeat(client, "leases", lease_s=3, heartbeat_s=0.01, arq_lease_s=3)  # type: ignore[arg-type]
     try:
         heartbeat.hold(b"lease", None, None)
