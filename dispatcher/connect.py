@@ -25,14 +25,13 @@ from redis.sentinel import Sentinel as SyncSentinel
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
 from graph_core.redis_url import (
-    CLUSTER_NEEDS_SHARDS,
     RedisTarget,
     check_not_cluster,
     is_cluster_request_error,
     is_unavailable_reply,
     parse_redis_url,
 )
-from graph_core.resp import fast_packing, restore_seeds
+from graph_core.resp import fast_packing, record_layout, restore_seeds
 
 __all__ = [
     "check_layout",
@@ -154,22 +153,16 @@ class _NodePubSub:
 
 
 async def check_layout(redis: Any, keys: Keys) -> None:
-    """Record the key layout if none is (the first process of a deployment), else refuse
-    one that differs: processes with different layouts would not see each other's keys.
-    On a Redis Cluster the layout must be sharded. The worker's twin is
-    ``worker.waking.check_layout``."""
-    if is_cluster_client(redis) and not keys.sharded:
-        raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
-    try:
-        await redis.set(keys.layout, str(keys.shards), nx=True)
-    except ResponseError as e:  # out of memory, say: recorded by a later process
-        if not redis_unavailable(e):
-            raise
-    problem = keys.layout_problem(await redis.get(keys.layout))
-    if problem is not None:
-        raise RelaygraphError(problem)
+    """``graph_core.resp.record_layout``; sharded, the server must also know shard
+    channels (the dispatcher publishes its events with SPUBLISH)."""
+    await record_layout(redis, keys, _refused)
     if keys.sharded:
         await _check_shard_channels(redis, keys)
+
+
+def _refused(e: BaseException) -> bool:
+    """A reply saying Redis cannot serve now (``redis_unavailable``)."""
+    return isinstance(e, ResponseError) and redis_unavailable(e)
 
 
 async def _check_shard_channels(redis: Any, keys: Keys) -> None:

@@ -16,13 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from graph_core.errors import RelaygraphError
+from graph_core.keys import Keys
+from graph_core.redis_url import CLUSTER_NEEDS_SHARDS
+
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis is a dependency; a bare install still works
     _hiredis_pack = None
 
-__all__ = ["OneByOne", "fast_packing", "pack_command", "restore_seeds", "script_pipeline"]
+__all__ = [
+    "OneByOne",
+    "fast_packing",
+    "pack_command",
+    "record_layout",
+    "restore_seeds",
+    "script_pipeline",
+]
 
 _Client = TypeVar("_Client")
 _PACKERS: dict[type, type] = {}  # a connection class -> its subclass with the fast packer
@@ -165,7 +176,30 @@ def restore_seeds(client: Any, make_node: Any) -> None:
 def script_pipeline(client: Any) -> Any:
     """``client.pipeline(transaction=False)`` for a pipeline that runs scripts or publishes;
     on a Redis Cluster client (asyncio), a ``OneByOne``."""
-    kind = type(client)
-    if kind.__name__ == "RedisCluster" and kind.__module__.startswith("redis.asyncio"):
+    if _is_cluster(client) and type(client).__module__.startswith("redis.asyncio"):
         return OneByOne(client)
     return client.pipeline(transaction=False)
+
+
+async def record_layout(redis: Any, keys: Keys, refused: Callable[[BaseException], bool]) -> None:
+    """Record the key layout if none is (the first process of a deployment), else refuse
+    one that differs: processes with different layouts would not see each other's keys. On
+    a Redis Cluster the layout must be sharded. ``refused(e)``: whether an error is a reply
+    saying Redis cannot write now (out of memory, say), so that a later process records it
+    (the caller's rule: ``dispatcher.connect.check_layout``, ``worker.waking.check_layout``)."""
+    if _is_cluster(redis) and not keys.sharded:
+        raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
+    try:
+        await redis.set(keys.layout, str(keys.shards), nx=True)
+    except Exception as e:
+        if not refused(e):
+            raise
+    problem = keys.layout_problem(await redis.get(keys.layout))
+    if problem is not None:
+        raise RelaygraphError(problem)
+
+
+def _is_cluster(client: Any) -> bool:
+    """Whether ``client`` is redis-py's ``RedisCluster`` (asyncio or not), by name: this
+    module imports no Redis client."""
+    return type(client).__name__ == "RedisCluster"

@@ -64,8 +64,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import parse_job_id, parse_wake_token
-from graph_core.redis_url import CLUSTER_NEEDS_SHARDS, check_not_cluster
-from graph_core.resp import fast_packing, restore_seeds, script_pipeline
+from graph_core.redis_url import check_not_cluster
+from graph_core.resp import fast_packing, record_layout, restore_seeds, script_pipeline
 from worker.limits import ACQUIRE, RELEASE, SERVER_MS_LUA, Gate
 from worker.preload import LATEST_LUA
 from worker.runner import redis_unavailable
@@ -276,18 +276,11 @@ async def close_client(client: Any) -> None:
 
 
 async def check_layout(redis: Any, keys: Keys) -> None:
-    """``dispatcher.connect.check_layout``'s twin: record the key layout, or refuse one
-    that differs from the deployment's (on a Redis Cluster, one that is not sharded)."""
-    if is_cluster_client(redis) and not keys.sharded:
-        raise RelaygraphError(CLUSTER_NEEDS_SHARDS)
-    try:
-        await redis.set(keys.layout, str(keys.shards), nx=True)
-    except ResponseError as e:  # out of memory, say: recorded by a later process
-        if not redis_unavailable(e):
-            raise
-    problem = keys.layout_problem(await redis.get(keys.layout))
-    if problem is not None:
-        raise RelaygraphError(problem)
+    """``graph_core.resp.record_layout``, with the worker's rule for a reply that says
+    Redis cannot serve now."""
+    await record_layout(
+        redis, keys, lambda e: isinstance(e, ResponseError) and redis_unavailable(e)
+    )
 
 
 class WakingWorker(Worker):

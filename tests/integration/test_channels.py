@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher.channels import open_events
 from dispatcher.connect import connect
 from graph_core.keys import Keys
 from relaygraph.embedded_cluster import EmbeddedCluster
+from tests.support.layout import subscribers
 from tests.support.servers import cluster_url
 from tests.support.waiting import wait_for
 
@@ -37,19 +37,6 @@ async def client(cluster: EmbeddedCluster) -> AsyncIterator[Any]:
     redis = connect(cluster_url(cluster))
     yield redis
     await redis.aclose()
-
-
-async def _subscribers(cluster: EmbeddedCluster, channel: str) -> int:
-    """``PUBSUB SHARDNUMSUB`` summed over the nodes (each counts its own)."""
-    total = 0
-    for port in cluster.ports:
-        node = aioredis.Redis(port=port)
-        try:
-            _, count = await node.execute_command("PUBSUB", "SHARDNUMSUB", channel)
-            total += int(count)
-        finally:
-            await node.aclose()
-    return total
 
 
 async def _heard(subscription: Any, count: int) -> list[dict[str, Any]]:
@@ -74,7 +61,7 @@ async def test_every_shards_events_reach_one_subscription_over_three_primaries(
     subscription = await open_events(client, KEYS)
     try:
         for channel in channels:  # subscribed on the node that serves each, once
-            assert await _subscribers(cluster, channel) == 1
+            assert await subscribers(cluster_url(cluster), channel, shard_channel=True) == 1
         for k, channel in enumerate(channels):
             await client.execute_command("SPUBLISH", channel, orjson.dumps({"shard": k}))
         seen = await _heard(subscription, len(channels))
@@ -84,7 +71,7 @@ async def test_every_shards_events_reach_one_subscription_over_three_primaries(
     finally:
         await subscription.aclose()
     for channel in channels:
-        assert await _subscribers(cluster, channel) == 0
+        assert await subscribers(cluster_url(cluster), channel, shard_channel=True) == 0
 
 
 async def test_one_runs_subscription_hears_its_shard_only(client: Any) -> None:
@@ -137,7 +124,9 @@ async def test_a_subscription_whose_slot_moves_fails_and_a_new_one_follows_it(
         await subscription.aclose()
     again = await open_events(client, KEYS, ["moving-run"])
     try:
-        assert await _subscribers(cluster, shard.events_channel) == 1
+        assert (
+            await subscribers(cluster_url(cluster), shard.events_channel, shard_channel=True) == 1
+        )
         await client.execute_command("SPUBLISH", shard.events_channel, b'{"run_id": "moving-run"}')
         [msg] = await _heard(again, 1)
         assert msg["data"] == b'{"run_id": "moving-run"}'
