@@ -4,7 +4,7 @@ with the fast command packer (graph_core/resp.py)."""
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import redis
 from redis.asyncio import ConnectionPool, Redis
@@ -27,6 +27,7 @@ from graph_core.keys import Keys
 from graph_core.redis_url import (
     RedisTarget,
     check_not_cluster,
+    is_cluster_client_fault,
     is_cluster_request_error,
     is_unavailable_reply,
     parse_redis_url,
@@ -34,6 +35,7 @@ from graph_core.redis_url import (
 from graph_core.resp import fast_packing, record_layout, restore_seeds
 
 __all__ = [
+    "MAY_BE_UNAVAILABLE",
     "check_layout",
     "connect",
     "connect_sync",
@@ -41,6 +43,7 @@ __all__ = [
     "open_pubsub",
     "redis_unavailable",
     "refuse_cluster",
+    "retried",
 ]
 
 
@@ -99,7 +102,28 @@ def redis_unavailable(e: BaseException) -> bool:
         return not is_cluster_request_error(e)
     if isinstance(e, unavailable | ClusterDownError | TryAgainError):
         return True
+    if is_cluster_client_fault(e):  # redis-py's cluster client mid-reset of its topology
+        return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
+
+
+# What a dispatcher's loop catches around its round trips: the errors that may mean "Redis
+# cannot serve now" (`retried` tells which do; the others are raised).
+MAY_BE_UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ResponseError,
+    RedisClusterException,
+    AttributeError,  # redis-py's cluster client mid-reset (`is_cluster_client_fault`)
+)
+
+
+def retried(e: BaseException) -> bool:
+    """Whether a loop that caught ``e`` (one of `MAY_BE_UNAVAILABLE`) backs off and tries
+    again: Redis cannot serve now, or the network failed. Anything else says something is
+    wrong (a reply, a request refused, a bug) and is raised."""
+    return isinstance(e, OSError) or redis_unavailable(e)
 
 
 def heal(client: Any) -> None:

@@ -28,11 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from dispatcher.connect import redis_unavailable
+from dispatcher.connect import MAY_BE_UNAVAILABLE, retried
 from graph_core.keys import Keys, ShardKeys
 from graph_core.resp import script_pipeline
 from graph_core.shardset import format_shard_set
@@ -66,14 +62,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-_UNAVAILABLE = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-    ResponseError,
-    RedisClusterException,
-)
 
 ShardLoops = Callable[[ShardKeys, asyncio.Event], list["asyncio.Task[None]"]]
 """Starts a shard's loops (inbox, timers, reclaim), each stopping once the event is set."""
@@ -192,8 +180,8 @@ class Ownership:
             pipe.eval(_LEASE, 1, lease, self.values[mine], int(self.lease_s * 1000), mode)
         try:
             replies = await pipe.execute()
-        except _UNAVAILABLE as e:
-            if isinstance(e, ResponseError | RedisClusterException) and not redis_unavailable(e):
+        except MAY_BE_UNAVAILABLE as e:
+            if not retried(e):
                 raise
             log.warning("shard leases: Redis unavailable (%s); serving the same shards", e)
             return
@@ -245,7 +233,7 @@ class Ownership:
         pipe = script_pipeline(self.redis)
         for k in range(self.keys.shards):
             pipe.eval(_RELEASE, 1, self.keys.shard(k).dispatcher, self.values[k in self.assigned])
-        with contextlib.suppress(*_UNAVAILABLE):  # best effort: else the leases lapse
+        with contextlib.suppress(*MAY_BE_UNAVAILABLE):  # best effort: else the leases lapse
             await pipe.execute()
 
     # --- loops --------------------------------------------------------------------------

@@ -22,17 +22,17 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisClusterException, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from dispatcher.batch import BatchHandler
 from dispatcher.connect import (
+    MAY_BE_UNAVAILABLE,
     check_layout,
     heal,
     open_pubsub,
     redis_unavailable,
     refuse_cluster,
+    retried,
 )
 from dispatcher.metrics import NO_METRICS, DispatcherMetrics, Recorder, serving
 from dispatcher.ownership import Ownership
@@ -238,16 +238,8 @@ class Dispatcher:
             try:
                 await loop(stop)
                 return
-            except (
-                RedisConnectionError,
-                RedisTimeoutError,
-                OSError,
-                ResponseError,
-                RedisClusterException,
-            ) as e:
-                if isinstance(e, ResponseError | RedisClusterException) and not redis_unavailable(
-                    e
-                ):
+            except MAY_BE_UNAVAILABLE as e:
+                if not retried(e):
                     raise  # says something is wrong (a reply, a request refused), not "not now"
                 heal(self.redis)  # a cluster client may have dropped every node it knew
                 # The server may have restarted (or failed over) and lost our latest writes:

@@ -25,6 +25,7 @@ __all__ = [
     "RedisTarget",
     "RedisUrlError",
     "check_not_cluster",
+    "is_cluster_client_fault",
     "is_cluster_reply",
     "is_cluster_request_error",
     "is_unavailable_reply",
@@ -100,6 +101,27 @@ def is_cluster_request_error(error: BaseException | str) -> bool:
     """Whether a cluster client's error is about the request itself, not the cluster's
     state: retrying it cannot help."""
     return _CLUSTER_REFUSED_REQUEST.search(str(error)) is not None
+
+
+# redis-py's cluster clients (redis.cluster, redis.asyncio.cluster) share one topology among
+# their callers; a caller that meets a dead node resets it, and for that moment another
+# caller's pipeline finds no default node and fails inside redis-py with an AttributeError
+# ('NoneType' object has no attribute 'name'): redis/redis-py#3835, still so in 5.3.
+_CLUSTER_CLIENT_MODULES: Final = frozenset({"redis.cluster", "redis.asyncio.cluster"})
+
+
+def is_cluster_client_fault(error: BaseException) -> bool:
+    """Whether ``error`` is redis-py's cluster client failing inside itself while its shared
+    topology is reset after a node died: an ``AttributeError`` raised in redis-py's cluster
+    module. It says nothing about the request; a later try, after the reset, succeeds."""
+    if not isinstance(error, AttributeError):
+        return False
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:  # the frame that raised it is the last
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") in _CLUSTER_CLIENT_MODULES
 
 
 def check_not_cluster(info: Mapping[str, Any], where: str = "") -> None:

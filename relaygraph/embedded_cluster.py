@@ -146,6 +146,23 @@ class EmbeddedCluster:
                 return by_port[node.port]
         raise EmbeddedServerError(f"no live primary serves slot {slot}")
 
+    def replication_offset(self, index: int) -> int:
+        """How far node ``index`` is in its shard's replication stream: a primary's offset
+        of what it wrote, a replica's of what it received."""
+        admin = self._admin(self.servers[index])
+        try:
+            info = admin.info("replication")
+        finally:
+            admin.close()
+        return int(info["slave_repl_offset" if info["role"] == "slave" else "master_repl_offset"])
+
+    def replicas_of(self, index: int) -> list[int]:
+        """The indexes in `servers` of node ``index``'s replicas (as the cluster sees them)."""
+        by_port = {s.port: i for i, s in enumerate(self.servers)}
+        nodes = self.nodes()
+        [primary] = [n.node_id for n in nodes if n.port == self.servers[index].port]
+        return [by_port[n.port] for n in nodes if n.primary_id == primary and not n.failed]
+
     def __repr__(self) -> str:
         running = sum(s.running for s in self.servers)
         return (

@@ -39,7 +39,11 @@ from graph_core.logfmt import log_context
 from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.paths import MISSING, parse_path
-from graph_core.redis_url import is_cluster_request_error, is_unavailable_reply
+from graph_core.redis_url import (
+    is_cluster_client_fault,
+    is_cluster_request_error,
+    is_unavailable_reply,
+)
 from graph_core.resp import script_pipeline
 from graph_core.schemas import violation
 from graph_core.settings import BaseSettings
@@ -94,8 +98,8 @@ def redis_unavailable(e: BaseException) -> bool:
         return True
     if isinstance(e, RedisClusterException):  # not routed: the request's fault, or none
         return not is_cluster_request_error(e)
-    if isinstance(e, ClusterDownError | TryAgainError):
-        return True  # a cluster failing over: a slot without a primary
+    if isinstance(e, ClusterDownError | TryAgainError) or is_cluster_client_fault(e):
+        return True  # a cluster failing over: a slot without a primary, a topology reset
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 
 

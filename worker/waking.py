@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import secrets
 import signal
@@ -50,21 +51,19 @@ from arq.worker import Function, Retry, Worker
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    ClusterDownError,
     NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import parse_job_id, parse_wake_token
-from graph_core.redis_url import check_not_cluster
+from graph_core.redis_url import check_not_cluster, is_cluster_client_fault
 from graph_core.resp import fast_packing, record_layout, restore_seeds, script_pipeline
 from worker.limits import ACQUIRE, RELEASE, SERVER_MS_LUA, Gate
 from worker.preload import LATEST_LUA
@@ -184,9 +183,14 @@ _SHAS: Final = {
     s: hashlib.sha1(s.encode()).hexdigest() for s in (_CLAIM, _FINISH, ACQUIRE, RELEASE)
 }
 _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
-_FINISH_TRIES: Final = 3
-# a cluster failing over: no node reachable for now, a slot without a primary (retried)
-_CLUSTER_DOWN: Final = (ClusterDownError, TryAgainError, RedisClusterException)
+# A finish (and a limit's release) is tried again this long while Redis cannot serve: longer
+# than a failover on the test cluster (~3 s), and than a job lease, after which the job would
+# run again anyway; short enough for a stopping worker.
+_FINISH_PATIENCE_S: Final = 10.0
+_FINISH_BACKOFF_MAX_S: Final = 1.0
+# What a round trip may fail with: a Redis error, a cluster client's refusal, or redis-py's
+# cluster client failing inside itself mid-reset (an AttributeError: `_round_trip_failed`).
+_ROUND_TRIP: Final = (RedisError, RedisClusterException, AttributeError)
 _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
 _CLAIM_FAILED_DEFER_MS: Final = 60_000  # a job whose claim failed waits this long to retry
@@ -261,6 +265,12 @@ async def refuse_cluster(redis: Any) -> None:
     except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError):
         return
     check_not_cluster(info)
+
+
+def _round_trip_failed(e: BaseException) -> bool:
+    """Whether ``e`` (one of `_ROUND_TRIP`) is the round trip's failure; an AttributeError
+    raised anywhere but in redis-py's cluster client is a bug, to be raised."""
+    return not isinstance(e, AttributeError) or is_cluster_client_fault(e)
 
 
 def is_cluster_client(client: Any) -> bool:
@@ -363,7 +373,9 @@ class WakingWorker(Worker):
                     return
                 woken = await self._wait_for_work()
                 failures = 0
-            except (RedisError, RedisClusterException) as e:  # restarting, failing over...
+            except _ROUND_TRIP as e:  # restarting, failing over...
+                if not _round_trip_failed(e):
+                    raise
                 restore_seeds(self.pool, ClusterNode)  # a cluster client may have lost them all
                 woken = None
                 self.outages += 1
@@ -602,7 +614,9 @@ class WakingWorker(Worker):
         ]
         try:
             replies: list[Any] = await self._evalsha_all(calls, ACQUIRE)
-        except (RedisError, RedisClusterException) as e:  # lost: hand the claims back
+        except _ROUND_TRIP as e:  # lost: hand the claims back
+            if not _round_trip_failed(e):
+                raise
             replies = [e] * len(calls)
         back: list[Claim] = []
         failed: list[str] = []
@@ -769,7 +783,7 @@ class WakingWorker(Worker):
     async def _settle(self, finish: Coroutine[Any, Any, None]) -> None:
         """Carry ``finish`` (a ``_finish``) to its end even if this task is cancelled
         meanwhile (a second stop signal): a job left half-finished would wait for its lease
-        to lapse. Bounded: ``_finish`` gives up after ``_FINISH_TRIES``."""
+        to lapse. Bounded: ``_finish`` gives up after ``_FINISH_PATIENCE_S``."""
         finishing = asyncio.ensure_future(finish)
         while not finishing.done():
             with contextlib.suppress(asyncio.CancelledError):
@@ -930,11 +944,15 @@ class WakingWorker(Worker):
             logger.warning("waking jobs a limit held back failed: %s", e)
 
     async def _eval_retried(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
-        """Run a script whose writes are idempotent, trying again on a lost connection or a
-        timeout: its reply, or None once ``_FINISH_TRIES`` failed (logged)."""
+        """Run a script whose writes are idempotent, trying again, backing off, while Redis
+        cannot serve (a lost connection, a timeout, a failover: `redis_unavailable`) for up to
+        ``_FINISH_PATIENCE_S``, so that a job's finish outlasts a failover instead of being
+        lost to it (the job would then run again once its lease lapsed): its reply, or None
+        once that time has passed (logged)."""
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         sha = _SHAS[source]
-        for attempt in range(1, _FINISH_TRIES + 1):
+        deadline = time.monotonic() + _FINISH_PATIENCE_S
+        for attempt in itertools.count(1):
             try:
                 async with asyncio.timeout(_FINISH_TIMEOUT_S):
                     try:
@@ -942,11 +960,17 @@ class WakingWorker(Worker):
                     except NoScriptError:  # a restart or SCRIPT FLUSH: load it and go again
                         await pool.script_load(source)
                         return await pool.evalsha(sha, len(keys), *keys, *args)
-            except (RedisConnectionError, RedisTimeoutError, TimeoutError, *_CLUSTER_DOWN):
-                if attempt == _FINISH_TRIES:
-                    logger.exception("%s failed", what)
+            except Exception as e:
+                if not (isinstance(e, TimeoutError) or redis_unavailable(e)):
+                    raise
+                delay = min(_FINISH_BACKOFF_MAX_S, 0.05 * 2**attempt)
+                if time.monotonic() + delay > deadline:
+                    logger.exception("%s failed (tried %d times)", what, attempt)
                     return None
-                await asyncio.sleep(0.1 * 2**attempt)
+                if attempt == 3:  # one line, not one a try
+                    logger.warning("%s: Redis cannot serve (%s); trying until it can", what, e)
+                restore_seeds(self.pool, ClusterNode)  # a cluster client may have lost them all
+                await asyncio.sleep(delay)
         return None
 
     async def _burst_done(self) -> bool:

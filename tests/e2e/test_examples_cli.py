@@ -92,27 +92,32 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 60) ->
 
 @contextlib.contextmanager
 def relaygraph_up(
-    argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
+    argv: list[str],
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[str]:
     """``relaygraph up ARGV`` until the block ends (then SIGTERM, which must exit 0); yields
-    its start-up banner."""
-    proc = subprocess.Popen(
-        [RELAYGRAPH, "up", *argv],
-        cwd=cwd,
-        env=cli_env() if env is None else env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        yield read_until(proc, "relaygraph up:")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    its start-up banner. Its log goes to ``log`` if given (for a test to show on failure)."""
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(log.open("w")) if log else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            [RELAYGRAPH, "up", *argv],
+            cwd=cwd,
+            env=cli_env() if env is None else env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            yield read_until(proc, "relaygraph up:")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 # --- the examples -------------------------------------------------------------------------

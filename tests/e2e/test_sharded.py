@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -41,19 +42,21 @@ SHARDS = 4
 
 
 @contextlib.contextmanager
-def subprocess_dispatcher(argv: list[str], env: dict[str, str]) -> Iterator[None]:
+def subprocess_dispatcher(
+    argv: list[str], env: dict[str, str], log: Path | None = None
+) -> Iterator[None]:
     """One more dispatcher process, stopped (SIGTERM) at the end of the block; its log goes
-    to a file (a pipe nobody reads would block it once full)."""
-    with tempfile.TemporaryFile() as log:
+    to ``log``, or a temporary file (a pipe nobody reads would block it once full)."""
+    with log.open("w+b") if log else tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out
         )
         try:
             yield
             proc.terminate()
             code = proc.wait(timeout=30)
-            log.seek(0)
-            assert code == 0, log.read().decode(errors="replace")[-4000:]
+            out.seek(0)
+            assert code == 0, out.read().decode(errors="replace")[-4000:]
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -72,6 +72,8 @@ def test_a_killed_primary_is_replaced_by_its_replica_and_keeps_acknowledged_writ
             assert client.execute_command("WAIT", 1, 5000, target_nodes=node) == 1
             slot = client.keyslot("survives")
             old = cluster.primary_for(slot)
+            [replica] = cluster.replicas_of(old)
+            assert cluster.replication_offset(replica) >= cluster.replication_offset(old) > 0
             cluster.kill(old)
             cluster.wait_ok(30)
             new = cluster.primary_for(slot)

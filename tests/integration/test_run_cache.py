@@ -26,6 +26,7 @@ from graph_core.events import CancelRequested
 from graph_core.keys import ShardKeys
 from graph_core.messages import SubmitRequest, encode_inbox, parse_inbox, parse_job_payload
 from graph_core.model import Graph, Node
+from tests.support.cluster_fault import client_fault
 from tests.support.graphs import busy_graph
 from tests.support.inbox import Entry, completed_report, drop_stamp, push, read
 from tests.support.layout import SHARDS, ids_in_one_shard
@@ -394,3 +395,29 @@ async def test_losing_redis_in_any_loop_clears_the_cache(redis: aioredis.Redis) 
     await d._supervise("reclaim", reclaim, stop)
 
     assert len(d.processor.cache) == 0 and d.processor.cache.records == 0
+
+
+async def test_a_loop_survives_the_cluster_clients_fault_but_not_a_bug(
+    redis: aioredis.Redis,
+) -> None:
+    """redis-py's cluster client failing inside itself mid-reset (redis/redis-py#3835) is
+    an outage: the loop backs off and goes on. Any other AttributeError is a bug, raised."""
+    d = await _dispatcher(redis)
+    fault = await client_fault()
+    stop = asyncio.Event()
+    seen: list[str] = []
+
+    async def reads(stop: asyncio.Event) -> None:
+        seen.append("try")
+        if len(seen) == 1:
+            raise fault
+        stop.set()
+
+    await d._supervise("inbox", reads, stop)
+    assert seen == ["try", "try"]  # tried again after the fault
+
+    async def buggy(stop: asyncio.Event) -> None:
+        None.name  # type: ignore[attr-defined]  # noqa: B018
+
+    with pytest.raises(AttributeError):
+        await d._supervise("inbox", buggy, asyncio.Event())

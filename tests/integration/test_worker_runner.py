@@ -29,6 +29,7 @@ from graph_core.model import Edge, Graph, Node
 from graph_core.resp import script_pipeline
 from graph_core.state import MapState, NodeRecord
 from graph_core.status import NodeStatus, RunStatus
+from tests.support.cluster_fault import client_fault
 from tests.support.layout import CLUSTER, SHARDS, keys_for, sync_client_for
 from tests.support.store_setup import (
     completed,
@@ -507,6 +508,22 @@ async def test_a_server_that_cannot_serve_now_retries_the_job_instead_of_failing
     registry, calls = _spy_registry()
     with pytest.raises(type(error)):
         await run(_Unavailable(redis, error), registry, graph, warm=warm)
+    assert calls == [] and await inbox_reports(redis, KEYS) == []
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_a_cluster_client_failing_mid_reset_retries_the_job_instead_of_failing_it(
+    redis: Any, warm: bool
+) -> None:
+    """redis-py's cluster client, reset by another caller after a primary died, fails the
+    job's reads inside itself (an AttributeError, redis/redis-py#3835). On the failover
+    test this failed a run's node for good; the job must run again instead."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, calls = _spy_registry()
+    fault = await client_fault()
+    with pytest.raises(AttributeError):
+        await run(_Unavailable(redis, fault), registry, graph, warm=warm)
     assert calls == [] and await inbox_reports(redis, KEYS) == []
 
 
@@ -1078,6 +1095,61 @@ async def test_a_stop_during_a_claim_round_trip_hands_the_claimed_job_back(
     async with serving(settings, registry):  # its first read of the queue finds the job
         [report] = await wait_for_reports(redis, KEYS, timeout=5)
     assert report.status == "completed"
+
+
+async def test_a_finish_outlasts_a_failover_instead_of_being_lost(
+    redis: Any, redis_url: str
+) -> None:
+    """The job's finish meets a failover: its first four tries are refused (more than the
+    three tries within about a second a finish once had). It is tried again until Redis
+    serves, so the result lands once and the handler does not run again after its lease
+    lapses."""
+    graph = triage_graph()
+    await prepared(redis, graph)
+    registry, calls = _spy_registry()
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), registry)
+    assert isinstance(worker, WakingWorker)
+    refused: list[str] = []
+    async with _running(worker):
+        await wait_for(lambda: worker._pool is not None, timeout=5, message="the pool")
+        pool = worker.pool
+        evalsha = pool.evalsha
+
+        async def failing_over(sha: str, *args: Any) -> Any:
+            if sha == waking._SHAS[waking._FINISH] and len(refused) < 4:
+                refused.append(sha)
+                raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Refused.")
+            return await evalsha(sha, *args)
+
+        pool.evalsha = failing_over
+        await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        [report] = await wait_for_reports(redis, KEYS, timeout=15)
+    assert report.status == "completed" and len(refused) == 4 and calls == [1]
+
+
+async def test_the_workers_loop_goes_on_after_the_cluster_clients_fault(
+    redis: Any, redis_url: str
+) -> None:
+    """A poll of the queues fails inside redis-py's cluster client mid-reset (an
+    AttributeError, redis/redis-py#3835): the loop counts an outage, backs off and goes on
+    (it used to end, and the worker with it)."""
+    graph, registry = await _notify_ok(redis)
+    [worker] = build_workers(WorkerSettings(shards=SHARDS, redis_url=redis_url), registry)
+    assert isinstance(worker, WakingWorker)
+    poll = worker._poll_iteration
+    fault = await client_fault()
+
+    async def fails_once() -> None:
+        if worker.outages == 0:
+            raise fault
+        await poll()
+
+    worker._poll_iteration = fails_once  # type: ignore[method-assign]
+    async with _running(worker) as running:
+        await wait_for(lambda: worker.outages == 1, timeout=5, message="the fault met")
+        await enqueue_like_the_dispatcher(redis, graph, "notify", "default")
+        [report] = await wait_for_reports(redis, KEYS, timeout=10)
+        assert report.status == "completed" and not running.done()
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,9 @@ from dispatcher.connect import check_layout
 from dispatcher.connect import redis_unavailable as dispatcher_unavailable
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys
-from graph_core.redis_url import is_cluster_request_error
+from graph_core.redis_url import is_cluster_client_fault, is_cluster_request_error
 from graph_core.resp import restore_seeds
+from tests.support.cluster_fault import client_fault
 from tests.support.waiting import wait_until_sync
 from worker.heartbeat import Heartbeat
 from worker.runner import redis_unavailable as worker_unavailable
@@ -120,3 +121,24 @@ async def test_a_dispatcher_refuses_the_sharded_layout_on_a_server_without_shard
     with pytest.raises(RelaygraphError, match="needs Redis or Valkey 7 or later: it publishes"):
         await check_layout(_Redis6(b"4"), Keys("r6", 4))
     await check_layout(_Redis6(b"0"), Keys("r6"))  # one server's layout: nothing to ask
+
+
+@pytest.mark.parametrize("unavailable", [dispatcher_unavailable, worker_unavailable])
+async def test_redis_pys_cluster_client_failing_mid_reset_is_an_outage_not_a_job_failure(
+    unavailable: Callable[[BaseException], bool],
+) -> None:
+    """Seen on the failover test: a worker's reads met the reset and the node was failed
+    for good. The error is redis-py's, about no request: the job runs again. An
+    AttributeError raised anywhere else is a bug and stays one."""
+    fault = await client_fault()
+    assert is_cluster_client_fault(fault) and unavailable(fault)
+
+    def ours() -> None:
+        None.name  # type: ignore[attr-defined]  # noqa: B018
+
+    try:
+        ours()
+    except AttributeError as e:
+        assert not is_cluster_client_fault(e) and not unavailable(e)
+    assert not is_cluster_client_fault(AttributeError("never raised"))
+    assert not is_cluster_client_fault(RedisClusterException("x"))
