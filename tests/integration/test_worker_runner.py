@@ -1154,14 +1154,15 @@ async def test_the_workers_loop_goes_on_after_the_cluster_clients_fault(
 
 @contextlib.asynccontextmanager
 async def _running(worker: WakingWorker) -> AsyncIterator[asyncio.Task[None]]:
-    """The worker's loop, run for the block (by ``async_run``, as a test drives it) and
-    cancelled after it."""
+    """The worker's loop, run for the block (by ``async_run``, as a test drives it), then
+    cancelled and the worker closed."""
     running = asyncio.create_task(worker.async_run())
     try:
         yield running
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+        await worker.close()  # once only: a test may have closed it (its heartbeat stops)
 
 
 class _CancelsJobsUnstarted:
@@ -1562,6 +1563,7 @@ def test_the_heartbeat_renews_a_jobs_running_slots_by_the_servers_clock(
         now_ms = seconds * 1000 + micros // 1000
         assert now_ms + 2_500 < sync.zscore(running, "job-1") <= now_ms + 3_000
         assert sync.zscore(running, "gone") is None  # released already: not brought back
+        heartbeat.stop()
     finally:
         sync.close()
 
