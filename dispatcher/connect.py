@@ -12,6 +12,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import (
     ClusterDownError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -27,8 +28,8 @@ from graph_core.keys import Keys
 from graph_core.redis_url import (
     RedisTarget,
     check_not_cluster,
-    is_cluster_client_fault,
     is_cluster_request_error,
+    is_redis_client_fault,
     is_unavailable_reply,
     parse_redis_url,
 )
@@ -102,7 +103,9 @@ def redis_unavailable(e: BaseException) -> bool:
         return not is_cluster_request_error(e)
     if isinstance(e, unavailable | ClusterDownError | TryAgainError):
         return True
-    if is_cluster_client_fault(e):  # redis-py's cluster client mid-reset of its topology
+    if isinstance(e, NoScriptError):  # still, once loaded: a failover's new primary lacks it
+        return True
+    if is_redis_client_fault(e):  # redis-py caught half way through a teardown
         return True
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 
@@ -115,7 +118,7 @@ MAY_BE_UNAVAILABLE: Final = (
     OSError,
     ResponseError,
     RedisClusterException,
-    AttributeError,  # redis-py's cluster client mid-reset (`is_cluster_client_fault`)
+    AttributeError,  # redis-py failing inside itself (`is_redis_client_fault`)
 )
 
 

@@ -25,9 +25,9 @@ __all__ = [
     "RedisTarget",
     "RedisUrlError",
     "check_not_cluster",
-    "is_cluster_client_fault",
     "is_cluster_reply",
     "is_cluster_request_error",
+    "is_redis_client_fault",
     "is_unavailable_reply",
     "parse_redis_url",
     "redact",
@@ -103,17 +103,17 @@ def is_cluster_request_error(error: BaseException | str) -> bool:
     return _CLUSTER_REFUSED_REQUEST.search(str(error)) is not None
 
 
-# redis-py's cluster clients (redis.cluster, redis.asyncio.cluster) share one topology among
-# their callers; a caller that meets a dead node resets it, and for that moment another
-# caller's pipeline finds no default node and fails inside redis-py with an AttributeError
-# ('NoneType' object has no attribute 'name'): redis/redis-py#3835, still so in 5.3.
-_CLUSTER_CLIENT_MODULES: Final = frozenset({"redis.cluster", "redis.asyncio.cluster"})
+# redis-py's clients share connections and (a cluster client) a topology among their
+# callers; a caller that meets a dead node tears them down, and another caller caught half
+# way then fails inside redis-py with an AttributeError: a pipeline that finds no default
+# node ('NoneType' object has no attribute 'name', redis/redis-py#3835), a connection whose
+# writer is gone ('... no attribute 'writelines''). Both seen on the cluster failover tests.
 
 
-def is_cluster_client_fault(error: BaseException) -> bool:
-    """Whether ``error`` is redis-py's cluster client failing inside itself while its shared
-    topology is reset after a node died: an ``AttributeError`` raised in redis-py's cluster
-    module. It says nothing about the request; a later try, after the reset, succeeds."""
+def is_redis_client_fault(error: BaseException) -> bool:
+    """Whether ``error`` is redis-py failing inside itself while another caller tears down
+    what they share after a node died: an ``AttributeError`` raised in redis-py's own
+    code. It says nothing about the request; a later try, on a fresh connection, succeeds."""
     if not isinstance(error, AttributeError):
         return False
     tb = error.__traceback__
@@ -121,7 +121,8 @@ def is_cluster_client_fault(error: BaseException) -> bool:
         return False
     while tb.tb_next is not None:  # the frame that raised it is the last
         tb = tb.tb_next
-    return tb.tb_frame.f_globals.get("__name__") in _CLUSTER_CLIENT_MODULES
+    module = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.startswith("redis.")
 
 
 def check_not_cluster(info: Mapping[str, Any], where: str = "") -> None:

@@ -40,8 +40,8 @@ from graph_core.messages import JobPayload, encode_inbox
 from graph_core.model import Graph, Node
 from graph_core.paths import MISSING, parse_path
 from graph_core.redis_url import (
-    is_cluster_client_fault,
     is_cluster_request_error,
+    is_redis_client_fault,
     is_unavailable_reply,
 )
 from graph_core.resp import script_pipeline
@@ -96,9 +96,11 @@ def redis_unavailable(e: BaseException) -> bool:
     again later instead of failing its node."""
     if isinstance(e, RedisConnectionError | RedisTimeoutError | ReadOnlyError | OutOfMemoryError):
         return True
+    if isinstance(e, NoScriptError):  # still, once loaded: a failover's new primary lacks it
+        return True
     if isinstance(e, RedisClusterException):  # not routed: the request's fault, or none
         return not is_cluster_request_error(e)
-    if isinstance(e, ClusterDownError | TryAgainError) or is_cluster_client_fault(e):
+    if isinstance(e, ClusterDownError | TryAgainError) or is_redis_client_fault(e):
         return True  # a cluster failing over: a slot without a primary, a topology reset
     return isinstance(e, ResponseError) and is_unavailable_reply(e)
 

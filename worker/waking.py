@@ -63,7 +63,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from graph_core.errors import RelaygraphError
 from graph_core.keys import Keys, ShardKeys
 from graph_core.messages import parse_job_id, parse_wake_token
-from graph_core.redis_url import check_not_cluster, is_cluster_client_fault
+from graph_core.redis_url import check_not_cluster, is_redis_client_fault
 from graph_core.resp import fast_packing, record_layout, restore_seeds, script_pipeline
 from worker.limits import ACQUIRE, RELEASE, SERVER_MS_LUA, Gate
 from worker.preload import LATEST_LUA
@@ -188,8 +188,8 @@ _OUTAGE_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 # run again anyway; short enough for a stopping worker.
 _FINISH_PATIENCE_S: Final = 10.0
 _FINISH_BACKOFF_MAX_S: Final = 1.0
-# What a round trip may fail with: a Redis error, a cluster client's refusal, or redis-py's
-# cluster client failing inside itself mid-reset (an AttributeError: `_round_trip_failed`).
+# What a round trip may fail with: a Redis error, a cluster client's refusal, or redis-py
+# failing inside itself after a node died (an AttributeError: `_round_trip_failed`).
 _ROUND_TRIP: Final = (RedisError, RedisClusterException, AttributeError)
 _FINISH_TIMEOUT_S: Final = 5.0  # per try: arq's pool has no socket timeout of its own
 _ABORT_CHECK_S: Final = 0.1  # how often a busy worker looks for aborted jobs
@@ -270,7 +270,7 @@ async def refuse_cluster(redis: Any) -> None:
 def _round_trip_failed(e: BaseException) -> bool:
     """Whether ``e`` (one of `_ROUND_TRIP`) is the round trip's failure; an AttributeError
     raised anywhere but in redis-py's cluster client is a bug, to be raised."""
-    return not isinstance(e, AttributeError) or is_cluster_client_fault(e)
+    return not isinstance(e, AttributeError) or is_redis_client_fault(e)
 
 
 def is_cluster_client(client: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from graph_core.events import LeaseExpired, NodeReported
 from graph_core.keys import RunKeys
@@ -536,6 +536,7 @@ async def test_a_cluster_client_failing_mid_reset_retries_the_job_instead_of_fai
         (ResponseError("BUSY Redis is busy running a script."), True),
         (ResponseError("MASTERDOWN Link with MASTER is down"), True),
         (ResponseError("Error running script: @user_script: 1: -READONLY You can't"), True),
+        (NoScriptError("No matching script. Please use EVAL."), True),
         (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
         (ResponseError("BUSYGROUP Consumer Group name already exists"), False),
         (ResponseError("ERR the job's own data mentions -READONLY"), False),
