@@ -269,7 +269,7 @@ async def refuse_cluster(redis: Any) -> None:
 
 def _round_trip_failed(e: BaseException) -> bool:
     """Whether ``e`` (one of `_ROUND_TRIP`) is the round trip's failure; an AttributeError
-    raised anywhere but in redis-py's cluster client is a bug, to be raised."""
+    raised anywhere but in redis-py's own code is a bug, to be raised."""
     return not isinstance(e, AttributeError) or is_redis_client_fault(e)
 
 
