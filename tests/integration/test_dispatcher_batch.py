@@ -217,14 +217,36 @@ async def test_a_conflict_inside_a_batch_is_handled_again_alone(
     assert queued == expected  # split from the submits (never taken), then a, b, c once
 
 
+async def test_an_invalid_run_id_is_dead_lettered_where_it_was_read(
+    redis: aioredis.Redis,
+) -> None:
+    """Sharded, a message of another shard's run is handed on to that shard's inbox; a
+    run id that is no run id belongs to no shard (whatever its hash says): it is
+    dead-lettered in the shard that read it, not handed on first (16 shards, here on one
+    server as well)."""
+    d = Dispatcher(redis, DispatcherSettings(shards=16, prefix="badid", consumer="batch-test"))
+    await d.store.register_graph(busy_graph())
+    await d._ensure_group()
+    here = d.keys.shard(0)
+    bad_ids = (f"bad id {n}!" for n in itertools.count())
+    bad = next(i for i in bad_ids if d.keys.shard_for(i).shard != here.shard)
+    raw = b'{"kind":"submit","graph_id":"busy","run_id":"%s"}' % bad.encode()
+    await redis.xadd(here.inbox, {"m": raw})
+    await d._handle_batch(await read(redis, d), here)
+
+    [(_, dead)] = await redis.xrange(d.keys.deadletter)
+    assert "invalid run id" in dead[b"reason"].decode() and dead[b"raw"] == raw
+    assert [await redis.xlen(d.keys.shard(k).inbox) for k in range(1, 16)] == [0] * 15
+
+
 async def test_poison_in_the_middle_of_a_batch_is_dead_lettered_the_rest_applied(
     redis: aioredis.Redis,
 ) -> None:
     d = await _dispatcher(redis)
     p1, p2, p9, wrongtype, ghost = ids_in_one_shard("p", 5)  # one inbox's: one batch
     shard = d.keys.shard_for(p1)
-    # an invalid run id of the same shard (sharded, another shard's would be handed on to
-    # that shard's inbox first: the processor is what checks run ids)
+    # an invalid run id (test_an_invalid_run_id_is_dead_lettered_where_it_was_read: in any
+    # shard's inbox)
     bad_ids = (f"bad id {n}!" for n in itertools.count())
     bad_id = next(i for i in bad_ids if d.keys.shard_for(i) == shard)
     await redis.set(d.keys.run(wrongtype).meta, "not a hash")  # fails with a Redis error
