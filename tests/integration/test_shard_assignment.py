@@ -3,7 +3,8 @@ layout (4 shards on one server), and take over the shards of one that died
 (dispatcher/ownership.py): each reads only its own shards' inboxes; when one stops without
 releasing anything (a crash), the other takes its shards once their leases lapse, with an
 inbox entry the dead one had read and not acknowledged; when it comes back, the shards are
-handed back. A clean stop releases the leases."""
+handed back, and the other leases go on being renewed while a handed-back shard finishes
+its batch. A clean stop releases the leases."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.connect import connect
+from dispatcher.ownership import Ownership
 from dispatcher.service import Dispatcher
 from dispatcher.settings import DispatcherSettings
 from graph_core.keys import Keys
@@ -237,3 +239,50 @@ async def test_a_lone_dispatcher_takes_unserved_shards_after_one_lease(
             ]
         finally:
             await lone.close()
+
+
+async def test_leases_are_renewed_while_a_handed_back_shard_finishes_its_batch(
+    redis: aioredis.Redis,
+) -> None:
+    """Shard 1 was taken over; its assigned dispatcher writes its lease again, so it is
+    handed back: its loops are told to stop and finish the batch in hand, which takes a
+    while here. Meanwhile the lease of shard 0 (assigned here) goes on being renewed: a
+    slow batch must not let every other lease lapse (and the shards be taken by others)."""
+    finishing = asyncio.Event()  # shard 1's loop, told to stop, is finishing its batch
+    finished = asyncio.Event()  # ... until this is set
+
+    def start_loops(shard: Any, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        async def loop() -> None:
+            await stop.wait()
+            if shard.shard == 1:
+                finishing.set()
+                await finished.wait()
+
+        return [asyncio.create_task(loop())]
+
+    keys = Keys(PREFIX + "-renew", SHARDS)
+    owner = Ownership(redis, keys, "here", frozenset({0}), LEASE_S, start_loops)
+    owner.start()
+    stop = asyncio.Event()
+    running_ = asyncio.create_task(owner.run(stop))
+    try:
+        await wait_for(lambda: 1 in owner.served, timeout=10, message="shard 1 taken over")
+        await redis.set(keys.shard(1).dispatcher, "a:assigned", px=60_000)  # it is back
+        await wait_for(finishing.is_set, timeout=10, message="shard 1 handed back")
+        renewals, last = 0, None
+
+        async def renewed_twice() -> bool:  # pttl rises at each renewal
+            nonlocal renewals, last
+            ttl = await redis.pttl(keys.shard(0).dispatcher)
+            assert ttl > 0, "shard 0's lease lapsed while shard 1 finished its batch"
+            renewals += last is not None and ttl > last
+            last = ttl
+            return renewals >= 2
+
+        await wait_for(renewed_twice, timeout=10, message="shard 0's lease renewed twice")
+        assert await redis.get(keys.shard(0).dispatcher) == b"a:here"
+        assert not running_.done() and 1 not in owner.served
+    finally:
+        finished.set()
+        stop.set()
+        await asyncio.wait_for(running_, timeout=10)
