@@ -45,7 +45,7 @@ from dispatcher.sweeper import sweep, trim_aborts
 from graph_core import clock
 from graph_core.errors import MessageError, RelaygraphError
 from graph_core.events import FailRequested, ParentRef, ignored_event
-from graph_core.keys import ShardKeys, check_run_id
+from graph_core.keys import ShardKeys, is_run_id
 from graph_core.logfmt import log_context
 from graph_core.messages import (
     INBOX_FIELD,
@@ -332,7 +332,11 @@ class Dispatcher:
             raw = fields[INBOX_FIELD_B]
             run = getattr(message, "run_id", None) or entry_id.decode()  # a submit's run id
             # (a run id that is not one is dead-lettered here, not handed on first)
-            if self.keys.sharded and _valid(run) and self.keys.shard_for(run).shard != shard.shard:
+            if (
+                self.keys.sharded
+                and is_run_id(run)
+                and self.keys.shard_for(run).shard != shard.shard
+            ):
                 elsewhere.append((entry_id, raw, run))
                 continue
             runs.setdefault(run, deque()).append((entry_id, raw, message))
@@ -616,12 +620,3 @@ def _log_ids(message: Any) -> log_context:
     return log_context(
         run_id=getattr(message, "run_id", None), node_id=getattr(message, "node_id", None)
     )
-
-
-def _valid(run_id: str) -> bool:
-    """Whether ``run_id`` is a run id (graph_core.keys.check_run_id)."""
-    try:
-        check_run_id(run_id)
-    except RelaygraphError:
-        return False
-    return True

@@ -39,6 +39,7 @@ __all__ = [
     "RunKeys",
     "ShardKeys",
     "check_run_id",
+    "is_run_id",
     "key_slot",
     "shard_of",
     "shard_tag",
@@ -111,9 +112,14 @@ class PerShard(RelaygraphError):
     asked for it does not work on a sharded deployment yet (listing runs, fleet stats)."""
 
 
+def is_run_id(run_id: object) -> bool:
+    """Whether ``run_id`` is a run id: 1-128 letters, digits, '_' or '-' (safe in keys)."""
+    return isinstance(run_id, str) and _RUN_ID.match(run_id) is not None
+
+
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is safe to embed in keys; raise otherwise."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+    if not is_run_id(run_id):
         raise RelaygraphError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '_' or '-'")
     return run_id
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import logging
 import secrets
 import signal
@@ -952,7 +951,9 @@ class WakingWorker(Worker):
         pool: Any = self.pool  # redis-py 5 types its arguments narrower than it takes
         sha = _SHAS[source]
         deadline = time.monotonic() + _FINISH_PATIENCE_S
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with asyncio.timeout(_FINISH_TIMEOUT_S):
                     try:
@@ -971,7 +972,6 @@ class WakingWorker(Worker):
                     logger.warning("%s: Redis cannot serve (%s); trying until it can", what, e)
                 restore_seeds(self.pool, ClusterNode)  # a cluster client may have lost them all
                 await asyncio.sleep(delay)
-        return None
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self._queued():

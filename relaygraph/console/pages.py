@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dispatcher.views import load_summaries
+from graph_core.keys import is_run_id
 from graph_core.status import RunStatus
 from relaygraph.api.actions import decisions_of, waiting_decisions
 from relaygraph.api.auth import Principal
@@ -52,7 +53,7 @@ async def runs_page(
         found: list[Any] = []
         next_cursor = None
         if q:
-            view = await ctx.client.get_run(q.strip()) if _is_run_id(q.strip()) else None
+            view = await ctx.client.get_run(q.strip()) if is_run_id(q.strip()) else None
             found = [view] if view is not None else []
         else:
             before = _cursor(cursor)
@@ -80,14 +81,6 @@ async def runs_page(
         )
 
     return await guard(request, ctx, page)
-
-
-def _is_run_id(text: str) -> bool:
-    try:
-        run_id_param(text)
-    except Problem:
-        return False
-    return True
 
 
 def _cursor(text: str) -> tuple[int, str] | None:
